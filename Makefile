@@ -1,0 +1,45 @@
+# recmesh — `make run` to try it, `make test` to prove it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROTOS := $(wildcard protos/recmesh/v1/*.proto)
+
+.PHONY: install protos bootstrap run test test-unit test-integration lint clean
+
+install: $(INSTALLED)
+
+# torch first, pinned, from the local CPU wheel: anything looser pulls several GB of CUDA wheels.
+$(INSTALLED): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[serve,dev]'
+	touch $@
+
+# Stubs are checked in (a test keeps them fresh); regenerate after editing protos/.
+protos: $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+bootstrap: $(INSTALLED)
+	$(PY) -m recmesh bootstrap
+
+# Bootstrap (first time only), start the five services, wait for health, play a scripted session.
+# Ctrl-C stops everything.
+run: bootstrap
+	$(PY) -m recmesh run
+
+test: $(INSTALLED)
+	$(PY) -m pytest
+
+test-unit: $(INSTALLED)
+	$(PY) -m pytest -m "not integration"
+
+test-integration: $(INSTALLED)
+	$(PY) -m pytest -m integration
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check recmesh services tests
+
+clean:
+	rm -rf var results

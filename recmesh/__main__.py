@@ -1,0 +1,3 @@
+from recmesh.cli import main
+
+main()

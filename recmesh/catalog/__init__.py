@@ -1,0 +1,1 @@
+"""Catalog and interaction data: loaders and the one-command bootstrap."""

@@ -1,0 +1,190 @@
+"""`recmesh`: bootstrap the catalog, run the local mesh, and call the API from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DEFAULT_TARGET = "localhost:50060"
+
+
+def _print_message(message) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2, ensure_ascii=False))
+
+
+def _client(args):
+    from recmesh.client import RecmeshClient
+
+    return RecmeshClient(args.target, timeout_s=args.timeout)
+
+
+def cmd_bootstrap(args) -> None:
+    from recmesh.catalog import bootstrap
+
+    bootstrap.run(args)
+
+
+def cmd_run(args) -> None:
+    from recmesh.demo import run_demo
+    from recmesh.devstack import Stack
+
+    ports = {"gateway": args.port} if args.port else {}
+    started = time.perf_counter()
+    print("starting updater, retrieval, ranker, encoder, gateway ...", flush=True)
+    stack = Stack(ports=ports)
+    try:
+        stack.start()
+        print(f"all five services SERVING after {time.perf_counter() - started:.1f} s "
+              f"(logs in {stack.var / 'logs'})")
+        for name in stack.ports:
+            print(f"   {name:9} {stack.address(name)}")
+        if not args.no_demo:
+            run_demo(stack.address("gateway"))
+        if args.exit_after_demo:
+            return
+        print(f"\nrecmesh is up: try `recmesh --target {stack.address('gateway')} recommend --user 42 "
+              f"--query \"space opera\"` in another shell. Ctrl-C stops everything.", flush=True)
+        while all(p.poll() is None for p in stack.procs.values()):
+            time.sleep(0.5)
+        print("a service exited; stopping the rest", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+    finally:
+        stack.stop()
+        print("stopped")
+
+
+def cmd_demo(args) -> None:
+    from recmesh.demo import run_demo
+
+    run_demo(args.target, args.user)
+
+
+def cmd_recommend(args) -> None:
+    with _client(args) as rm:
+        reply = rm.recommend(
+            args.user, query=args.query or "", k=args.k, include_categories=args.include or (),
+            exclude_categories=args.exclude or (), exclude_seen=not args.include_seen,
+        )
+    if args.json:
+        _print_message(reply)
+        return
+    for i, item in enumerate(reply.items, start=1):
+        print(f"{i:2}. [{item.item_id}] {item.title} ({'|'.join(item.categories)}) {item.score:.3f} - "
+              f"{'; '.join(item.reasons)}")
+    print(f"-- {reply.total_ms:.1f} ms, versions {dict(reply.versions)}"
+          + (f", degraded: {list(reply.degraded)}" if reply.degraded else ""))
+
+
+def cmd_track(args) -> None:
+    from recmesh.client import Event
+
+    event = Event(args.user, args.item or "", args.type, query=args.query or "", value=args.value,
+                  event_id=args.event_id or "")
+    with _client(args) as rm:
+        _print_message(rm.track_events([event]))
+
+
+def cmd_upsert(args) -> None:
+    with _client(args) as rm:
+        item = {"item_id": args.item, "title": args.title, "categories": args.category or [],
+                "description": args.description or "", "tags": args.tag or []}
+        _print_message(rm.upsert_items([item]))
+
+
+def cmd_delete_items(args) -> None:
+    with _client(args) as rm:
+        _print_message(rm.delete_items(args.items))
+
+
+def cmd_profile(args) -> None:
+    with _client(args) as rm:
+        _print_message(rm.profile(args.user))
+
+
+def cmd_delete_user(args) -> None:
+    with _client(args) as rm:
+        _print_message(rm.delete_user(args.user))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recmesh.client import EVENT_TYPES
+
+    parser = argparse.ArgumentParser(prog="recmesh", description=__doc__)
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per call")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bootstrap", help="build the catalog, vectors and Qdrant shard (cached)")
+    from recmesh.catalog.bootstrap import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("run", help="start all services locally, play the scripted session, serve until Ctrl-C")
+    p.add_argument("--port", type=int, default=50060, help="gateway port (0: any free port)")
+    p.add_argument("--no-demo", action="store_true")
+    p.add_argument("--exit-after-demo", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="play the scripted session against a running gateway")
+    p.add_argument("--user", default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("recommend", help="ask for recommendations")
+    p.add_argument("--user", required=True)
+    p.add_argument("--query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--include", action="append", help="only these categories (repeatable)")
+    p.add_argument("--exclude", action="append", help="no items in these categories (repeatable)")
+    p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("track", help="report one event")
+    p.add_argument("--user", required=True)
+    p.add_argument("--item")
+    p.add_argument("--type", required=True, choices=sorted(EVENT_TYPES))
+    p.add_argument("--query")
+    p.add_argument("--value", type=float, default=0.0)
+    p.add_argument("--event-id")
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("upsert", help="add or update one catalog item")
+    p.add_argument("--item", required=True)
+    p.add_argument("--title", required=True)
+    p.add_argument("--category", action="append")
+    p.add_argument("--tag", action="append")
+    p.add_argument("--description")
+    p.set_defaults(func=cmd_upsert)
+
+    p = sub.add_parser("delete-items", help="remove catalog items")
+    p.add_argument("items", nargs="+")
+    p.set_defaults(func=cmd_delete_items)
+
+    p = sub.add_parser("profile", help="what recmesh knows about a user")
+    p.add_argument("--user", required=True)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("delete-user", help="forget a user")
+    p.add_argument("--user", required=True)
+    p.set_defaults(func=cmd_delete_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    import grpc
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except grpc.RpcError as exc:
+        sys.exit(f"recmesh: {exc.code().name}: {exc.details()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Code every recmesh service shares: config, serving, logging, errors, vectors."""

@@ -1,0 +1,36 @@
+"""Typed service settings: environment variables first, then command-line flags."""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclasses set their own env_prefix."""
+
+    model_config = SettingsConfigDict(extra="forbid", cli_kebab_case=True)
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Seconds in-flight calls get to finish after SIGTERM.
+    grace_s: float = 5.0
+    log_level: str = "INFO"
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
+    """Build settings from env and flags; on a bad value exit with a clear message."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return cls(_cli_parse_args=args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SystemExit(f"invalid {cls.__name__} configuration: {problems}") from None

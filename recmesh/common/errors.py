@@ -1,0 +1,49 @@
+"""Turning failures into the right gRPC status, never UNKNOWN."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+log = logging.getLogger("recmesh.rpc")
+
+
+class InvalidArgument(ValueError):
+    """A request field is wrong; the message names the field."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Unavailable(RuntimeError):
+    """This service cannot answer yet (warming up) or right now; callers may retry."""
+
+
+def rpc_method(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Map domain errors to their status codes and anything unexpected to INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await handler(self, request, context)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except Unavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # a bug or a broken dependency: say so, keep serving
+            log.exception("unhandled error in %s", handler.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    return wrapper

@@ -1,0 +1,91 @@
+"""Run one grpc.aio service: health (SERVING only after warm-up), reflection,
+graceful shutdown on SIGTERM/SIGINT (NOT_SERVING, drain, stop(grace))."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recmesh.common.config import ServiceSettings
+
+# Internal messages carry up to a few hundred 384-d vectors; allow headroom.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass
+class Service:
+    """What a service plugs into the runner."""
+
+    name: str
+    # Registers servicers and returns their full service names, e.g. "recmesh.v1.Encoder".
+    register: Callable[[grpc.aio.Server], list[str]]
+    warmup: Callable[[], Awaitable[None]] | None = None
+    shutdown: Callable[[], Awaitable[None]] | None = None
+    options: list[tuple[str, int]] = field(default_factory=list)
+
+
+async def run_service(service: Service, settings: ServiceSettings) -> None:
+    log = logging.getLogger(f"recmesh.{service.name}")
+    server = grpc.aio.server(options=GRPC_OPTIONS + service.options)
+    service_names = service.register(server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+
+    async def set_status(status: int) -> None:
+        for name in ("", *service_names):
+            await health_servicer.set(name, status)
+
+    await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_insecure_port(address)
+    await server.start()
+    log.info("listening", extra={"address": f"{settings.host}:{port}"})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    warm = asyncio.ensure_future(service.warmup()) if service.warmup else None
+    if warm is not None:
+        done, _ = await asyncio.wait({warm, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if warm in done:
+            warm.result()  # a failed warm-up ends the process with its error
+        else:
+            warm.cancel()
+    if not stop.is_set():
+        await set_status(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"services": service_names})
+        await stop.wait()
+
+    log.info("stopping", extra={"grace_s": settings.grace_s})
+    await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(settings.grace_s)
+    if service.shutdown:
+        await service.shutdown()
+    log.info("stopped")
+
+
+def main(service_factory: Callable[[ServiceSettings], Service], settings: ServiceSettings) -> None:
+    """Entry point body shared by every `python -m services.<name>`."""
+
+    async def amain() -> None:
+        # Built inside the loop: grpc.aio channels bind to the loop that creates them.
+        await run_service(service_factory(settings), settings)
+
+    asyncio.run(amain())

@@ -1,0 +1,148 @@
+"""Start the five services as local processes on loopback, wait until each is SERVING,
+and stop them all (SIGTERM, then SIGKILL) - used by `recmesh run` and the integration tests."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+# Leaves first: the gateway waits for retrieval before it reports SERVING.
+SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # If the launcher is killed outright, the kernel sends the services SIGTERM: no orphans.
+    try:
+        ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                tail = log.read_text()[-3000:] if log and log.exists() else ""
+                raise RuntimeError(f"{address} exited with {proc.returncode} before serving:\n{tail}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} not SERVING after {timeout_s} s")
+
+
+@dataclass
+class Stack:
+    var: Path = REPO / "var"
+    env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        for name in SERVICES:
+            self.ports.setdefault(name, free_port())
+        (self.var / "logs").mkdir(parents=True, exist_ok=True)
+
+    def address(self, name: str) -> str:
+        return f"{self.host}:{self.ports[name]}"
+
+    def log_path(self, name: str) -> Path:
+        return self.var / "logs" / f"{name}.log"
+
+    def _env(self, name: str) -> dict[str, str]:
+        prefix = f"RECMESH_{name.upper()}_"
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            f"{prefix}HOST": self.host,
+            f"{prefix}PORT": str(self.ports[name]),
+        }
+        if name == "retrieval":
+            env[f"{prefix}SHARD_DIR"] = str(self.var / "catalog" / "qdrant")
+        if name == "updater":
+            env[f"{prefix}LOG_PATH"] = str(self.var / "updater" / "events.sqlite")
+        if name == "gateway":
+            for upstream in SERVICES[:-1]:
+                env[f"{prefix}{upstream.upper()}_ADDR"] = self.address(upstream)
+        env.update({k: v for k, v in self.env.items() if k.startswith(prefix) or not k.startswith("RECMESH_")})
+        return env
+
+    def start_one(self, name: str) -> subprocess.Popen:
+        log = self.log_path(name).open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=REPO,
+            env=self._env(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def wait(self, name: str, timeout_s: float = 120.0) -> None:
+        wait_serving(self.address(name), timeout_s, self.procs.get(name), self.log_path(name))
+
+    def start(self, timeout_s: float = 180.0) -> "Stack":
+        try:
+            for name in SERVICES:
+                self.start_one(name)
+            for name in SERVICES:
+                self.wait(name, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def restart(self, name: str, timeout_s: float = 120.0) -> None:
+        self.start_one(name)
+        self.wait(name, timeout_s)
+
+    def signal(self, name: str, sig: int) -> None:
+        self.procs[name].send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.procs[name].wait(10)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        live = [p for p in self.procs.values() if p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for proc in live:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

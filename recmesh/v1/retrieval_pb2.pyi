@@ -1,0 +1,88 @@
+from recmesh.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Candidate(_message.Message):
+    __slots__ = ("item_id", "title", "categories", "score", "popularity")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    POPULARITY_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    title: str
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    score: float
+    popularity: float
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., popularity: _Optional[float] = ...) -> None: ...
+
+class CandidateList(_message.Message):
+    __slots__ = ("candidates", "vectors", "index_version")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    vectors: _common_pb2.Matrix
+    index_version: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., index_version: _Optional[str] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("vector", "limit", "filters", "with_vectors")
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    vector: _common_pb2.Matrix
+    limit: int
+    filters: _common_pb2.Filters
+    with_vectors: bool
+    def __init__(self, vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class GetItemsRequest(_message.Message):
+    __slots__ = ("item_ids", "with_vectors")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class TopPopularRequest(_message.Message):
+    __slots__ = ("limit", "with_vectors")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    with_vectors: bool
+    def __init__(self, limit: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("items", "vectors", "popularity")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    POPULARITY_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
+    vectors: _common_pb2.Matrix
+    popularity: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., popularity: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,56 @@
+from recmesh.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class IngestRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class IngestResponse(_message.Message):
+    __slots__ = ("accepted", "duplicates")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class GetUserStateRequest(_message.Message):
+    __slots__ = ("user_id", "max_recent")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECENT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    max_recent: int
+    def __init__(self, user_id: _Optional[str] = ..., max_recent: _Optional[int] = ...) -> None: ...
+
+class UserState(_message.Message):
+    __slots__ = ("user_id", "recent", "seen_item_ids", "recent_queries", "event_count")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
+    SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    recent: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
+    seen_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    recent_queries: _containers.RepeatedScalarFieldContainer[str]
+    event_count: int
+    def __init__(self, user_id: _Optional[str] = ..., recent: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., recent_queries: _Optional[_Iterable[str]] = ..., event_count: _Optional[int] = ...) -> None: ...
+
+class DeleteUserStateRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class DeleteUserStateResponse(_message.Message):
+    __slots__ = ("events_deleted",)
+    EVENTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    events_deleted: int
+    def __init__(self, events_deleted: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""recmesh services: one package per process, talking only through recmesh.v1 protos."""

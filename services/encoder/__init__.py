@@ -1,0 +1,1 @@
+"""Encoder service: texts and user interest to vectors with the language model."""

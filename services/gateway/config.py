@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from recmesh.common.config import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RECMESH_GATEWAY_")
+
+    port: int = 50060
+    updater_addr: str = "127.0.0.1:50064"
+    encoder_addr: str = "127.0.0.1:50061"
+    retrieval_addr: str = "127.0.0.1:50062"
+    ranker_addr: str = "127.0.0.1:50063"
+
+    # Soft real-time budget of a Recommend; a shorter client deadline wins.
+    budget_ms: float = Field(default=100.0, gt=0)
+    # Kept back from every stage for the gateway's own work and the reply.
+    reply_margin_ms: float = Field(default=4.0, ge=0)
+    # A stage with less time than this left is skipped, not called.
+    min_stage_ms: float = Field(default=2.0, ge=0)
+    # Per-stage caps, so one slow stage cannot eat the whole budget.
+    user_state_cap_ms: float = Field(default=15.0, gt=0)
+    history_cap_ms: float = Field(default=15.0, gt=0)
+    encoder_cap_ms: float = Field(default=50.0, gt=0)
+    retrieval_cap_ms: float = Field(default=30.0, gt=0)
+    ranker_cap_ms: float = Field(default=25.0, gt=0)
+    # Writes (TrackEvents, catalog) are not on the real-time path but still bounded.
+    write_timeout_s: float = Field(default=10.0, gt=0)
+
+    default_k: int = Field(default=10, ge=1)
+    max_k: int = Field(default=100, ge=1)
+    candidates: int = Field(default=200, ge=1)
+    history_items: int = Field(default=50, ge=1)
+    affinity_items: int = Field(default=20, ge=1)
+    max_query_chars: int = Field(default=1000, ge=1)
+    max_filter_values: int = Field(default=1000, ge=0)
+    max_events_per_call: int = Field(default=1000, ge=1)
+    max_items_per_upsert: int = Field(default=256, ge=1)
+    popular_pool: int = Field(default=500, ge=1)
+    popular_refresh_s: float = Field(default=30.0, gt=0)
+    interest_cache_users: int = Field(default=100_000, ge=0)

@@ -1,0 +1,203 @@
+"""The Recommend pipeline: user state -> history vectors -> interest -> candidates -> ranking,
+each stage under its own deadline, each failure answered by the next rung of the fallback ladder."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from recmesh.common.lru import LruCache
+from recmesh.common.vectors import from_matrix, to_matrix
+from recmesh.v1 import (
+    common_pb2,
+    encoder_pb2,
+    ranker_pb2,
+    recommendations_pb2,
+    retrieval_pb2,
+    updater_pb2,
+)
+from services.gateway.budget import Budget
+from services.gateway.config import GatewaySettings
+from services.gateway.fallbacks import PopularCandidates
+from services.gateway.upstreams import Upstreams
+
+MS = 1e-3
+
+
+@dataclass
+class History:
+    entries: list[encoder_pb2.HistoryEntry]  # oldest first, only items the catalog knows
+    vectors: np.ndarray
+    items: dict[str, retrieval_pb2.Candidate]
+    seen: set[str]
+
+
+def category_affinity(history: History, last_n: int) -> dict[str, float]:
+    """Share of each category among the user's last_n item events."""
+    counts: Counter[str] = Counter()
+    for entry in history.entries[-last_n:]:
+        counts.update(history.items[entry.item_id].categories)
+    total = sum(counts.values())
+    return {c: n / total for c, n in counts.items()} if total else {}
+
+
+class Recommender:
+    def __init__(self, settings: GatewaySettings, upstreams: Upstreams, popular: PopularCandidates):
+        self._s = settings
+        self._up = upstreams
+        self._popular = popular
+        self._interest_cache: LruCache[str, np.ndarray] = LruCache(settings.interest_cache_users)
+
+    def forget_user(self, user_id: str) -> None:
+        self._interest_cache.forget(user_id)
+
+    async def recommend(self, request, k: int, query: str, client_remaining_s: float | None):
+        s = self._s
+        budget = Budget(s.budget_ms * MS, client_remaining_s, s.reply_margin_ms * MS, s.min_stage_ms * MS)
+        trace = budget.trace
+        versions: dict[str, str] = {}
+        user_id = request.user_id
+
+        history = await self._history(budget, user_id)
+        interest, query_vec = await self._interest(budget, user_id, history, query, versions)
+
+        excluded = set(request.filters.exclude_item_ids)
+        exclude_seen = request.filters.exclude_seen if request.filters.HasField("exclude_seen") else True
+        if exclude_seen:
+            excluded |= history.seen
+        candidates, cand_vectors = await self._candidates(budget, request.filters, excluded, interest, versions)
+
+        ranked = None
+        if candidates:
+            ranked = await budget.call(
+                "ranker",
+                s.ranker_cap_ms * MS,
+                lambda t: self._up.ranker.Rank(
+                    self._rank_request(candidates, cand_vectors, interest, query_vec, history, k), timeout=t
+                ),
+            )
+        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
+        by_id = {c.item_id: c for c in candidates}
+        if ranked is not None:
+            versions["ranker"] = ranked.model_version
+            for item in ranked.items[:k]:
+                c = by_id[item.item_id]
+                reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories,
+                                score=item.score, reasons=item.reasons)
+        else:
+            if candidates:
+                trace.degrade("fallback:retrieval_order")
+            for c in candidates[:k]:
+                reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.score,
+                                reasons=["popular right now"] if interest is None else ["fits your recent activity"])
+        reply.versions.update(versions)
+        reply.degraded.extend(trace.degraded)
+        for stage, ms in trace.latencies:
+            reply.stage_latency.add(stage=stage, ms=ms)
+        reply.total_ms = budget.elapsed_ms()
+        return reply
+
+    async def _history(self, budget: Budget, user_id: str) -> History:
+        s = self._s
+        empty = History([], np.zeros((0, 0), np.float32), {}, set())
+        state = await budget.call(
+            "user_state",
+            s.user_state_cap_ms * MS,
+            lambda t: self._up.updater.GetUserState(
+                updater_pb2.GetUserStateRequest(user_id=user_id, max_recent=s.history_items), timeout=t
+            ),
+        )
+        if state is None:
+            budget.trace.degrade("fallback:anonymous")
+            return empty
+        seen = set(state.seen_item_ids)
+        if not state.recent:
+            return History([], empty.vectors, {}, seen)
+        ids = list(dict.fromkeys(e.item_id for e in state.recent))
+        found = await budget.call(
+            "history_items",
+            s.history_cap_ms * MS,
+            lambda t: self._up.retrieval.GetItems(
+                retrieval_pb2.GetItemsRequest(item_ids=ids, with_vectors=True), timeout=t
+            ),
+        )
+        if found is None:
+            return History([], empty.vectors, {}, seen)
+        vectors = from_matrix(found.vectors, "vectors")
+        row = {c.item_id: i for i, c in enumerate(found.candidates)}
+        # Items deleted from the catalog since the event drop out of the history.
+        entries = [
+            encoder_pb2.HistoryEntry(item_id=e.item_id, type=e.type, value=e.value, timestamp_ms=e.timestamp_ms)
+            for e in state.recent
+            if e.item_id in row
+        ]
+        rows = [row[e.item_id] for e in entries]
+        return History(entries, vectors[rows], {c.item_id: c for c in found.candidates}, seen)
+
+    async def _interest(self, budget, user_id, history: History, query: str, versions):
+        if not history.entries and not query:
+            return None, None  # a cold user with no query: popularity is the right answer, not a degradation
+        reply = await budget.call(
+            "encoder",
+            self._s.encoder_cap_ms * MS,
+            lambda t: self._up.encoder.EncodeInterest(
+                encoder_pb2.EncodeInterestRequest(
+                    history=history.entries, item_vectors=to_matrix(history.vectors), query=query
+                ),
+                timeout=t,
+            ),
+        )
+        if reply is None:
+            cached = self._interest_cache.get(user_id)
+            budget.trace.degrade("fallback:cached_interest" if cached is not None else "fallback:popular")
+            return cached, None
+        versions["encoder"] = reply.model_version
+        interest = from_matrix(reply.interest, "interest")
+        query_vec = from_matrix(reply.query_vector, "query_vector")
+        interest = interest[0] if len(interest) else None
+        if interest is not None and history.entries:
+            self._interest_cache.put(user_id, interest)
+        return interest, (query_vec[0] if len(query_vec) else None)
+
+    async def _candidates(self, budget, filters: common_pb2.Filters, excluded: set[str], interest, versions):
+        s = self._s
+        if interest is not None:
+            search = retrieval_pb2.SearchRequest(
+                vector=to_matrix(interest),
+                limit=s.candidates,
+                filters=common_pb2.Filters(
+                    include_categories=filters.include_categories,
+                    exclude_categories=filters.exclude_categories,
+                    exclude_item_ids=sorted(excluded),
+                ),
+                with_vectors=True,
+            )
+            found = await budget.call(
+                "retrieval", s.retrieval_cap_ms * MS, lambda t: self._up.retrieval.Search(search, timeout=t)
+            )
+            if found is not None:
+                versions["index"] = found.index_version
+                return list(found.candidates), from_matrix(found.vectors, "vectors")
+            budget.trace.degrade("fallback:popular_candidates")
+        versions["index"] = self._popular.index_version
+        return self._popular.select(
+            set(filters.include_categories), set(filters.exclude_categories), excluded, s.candidates
+        )
+
+    def _rank_request(self, candidates, cand_vectors, interest, query_vec, history: History, k: int):
+        last = {e.item_id: i for i, e in enumerate(history.entries)}  # later events win
+        recent_ids = sorted(last, key=last.__getitem__, reverse=True)[:10]
+        recent_rows = [last[i] for i in recent_ids]
+        return ranker_pb2.RankRequest(
+            candidates=candidates,
+            candidate_vectors=to_matrix(cand_vectors),
+            interest=to_matrix(interest),
+            query_vector=to_matrix(query_vec),
+            category_affinity=category_affinity(history, self._s.affinity_items),
+            recent=[ranker_pb2.RecentItem(item_id=i, title=history.items[i].title) for i in recent_ids],
+            recent_vectors=to_matrix(history.vectors[recent_rows] if recent_rows else None),
+            k=k,
+        )

@@ -1,0 +1,169 @@
+"""recmesh.v1.Recommendations: the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import grpc
+
+from recmesh.common.catalog import item_text
+from recmesh.common.errors import rpc_method
+from recmesh.common.server import Service
+from recmesh.common.validation import check_events, check_id
+from recmesh.v1 import (
+    encoder_pb2,
+    recommendations_pb2,
+    recommendations_pb2_grpc,
+    retrieval_pb2,
+    updater_pb2,
+)
+from services.gateway.config import GatewaySettings
+from services.gateway.fallbacks import PopularCandidates
+from services.gateway.recommend import Recommender
+from services.gateway.upstreams import Upstreams
+from services.gateway.validation import check_item_ids, check_items, check_recommend
+
+log = logging.getLogger("recmesh.gateway")
+
+
+async def passthrough(context: grpc.aio.ServicerContext, call):
+    """Await an upstream call; its failure becomes this call's status with the same details."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        await context.abort(exc.code(), exc.details() or exc.code().name)
+
+
+class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
+    def __init__(self, settings: GatewaySettings):
+        self._s = settings
+        self._up = Upstreams.connect(settings)
+        self._popular = PopularCandidates()
+        self._recommender = Recommender(settings, self._up, self._popular)
+        self._refresher: asyncio.Task | None = None
+
+    async def _refresh_popular(self) -> None:
+        reply = await self._up.retrieval.TopPopular(
+            retrieval_pb2.TopPopularRequest(limit=self._s.popular_pool, with_vectors=True), timeout=5.0
+        )
+        self._popular.replace(reply)
+
+    async def warmup(self) -> None:
+        """SERVING only once the popular fallback is loaded: from then on every Recommend can be answered."""
+        while True:
+            try:
+                await self._refresh_popular()
+                break
+            except grpc.aio.AioRpcError as exc:
+                log.info("waiting for retrieval", extra={"status": exc.code().name})
+                await asyncio.sleep(0.5)
+        self._refresher = asyncio.create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._s.popular_refresh_s)
+            try:
+                await self._refresh_popular()
+            except grpc.aio.AioRpcError as exc:
+                log.warning("popular refresh failed; keeping the last list", extra={"status": exc.code().name})
+
+    async def close(self) -> None:
+        if self._refresher:
+            self._refresher.cancel()
+        await self._up.close()
+
+    def _write_timeout(self, context) -> float:
+        remaining = context.time_remaining()
+        return self._s.write_timeout_s if remaining is None else min(remaining, self._s.write_timeout_s)
+
+    @rpc_method
+    async def Recommend(self, request, context):
+        k, query = check_recommend(request, self._s)
+        return await self._recommender.recommend(request, k, query, context.time_remaining())
+
+    @rpc_method
+    async def TrackEvents(self, request, context):
+        check_events(request.events, "events", self._s.max_events_per_call)
+        reply = await passthrough(
+            context,
+            self._up.updater.Ingest(updater_pb2.IngestRequest(events=request.events), timeout=self._write_timeout(context)),
+        )
+        return recommendations_pb2.TrackEventsResponse(accepted=reply.accepted, duplicates=reply.duplicates)
+
+    @rpc_method
+    async def UpsertItems(self, request, context):
+        check_items(request.items, self._s)
+        timeout = self._write_timeout(context)
+        encoded = await passthrough(
+            context,
+            self._up.encoder.EncodeTexts(
+                encoder_pb2.EncodeTextsRequest(texts=[item_text(it) for it in request.items]), timeout=timeout
+            ),
+        )
+        reply = await passthrough(
+            context,
+            self._up.retrieval.Upsert(
+                retrieval_pb2.UpsertRequest(items=request.items, vectors=encoded.vectors),
+                timeout=self._write_timeout(context),
+            ),
+        )
+        return recommendations_pb2.UpsertItemsResponse(upserted=reply.upserted)
+
+    @rpc_method
+    async def DeleteItems(self, request, context):
+        ids = check_item_ids(request.item_ids, self._s)
+        reply = await passthrough(
+            context,
+            self._up.retrieval.Delete(retrieval_pb2.DeleteRequest(item_ids=ids), timeout=self._write_timeout(context)),
+        )
+        self._popular.forget(set(ids))
+        return recommendations_pb2.DeleteItemsResponse(deleted=reply.deleted)
+
+    @rpc_method
+    async def GetUserProfile(self, request, context):
+        user_id = check_id(request.user_id, "user_id")
+        timeout = self._write_timeout(context)
+        state = await passthrough(
+            context,
+            self._up.updater.GetUserState(updater_pb2.GetUserStateRequest(user_id=user_id), timeout=timeout),
+        )
+        profile = recommendations_pb2.UserProfile(
+            user_id=user_id, event_count=state.event_count, recent_queries=state.recent_queries
+        )
+        profile.recent_events.extend(reversed(state.recent))
+        ids = list(dict.fromkeys(e.item_id for e in state.recent))
+        if ids:
+            items = await passthrough(
+                context,
+                self._up.retrieval.GetItems(retrieval_pb2.GetItemsRequest(item_ids=ids), timeout=self._write_timeout(context)),
+            )
+            categories = {c.item_id: c.categories for c in items.candidates}
+            counts = Counter(cat for e in state.recent for cat in categories.get(e.item_id, ()))
+            total = sum(counts.values())
+            for cat, n in counts.most_common(5):
+                profile.top_categories.add(category=cat, weight=n / total)
+        return profile
+
+    @rpc_method
+    async def DeleteUser(self, request, context):
+        user_id = check_id(request.user_id, "user_id")
+        reply = await passthrough(
+            context,
+            self._up.updater.DeleteUser(
+                updater_pb2.DeleteUserStateRequest(user_id=user_id), timeout=self._write_timeout(context)
+            ),
+        )
+        self._recommender.forget_user(user_id)
+        return recommendations_pb2.DeleteUserResponse(events_deleted=reply.events_deleted)
+
+
+def build_service(settings: GatewaySettings) -> Service:
+    servicer = GatewayServicer(settings)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        recommendations_pb2_grpc.add_RecommendationsServicer_to_server(servicer, server)
+        return [recommendations_pb2.DESCRIPTOR.services_by_name["Recommendations"].full_name]
+
+    return Service("gateway", register, servicer.warmup, servicer.close)

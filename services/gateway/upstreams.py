@@ -1,0 +1,36 @@
+"""Channels and stubs to the internal services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from recmesh.common.server import GRPC_OPTIONS
+from recmesh.v1 import encoder_pb2_grpc, ranker_pb2_grpc, retrieval_pb2_grpc, updater_pb2_grpc
+from services.gateway.config import GatewaySettings
+
+
+@dataclass
+class Upstreams:
+    updater: updater_pb2_grpc.UpdaterStub
+    encoder: encoder_pb2_grpc.EncoderStub
+    retrieval: retrieval_pb2_grpc.RetrievalStub
+    ranker: ranker_pb2_grpc.RankerStub
+    channels: list[grpc.aio.Channel]
+
+    @classmethod
+    def connect(cls, settings: GatewaySettings) -> "Upstreams":
+        addrs = [settings.updater_addr, settings.encoder_addr, settings.retrieval_addr, settings.ranker_addr]
+        channels = [grpc.aio.insecure_channel(a, options=GRPC_OPTIONS) for a in addrs]
+        return cls(
+            updater_pb2_grpc.UpdaterStub(channels[0]),
+            encoder_pb2_grpc.EncoderStub(channels[1]),
+            retrieval_pb2_grpc.RetrievalStub(channels[2]),
+            ranker_pb2_grpc.RankerStub(channels[3]),
+            channels,
+        )
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()

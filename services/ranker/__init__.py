@@ -1,0 +1,1 @@
+"""Ranker service: scores candidates with a versioned model over ranking features."""

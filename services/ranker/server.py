@@ -1,0 +1,91 @@
+"""recmesh.v1.Ranker over the newest parameter version on disk."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from recmesh.common.errors import InvalidArgument, rpc_method
+from recmesh.common.server import Service
+from recmesh.common.vectors import from_matrix
+from recmesh.v1 import ranker_pb2, ranker_pb2_grpc
+from services.ranker import features as feats
+from services.ranker.config import RankerSettings
+from services.ranker.model import LinearScorer, load_params, newest_params
+from services.ranker.reasons import explain
+
+
+def _optional_vector(matrix, field: str, dim: int) -> np.ndarray | None:
+    arr = from_matrix(matrix, field)
+    if arr.shape[0] == 0:
+        return None
+    if arr.shape != (1, dim):
+        raise InvalidArgument(field, f"expected 1 x {dim}, got {arr.shape[0]} x {arr.shape[1]}")
+    return arr[0]
+
+
+class RankerServicer(ranker_pb2_grpc.RankerServicer):
+    def __init__(self, settings: RankerSettings, scorer: LinearScorer):
+        self._settings = settings
+        self._scorer = scorer
+
+    @property
+    def version(self) -> str:
+        return self._scorer.version
+
+    @rpc_method
+    async def Rank(self, request, context):
+        scorer = self._scorer  # one version for the whole call, even if a swap lands meanwhile
+        n = len(request.candidates)
+        if n > self._settings.max_candidates:
+            raise InvalidArgument("candidates", f"at most {self._settings.max_candidates}, got {n}")
+        if request.k < 0:
+            raise InvalidArgument("k", "must be >= 0")
+        cand = from_matrix(request.candidate_vectors, "candidate_vectors")
+        if cand.shape[0] != n:
+            raise InvalidArgument("candidate_vectors", f"{cand.shape[0]} rows for {n} candidates")
+        reply = ranker_pb2.RankResponse(model_version=scorer.version)
+        if n == 0:
+            return reply
+        dim = cand.shape[1]
+        recent = from_matrix(request.recent_vectors, "recent_vectors")
+        if recent.shape[0] != len(request.recent):
+            raise InvalidArgument("recent_vectors", f"{recent.shape[0]} rows for {len(request.recent)} recent items")
+        if recent.shape[0] and recent.shape[1] != dim:
+            raise InvalidArgument("recent_vectors", f"dim {recent.shape[1]}, candidates have {dim}")
+        affinity = dict(request.category_affinity)
+        categories = [list(c.categories) for c in request.candidates]
+        features = feats.compute(
+            feats.RankInputs(
+                candidate_vectors=cand,
+                candidate_categories=categories,
+                popularity=np.array([c.popularity for c in request.candidates], dtype=np.float32),
+                interest=_optional_vector(request.interest, "interest", dim),
+                query=_optional_vector(request.query_vector, "query_vector", dim),
+                recent_vectors=recent,
+                category_affinity=affinity,
+            )
+        )
+        scores = scorer.score(features.values)
+        contributions = scorer.contributions(features.values)
+        k = min(request.k or n, n)
+        top = np.argsort(-scores, kind="stable")[:k]
+        titles = [r.title for r in request.recent]
+        for i in top:
+            reply.items.add(
+                item_id=request.candidates[i].item_id,
+                score=float(scores[i]),
+                reasons=explain(contributions, features, i, categories[i], affinity, titles, self._settings.max_reasons),
+            )
+        return reply
+
+
+def build_service(settings: RankerSettings) -> Service:
+    scorer = load_params(newest_params(settings.params_dir))
+    servicer = RankerServicer(settings, scorer)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        ranker_pb2_grpc.add_RankerServicer_to_server(servicer, server)
+        return [ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name]
+
+    return Service("ranker", register)

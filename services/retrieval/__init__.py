@@ -1,0 +1,1 @@
+"""Retrieval service: candidate search over item vectors in Qdrant."""

@@ -1,0 +1,137 @@
+"""recmesh.v1.Retrieval over an EdgeItemStore."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+import grpc
+import numpy as np
+
+from recmesh.common.catalog import item_text
+from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
+from recmesh.common.server import Service
+from recmesh.common.vectors import from_matrix, to_matrix
+from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
+from services.retrieval.config import RetrievalSettings
+from services.retrieval.store import EdgeItemStore, SearchFilter, StoredItem
+
+T = TypeVar("T")
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
+    def __init__(self, settings: RetrievalSettings):
+        self._settings = settings
+        self._store: EdgeItemStore | None = None
+        # Qdrant Edge calls block; keep them off the event loop.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qdrant")
+
+    async def load(self) -> None:
+        self._store = await self._run(EdgeItemStore.open, self._settings.shard_dir, self._settings.hnsw_ef)
+        if self._store.dim:
+            await self._run(self._store.search, np.ones(self._store.dim, np.float32), 10, SearchFilter(), True)
+
+    async def _run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def store(self) -> EdgeItemStore:
+        if self._store is None:
+            raise Unavailable("retrieval is warming up")
+        return self._store
+
+    def _answer(self, items: list[StoredItem], with_vectors: bool) -> retrieval_pb2.CandidateList:
+        reply = retrieval_pb2.CandidateList(index_version=self.store.version)
+        for it in items:
+            reply.candidates.add(
+                item_id=it.item_id, title=it.title, categories=it.categories, score=it.score, popularity=it.popularity
+            )
+        if with_vectors and items:
+            reply.vectors.CopyFrom(to_matrix(np.stack([it.vector for it in items])))
+        return reply
+
+    def _check_ids(self, ids, field: str) -> list[str]:
+        if len(ids) > self._settings.max_ids:
+            raise InvalidArgument(field, f"at most {self._settings.max_ids} ids")
+        for i, item_id in enumerate(ids):
+            if not item_id:
+                raise InvalidArgument(f"{field}[{i}]", "must not be empty")
+        return list(ids)
+
+    def _check_limit(self, limit: int) -> int:
+        if not 1 <= limit <= self._settings.max_limit:
+            raise InvalidArgument("limit", f"must be in 1..{self._settings.max_limit}, got {limit}")
+        return limit
+
+    @rpc_method
+    async def Search(self, request, context):
+        store = self.store
+        vector = from_matrix(request.vector, "vector")
+        if vector.shape != (1, store.dim):
+            raise InvalidArgument("vector", f"expected 1 x {store.dim}, got {vector.shape[0]} x {vector.shape[1]}")
+        limit = self._check_limit(request.limit)
+        f = request.filters
+        flt = SearchFilter(
+            list(f.include_categories),
+            list(f.exclude_categories),
+            self._check_ids(f.exclude_item_ids, "filters.exclude_item_ids"),
+        )
+        items = await self._run(store.search, vector[0], limit, flt, request.with_vectors)
+        return self._answer(items, request.with_vectors)
+
+    @rpc_method
+    async def GetItems(self, request, context):
+        ids = self._check_ids(request.item_ids, "item_ids")
+        items = await self._run(self.store.get, ids, request.with_vectors)
+        return self._answer(items, request.with_vectors)
+
+    @rpc_method
+    async def TopPopular(self, request, context):
+        items = await self._run(self.store.top_popular, self._check_limit(request.limit), request.with_vectors)
+        return self._answer(items, request.with_vectors)
+
+    @rpc_method
+    async def Upsert(self, request, context):
+        store = self.store
+        vectors = from_matrix(request.vectors, "vectors")
+        if vectors.shape[0] != len(request.items):
+            raise InvalidArgument("vectors", f"{vectors.shape[0]} rows for {len(request.items)} items")
+        if len(request.items) and vectors.shape[1] != store.dim:
+            raise InvalidArgument("vectors", f"dim {vectors.shape[1]}, index dim is {store.dim}")
+        if request.popularity and len(request.popularity) != len(request.items):
+            raise InvalidArgument("popularity", "one value per item, or none")
+        self._check_ids([it.item_id for it in request.items], "items.item_id")
+        payloads = [
+            {
+                "item_id": it.item_id,
+                "title": it.title,
+                "categories": list(it.categories),
+                "popularity": float(request.popularity[i]) if request.popularity else 0.0,
+                "text": item_text(it),
+            }
+            for i, it in enumerate(request.items)
+        ]
+        count = await self._run(store.upsert, payloads, vectors)
+        return retrieval_pb2.UpsertResponse(upserted=count)
+
+    @rpc_method
+    async def Delete(self, request, context):
+        ids = self._check_ids(request.item_ids, "item_ids")
+        return retrieval_pb2.DeleteResponse(deleted=await self._run(self.store.delete, ids))
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._run(self._store.flush)
+            self._store.close()
+        self._pool.shutdown(wait=True)
+
+
+def build_service(settings: RetrievalSettings) -> Service:
+    servicer = RetrievalServicer(settings)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        retrieval_pb2_grpc.add_RetrievalServicer_to_server(servicer, server)
+        return [retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name]
+
+    return Service("retrieval", register, servicer.load, servicer.close)

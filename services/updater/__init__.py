@@ -1,0 +1,1 @@
+"""Updater service: the durable event log and per-user state."""

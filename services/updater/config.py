@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from recmesh.common.config import ServiceSettings
+
+
+class UpdaterSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RECMESH_UPDATER_")
+
+    port: int = 50064
+    # SQLite file in WAL mode: the event log of record.
+    log_path: Path = Path("var/updater/events.sqlite")
+    # Per-user state kept in memory, rebuilt from the log at start.
+    recent_items: int = Field(default=200, ge=1)
+    seen_items: int = Field(default=5000, ge=1)
+    recent_queries: int = Field(default=20, ge=1)
+    default_max_recent: int = Field(default=50, ge=1)
+    max_events_per_call: int = Field(default=1000, ge=1)
