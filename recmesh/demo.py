@@ -14,7 +14,8 @@ HORROR_FILMS = ["1258", "1214", "1982", "1997", "1407"]  # The Shining, Alien, H
 def _show(title: str, reply, watch: tuple[str, ...] = ()) -> None:
     print(f"\n== {title}")
     stages = ", ".join(f"{s.stage} {s.ms:.1f}" for s in reply.stage_latency)
-    print(f"   {reply.total_ms:.1f} ms ({stages}){'  DEGRADED: ' + ', '.join(reply.degraded) if reply.degraded else ''}")
+    degraded = f"  DEGRADED: {', '.join(reply.degraded)}" if reply.degraded else ""
+    print(f"   {reply.total_ms:.1f} ms ({stages}){degraded}")
     for i, item in enumerate(reply.items, start=1):
         print(f"   {i:2}. {item.title[:48]:48} {'|'.join(item.categories)[:40]:40} {'; '.join(item.reasons)}")
     if watch:

@@ -3,8 +3,8 @@ and stop them all (SIGTERM, then SIGKILL) - used by `recmesh run` and the integr
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO = Path(__file__).resolve().parents[1]
 # Leaves first: the gateway waits for retrieval before it reports SERVING.
 SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
-_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -28,12 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    # If the launcher is killed outright, the kernel sends the services SIGTERM: no orphans.
-    try:
-        ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+def _die_with_parent() -> list[str]:
+    """If the launcher is killed outright, the kernel sends the services SIGTERM: no orphans.
+    Done with setpriv rather than a preexec_fn: forking a process that runs gRPC threads and
+    then running Python code in the child can abort it."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
@@ -45,7 +44,8 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None =
                 tail = log.read_text()[-3000:] if log and log.exists() else ""
                 raise RuntimeError(f"{address} exited with {proc.returncode} before serving:\n{tail}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == health_pb2.HealthCheckResponse.SERVING:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
@@ -95,12 +95,11 @@ class Stack:
     def start_one(self, name: str) -> subprocess.Popen:
         log = self.log_path(name).open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            [*_die_with_parent(), sys.executable, "-m", f"services.{name}"],
             cwd=REPO,
             env=self._env(name),
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
         self.procs[name] = proc
         return proc

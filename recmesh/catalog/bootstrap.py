@@ -114,7 +114,8 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens ml-latest-small folder")
     parser.add_argument("--var", type=Path, default=DEFAULT_VAR, help="where shards and logs live")
-    parser.add_argument("--model-dir", type=Path, default=None, help="Hugging Face model folder (default: bundled MiniLM)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="Hugging Face model folder (default: bundled MiniLM)")
     parser.add_argument("--model-name", default="all-MiniLM-L6-v2")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the one-off encoding")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")

@@ -31,7 +31,8 @@ class EncoderSettings(ServiceSettings):
     query_cache_size: int = Field(default=4096, ge=0)
     # Zero-shot interest rule.
     query_weight: float = Field(default=0.6, ge=0.0, le=1.0)
-    recency_half_life_events: float = Field(default=4.0, gt=0.0)
+    # Short on purpose: the last few events should steer the next answer (see the genre-shift test).
+    recency_half_life_events: float = Field(default=2.0, gt=0.0)
     max_history: int = Field(default=50, ge=1)
 
     @field_validator("model_dir")

@@ -33,7 +33,7 @@ def event_weight(event_type: int, value: float) -> float:
 @dataclass(frozen=True)
 class InterestRule:
     query_weight: float = 0.6
-    recency_half_life_events: float = 4.0
+    recency_half_life_events: float = 2.0
 
     def combine(
         self,
@@ -48,7 +48,7 @@ class InterestRule:
             n = len(item_vectors)
             age = np.arange(n - 1, -1, -1, dtype=np.float32)  # 0 for the newest
             recency = 0.5 ** (age / self.recency_half_life_events)
-            kind = np.array([event_weight(t, v) for t, v in zip(event_types, values)], dtype=np.float32)
+            kind = np.array([event_weight(t, v) for t, v in zip(event_types, values, strict=False)], dtype=np.float32)
             weights = recency * kind
             if weights.sum() > 0:
                 history = l2_normalize(weights @ item_vectors)

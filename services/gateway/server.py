@@ -88,7 +88,9 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         check_events(request.events, "events", self._s.max_events_per_call)
         reply = await passthrough(
             context,
-            self._up.updater.Ingest(updater_pb2.IngestRequest(events=request.events), timeout=self._write_timeout(context)),
+            self._up.updater.Ingest(
+                updater_pb2.IngestRequest(events=request.events), timeout=self._write_timeout(context)
+            ),
         )
         return recommendations_pb2.TrackEventsResponse(accepted=reply.accepted, duplicates=reply.duplicates)
 
@@ -137,7 +139,9 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         if ids:
             items = await passthrough(
                 context,
-                self._up.retrieval.GetItems(retrieval_pb2.GetItemsRequest(item_ids=ids), timeout=self._write_timeout(context)),
+                self._up.retrieval.GetItems(
+                    retrieval_pb2.GetItemsRequest(item_ids=ids), timeout=self._write_timeout(context)
+                ),
             )
             categories = {c.item_id: c.categories for c in items.candidates}
             counts = Counter(cat for e in state.recent for cat in categories.get(e.item_id, ()))

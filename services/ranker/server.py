@@ -71,11 +71,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         k = min(request.k or n, n)
         top = np.argsort(-scores, kind="stable")[:k]
         titles = [r.title for r in request.recent]
+        max_reasons = self._settings.max_reasons
         for i in top:
             reply.items.add(
                 item_id=request.candidates[i].item_id,
                 score=float(scores[i]),
-                reasons=explain(contributions, features, i, categories[i], affinity, titles, self._settings.max_reasons),
+                reasons=explain(contributions, features, i, categories[i], affinity, titles, max_reasons),
             )
         return reply
 

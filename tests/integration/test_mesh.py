@@ -1,0 +1,203 @@
+"""End to end through the gateway: behaviour a backend team relies on."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import grpc
+import pytest
+
+from recmesh.client import Event
+from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+FAMILY = ["1", "6377", "4306", "4886", "364"]  # Toy Story, Finding Nemo, Shrek, Monsters Inc., Lion King
+HORROR = ["1258", "1214", "1982", "1997", "1407"]  # The Shining, Alien, Halloween, The Exorcist, Scream
+DRAMA = ["318", "1704", "2324", "527", "1193"]  # Shawshank, Good Will Hunting, Life Is Beautiful, Schindler, Cuckoo
+
+
+def genre_count(reply, genre: str) -> int:
+    return sum(genre in item.categories for item in reply.items)
+
+
+def test_recommend_returns_k_distinct_valid_items(client, user):
+    client.track_events(Event(user, item, "click") for item in DRAMA)
+    reply = client.recommend(user, k=10)
+    ids = [item.item_id for item in reply.items]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert all(item.title and item.reasons for item in reply.items)
+    assert reply.request_id
+    assert not reply.degraded, reply.degraded
+    assert {"encoder", "index", "ranker"} <= set(reply.versions)
+    assert {s.stage for s in reply.stage_latency} >= {"user_state", "encoder", "retrieval", "ranker"}
+
+
+def test_cold_user_gets_popular_items(client, user):
+    reply = client.recommend(user, k=5)
+    assert len(reply.items) == 5 and not reply.degraded
+    assert reply.items[0].title == "Forrest Gump (1994)"  # the most rated film in ml-latest-small
+
+
+def test_next_recommend_follows_a_new_genre(client, user):
+    client.track_events(Event(user, item, "click") for item in FAMILY)
+    before = client.recommend(user, k=10)
+    client.track_events(Event(user, item, "view") for item in HORROR)
+    after = client.recommend(user, k=10)  # no sleep: the very next call must see the events
+    assert genre_count(before, "Horror") <= 1
+    assert genre_count(after, "Horror") >= genre_count(before, "Horror") + 5
+
+
+def test_query_steers_results(client, user):
+    client.track_events(Event(user, item, "click") for item in HORROR)
+    plain = client.recommend(user, k=10)
+    steered = client.recommend(user, k=10, query="animated film for children")
+    kids = lambda r: sum(bool({"Animation", "Children"} & set(i.categories)) for i in r.items)  # noqa: E731
+    assert kids(plain) <= 2
+    assert kids(steered) >= kids(plain) + 5
+    assert any("matches what you typed" in i.reasons for i in steered.items)
+
+
+def test_seen_items_and_category_filters_hold(client, user):
+    client.track_events(Event(user, item, "click") for item in FAMILY)
+    reply = client.recommend(user, k=20)
+    assert not {i.item_id for i in reply.items} & set(FAMILY)
+
+    scifi = client.recommend(user, k=20, include_categories=["Sci-Fi"], exclude_categories=["Comedy"])
+    assert len(scifi.items) == 20
+    assert all("Sci-Fi" in i.categories and "Comedy" not in i.categories for i in scifi.items)
+
+    first = reply.items[0].item_id
+    without = client.recommend(user, k=20, exclude_item_ids=[first])
+    assert first not in {i.item_id for i in without.items}
+
+    # Opting out of exclude-seen lets the most similar items, the seen ones, come back.
+    again = client.recommend(user, k=20, exclude_seen=False)
+    assert {i.item_id for i in again.items} & set(FAMILY)
+
+
+def test_upserted_item_is_recommendable_at_once(client, user):
+    item_id = f"new-{user}"
+    client.upsert_items([{
+        "item_id": item_id,
+        "title": "Zorblax and the Quantum Llama",
+        "categories": ["Sci-Fi", "Comedy"],
+        "description": "A llama pilots a quantum starship through a wormhole.",
+        "tags": ["llama", "quantum", "space"],
+    }])
+    reply = client.recommend(user, query="quantum llama starship", k=5)
+    assert reply.items[0].item_id == item_id
+    client.delete_items([item_id])
+    gone = client.recommend(user, query="quantum llama starship", k=5)
+    assert item_id not in {i.item_id for i in gone.items}
+
+
+@pytest.mark.parametrize(
+    "request_fields, field",
+    [
+        ({"user_id": "", "k": 10}, "user_id"),
+        ({"user_id": "u1", "k": 0}, "k"),
+        ({"user_id": "u1", "k": 100000}, "k"),
+        ({"user_id": "u1", "k": 10, "query": "x" * (1 << 20)}, "query"),
+        ({"user_id": "u1", "k": 10, "filters": common_pb2.Filters(include_categories=[""])},
+         "filters.include_categories[0]"),
+    ],
+)
+def test_malformed_recommend_is_invalid_argument(gateway_channel, request_fields, field):
+    stub = recommendations_pb2_grpc.RecommendationsStub(gateway_channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(recommendations_pb2.RecommendRequest(**request_fields), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+@pytest.mark.parametrize(
+    "event, field",
+    [
+        (common_pb2.Event(event_id="e1", user_id="u1", item_id="1", type=42), "events[0].type"),
+        (common_pb2.Event(event_id="e1", user_id="u1", item_id="1"), "events[0].type"),
+        (common_pb2.Event(event_id="", user_id="u1", item_id="1", type=2), "events[0].event_id"),
+        (common_pb2.Event(event_id="e1", user_id="u1", type=2), "events[0].item_id"),
+        (common_pb2.Event(event_id="e1", user_id="u1", item_id="1", type=5, value=7), "events[0].value"),
+        (common_pb2.Event(event_id="e1", user_id="u1", item_id="1", type=2, timestamp_ms=1 << 60),
+         "events[0].timestamp_ms"),
+    ],
+)
+def test_malformed_event_is_invalid_argument(gateway_channel, event, field):
+    stub = recommendations_pb2_grpc.RecommendationsStub(gateway_channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.TrackEvents(recommendations_pb2.TrackEventsRequest(events=[event]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+def test_acknowledged_event_survives_updater_sigkill(stack, client, user):
+    event = Event(user, "260", "purchase", event_id=f"{user}-buy-1")
+    assert client.track_events([event]).accepted == 1
+    stack.signal("updater", signal.SIGKILL)
+    stack.restart("updater")
+    profile = client.profile(user)
+    assert [e.event_id for e in profile.recent_events] == [event.event_id]
+    # Idempotent across the restart: the same event_id is acknowledged, not applied twice.
+    again = client.track_events([event])
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert client.profile(user).event_count == 1
+
+
+def _timed_recommend(client, user, **kwargs):
+    started = time.perf_counter()
+    reply = client.recommend(user, **kwargs)
+    return reply, time.perf_counter() - started
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_ranker_down_degrades_within_deadline(stack, client, user, how):
+    client.track_events(Event(user, item, "click") for item in FAMILY)
+    stack.signal("ranker", how)
+    try:
+        for _ in range(3):
+            reply, elapsed = _timed_recommend(client, user, k=10)
+            assert elapsed < 0.150, f"answered in {elapsed * 1000:.0f} ms"
+            assert len(reply.items) == 10
+            assert "fallback:retrieval_order" in reply.degraded
+            assert any(r.startswith("ranker:") for r in reply.degraded), reply.degraded
+    finally:
+        if how == signal.SIGSTOP:
+            stack.signal("ranker", signal.SIGCONT)
+        else:
+            stack.restart("ranker")
+    assert _recovers_within(client, user, seconds=5.0)
+
+
+def _recovers_within(client, user, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not client.recommend(user, k=10).degraded:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_encoder_down_uses_cached_interest(stack, client, user):
+    client.track_events(Event(user, item, "click") for item in HORROR)
+    warm = client.recommend(user, k=10)
+    stack.signal("encoder", signal.SIGSTOP)
+    try:
+        reply, elapsed = _timed_recommend(client, user, k=10)
+    finally:
+        stack.signal("encoder", signal.SIGCONT)
+    assert elapsed < 0.150
+    assert "fallback:cached_interest" in reply.degraded
+    assert genre_count(reply, "Horror") >= genre_count(warm, "Horror") - 2
+
+
+def test_profile_and_delete_user(client, user):
+    client.track_events(Event(user, item, "click") for item in HORROR)
+    client.track(user, "", "search", query="scary movies")
+    profile = client.profile(user)
+    assert profile.event_count == 6
+    assert profile.top_categories[0].category == "Horror"
+    assert list(profile.recent_queries) == ["scary movies"]
+    assert client.delete_user(user).events_deleted == 6
+    assert client.profile(user).event_count == 0
