@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+
+from services.ranker.features import FEATURES, RankInputs, compute
+from services.ranker.model import load_params, newest_params
+from services.ranker.reasons import explain
+from services.ranker.config import RankerSettings
+
+
+def unit_rows(*rows):
+    m = np.array(rows, dtype=np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def inputs(**overrides):
+    base = dict(
+        candidate_vectors=unit_rows([1, 0, 0], [0, 1, 0], [0, 0, 1]),
+        candidate_categories=[["Drama"], ["Comedy"], ["Horror"]],
+        popularity=np.array([0.1, 0.9, 0.2], np.float32),
+        interest=None, query=None,
+        recent_vectors=np.zeros((0, 3), np.float32),
+        category_affinity={},
+    )
+    return RankInputs(**(base | overrides))
+
+
+def shipped():
+    return load_params(newest_params(RankerSettings().params_dir))
+
+
+def test_shipped_params_load_and_cover_known_features():
+    scorer = shipped()
+    assert scorer.version.startswith("ranker-")
+    assert scorer.weights.shape == (len(FEATURES),)
+
+
+def test_query_outranks_popularity():
+    scorer = shipped()
+    f = compute(inputs(query=np.array([0, 0, 1], np.float32)))
+    assert np.argmax(scorer.score(f.values)) == 2
+
+
+def test_without_signals_popularity_decides():
+    scorer = shipped()
+    assert np.argmax(scorer.score(compute(inputs()).values)) == 1
+
+
+def test_category_affinity_and_closest_recent_item():
+    f = compute(inputs(category_affinity={"Horror": 0.75, "Drama": 0.25},
+                       recent_vectors=unit_rows([0, 0.1, 1], [1, 0, 0])))
+    assert f.column("category_affinity").tolist() == [0.25, 0.0, 0.75]
+    assert f.closest_recent.tolist()[0] == 1 and f.closest_recent.tolist()[2] == 0
+
+
+def test_reasons_name_the_query_and_the_similar_title():
+    scorer = shipped()
+    f = compute(inputs(query=np.array([0, 0, 1], np.float32), recent_vectors=unit_rows([0, 0.2, 1])))
+    contributions = scorer.contributions(f.values)
+    reasons = explain(contributions, f, 2, ["Horror"], {}, ["The Shining (1980)"], 2)
+    assert reasons == ["matches what you typed", "similar to The Shining (1980)"]
+
+
+def test_params_with_unknown_features_are_refused(tmp_path):
+    path = tmp_path / "ranker-x.json"
+    path.write_text(json.dumps({"version": "x", "kind": "linear", "weights": {"nonsense": 1.0}}))
+    with pytest.raises(ValueError, match="unknown features"):
+        load_params(path)
