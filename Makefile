@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
-.PHONY: install protos bootstrap run test test-unit test-integration lint clean
+.PHONY: install protos bootstrap run test test-unit test-integration bench lint clean
 
 install: $(INSTALLED)
 
@@ -37,6 +37,11 @@ test-unit: $(INSTALLED)
 
 test-integration: $(INSTALLED)
 	$(PY) -m pytest -m integration
+
+# Measurements, not tests: JSON + PNG under results/.
+bench: bootstrap
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) -m recmesh.bench.latency --calls 1000
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check recmesh services tests

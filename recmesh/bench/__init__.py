@@ -1,0 +1,1 @@
+"""Measurements (not tests): `make bench` writes JSON and PNG under results/."""

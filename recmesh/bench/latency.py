@@ -1,0 +1,102 @@
+"""Recommend latency through the real mesh: N sequential calls without and with typed query text,
+MovieLens users with their history, distinct queries (taken from the users' tags) so the
+encoder's query cache does not flatter the figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recmesh.catalog import movielens
+from recmesh.catalog.bootstrap import DEFAULT_DATA, REPO
+from recmesh.client import RecmeshClient
+from recmesh.devstack import Stack
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(samples_ms)
+    return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 90, 99)} | {
+        "mean": round(float(a.mean()), 2), "max": round(float(a.max()), 2), "n": len(a)
+    }
+
+
+def queries_from_tags(data: Path, n: int, rng: random.Random) -> list[str]:
+    catalog = movielens.load(data)
+    tags = sorted({t for item in catalog.items for t in item.tags if len(t) > 3})
+    genres = sorted({g.lower() for item in catalog.items for g in item.categories})
+    phrases = [f"{rng.choice(tags)} {rng.choice(genres)}" for _ in range(n)]
+    return phrases
+
+
+def run(calls: int, out: Path, seed: int = 7) -> dict:
+    rng = random.Random(seed)
+    users = [str(rng.randint(1, 610)) for _ in range(calls)]
+    queries = queries_from_tags(DEFAULT_DATA, calls, rng)
+    var = Path(tempfile.mkdtemp(prefix="recmesh-bench-"))
+    shutil.copytree(REPO / "var" / "catalog", var / "catalog")
+    shutil.copytree(REPO / "var" / "updater", var / "updater")
+    results: dict = {"calls": calls, "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}}
+    samples: dict[str, list[float]] = {}
+    try:
+        with Stack(var=var) as stack, RecmeshClient(stack.address("gateway"), timeout_s=1.0) as rm:
+            for u in users[:50]:  # warm connections and caches that any running server has warm
+                rm.recommend(u, k=10)
+            for mode in ("no_query", "query"):
+                wall, server, degraded = [], [], 0
+                for user, query in zip(users, queries):
+                    started = time.perf_counter()
+                    reply = rm.recommend(user, k=10, query=query if mode == "query" else "")
+                    wall.append((time.perf_counter() - started) * 1000)
+                    server.append(reply.total_ms)
+                    degraded += bool(reply.degraded)
+                samples[mode] = wall
+                results[mode] = {"client_ms": percentiles(wall), "gateway_ms": percentiles(server),
+                                 "degraded_share": degraded / calls}
+    finally:
+        shutil.rmtree(var, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recommend_latency.json").write_text(json.dumps(results, indent=2))
+    _plot(samples, out / "recommend_latency.png")
+    return results
+
+
+def _plot(samples: dict[str, list[float]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode, wall in samples.items():
+        xs = np.sort(wall)
+        ax.plot(xs, np.linspace(0, 1, len(xs)), label=mode.replace("_", " "))
+    ax.axvline(100, color="grey", linestyle="--", label="100 ms budget")
+    ax.set_xlabel("Recommend latency seen by the client (ms)")
+    ax.set_ylabel("share of calls")
+    ax.set_title("Recommend, sequential calls, all services on one host")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=REPO / "results")
+    args = parser.parse_args()
+    print(json.dumps(run(args.calls, args.out), indent=2))
+
+
+if __name__ == "__main__":
+    main()
