@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import shutil
@@ -43,7 +44,7 @@ def run(calls: int, out: Path, seed: int = 7) -> dict:
     var = Path(tempfile.mkdtemp(prefix="recmesh-bench-"))
     shutil.copytree(REPO / "var" / "catalog", var / "catalog")
     shutil.copytree(REPO / "var" / "updater", var / "updater")
-    results: dict = {"calls": calls, "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}}
+    results: dict = {"calls": calls, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     samples: dict[str, list[float]] = {}
     try:
         with Stack(var=var) as stack, RecmeshClient(stack.address("gateway"), timeout_s=1.0) as rm:
@@ -51,15 +52,19 @@ def run(calls: int, out: Path, seed: int = 7) -> dict:
                 rm.recommend(u, k=10)
             for mode in ("no_query", "query"):
                 wall, server, degraded = [], [], 0
+                stages: dict[str, list[float]] = {}
                 for user, query in zip(users, queries):
                     started = time.perf_counter()
                     reply = rm.recommend(user, k=10, query=query if mode == "query" else "")
                     wall.append((time.perf_counter() - started) * 1000)
                     server.append(reply.total_ms)
+                    for stage in reply.stage_latency:
+                        stages.setdefault(stage.stage, []).append(stage.ms)
                     degraded += bool(reply.degraded)
                 samples[mode] = wall
                 results[mode] = {"client_ms": percentiles(wall), "gateway_ms": percentiles(server),
-                                 "degraded_share": degraded / calls}
+                                 "degraded_share": degraded / calls,
+                                 "stage_ms": {name: percentiles(ms) for name, ms in stages.items()}}
     finally:
         shutil.rmtree(var, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
