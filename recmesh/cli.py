@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 
@@ -32,6 +33,12 @@ def cmd_run(args) -> None:
     from recmesh.demo import run_demo
     from recmesh.devstack import Stack
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Explicit: a shell may start us with SIGINT ignored, and SIGTERM should stop cleanly too.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     ports = {"gateway": args.port} if args.port else {}
     started = time.perf_counter()
     print("starting updater, retrieval, ranker, encoder, gateway ...", flush=True)

@@ -100,6 +100,9 @@ class Stack:
             env=self._env(name),
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Own session: a terminal's Ctrl-C reaches the launcher only, which stops the
+            # services in order (gateway first) instead of all of them racing.
+            start_new_session=True,
         )
         self.procs[name] = proc
         return proc
@@ -128,7 +131,7 @@ class Stack:
             self.procs[name].wait(10)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        live = [p for p in self.procs.values() if p.poll() is None]
+        live = [self.procs[n] for n in reversed(SERVICES) if n in self.procs and self.procs[n].poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
             proc.terminate()

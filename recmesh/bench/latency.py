@@ -53,7 +53,7 @@ def run(calls: int, out: Path, seed: int = 7) -> dict:
             for mode in ("no_query", "query"):
                 wall, server, degraded = [], [], 0
                 stages: dict[str, list[float]] = {}
-                for user, query in zip(users, queries):
+                for user, query in zip(users, queries, strict=True):
                     started = time.perf_counter()
                     reply = rm.recommend(user, k=10, query=query if mode == "query" else "")
                     wall.append((time.perf_counter() - started) * 1000)

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
+from services.ranker.config import RankerSettings
 from services.ranker.features import FEATURES, RankInputs, compute
 from services.ranker.model import load_params, newest_params
 from services.ranker.reasons import explain
-from services.ranker.config import RankerSettings
 
 
 def unit_rows(*rows):
