@@ -41,7 +41,7 @@ def cmd_run(args) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     ports = {"gateway": args.port} if args.port else {}
     started = time.perf_counter()
-    print("starting updater, retrieval, ranker, encoder, gateway ...", flush=True)
+    print("starting tritonserver, updater, retrieval, ranker, encoder, gateway ...", flush=True)
     stack = Stack(ports=ports)
     try:
         stack.start()

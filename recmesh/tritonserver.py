@@ -1,0 +1,148 @@
+"""Start the `tritonserver` binary shipped in the nvidia-pytriton wheel on free ports, with the
+python backend wired to this interpreter, and wait until the models are ready.
+
+The python backend's stub links against libpython, so LD_LIBRARY_PATH gets this interpreter's
+lib dir; the models import this project and its dependencies, so PYTHONPATH gets the repo and
+the venv's site-packages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recmesh.common.local import REPO, die_with_parent, free_port
+
+MODEL_REPOSITORY = REPO / "deploy" / "triton" / "models"
+MODELS = ("text_encoder", "interest_encoder")
+
+
+def pytriton_dist() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def prepare_backends(workdir: Path) -> Path:
+    """A backend directory whose python backend carries the stub for this Python version."""
+    dist = pytriton_dist()
+    backends = workdir / "backends"
+    python_backend = backends / "python"
+    stub = dist / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
+        "triton_python_backend_stub"
+    if not stub.is_file():
+        raise FileNotFoundError(f"nvidia-pytriton has no python backend stub for Python {sys.version[:4]}")
+    if not (python_backend / "triton_python_backend_stub").is_file():
+        shutil.rmtree(backends, ignore_errors=True)
+        shutil.copytree(dist / "backends", backends)
+        shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    return backends
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    libdirs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_dist().parent.parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in [*libdirs, env.get("LD_LIBRARY_PATH", "")] if p)
+    paths = [str(REPO), *site.getsitepackages(), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = ":".join(p for p in paths if p)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one thread per model instance; more collapse under contention
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class TritonServer:
+    workdir: Path
+    model_repository: Path = MODEL_REPOSITORY
+    models: tuple[str, ...] = MODELS
+    grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "tritonserver.log"
+
+    def command(self) -> list[str]:
+        return [
+            str(pytriton_dist() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={prepare_backends(self.workdir)}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-port={self.http_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.models],
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--log-info=true",
+        ]
+
+    def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*die_with_parent(), *self.command()],
+            env=server_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+        )
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready() and all(client.is_model_ready(m) for m in self.models):
+                        return
+                except InferenceServerException:
+                    pass
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise TimeoutError(f"tritonserver not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
