@@ -42,6 +42,7 @@ test-integration: $(INSTALLED)
 bench: bootstrap
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) -m recmesh.bench.latency --calls 1000
+	$(PY) -m recmesh.bench.encoders
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check recmesh services tests

@@ -21,6 +21,7 @@ from pathlib import Path
 from recmesh.common.local import REPO, die_with_parent, free_port
 
 MODEL_REPOSITORY = REPO / "deploy" / "triton" / "models"
+GPU_PROFILE = REPO / "deploy" / "triton" / "gpu"
 MODELS = ("text_encoder", "interest_encoder")
 
 
@@ -46,6 +47,17 @@ def prepare_backends(workdir: Path) -> Path:
     return backends
 
 
+def gpu_repository(workdir: Path, source: Path = MODEL_REPOSITORY) -> Path:
+    """The model repository with each model's GPU config (deploy/triton/gpu/<model>.config.pbtxt)
+    in place of its CPU one."""
+    repo = workdir / "models-gpu"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(source, repo)
+    for config in GPU_PROFILE.glob("*.config.pbtxt"):
+        shutil.copy2(config, repo / config.name.removesuffix(".config.pbtxt") / "config.pbtxt")
+    return repo
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     libdirs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_dist().parent.parent / "nvidia_pytriton.libs")]
@@ -68,6 +80,8 @@ class TritonServer:
     http_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    # "cpu" serves deploy/triton/models as is; "gpu" swaps in deploy/triton/gpu's configs.
+    profile: str = "cpu"
     proc: subprocess.Popen | None = None
 
     @property
@@ -79,9 +93,10 @@ class TritonServer:
         return self.workdir / "tritonserver.log"
 
     def command(self) -> list[str]:
+        repo = gpu_repository(self.workdir, self.model_repository) if self.profile == "gpu" else self.model_repository
         return [
             str(pytriton_dist() / "bin" / "tritonserver"),
-            f"--model-repository={self.model_repository}",
+            f"--model-repository={repo}",
             f"--backend-directory={prepare_backends(self.workdir)}",
             f"--grpc-port={self.grpc_port}",
             f"--http-port={self.http_port}",

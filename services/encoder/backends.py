@@ -26,7 +26,7 @@ class EncoderBackend(Protocol):
 
     async def start(self) -> None: ...
 
-    async def encode_texts(self, texts: list[str], timeout_s: float | None, bulk: bool = False) -> np.ndarray: ...
+    async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray: ...
 
     async def interest(self, item_vectors: np.ndarray, event_types: list[int], values: list[float],
                        query_vector: np.ndarray | None, timeout_s: float | None) -> np.ndarray | None: ...
@@ -53,7 +53,7 @@ class InProcessBackend:
         )
         self.version, self.dim = f"{self._model.version}@inprocess", self._model.dim
 
-    async def encode_texts(self, texts: list[str], timeout_s: float | None, bulk: bool = False) -> np.ndarray:
+    async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray:
         if self._model is None:
             raise Unavailable("encoder is warming up")
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._model.encode, texts)
@@ -111,7 +111,7 @@ class TritonBackend:
         name = config.get("parameters", {}).get("model_name", {}).get("string_value", "?")
         self.version = f"{name}/{variant}@triton"
 
-    async def _infer(self, model: str, inputs, output: str, timeout_s: float | None, priority: int = 0) -> np.ndarray:
+    async def _infer(self, model: str, inputs, output: str, timeout_s: float | None) -> np.ndarray:
         from tritonclient.utils import InferenceServerException
 
         if self._client is None:
@@ -120,11 +120,7 @@ class TritonBackend:
         for attempt in (1, 2):
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                # client_timeout ends our wait; timeout (µs) lets Triton drop the request from
-                # its queue once nobody waits for it.
-                server_us = None if remaining is None else max(1, int(remaining * 1e6))
-                result = await self._client.infer(model, inputs, client_timeout=remaining, timeout=server_us,
-                                                  priority=priority)
+                result = await self._client.infer(model, inputs, client_timeout=remaining)
                 return result.as_numpy(output)
             except InferenceServerException as exc:
                 code = _status(exc)
@@ -134,15 +130,13 @@ class TritonBackend:
                 raise DependencyFailed(code, f"triton {model}: {exc.message()}") from None
         raise AssertionError("unreachable")
 
-    async def encode_texts(self, texts: list[str], timeout_s: float | None, bulk: bool = False) -> np.ndarray:
+    async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray:
         from tritonclient.grpc import InferInput
-
-        priority = 2 if bulk else 1  # text_encoder's priority levels: queries before catalog work
 
         async def chunk(part: list[str]) -> np.ndarray:
             text = InferInput("TEXT", [len(part), 1], "BYTES")
             text.set_data_from_numpy(np.array([[t.encode()] for t in part], dtype=object))
-            return await self._infer(self._s.triton_text_model, [text], "EMBEDDING", timeout_s, priority)
+            return await self._infer(self._s.triton_text_model, [text], "EMBEDDING", timeout_s)
 
         # Requests above the model's max_batch_size are refused: send chunks, all at once
         # (Triton's dynamic batcher and instances take it from there).

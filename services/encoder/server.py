@@ -48,8 +48,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     @rpc_method
     async def EncodeTexts(self, request, context):
         texts = self._check_texts(request.texts, "texts")
-        # EncodeTexts is catalog work: it yields to interest queries on a shared Triton.
-        vectors = await self._backend.encode_texts(texts, _timeout(context), bulk=True) if texts else np.zeros((0, 0))
+        vectors = await self._backend.encode_texts(texts, _timeout(context)) if texts else np.zeros((0, 0))
         return encoder_pb2.EncodeTextsResponse(vectors=to_matrix(vectors), model_version=self._backend.version)
 
     @rpc_method
