@@ -3,7 +3,7 @@ python backend wired to this interpreter, and wait until the models are ready.
 
 The python backend's stub links against libpython, so LD_LIBRARY_PATH gets this interpreter's
 lib dir; the models import this project and its dependencies, so PYTHONPATH gets the repo and
-the venv's site-packages."""
+the venv's site-packages, and PATH starts with the venv's bin (the stub's Python is found there)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,9 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = ":".join(p for p in [*libdirs, env.get("LD_LIBRARY_PATH", "")] if p)
     paths = [str(REPO), *site.getsitepackages(), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = ":".join(p for p in paths if p)
+    # The stub finds its Python through PATH (as pytriton does it): put this venv's first.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = sys.prefix
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per model instance; more collapse under contention
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
