@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
-.PHONY: install protos bootstrap run test test-unit test-integration bench lint clean
+.PHONY: install protos bootstrap run test test-unit test-integration bench eval lint clean
 
 install: $(INSTALLED)
 
@@ -43,6 +43,11 @@ bench: bootstrap
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) -m recmesh.bench.latency --calls 1000
 	$(PY) -m recmesh.bench.encoders
+
+# Offline quality: baselines and the learned interest model on the fixed protocol (~10 min).
+eval: $(INSTALLED)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) -m recmesh.eval.run
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check recmesh services tests

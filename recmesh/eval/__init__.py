@@ -1,0 +1,1 @@
+"""Offline evaluation: datasets, the fixed protocol, baselines and the learned interest model."""

@@ -1,0 +1,129 @@
+"""The learned interest model: a small causal transformer over the user's recent items.
+
+Item representation = learned projection of the frozen LLM text vector (+ an item-ID
+embedding, so warm items gain and cold items still work). Each position also sees its event
+strength (rating or event type, bucketed) and the time gap to the previous event (log
+buckets). Trained on next-item prediction; the output at the last position is the interest
+vector, scored against the same item table.
+
+With text_vectors=None and use_ids=True it is an ID-only SASRec-style baseline (same code)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+GAP_BUCKETS = 24  # log2 seconds, 0 = same second / first event
+STRENGTH_BUCKETS = 12  # 0 pad, 1..10 ratings 0.5..5, 11 implicit
+
+
+@dataclass
+class ModelConfig:
+    n_items: int
+    text_dim: int = 0  # 0: no text features
+    use_ids: bool = True
+    d: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+
+
+def gap_bucket(gaps_s: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(np.log2(np.maximum(gaps_s, 0) + 1)), 0, GAP_BUCKETS - 1).astype(np.int64)
+
+
+def strength_bucket(ratings: np.ndarray) -> np.ndarray:
+    """Ratings 0.5..5 -> 1..10; no rating (implicit event) -> 11."""
+    buckets = np.clip(np.round(ratings * 2), 1, 10).astype(np.int64)
+    return np.where(ratings > 0, buckets, STRENGTH_BUCKETS - 1)
+
+
+class SequenceInterestModel(nn.Module):
+    def __init__(self, config: ModelConfig, text_vectors: np.ndarray | None = None):
+        super().__init__()
+        self.config = config
+        d = config.d
+        if config.text_dim:
+            assert text_vectors is not None and text_vectors.shape == (config.n_items, config.text_dim)
+            # Frozen LLM vectors; row 0 is padding.
+            padded = np.vstack([np.zeros((1, config.text_dim), np.float32), text_vectors])
+            self.register_buffer("text", torch.from_numpy(padded))
+            self.text_proj = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(), nn.Linear(d, d))
+        if config.use_ids:
+            self.ids = nn.Embedding(config.n_items + 1, d, padding_idx=0)
+            nn.init.normal_(self.ids.weight, std=0.02)
+        self.position = nn.Embedding(config.max_len, d)
+        self.gap = nn.Embedding(GAP_BUCKETS, d)
+        self.strength = nn.Embedding(STRENGTH_BUCKETS, d, padding_idx=0)
+        layer = nn.TransformerEncoderLayer(d, config.heads, 2 * d, config.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1) x d: every item's representation (row 0 = padding)."""
+        table = 0
+        if self.config.text_dim:
+            table = table + self.text_proj(self.text)
+        if self.config.use_ids:
+            table = table + self.ids.weight
+        return table
+
+    def forward(self, items: torch.Tensor, strength: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """items/strength/gaps: B x L, left-padded with 0. Returns B x L x d hidden states."""
+        table = self.item_table()
+        length = items.shape[1]
+        x = table[items] * math.sqrt(self.config.d)
+        x = x + self.position.weight[-length:] + self.strength(strength) + self.gap(gaps)
+        x = self.dropout(x)
+        h = self.encoder(x, mask=self._attention_mask(items))
+        return self.norm(h)
+
+    def _attention_mask(self, items: torch.Tensor) -> torch.Tensor:
+        """(B*heads) x L x L, True = blocked: no look-ahead, no padding keys - except each
+        position's own key, so a padding row is never fully blocked (that gives NaN, and NaN
+        leaks into real rows through 0 x NaN in the attention sum)."""
+        length = items.shape[1]
+        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=items.device), 1)
+        pad_keys = (items == 0).unsqueeze(1).expand(-1, length, -1)
+        own = torch.eye(length, dtype=torch.bool, device=items.device)
+        blocked = (future | pad_keys) & ~own
+        return blocked.repeat_interleave(self.config.heads, dim=0)
+
+    def scores(self, items, strength, gaps) -> torch.Tensor:
+        """B x n_items: next-item scores from the last position."""
+        h = self.forward(items, strength, gaps)[:, -1]
+        return h @ self.item_table()[1:].T
+
+    def save(self, path) -> None:
+        torch.save({"config": asdict(self.config), "state": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path, text_vectors: np.ndarray | None = None) -> "SequenceInterestModel":
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = cls(ModelConfig(**blob["config"]), text_vectors)
+        model.load_state_dict(blob["state"])
+        return model.eval()
+
+
+def encode_sequences(histories: list[list[int]], ratings: list[list[float]], stamps: list[list[int]],
+                     max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded tensors of the last max_len events; item indices shift by one (0 = pad)."""
+    b = len(histories)
+    items = np.zeros((b, max_len), np.int64)
+    strength = np.zeros((b, max_len), np.int64)
+    gaps = np.zeros((b, max_len), np.int64)
+    for row, (h, r, t) in enumerate(zip(histories, ratings, stamps, strict=True)):
+        h, r, t = h[-max_len:], np.asarray(r[-max_len:], np.float32), np.asarray(t[-max_len:], np.int64)
+        n = len(h)
+        if n == 0:
+            continue
+        items[row, -n:] = np.asarray(h) + 1
+        strength[row, -n:] = strength_bucket(r)
+        gaps[row, -n:] = gap_bucket(np.diff(t, prepend=t[0]))
+    return torch.from_numpy(items), torch.from_numpy(strength), torch.from_numpy(gaps)
