@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-after-demo", action="store_true")
     p.set_defaults(func=cmd_run)
 
+    # Listed for --help; main() hands `recmesh eval ...` to recmesh.eval.run with all its flags.
+    sub.add_parser("eval", help="offline evaluation, as `make eval` (recmesh eval --help for its flags)")
+
     p = sub.add_parser("demo", help="play the scripted session against a running gateway")
     p.add_argument("--user", default=None)
     p.set_defaults(func=cmd_demo)
@@ -186,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     import grpc
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        from recmesh.eval.run import main as run_eval
+
+        run_eval(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -81,7 +81,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="recmesh eval", description=__doc__)
     parser.add_argument("--data", default=str(REPO / "data" / "ml-latest-small"),
                         help="MovieLens folder (latest csv, 100k, 1m) or an interactions CSV/JSONL")
     parser.add_argument("--items", default=None, help="items CSV/JSONL for the generic format")

@@ -155,7 +155,7 @@ def export_onnx(model_dir: Path, out_path: Path) -> Path:
     names = ["input_ids", "attention_mask", "token_type_ids"]
     axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"embedding": {0: "batch"}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
+    tmp = out_path.with_suffix(f".{os.getpid()}.tmp")  # concurrent exporters never share a temp file
     torch.onnx.export(Pooled(model), tuple(sample[n] for n in names), str(tmp), input_names=names,
                       output_names=["embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
     tmp.rename(out_path)
@@ -174,7 +174,7 @@ def onnx_file(model_dir: Path, int8: bool, cache_dir: Path = DEFAULT_CACHE) -> P
     if not q8.is_file():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        tmp = q8.with_suffix(".tmp")
+        tmp = q8.with_suffix(f".{os.getpid()}.tmp")
         quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
         tmp.rename(q8)
     return q8
