@@ -44,10 +44,12 @@ bench: bootstrap
 	$(PY) -m recmesh.bench.latency --calls 1000
 	$(PY) -m recmesh.bench.encoders
 
-# Offline quality: baselines and the learned interest model on the fixed protocol (~10 min).
-eval: $(INSTALLED)
+# Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
+# then the streaming replay through the live mesh (~5 min).
+eval: bootstrap
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) -m recmesh.eval.run
+	$(PY) -m recmesh.eval.streaming
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check recmesh services tests
