@@ -45,7 +45,7 @@ def cmd_run(args) -> None:
     stack = Stack(ports=ports)
     try:
         stack.start()
-        print(f"all five services SERVING after {time.perf_counter() - started:.1f} s "
+        print(f"Triton and all five services ready after {time.perf_counter() - started:.1f} s "
               f"(logs in {stack.var / 'logs'})")
         for name in stack.ports:
             print(f"   {name:9} {stack.address(name)}")

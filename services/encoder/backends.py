@@ -66,8 +66,10 @@ class InProcessBackend:
 
 
 def _status(exc) -> grpc.StatusCode:
+    """Triton's failure as a gRPC status for our caller; never OK (an error is an error)."""
     name = str(exc.status() or "").removeprefix("StatusCode.")
-    return getattr(grpc.StatusCode, name, grpc.StatusCode.INTERNAL)
+    code = getattr(grpc.StatusCode, name, grpc.StatusCode.INTERNAL)
+    return grpc.StatusCode.INTERNAL if code == grpc.StatusCode.OK else code
 
 
 class TritonBackend:
