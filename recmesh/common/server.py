@@ -7,13 +7,14 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recmesh.common.config import ServiceSettings
+from recmesh.common.config import ServiceSettings, load_settings
+from recmesh.common.logs import setup_logging
 
 # Internal messages carry up to a few hundred 384-d vectors; allow headroom.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -81,8 +82,11 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     log.info("stopped")
 
 
-def main(service_factory: Callable[[ServiceSettings], Service], settings: ServiceSettings) -> None:
-    """Entry point body shared by every `python -m services.<name>`."""
+def main(name: str, settings_cls: type[ServiceSettings], service_factory: Callable[[Any], Service]) -> None:
+    """The body of every `python -m services.<name>`: settings (env + flags, fail fast),
+    JSON logs, then serve until SIGTERM."""
+    settings = load_settings(settings_cls)
+    setup_logging(name, settings.log_level)
 
     async def amain() -> None:
         # Built inside the loop: grpc.aio channels bind to the loop that creates them.
