@@ -19,10 +19,6 @@ class InvalidArgument(ValueError):
         self.field = field
 
 
-class NotFound(LookupError):
-    pass
-
-
 class Unavailable(RuntimeError):
     """This service cannot answer yet (warming up) or right now; callers may retry."""
 
@@ -44,8 +40,6 @@ def rpc_method(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
             return await handler(self, request, context)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Unavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except DependencyFailed as exc:

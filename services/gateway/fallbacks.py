@@ -16,10 +16,6 @@ class PopularCandidates:
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         self.index_version = ""
 
-    @property
-    def loaded(self) -> bool:
-        return bool(self.candidates)
-
     def replace(self, reply: retrieval_pb2.CandidateList) -> None:
         vectors = from_matrix(reply.vectors, "vectors")
         # Swap both at once; readers never see a list and matrix that disagree.
