@@ -37,7 +37,7 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
               variant: str = "onnx-fp32") -> dict:
     # Imported here: they pull in torch and Qdrant, which `recmesh --help` should not pay for.
     from services.encoder.textmodel import encode_with_progress, load_text_model
-    from services.retrieval.store import EdgeItemStore
+    from services.retrieval.store import EdgeItemStore, item_payload
     from services.updater.eventlog import EventLog, LoggedEvent
 
     shard_dir = var / "catalog" / "qdrant"
@@ -69,14 +69,7 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
     with tqdm(total=len(catalog.items), desc="filling qdrant", unit="item") as bar:
         for i in range(0, len(catalog.items), chunk):
             payloads = [
-                {
-                    "item_id": it.item_id,
-                    "title": it.title,
-                    "categories": list(it.categories),
-                    "popularity": catalog.popularity[i + j],
-                    "text": item_text(it),
-                }
-                for j, it in enumerate(catalog.items[i : i + chunk])
+                item_payload(it, catalog.popularity[i + j]) for j, it in enumerate(catalog.items[i : i + chunk])
             ]
             bar.update(store.upsert(payloads, vectors[i : i + chunk]))
     store.optimize()

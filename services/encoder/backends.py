@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -13,11 +12,10 @@ import grpc
 import numpy as np
 
 from recmesh.common.errors import DependencyFailed, Unavailable
+from recmesh.common.server import FAST_RECONNECT
 from services.encoder.config import EncoderSettings
 from services.encoder.interest import InterestRule
 from services.encoder.textmodel import TextModel, load_text_model
-
-log = logging.getLogger("recmesh.encoder.backends")
 
 
 class EncoderBackend(Protocol):
@@ -87,17 +85,12 @@ class TritonBackend:
     async def start(self) -> None:
         import tritonclient.grpc.aio as triton
 
-        # Reconnect fast after a Triton restart instead of gRPC's default 1 s..120 s backoff.
-        self._client = triton.InferenceServerClient(self._s.triton_url, channel_args=[
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ])
+        client = triton.InferenceServerClient(self._s.triton_url, channel_args=FAST_RECONNECT)
         deadline = time.monotonic() + self._s.triton_wait_s
         while True:  # Triton may still be loading models: wait, bounded, then fail loudly
             try:
-                if await self._client.is_model_ready(self._s.triton_text_model) and \
-                        await self._client.is_model_ready(self._s.triton_interest_model):
+                if await client.is_model_ready(self._s.triton_text_model) and \
+                        await client.is_model_ready(self._s.triton_interest_model):
                     break
             except Exception as exc:  # tritonclient raises its own exception type for transport errors
                 if time.monotonic() > deadline:
@@ -105,13 +98,14 @@ class TritonBackend:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Triton models not ready at {self._s.triton_url}")
             await asyncio.sleep(0.2)
-        meta = await self._client.get_model_config(self._s.triton_text_model, as_json=True)
+        meta = await client.get_model_config(self._s.triton_text_model, as_json=True)
         config = meta["config"]
         self.dim = int(config["output"][0]["dims"][-1])
         self._max_batch = int(config.get("max_batch_size", 0)) or 64
         variant = config.get("parameters", {}).get("variant", {}).get("string_value", "?")
         name = config.get("parameters", {}).get("model_name", {}).get("string_value", "?")
         self.version = f"{name}/{variant}@triton"
+        self._client = client  # last: calls are served only once version, dim and batch size are known
 
     async def _infer(self, model: str, inputs, output: str, timeout_s: float | None) -> np.ndarray:
         from tritonclient.utils import InferenceServerException

@@ -9,13 +9,12 @@ from typing import Callable, TypeVar
 import grpc
 import numpy as np
 
-from recmesh.common.catalog import item_text
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.server import Service
 from recmesh.common.vectors import from_matrix, to_matrix
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
-from services.retrieval.store import EdgeItemStore, SearchFilter, StoredItem
+from services.retrieval.store import EdgeItemStore, SearchFilter, StoredItem, item_payload
 
 T = TypeVar("T")
 
@@ -103,13 +102,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise InvalidArgument("popularity", "one value per item, or none")
         self._check_ids([it.item_id for it in request.items], "items.item_id")
         payloads = [
-            {
-                "item_id": it.item_id,
-                "title": it.title,
-                "categories": list(it.categories),
-                "popularity": float(request.popularity[i]) if request.popularity else 0.0,
-                "text": item_text(it),
-            }
+            item_payload(it, request.popularity[i] if request.popularity else 0.0)
             for i, it in enumerate(request.items)
         ]
         count = await self._run(store.upsert, payloads, vectors)

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
+from recmesh.common.catalog import item_text
+from recmesh.v1 import common_pb2
+
 # Qdrant point ids are ints or UUIDs; item ids are the backend's strings.
 _ID_NAMESPACE = uuid.UUID("6f1c1f0e-8a51-4f57-9a57-1f0ad1ee7a11")
 
@@ -23,6 +26,17 @@ def point_id(item_id: str) -> str:
 
 # The text is stored for humans and re-encoding, not needed to serve.
 _PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity"]
+
+
+def item_payload(item: common_pb2.Item, popularity: float) -> dict:
+    """What the shard stores per item (the text is kept for humans and re-encoding)."""
+    return {
+        "item_id": item.item_id,
+        "title": item.title,
+        "categories": list(item.categories),
+        "popularity": float(popularity),
+        "text": item_text(item),
+    }
 
 
 @dataclass
