@@ -22,7 +22,7 @@ from recmesh.common.local import REPO, die_with_parent, free_port
 
 MODEL_REPOSITORY = REPO / "deploy" / "triton" / "models"
 GPU_PROFILE = REPO / "deploy" / "triton" / "gpu"
-MODELS = ("text_encoder", "interest_encoder")
+MODELS = ("text_encoder", "interest_encoder", "item_encoder")
 
 
 def pytriton_dist() -> Path:

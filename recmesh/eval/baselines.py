@@ -6,8 +6,8 @@ import numpy as np
 from scipy import sparse
 
 from recmesh.eval.datasets import Split, popularity_counts
+from recmesh.eval.zeroshot import InterestRule
 from recmesh.v1 import common_pb2
-from services.encoder.interest import InterestRule
 
 
 class Popularity:

@@ -123,6 +123,16 @@ class Split:
     def history(self, user: str, stage: str) -> list[int]:
         return self.train[user] + ([self.valid[user]] if stage == "test" else [])
 
+    def without(self, users: list[str]) -> "Split":
+        """The same split with these users left out entirely."""
+        drop = set(users)
+
+        def keep(d: dict) -> dict:
+            return {u: v for u, v in d.items() if u not in drop}
+
+        return Split(keep(self.train), keep(self.valid), keep(self.test), self.n_items, keep(self.timestamps),
+                     keep(self.ratings))
+
     def stats(self) -> dict[str, int]:
         return {"users": len(self.train), "items": self.n_items,
                 "interactions": sum(len(t) + 2 for t in self.train.values())}

@@ -1,6 +1,7 @@
 """Streaming evaluation through the live mesh (gateway -> Triton -> Qdrant -> ranker).
 
-Held-out users' last events are replayed in time order: before each event, Recommend (k = 10)
+Users held out of the served model's training (none of their events was seen; the model
+artifact names them) have their last events replayed in time order: before each event, Recommend (k = 10)
 is asked and scored on whether it contains the item the user picked next; then the event is
 sent with TrackEvents. Conditions, on the same users and events:
 
@@ -17,28 +18,29 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from recmesh.catalog import movielens
-from recmesh.client import Event, RecmeshClient
+from recmesh.client import Event
 from recmesh.common.local import REPO
-from recmesh.devstack import Stack
+from recmesh.eval.live import fresh_mesh, track_all
+from services.encoder.config import SERVED_ARTIFACT
 
 CONDITIONS = ("realtime", "realtime+query", "frozen", "popularity")
 
 
-def pick_users(catalog: movielens.Catalog, n: int, stream: int, seed: int) -> dict[str, list[movielens.Rating]]:
+def pick_users(catalog: movielens.Catalog, held_out: list[str], n: int, stream: int,
+               seed: int) -> dict[str, list[movielens.Rating]]:
     by_user: dict[str, list[movielens.Rating]] = {}
     for r in catalog.ratings:
         by_user.setdefault(r.user_id, []).append(r)
-    eligible = sorted(u for u, rs in by_user.items() if stream + 10 <= len(rs) <= 600)
+    eligible = sorted(u for u in held_out if len(by_user.get(u, ())) >= stream + 10)
     chosen = random.Random(seed).sample(eligible, min(n, len(eligible)))
-    return {u: sorted(by_user[u], key=lambda r: r.timestamp_ms) for u in chosen}
+    return {u: sorted(by_user[u], key=lambda r: r.timestamp_ms) for u in chosen}  # stable: file order on ties
 
 
 def rate_event(user: str, r: movielens.Rating) -> Event:
@@ -49,44 +51,39 @@ def rate_event(user: str, r: movielens.Rating) -> Event:
 def run(n_users: int, stream: int, seed: int, out: Path) -> dict:
     catalog = movielens.load(REPO / "data" / "ml-latest-small")
     items = {it.item_id: it for it in catalog.items}
-    users = pick_users(catalog, n_users, stream, seed)
+    held_out = torch.load(SERVED_ARTIFACT, map_location="cpu", weights_only=True)["holdout_users"]
+    users = pick_users(catalog, held_out, n_users, stream, seed)
     outcome: dict[str, list[int]] = {c: [] for c in CONDITIONS}  # rank of the next item, or -1
     latency: dict[str, list[float]] = {c: [] for c in CONDITIONS}
     degraded = {c: 0 for c in CONDITIONS}
-    var = Path(tempfile.mkdtemp(prefix="recmesh-stream-"))
-    shutil.copytree(REPO / "var" / "catalog", var / "catalog")  # catalog only: a fresh, empty event log
     started = time.perf_counter()
-    try:
-        with Stack(var=var) as stack, RecmeshClient(stack.address("gateway"), timeout_s=1.0) as rm:
-            for done, (uid, ratings) in enumerate(users.items(), start=1):
-                prefix, future = ratings[:-stream], ratings[-stream:]
-                live, frozen = f"rt-{uid}", f"fz-{uid}"
-                for user in (live, frozen):
-                    for i in range(0, len(prefix), 500):
-                        rm.track_events([rate_event(user, r) for r in prefix[i : i + 500]])
-                seen = [r.item_id for r in prefix]
-                for step, nxt in enumerate(future):
-                    streamed = [r.item_id for r in future[:step]]
-                    item = items[nxt.item_id]
-                    query = " ".join([*item.categories, *list(item.tags)[:3]])
-                    asks = {
-                        "realtime": (live, {}),
-                        "realtime+query": (live, {"query": query}),
-                        "frozen": (frozen, {"exclude_item_ids": streamed}),
-                        "popularity": (f"pop-{uid}", {"exclude_item_ids": seen + streamed}),
-                    }
-                    for condition, (user, extra) in asks.items():
-                        t0 = time.perf_counter()
-                        reply = rm.recommend(user, k=10, **extra)
-                        latency[condition].append((time.perf_counter() - t0) * 1000)
-                        degraded[condition] += bool(reply.degraded)
-                        ids = [i.item_id for i in reply.items]
-                        outcome[condition].append(ids.index(nxt.item_id) if nxt.item_id in ids else -1)
-                    rm.track_events([rate_event(live, nxt)])
-                print(f"\rreplayed {done}/{len(users)} users", end="", flush=True)
-            print()
-    finally:
-        shutil.rmtree(var, ignore_errors=True)
+    with fresh_mesh() as rm:
+        for done, (uid, ratings) in enumerate(users.items(), start=1):
+            prefix, future = ratings[:-stream], ratings[-stream:]
+            live, frozen = f"rt-{uid}", f"fz-{uid}"
+            for user in (live, frozen):
+                track_all(rm, [rate_event(user, r) for r in prefix])
+            seen = [r.item_id for r in prefix]
+            for step, nxt in enumerate(future):
+                streamed = [r.item_id for r in future[:step]]
+                item = items[nxt.item_id]
+                query = " ".join([*item.categories, *list(item.tags)[:3]])
+                asks = {
+                    "realtime": (live, {}),
+                    "realtime+query": (live, {"query": query}),
+                    "frozen": (frozen, {"exclude_item_ids": streamed}),
+                    "popularity": (f"pop-{uid}", {"exclude_item_ids": seen + streamed}),
+                }
+                for condition, (user, extra) in asks.items():
+                    t0 = time.perf_counter()
+                    reply = rm.recommend(user, k=10, **extra)
+                    latency[condition].append((time.perf_counter() - t0) * 1000)
+                    degraded[condition] += bool(reply.degraded)
+                    ids = [i.item_id for i in reply.items]
+                    outcome[condition].append(ids.index(nxt.item_id) if nxt.item_id in ids else -1)
+                rm.track_events([rate_event(live, nxt)])
+            print(f"\rreplayed {done}/{len(users)} users", end="", flush=True)
+        print()
 
     def metrics(ranks: list[int]) -> dict[str, float]:
         r = np.array(ranks)

@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/encoder.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"Q\n\x13\x45ncodeTextsResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"i\n\x0cHistoryEntry\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.recmesh.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"\x8b\x01\n\x15\x45ncodeInterestRequest\x12)\n\x07history\x18\x01 \x03(\x0b\x32\x18.recmesh.v1.HistoryEntry\x12(\n\x0citem_vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\r\n\x05query\x18\x03 \x01(\t\x12\x0e\n\x06now_ms\x18\x04 \x01(\x03\"\x7f\n\x16\x45ncodeInterestResponse\x12$\n\x08interest\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12(\n\x0cquery_vector\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\xb2\x01\n\x07\x45ncoder\x12N\n\x0b\x45ncodeTexts\x12\x1e.recmesh.v1.EncodeTextsRequest\x1a\x1f.recmesh.v1.EncodeTextsResponse\x12W\n\x0e\x45ncodeInterest\x12!.recmesh.v1.EncodeInterestRequest\x1a\".recmesh.v1.EncodeInterestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/encoder.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"5\n\x12\x45ncodeItemsRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.recmesh.v1.Item\"{\n\x13\x45ncodeItemsResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12(\n\x0ctext_vectors\x18\x03 \x01(\x0b\x32\x12.recmesh.v1.Matrix\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"Q\n\x13\x45ncodeTextsResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"i\n\x0cHistoryEntry\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.recmesh.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"\x8b\x01\n\x15\x45ncodeInterestRequest\x12)\n\x07history\x18\x01 \x03(\x0b\x32\x18.recmesh.v1.HistoryEntry\x12(\n\x0citem_vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\r\n\x05query\x18\x03 \x01(\t\x12\x0e\n\x06now_ms\x18\x04 \x01(\x03\"\x7f\n\x16\x45ncodeInterestResponse\x12$\n\x08interest\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12(\n\x0cquery_vector\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\x82\x02\n\x07\x45ncoder\x12N\n\x0b\x45ncodeTexts\x12\x1e.recmesh.v1.EncodeTextsRequest\x1a\x1f.recmesh.v1.EncodeTextsResponse\x12N\n\x0b\x45ncodeItems\x12\x1e.recmesh.v1.EncodeItemsRequest\x1a\x1f.recmesh.v1.EncodeItemsResponse\x12W\n\x0e\x45ncodeInterest\x12!.recmesh.v1.EncodeInterestRequest\x1a\".recmesh.v1.EncodeInterestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recmesh.v1.encoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODETEXTSREQUEST']._serialized_start=65
-  _globals['_ENCODETEXTSREQUEST']._serialized_end=100
-  _globals['_ENCODETEXTSRESPONSE']._serialized_start=102
-  _globals['_ENCODETEXTSRESPONSE']._serialized_end=183
-  _globals['_HISTORYENTRY']._serialized_start=185
-  _globals['_HISTORYENTRY']._serialized_end=290
-  _globals['_ENCODEINTERESTREQUEST']._serialized_start=293
-  _globals['_ENCODEINTERESTREQUEST']._serialized_end=432
-  _globals['_ENCODEINTERESTRESPONSE']._serialized_start=434
-  _globals['_ENCODEINTERESTRESPONSE']._serialized_end=561
-  _globals['_ENCODER']._serialized_start=564
-  _globals['_ENCODER']._serialized_end=742
+  _globals['_ENCODEITEMSREQUEST']._serialized_start=65
+  _globals['_ENCODEITEMSREQUEST']._serialized_end=118
+  _globals['_ENCODEITEMSRESPONSE']._serialized_start=120
+  _globals['_ENCODEITEMSRESPONSE']._serialized_end=243
+  _globals['_ENCODETEXTSREQUEST']._serialized_start=245
+  _globals['_ENCODETEXTSREQUEST']._serialized_end=280
+  _globals['_ENCODETEXTSRESPONSE']._serialized_start=282
+  _globals['_ENCODETEXTSRESPONSE']._serialized_end=363
+  _globals['_HISTORYENTRY']._serialized_start=365
+  _globals['_HISTORYENTRY']._serialized_end=470
+  _globals['_ENCODEINTERESTREQUEST']._serialized_start=473
+  _globals['_ENCODEINTERESTREQUEST']._serialized_end=612
+  _globals['_ENCODEINTERESTRESPONSE']._serialized_start=614
+  _globals['_ENCODEINTERESTRESPONSE']._serialized_end=741
+  _globals['_ENCODER']._serialized_start=744
+  _globals['_ENCODER']._serialized_end=1002
 # @@protoc_insertion_point(module_scope)

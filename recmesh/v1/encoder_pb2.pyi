@@ -7,6 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EncodeItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ...) -> None: ...
+
+class EncodeItemsResponse(_message.Message):
+    __slots__ = ("vectors", "model_version", "text_vectors")
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    vectors: _common_pb2.Matrix
+    model_version: str
+    text_vectors: _common_pb2.Matrix
+    def __init__(self, vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., model_version: _Optional[str] = ..., text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ...) -> None: ...
+
 class EncodeTextsRequest(_message.Message):
     __slots__ = ("texts",)
     TEXTS_FIELD_NUMBER: _ClassVar[int]

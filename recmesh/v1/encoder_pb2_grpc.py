@@ -40,6 +40,11 @@ class EncoderStub:
                 request_serializer=recmesh_dot_v1_dot_encoder__pb2.EncodeTextsRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_encoder__pb2.EncodeTextsResponse.FromString,
                 _registered_method=True)
+        self.EncodeItems = channel.unary_unary(
+                '/recmesh.v1.Encoder/EncodeItems',
+                request_serializer=recmesh_dot_v1_dot_encoder__pb2.EncodeItemsRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_encoder__pb2.EncodeItemsResponse.FromString,
+                _registered_method=True)
         self.EncodeInterest = channel.unary_unary(
                 '/recmesh.v1.Encoder/EncodeInterest',
                 request_serializer=recmesh_dot_v1_dot_encoder__pb2.EncodeInterestRequest.SerializeToString,
@@ -52,14 +57,22 @@ class EncoderServicer:
     """
 
     def EncodeTexts(self, request, context):
-        """Texts to L2-normalised vectors, in order.
+        """Texts to the language model's L2-normalised vectors, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EncodeItems(self, request, context):
+        """Items to their vectors in the catalog's space (the interest model's item vectors), in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EncodeInterest(self, request, context):
-        """A user's recent behaviour and instant query to one interest vector.
+        """A user's recent behaviour to one interest vector in the catalog's space, and the instant
+        query to its language-model vector.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +85,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.EncodeTexts,
                     request_deserializer=recmesh_dot_v1_dot_encoder__pb2.EncodeTextsRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_encoder__pb2.EncodeTextsResponse.SerializeToString,
+            ),
+            'EncodeItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.EncodeItems,
+                    request_deserializer=recmesh_dot_v1_dot_encoder__pb2.EncodeItemsRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_encoder__pb2.EncodeItemsResponse.SerializeToString,
             ),
             'EncodeInterest': grpc.unary_unary_rpc_method_handler(
                     servicer.EncodeInterest,
@@ -107,6 +125,33 @@ class Encoder:
             '/recmesh.v1.Encoder/EncodeTexts',
             recmesh_dot_v1_dot_encoder__pb2.EncodeTextsRequest.SerializeToString,
             recmesh_dot_v1_dot_encoder__pb2.EncodeTextsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Encoder/EncodeItems',
+            recmesh_dot_v1_dot_encoder__pb2.EncodeItemsRequest.SerializeToString,
+            recmesh_dot_v1_dot_encoder__pb2.EncodeItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,7 +17,7 @@ class RecentItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k")
+    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k", "candidate_text_vectors", "session")
     class CategoryAffinityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,8 @@ class RankRequest(_message.Message):
     RECENT_FIELD_NUMBER: _ClassVar[int]
     RECENT_VECTORS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[_retrieval_pb2.Candidate]
     candidate_vectors: _common_pb2.Matrix
     interest: _common_pb2.Matrix
@@ -41,7 +43,9 @@ class RankRequest(_message.Message):
     recent: _containers.RepeatedCompositeFieldContainer[RecentItem]
     recent_vectors: _common_pb2.Matrix
     k: int
-    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ...) -> None: ...
+    candidate_text_vectors: _common_pb2.Matrix
+    session: _common_pb2.Matrix
+    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., candidate_text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ...) -> None: ...
 
 class RankedItem(_message.Message):
     __slots__ = ("item_id", "score", "reasons")

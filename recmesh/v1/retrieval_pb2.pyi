@@ -22,26 +22,34 @@ class Candidate(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., popularity: _Optional[float] = ...) -> None: ...
 
 class CandidateList(_message.Message):
-    __slots__ = ("candidates", "vectors", "index_version")
+    __slots__ = ("candidates", "vectors", "index_version", "text_vectors")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     vectors: _common_pb2.Matrix
     index_version: str
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., index_version: _Optional[str] = ...) -> None: ...
+    text_vectors: _common_pb2.Matrix
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., index_version: _Optional[str] = ..., text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("vector", "limit", "filters", "with_vectors")
-    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("interest", "limit", "filters", "with_vectors", "session", "query", "with_text_vectors")
+    INTEREST_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
-    vector: _common_pb2.Matrix
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    WITH_TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    interest: _common_pb2.Matrix
     limit: int
     filters: _common_pb2.Filters
     with_vectors: bool
-    def __init__(self, vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    session: _common_pb2.Matrix
+    query: _common_pb2.Matrix
+    with_text_vectors: bool
+    def __init__(self, interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., with_text_vectors: _Optional[bool] = ...) -> None: ...
 
 class GetItemsRequest(_message.Message):
     __slots__ = ("item_ids", "with_vectors")
@@ -60,14 +68,16 @@ class TopPopularRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("items", "vectors", "popularity")
+    __slots__ = ("items", "vectors", "popularity", "text_vectors")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     POPULARITY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.Item]
     vectors: _common_pb2.Matrix
     popularity: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., popularity: _Optional[_Iterable[float]] = ...) -> None: ...
+    text_vectors: _common_pb2.Matrix
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.Item, _Mapping]]] = ..., vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., popularity: _Optional[_Iterable[float]] = ..., text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted",)

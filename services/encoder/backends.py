@@ -14,50 +14,64 @@ import numpy as np
 from recmesh.common.errors import DependencyFailed, Unavailable
 from recmesh.common.server import FAST_RECONNECT
 from services.encoder.config import EncoderSettings
-from services.encoder.interest import InterestRule
 from services.encoder.textmodel import TextModel, load_text_model
 
 
 class EncoderBackend(Protocol):
     version: str
-    dim: int
+    text_dim: int  # the language model's vectors
+    dim: int  # the catalog's space: item and interest vectors
 
     async def start(self) -> None: ...
 
     async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray: ...
 
+    async def encode_items(self, text_vectors: np.ndarray, item_ids: list[str],
+                           timeout_s: float | None) -> np.ndarray: ...
+
     async def interest(self, item_vectors: np.ndarray, event_types: list[int], values: list[float],
-                       query_vector: np.ndarray | None, timeout_s: float | None) -> np.ndarray | None: ...
+                       timestamps_ms: list[int], timeout_s: float | None) -> np.ndarray | None: ...
 
     async def close(self) -> None: ...
 
 
 class InProcessBackend:
-    """The text model runs in a worker thread of this process."""
+    """The text model and the interest model run in a worker thread of this process."""
 
     def __init__(self, settings: EncoderSettings):
         self._s = settings
         self._model: TextModel | None = None
-        self._rule = InterestRule(settings.query_weight, settings.recency_half_life_events)
-        # One worker: the model uses one thread; more workers would only contend.
+        self._interest = None
+        # One worker: each model uses one thread; more workers would only contend.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
-        self.version, self.dim = "", 0
+        self.version, self.text_dim, self.dim = "", 0, 0
 
     async def start(self) -> None:
+        from services.encoder.learned import ServedInterestModel
+
         s = self._s
-        self._model = await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: load_text_model(s.variant, s.model_dir, s.model_name, s.threads,
-                                                s.max_batch, s.max_seq_len)
-        )
-        self.version, self.dim = f"{self._model.version}@inprocess", self._model.dim
 
-    async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray:
-        if self._model is None:
+        def load():
+            text = load_text_model(s.variant, s.model_dir, s.model_name, s.threads, s.max_batch, s.max_seq_len)
+            return text, ServedInterestModel(s.interest_model, s.threads)
+
+        self._model, self._interest = await asyncio.get_running_loop().run_in_executor(self._pool, load)
+        self.text_dim, self.dim = self._model.dim, self._interest.dim
+        self.version = f"{self._model.version}+{self._interest.version}@inprocess"
+
+    async def _run(self, fn, *args):
+        if self._interest is None:
             raise Unavailable("encoder is warming up")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._model.encode, texts)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def interest(self, item_vectors, event_types, values, query_vector, timeout_s):
-        return self._rule.combine(item_vectors, event_types, values, query_vector)
+    async def encode_texts(self, texts, timeout_s):
+        return await self._run(lambda: self._model.encode(texts))
+
+    async def encode_items(self, text_vectors, item_ids, timeout_s):
+        return await self._run(self._interest.item_vectors, text_vectors, item_ids)
+
+    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s):
+        return await self._run(self._interest.interest, item_vectors, event_types, values, timestamps_ms)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -80,43 +94,53 @@ class TritonBackend:
         self._s = settings
         self._client = None
         self._max_batch = 64
-        self.version, self.dim = "", 0
+        self.version, self.text_dim, self.dim = "", 0, 0
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as triton
 
         client = triton.InferenceServerClient(self._s.triton_url, channel_args=FAST_RECONNECT)
+        models = (self._s.triton_text_model, self._s.triton_interest_model, self._s.triton_item_model)
         deadline = time.monotonic() + self._s.triton_wait_s
         while True:  # Triton may still be loading models: wait, bounded, then fail loudly
             try:
-                if await client.is_model_ready(self._s.triton_text_model) and \
-                        await client.is_model_ready(self._s.triton_interest_model):
+                if all([await client.is_model_ready(m) for m in models]):
                     break
             except Exception as exc:  # tritonclient raises its own exception type for transport errors
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"Triton at {self._s.triton_url} not ready: {exc}") from exc
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Triton models not ready at {self._s.triton_url}")
+                raise RuntimeError(f"Triton models {', '.join(models)} not ready at {self._s.triton_url}")
             await asyncio.sleep(0.2)
-        meta = await client.get_model_config(self._s.triton_text_model, as_json=True)
-        config = meta["config"]
-        self.dim = int(config["output"][0]["dims"][-1])
-        self._max_batch = int(config.get("max_batch_size", 0)) or 64
-        variant = config.get("parameters", {}).get("variant", {}).get("string_value", "?")
-        name = config.get("parameters", {}).get("model_name", {}).get("string_value", "?")
-        self.version = f"{name}/{variant}@triton"
-        self._client = client  # last: calls are served only once version, dim and batch size are known
+        text = (await client.get_model_config(self._s.triton_text_model, as_json=True))["config"]
+        self.text_dim = int(text["output"][0]["dims"][-1])
+        self._max_batch = int(text.get("max_batch_size", 0)) or 64
+        params = text.get("parameters", {})
+        variant = params.get("variant", {}).get("string_value", "?")
+        name = params.get("model_name", {}).get("string_value", "?")
+        interest = (await client.get_model_config(self._s.triton_interest_model, as_json=True))["config"]
+        interest_version = interest.get("parameters", {}).get("version", {}).get("string_value", "?")
+        # The catalog's dim: what item_encoder gives a probe item.
+        probe = await self._infer_with(client, self._s.triton_item_model, _inputs(
+            ("TEXT_VECTOR", np.zeros((1, self.text_dim), np.float32), "FP32"),
+            ("ITEM_ID", np.array([[b"probe"]], dtype=object), "BYTES")), "ITEM_VECTOR", None)
+        self.dim = int(probe.shape[-1])
+        self.version = f"{name}/{variant}+llm-seq/{interest_version}@triton"
+        self._client = client  # last: calls are served only once version, dims and batch size are known
 
     async def _infer(self, model: str, inputs, output: str, timeout_s: float | None) -> np.ndarray:
-        from tritonclient.utils import InferenceServerException
-
         if self._client is None:
             raise Unavailable("encoder is warming up")
+        return await self._infer_with(self._client, model, inputs, output, timeout_s)
+
+    async def _infer_with(self, client, model: str, inputs, output: str, timeout_s: float | None) -> np.ndarray:
+        from tritonclient.utils import InferenceServerException
+
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for attempt in (1, 2):
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                result = await self._client.infer(model, inputs, client_timeout=remaining)
+                result = await client.infer(model, inputs, client_timeout=remaining)
                 return result.as_numpy(output)
             except InferenceServerException as exc:
                 code = _status(exc)
@@ -126,41 +150,51 @@ class TritonBackend:
                 raise DependencyFailed(code, f"triton {model}: {exc.message()}") from None
         raise AssertionError("unreachable")
 
-    async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray:
-        from tritonclient.grpc import InferInput
-
-        async def chunk(part: list[str]) -> np.ndarray:
-            text = InferInput("TEXT", [len(part), 1], "BYTES")
-            text.set_data_from_numpy(np.array([[t.encode()] for t in part], dtype=object))
-            return await self._infer(self._s.triton_text_model, [text], "EMBEDDING", timeout_s)
-
-        # Requests above the model's max_batch_size are refused: send chunks, all at once
-        # (Triton's dynamic batcher and instances take it from there).
+    async def _chunked(self, model: str, n: int, inputs_for, output: str, timeout_s: float | None) -> np.ndarray:
+        """Requests above the model's max_batch_size are refused: send chunks, all at once
+        (Triton's dynamic batcher and instances take it from there)."""
         step = self._max_batch
-        parts = await asyncio.gather(*(chunk(texts[i : i + step]) for i in range(0, len(texts), step)))
+        parts = await asyncio.gather(*(self._infer(model, inputs_for(slice(i, i + step)), output, timeout_s)
+                                       for i in range(0, n, step)))
         return np.concatenate(parts)
 
-    async def interest(self, item_vectors, event_types, values, query_vector, timeout_s):
-        from tritonclient.grpc import InferInput
+    async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray:
+        raw = np.array([[t.encode()] for t in texts], dtype=object)
+        return await self._chunked(self._s.triton_text_model, len(texts),
+                                   lambda part: _inputs(("TEXT", raw[part], "BYTES")), "EMBEDDING", timeout_s)
 
-        arrays = [
+    async def encode_items(self, text_vectors, item_ids, timeout_s):
+        vectors = np.ascontiguousarray(text_vectors, dtype=np.float32)
+        ids = np.array([[i.encode()] for i in item_ids], dtype=object)
+        return await self._chunked(
+            self._s.triton_item_model, len(item_ids),
+            lambda part: _inputs(("TEXT_VECTOR", vectors[part], "FP32"), ("ITEM_ID", ids[part], "BYTES")),
+            "ITEM_VECTOR", timeout_s)
+
+    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s):
+        inputs = _inputs(
             ("ITEM_VECTORS", np.ascontiguousarray(item_vectors, dtype=np.float32), "FP32"),
             ("EVENT_TYPES", np.asarray(event_types, dtype=np.int32), "INT32"),
             ("EVENT_VALUES", np.asarray(values, dtype=np.float32), "FP32"),
-        ]
-        if query_vector is not None:
-            arrays.append(("QUERY_VECTOR", np.asarray(query_vector, dtype=np.float32), "FP32"))
-        inputs = []
-        for name, array, dtype in arrays:
-            tensor = InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        vector = await self._infer(self._s.triton_interest_model, inputs, "INTEREST", timeout_s)
-        return vector if np.linalg.norm(vector) > 0 else None
+            ("TIMESTAMPS_MS", np.asarray(timestamps_ms, dtype=np.int64), "INT64"),
+        )
+        interest = await self._infer(self._s.triton_interest_model, inputs, "INTEREST", timeout_s)
+        return interest if interest.size else None
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _inputs(*arrays: tuple[str, np.ndarray, str]) -> list:
+    from tritonclient.grpc import InferInput
+
+    tensors = []
+    for name, array, dtype in arrays:
+        tensor = InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
 
 
 def make_backend(settings: EncoderSettings) -> EncoderBackend:

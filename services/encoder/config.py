@@ -7,6 +7,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from recmesh.common.config import ServiceSettings
+from recmesh.common.local import REPO
+
+# Where `recmesh train` installs the served interest model: Triton's interest_encoder version folder.
+SERVED_ARTIFACT = REPO / "deploy" / "triton" / "models" / "interest_encoder" / "1" / "interest_model.pt"
 
 
 def _bundled_minilm() -> Path:
@@ -25,6 +29,7 @@ class EncoderSettings(ServiceSettings):
     triton_url: str = "127.0.0.1:8001"
     triton_text_model: str = "text_encoder"
     triton_interest_model: str = "interest_encoder"
+    triton_item_model: str = "item_encoder"
     # How long warm-up waits for Triton's models before the encoder gives up.
     triton_wait_s: float = Field(default=120.0, gt=0)
     # In-process runtime (Triton's comes from its model config).
@@ -40,10 +45,8 @@ class EncoderSettings(ServiceSettings):
     max_texts: int = Field(default=1024, ge=1)
     max_text_chars: int = Field(default=4000, ge=1)
     query_cache_size: int = Field(default=4096, ge=0)
-    # Zero-shot interest rule, in process (Triton's are parameters of its interest_encoder model).
-    query_weight: float = Field(default=0.6, ge=0.0, le=1.0)
-    # Short on purpose: the last few events should steer the next answer (see the genre-shift test).
-    recency_half_life_events: float = Field(default=2.0, gt=0.0)
+    # The learned interest model, in process (Triton's comes from its interest_encoder model).
+    interest_model: Path = SERVED_ARTIFACT
     max_history: int = Field(default=50, ge=1)
 
     @field_validator("model_dir")
@@ -51,4 +54,11 @@ class EncoderSettings(ServiceSettings):
     def _model_dir_exists(cls, value: Path) -> Path:
         if not (value / "config.json").is_file():
             raise ValueError(f"{value} is not a Hugging Face model folder (no config.json)")
+        return value
+
+    @field_validator("interest_model")
+    @classmethod
+    def _interest_model_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"{value}: no interest model there (`recmesh train` writes one)")
         return value

@@ -49,10 +49,13 @@ class SequenceInterestModel(nn.Module):
         self.config = config
         d = config.d
         if config.text_dim:
-            assert text_vectors is not None and text_vectors.shape == (config.n_items, config.text_dim)
-            # Frozen LLM vectors; row 0 is padding.
-            padded = np.vstack([np.zeros((1, config.text_dim), np.float32), text_vectors])
-            self.register_buffer("text", torch.from_numpy(padded))
+            # Frozen LLM vectors; row 0 is padding. None for the served model: it reads item
+            # vectors from the catalog index and never needs the whole table.
+            padded = None
+            if text_vectors is not None:
+                assert text_vectors.shape == (config.n_items, config.text_dim)
+                padded = torch.from_numpy(np.vstack([np.zeros((1, config.text_dim), np.float32), text_vectors]))
+            self.register_buffer("text", padded)
             self.text_proj = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(), nn.Linear(d, d))
         if config.use_ids:
             self.ids = nn.Embedding(config.n_items + 1, d, padding_idx=0)
@@ -76,22 +79,27 @@ class SequenceInterestModel(nn.Module):
 
     def forward(self, items: torch.Tensor, strength: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """items/strength/gaps: B x L, left-padded with 0. Returns B x L x d hidden states."""
-        table = self.item_table()
-        length = items.shape[1]
-        x = table[items] * math.sqrt(self.config.d)
+        return self.forward_vectors(self.item_table()[items], items == 0, strength, gaps)
+
+    def forward_vectors(self, item_vectors: torch.Tensor, padding: torch.Tensor, strength: torch.Tensor,
+                        gaps: torch.Tensor) -> torch.Tensor:
+        """The same, from the items' rows of the item table (B x L x d) - how the served model
+        runs: the rows are the item vectors stored in the catalog index."""
+        length = item_vectors.shape[1]
+        x = item_vectors * math.sqrt(self.config.d)
         x = x + self.position.weight[-length:] + self.strength(strength) + self.gap(gaps)
         x = self.dropout(x)
-        h = self.encoder(x, mask=self._attention_mask(items))
+        h = self.encoder(x, mask=self._attention_mask(padding))
         return self.norm(h)
 
-    def _attention_mask(self, items: torch.Tensor) -> torch.Tensor:
+    def _attention_mask(self, padding: torch.Tensor) -> torch.Tensor:
         """(B*heads) x L x L, True = blocked: no look-ahead, no padding keys - except each
         position's own key, so a padding row is never fully blocked (that gives NaN, and NaN
         leaks into real rows through 0 x NaN in the attention sum)."""
-        length = items.shape[1]
-        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=items.device), 1)
-        pad_keys = (items == 0).unsqueeze(1).expand(-1, length, -1)
-        own = torch.eye(length, dtype=torch.bool, device=items.device)
+        length = padding.shape[1]
+        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=padding.device), 1)
+        pad_keys = padding.unsqueeze(1).expand(-1, length, -1)
+        own = torch.eye(length, dtype=torch.bool, device=padding.device)
         blocked = (future | pad_keys) & ~own
         return blocked.repeat_interleave(self.config.heads, dim=0)
 

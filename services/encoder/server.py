@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 
+from recmesh.common.catalog import item_text
 from recmesh.common.errors import InvalidArgument, rpc_method
 from recmesh.common.lru import LruCache
 from recmesh.common.server import Service
@@ -33,7 +36,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         await self._backend.start()
         # First calls pay for lazy init and allocator growth: pay it before SERVING.
         for size in (1, 8, 1):
-            await self._backend.encode_texts(["warm-up text for the encoder"] * size, None)
+            vectors = await self._backend.encode_texts(["warm-up text for the encoder"] * size, None)
+        items = await self._backend.encode_items(vectors, ["warm-up"], None)
+        await self._backend.interest(np.repeat(items, 10, axis=0), [0] * 10, [0.0] * 10, list(range(10)), None)
 
     def _check_texts(self, texts, field: str) -> list[str]:
         if len(texts) > self._settings.max_texts:
@@ -51,6 +56,35 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         vectors = await self._backend.encode_texts(texts, _timeout(context)) if texts else np.zeros((0, 0))
         return encoder_pb2.EncodeTextsResponse(vectors=to_matrix(vectors), model_version=self._backend.version)
 
+    async def _query_vector(self, query: str, timeout_s: float | None) -> np.ndarray | None:
+        if not query:
+            return None
+        vector = self._queries.get(query)
+        if vector is None:
+            vector = (await self._backend.encode_texts([query], timeout_s))[0]
+            self._queries.put(query, vector)
+        return vector
+
+    async def _interest(self, history, items: np.ndarray, timeout_s: float | None) -> np.ndarray | None:
+        if not history:
+            return None
+        return await self._backend.interest(items, [h.type for h in history], [h.value for h in history],
+                                            [h.timestamp_ms for h in history], timeout_s)
+
+    @rpc_method
+    async def EncodeItems(self, request, context):
+        texts = self._check_texts([item_text(it) for it in request.items], "items")
+        if not texts:
+            return encoder_pb2.EncodeItemsResponse(model_version=self._backend.version)
+        for i, item in enumerate(request.items):
+            if not item.item_id:
+                raise InvalidArgument(f"items[{i}].item_id", "must not be empty")
+        text_vectors = await self._backend.encode_texts(texts, _timeout(context))
+        vectors = await self._backend.encode_items(text_vectors, [it.item_id for it in request.items],
+                                                   _timeout(context))
+        return encoder_pb2.EncodeItemsResponse(vectors=to_matrix(vectors), text_vectors=to_matrix(text_vectors),
+                                               model_version=self._backend.version)
+
     @rpc_method
     async def EncodeInterest(self, request, context):
         dim = self._backend.dim
@@ -58,29 +92,18 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         if items.shape[0] != len(request.history):
             raise InvalidArgument("item_vectors", f"{items.shape[0]} rows for {len(request.history)} history entries")
         if items.shape[0] and items.shape[1] != dim:
-            raise InvalidArgument("item_vectors", f"dim {items.shape[1]}, model dim is {dim}")
+            raise InvalidArgument("item_vectors", f"dim {items.shape[1]}, the catalog's dim is {dim}")
         history = list(request.history)[-self._settings.max_history :]
         items = items[len(items) - len(history) :]
 
-        query_vec = None
         query = request.query.strip()
         if query:
             self._check_texts([query], "query")
-            query_vec = self._queries.get(query)
-            if query_vec is None:
-                query_vec = (await self._backend.encode_texts([query], _timeout(context)))[0]
-                self._queries.put(query, query_vec)
-
-        if len(history):
-            interest = await self._backend.interest(
-                items, [h.type for h in history], [h.value for h in history], query_vec, _timeout(context)
-            )
-        else:
-            interest = query_vec  # nothing to blend: the query alone is the interest
+        # Independent: the query's vector and the interest are computed at the same time.
+        query_vec, interest = await asyncio.gather(self._query_vector(query, _timeout(context)),
+                                                   self._interest(history, items, _timeout(context)))
         return encoder_pb2.EncodeInterestResponse(
-            interest=to_matrix(interest),
-            query_vector=to_matrix(query_vec),
-            model_version=f"{self._backend.version}+zero-shot-interest",
+            interest=to_matrix(interest), query_vector=to_matrix(query_vec), model_version=self._backend.version
         )
 
 

@@ -1,6 +1,9 @@
-"""Popular candidates kept by the gateway, to answer when retrieval or the encoder cannot."""
+"""Candidates with their vectors, and the popular ones the gateway keeps to answer when
+retrieval or the encoder cannot."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -8,32 +11,48 @@ from recmesh.common.vectors import from_matrix
 from recmesh.v1 import retrieval_pb2
 
 
+@dataclass(frozen=True)
+class CandidateSet:
+    items: list[retrieval_pb2.Candidate] = field(default_factory=list)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # the catalog's space
+    text_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    @classmethod
+    def from_reply(cls, reply: retrieval_pb2.CandidateList) -> "CandidateSet":
+        return cls(list(reply.candidates), from_matrix(reply.vectors, "vectors"),
+                   from_matrix(reply.text_vectors, "text_vectors"))
+
+    def rows(self, rows: list[int]) -> "CandidateSet":
+        if not self.items:
+            return self
+        return CandidateSet([self.items[i] for i in rows], self.vectors[rows], self.text_vectors[rows])
+
+
 class PopularCandidates:
     """The most popular items with their vectors, refreshed from retrieval in the background."""
 
     def __init__(self) -> None:
-        self.candidates: list[retrieval_pb2.Candidate] = []
-        self.vectors = np.zeros((0, 0), dtype=np.float32)
+        # Replaced whole, never mutated: readers never see items and matrices that disagree.
+        self.current = CandidateSet()
         self.index_version = ""
 
     def replace(self, reply: retrieval_pb2.CandidateList) -> None:
-        vectors = from_matrix(reply.vectors, "vectors")
-        # Swap both at once; readers never see a list and matrix that disagree.
-        self.candidates, self.vectors, self.index_version = list(reply.candidates), vectors, reply.index_version
+        self.current, self.index_version = CandidateSet.from_reply(reply), reply.index_version
 
     def forget(self, item_ids: set[str]) -> None:
-        keep = [i for i, c in enumerate(self.candidates) if c.item_id not in item_ids]
-        if len(keep) != len(self.candidates):
-            self.candidates, self.vectors = [self.candidates[i] for i in keep], self.vectors[keep]
+        current = self.current
+        keep = [i for i, c in enumerate(current.items) if c.item_id not in item_ids]
+        if len(keep) != len(current.items):
+            self.current = current.rows(keep)
 
-    def select(self, include: set[str], exclude: set[str], exclude_ids: set[str], limit: int):
+    def select(self, include: set[str], exclude: set[str], exclude_ids: set[str], limit: int) -> CandidateSet:
         """Popular candidates that pass the request's filters, most popular first."""
-        candidates, vectors = self.candidates, self.vectors
+        current = self.current
         rows = [
             i
-            for i, c in enumerate(candidates)
+            for i, c in enumerate(current.items)
             if c.item_id not in exclude_ids
             and not exclude.intersection(c.categories)
             and (not include or include.intersection(c.categories))
         ][:limit]
-        return [candidates[i] for i in rows], vectors[rows] if len(vectors) else vectors
+        return current.rows(rows)

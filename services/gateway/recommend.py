@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmesh.common.lru import LruCache
-from recmesh.common.vectors import from_matrix, to_matrix
+from recmesh.common.vectors import from_matrix, session_vector, to_matrix
 from recmesh.v1 import (
     common_pb2,
     encoder_pb2,
@@ -21,10 +21,22 @@ from recmesh.v1 import (
 )
 from services.gateway.budget import Budget
 from services.gateway.config import GatewaySettings
-from services.gateway.fallbacks import PopularCandidates
+from services.gateway.fallbacks import CandidateSet, PopularCandidates
 from services.gateway.upstreams import Upstreams
 
 MS = 1e-3
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the request knows of the user's intent; any of them may be missing."""
+
+    interest: np.ndarray | None  # the interest model's vector
+    session: np.ndarray | None  # unit direction of the last few items
+    query: np.ndarray | None  # the typed query's language-model vector
+
+    def any(self) -> bool:
+        return self.interest is not None or self.session is not None or self.query is not None
 
 
 @dataclass
@@ -62,22 +74,24 @@ class Recommender:
         user_id = request.user_id
 
         history = await self._history(budget, user_id)
+        # Computed here from the history's catalog vectors: it steers even when the encoder cannot.
+        session = session_vector(history.vectors) if history.entries else None
         interest, query_vec = await self._interest(budget, user_id, history, query, versions)
+        signals = Signals(interest, session, query_vec)
 
         excluded = set(request.filters.exclude_item_ids)
         exclude_seen = request.filters.exclude_seen if request.filters.HasField("exclude_seen") else True
         if exclude_seen:
             excluded |= history.seen
-        candidates, cand_vectors = await self._candidates(budget, request.filters, excluded, interest, versions)
+        found = await self._candidates(budget, request.filters, excluded, signals, versions)
+        candidates = found.items
 
         ranked = None
         if candidates:
             ranked = await budget.call(
                 "ranker",
                 s.ranker_cap_ms * MS,
-                lambda t: self._up.ranker.Rank(
-                    self._rank_request(candidates, cand_vectors, interest, query_vec, history, k), timeout=t
-                ),
+                lambda t: self._up.ranker.Rank(self._rank_request(found, signals, history, k), timeout=t),
             )
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
         by_id = {c.item_id: c for c in candidates}
@@ -90,9 +104,10 @@ class Recommender:
         else:
             if candidates:
                 trace.degrade("fallback:retrieval_order")
+            personal = interest is not None or session is not None or query_vec is not None
             for c in candidates[:k]:
                 reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.score,
-                                reasons=["popular right now"] if interest is None else ["fits your recent activity"])
+                                reasons=["fits your recent activity"] if personal else ["popular right now"])
         reply.versions.update(versions)
         reply.degraded.extend(trace.degraded)
         for stage, ms in trace.latencies:
@@ -152,7 +167,10 @@ class Recommender:
         )
         if reply is None:
             cached = self._interest_cache.get(user_id)
-            budget.trace.degrade("fallback:cached_interest" if cached is not None else "fallback:popular")
+            if cached is not None:
+                budget.trace.degrade("fallback:cached_interest")
+            else:  # the session direction (computed here) still steers when there is history
+                budget.trace.degrade("fallback:session" if history.entries else "fallback:popular")
             return cached, None
         versions["encoder"] = reply.model_version
         interest = from_matrix(reply.interest, "interest")
@@ -162,11 +180,14 @@ class Recommender:
             self._interest_cache.put(user_id, interest)
         return interest, (query_vec[0] if len(query_vec) else None)
 
-    async def _candidates(self, budget, filters: common_pb2.Filters, excluded: set[str], interest, versions):
+    async def _candidates(self, budget, filters: common_pb2.Filters, excluded: set[str], signals: Signals,
+                          versions) -> CandidateSet:
         s = self._s
-        if interest is not None:
+        if signals.any():
             search = retrieval_pb2.SearchRequest(
-                vector=to_matrix(interest),
+                interest=to_matrix(signals.interest),
+                session=to_matrix(signals.session),
+                query=to_matrix(signals.query),
                 limit=s.candidates,
                 filters=common_pb2.Filters(
                     include_categories=filters.include_categories,
@@ -174,28 +195,31 @@ class Recommender:
                     exclude_item_ids=sorted(excluded),
                 ),
                 with_vectors=True,
+                with_text_vectors=signals.query is not None,
             )
             found = await budget.call(
                 "retrieval", s.retrieval_cap_ms * MS, lambda t: self._up.retrieval.Search(search, timeout=t)
             )
             if found is not None:
                 versions["index"] = found.index_version
-                return list(found.candidates), from_matrix(found.vectors, "vectors")
+                return CandidateSet.from_reply(found)
             budget.trace.degrade("fallback:popular_candidates")
         versions["index"] = self._popular.index_version
         return self._popular.select(
             set(filters.include_categories), set(filters.exclude_categories), excluded, s.candidates
         )
 
-    def _rank_request(self, candidates, cand_vectors, interest, query_vec, history: History, k: int):
+    def _rank_request(self, found: CandidateSet, signals: Signals, history: History, k: int):
         last = {e.item_id: i for i, e in enumerate(history.entries)}  # later events win
         recent_ids = sorted(last, key=last.__getitem__, reverse=True)[:10]
         recent_rows = [last[i] for i in recent_ids]
         return ranker_pb2.RankRequest(
-            candidates=candidates,
-            candidate_vectors=to_matrix(cand_vectors),
-            interest=to_matrix(interest),
-            query_vector=to_matrix(query_vec),
+            candidates=found.items,
+            candidate_vectors=to_matrix(found.vectors),
+            candidate_text_vectors=to_matrix(found.text_vectors),
+            interest=to_matrix(signals.interest),
+            session=to_matrix(signals.session),
+            query_vector=to_matrix(signals.query),
             category_affinity=category_affinity(history, self._s.affinity_items),
             recent=[ranker_pb2.RecentItem(item_id=i, title=history.items[i].title) for i in recent_ids],
             recent_vectors=to_matrix(history.vectors[recent_rows] if recent_rows else None),

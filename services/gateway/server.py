@@ -8,7 +8,6 @@ from collections import Counter
 
 import grpc
 
-from recmesh.common.catalog import item_text
 from recmesh.common.errors import rpc_method
 from recmesh.common.server import Service
 from recmesh.common.validation import check_events, check_id
@@ -100,14 +99,13 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         timeout = self._write_timeout(context)
         encoded = await passthrough(
             context,
-            self._up.encoder.EncodeTexts(
-                encoder_pb2.EncodeTextsRequest(texts=[item_text(it) for it in request.items]), timeout=timeout
-            ),
+            self._up.encoder.EncodeItems(encoder_pb2.EncodeItemsRequest(items=request.items), timeout=timeout),
         )
         reply = await passthrough(
             context,
             self._up.retrieval.Upsert(
-                retrieval_pb2.UpsertRequest(items=request.items, vectors=encoded.vectors),
+                retrieval_pb2.UpsertRequest(items=request.items, vectors=encoded.vectors,
+                                            text_vectors=encoded.text_vectors),
                 timeout=self._write_timeout(context),
             ),
         )

@@ -1,4 +1,8 @@
-"""Ranking features for each candidate, computed together as one matrix."""
+"""Ranking features for each candidate, computed together as one matrix.
+
+Scale-free on purpose: the interest score is taken against the unit interest direction (a
+ranking per request does not change with the interest's norm), the rest are cosines, shares
+and popularity in [0, 1] - so one set of weights serves every user."""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FEATURES = ("interest_sim", "query_sim", "recent_sim_max", "category_affinity", "popularity")
+from recmesh.common.vectors import l2_normalize
+
+FEATURES = ("interest_sim", "session_sim", "query_sim", "recent_sim_max", "category_affinity", "popularity")
 
 
 @dataclass
 class RankInputs:
-    candidate_vectors: np.ndarray  # n x d, unit rows
+    candidate_vectors: np.ndarray  # n x d, the catalog's space
+    candidate_text_vectors: np.ndarray  # n x t, unit rows (language model)
     candidate_categories: list[list[str]]
     popularity: np.ndarray  # n, in [0, 1]
     interest: np.ndarray | None  # d
-    query: np.ndarray | None  # d
+    session: np.ndarray | None  # d, unit
+    query: np.ndarray | None  # t, unit
     recent_vectors: np.ndarray  # m x d, newest first
     category_affinity: dict[str, float]
 
@@ -33,18 +41,21 @@ def compute(inputs: RankInputs) -> Features:
     n = len(inputs.candidate_vectors)
     values = np.zeros((n, len(FEATURES)), dtype=np.float32)
     cv = inputs.candidate_vectors
+    unit = l2_normalize(cv)
     if inputs.interest is not None:
-        values[:, 0] = cv @ inputs.interest
+        values[:, 0] = cv @ l2_normalize(inputs.interest)
+    if inputs.session is not None:
+        values[:, 1] = unit @ inputs.session
     if inputs.query is not None:
-        values[:, 1] = cv @ inputs.query
+        values[:, 2] = inputs.candidate_text_vectors @ inputs.query
     closest = np.full(n, -1, dtype=np.int64)
     if len(inputs.recent_vectors):
-        sims = cv @ inputs.recent_vectors.T  # n x m
+        sims = unit @ l2_normalize(inputs.recent_vectors).T  # n x m
         closest = sims.argmax(axis=1)
-        values[:, 2] = sims.max(axis=1)
+        values[:, 3] = sims.max(axis=1)
     if inputs.category_affinity:
-        values[:, 3] = [
+        values[:, 4] = [
             sum(inputs.category_affinity.get(c, 0.0) for c in cats) for cats in inputs.candidate_categories
         ]
-    values[:, 4] = inputs.popularity
+    values[:, 5] = inputs.popularity
     return Features(values, closest)

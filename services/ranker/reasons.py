@@ -38,9 +38,11 @@ def _phrase(name, features, index, categories, affinity, recent_titles) -> str |
         return "matches what you typed"
     if name == "interest_sim":
         return "fits your recent activity"
-    if name == "recent_sim_max":
+    if name in ("recent_sim_max", "session_sim"):
         j = int(features.closest_recent[index])
-        return f"similar to {recent_titles[j]}" if 0 <= j < len(recent_titles) and recent_titles[j] else None
+        if 0 <= j < len(recent_titles) and recent_titles[j]:
+            return f"similar to {recent_titles[j]}"
+        return "in line with what you just did" if name == "session_sim" else None
     if name == "category_affinity":
         liked = max(categories, key=lambda c: affinity.get(c, 0.0), default=None)
         return f"you like {liked}" if liked else None

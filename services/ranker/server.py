@@ -48,6 +48,11 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         if n == 0:
             return reply
         dim = cand.shape[1]
+        text = from_matrix(request.candidate_text_vectors, "candidate_text_vectors")
+        query = from_matrix(request.query_vector, "query_vector")
+        if text.shape[0] not in (0, n) or (len(query) and text.shape[0] != n):
+            raise InvalidArgument("candidate_text_vectors",
+                                  f"{text.shape[0]} rows for {n} candidates (all of them are needed with a query)")
         recent = from_matrix(request.recent_vectors, "recent_vectors")
         if recent.shape[0] != len(request.recent):
             raise InvalidArgument("recent_vectors", f"{recent.shape[0]} rows for {len(request.recent)} recent items")
@@ -58,10 +63,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         features = feats.compute(
             feats.RankInputs(
                 candidate_vectors=cand,
+                candidate_text_vectors=text,
                 candidate_categories=categories,
                 popularity=np.array([c.popularity for c in request.candidates], dtype=np.float32),
                 interest=_optional_vector(request.interest, "interest", dim),
-                query=_optional_vector(request.query_vector, "query_vector", dim),
+                session=_optional_vector(request.session, "session", dim),
+                query=_optional_vector(request.query_vector, "query_vector", text.shape[1]) if len(query) else None,
                 recent_vectors=recent,
                 category_affinity=affinity,
             )

@@ -14,7 +14,15 @@ from recmesh.common.server import Service
 from recmesh.common.vectors import from_matrix, to_matrix
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
-from services.retrieval.store import EdgeItemStore, SearchFilter, StoredItem, item_payload
+from services.retrieval.store import (
+    INTEREST,
+    QUERY,
+    SESSION,
+    EdgeItemStore,
+    SearchFilter,
+    StoredItem,
+    item_payload,
+)
 
 T = TypeVar("T")
 
@@ -28,8 +36,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
 
     async def load(self) -> None:
         self._store = await self._run(EdgeItemStore.open, self._settings.shard_dir, self._settings.hnsw_ef)
-        if self._store.dim:
-            await self._run(self._store.search, np.ones(self._store.dim, np.float32), 10, SearchFilter(), True)
+        store = self._store
+        warm = [(INTEREST, np.ones(store.dim, np.float32)), (SESSION, np.ones(store.dim, np.float32)),
+                (QUERY, np.ones(store.text_dim, np.float32))]
+        await self._run(store.search, warm, 10, SearchFilter(), True)
 
     async def _run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -40,7 +50,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise Unavailable("retrieval is warming up")
         return self._store
 
-    def _answer(self, items: list[StoredItem], with_vectors: bool) -> retrieval_pb2.CandidateList:
+    def _answer(self, items: list[StoredItem], with_vectors: bool,
+                with_text: bool = True) -> retrieval_pb2.CandidateList:
         reply = retrieval_pb2.CandidateList(index_version=self.store.version)
         for it in items:
             reply.candidates.add(
@@ -48,6 +59,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             )
         if with_vectors and items:
             reply.vectors.CopyFrom(to_matrix(np.stack([it.vector for it in items])))
+            if with_text:
+                reply.text_vectors.CopyFrom(to_matrix(np.stack([it.text_vector for it in items])))
         return reply
 
     def _check_ids(self, ids, field: str) -> list[str]:
@@ -66,9 +79,17 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     @rpc_method
     async def Search(self, request, context):
         store = self.store
-        vector = from_matrix(request.vector, "vector")
-        if vector.shape != (1, store.dim):
-            raise InvalidArgument("vector", f"expected 1 x {store.dim}, got {vector.shape[0]} x {vector.shape[1]}")
+        sources = []
+        for name, field, dim in ((INTEREST, "interest", store.dim), (SESSION, "session", store.dim),
+                                 (QUERY, "query", store.text_dim)):
+            vector = from_matrix(getattr(request, field), field)
+            if len(vector) == 0:
+                continue
+            if vector.shape != (1, dim):
+                raise InvalidArgument(field, f"expected 1 x {dim}, got {vector.shape[0]} x {vector.shape[1]}")
+            sources.append((name, vector[0]))
+        if not sources:
+            raise InvalidArgument("interest", "at least one of interest, session and query must have one row")
         limit = self._check_limit(request.limit)
         f = request.filters
         flt = SearchFilter(
@@ -76,8 +97,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             list(f.exclude_categories),
             self._check_ids(f.exclude_item_ids, "filters.exclude_item_ids"),
         )
-        items = await self._run(store.search, vector[0], limit, flt, request.with_vectors)
-        return self._answer(items, request.with_vectors)
+        items = await self._run(store.search, sources, limit, flt, request.with_vectors)
+        return self._answer(items, request.with_vectors, request.with_text_vectors)
 
     @rpc_method
     async def GetItems(self, request, context):
@@ -98,6 +119,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise InvalidArgument("vectors", f"{vectors.shape[0]} rows for {len(request.items)} items")
         if len(request.items) and vectors.shape[1] != store.dim:
             raise InvalidArgument("vectors", f"dim {vectors.shape[1]}, index dim is {store.dim}")
+        text_vectors = from_matrix(request.text_vectors, "text_vectors")
+        if text_vectors.shape[0] != len(request.items):
+            raise InvalidArgument("text_vectors", f"{text_vectors.shape[0]} rows for {len(request.items)} items")
+        if len(request.items) and text_vectors.shape[1] != store.text_dim:
+            raise InvalidArgument("text_vectors", f"dim {text_vectors.shape[1]}, index text dim is {store.text_dim}")
         if request.popularity and len(request.popularity) != len(request.items):
             raise InvalidArgument("popularity", "one value per item, or none")
         self._check_ids([it.item_id for it in request.items], "items.item_id")
@@ -105,7 +131,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             item_payload(it, request.popularity[i] if request.popularity else 0.0)
             for i, it in enumerate(request.items)
         ]
-        count = await self._run(store.upsert, payloads, vectors)
+        count = await self._run(store.upsert, payloads, vectors, text_vectors)
         return retrieval_pb2.UpsertResponse(upserted=count)
 
     @rpc_method

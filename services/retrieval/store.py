@@ -39,6 +39,13 @@ def item_payload(item: common_pb2.Item, popularity: float) -> dict:
     }
 
 
+# Named vectors per item. Search sources name the first three; "similar" holds the catalog
+# vector again, which Qdrant normalises, so that item-to-item search is by cosine.
+INTEREST, SESSION, QUERY = "interest", "similar", "text"
+# Bump when what a shard holds changes: cached catalog builds are keyed on it.
+LAYOUT = "interest.similar.text/v1"
+
+
 @dataclass
 class StoredItem:
     item_id: str
@@ -46,7 +53,8 @@ class StoredItem:
     categories: list[str]
     popularity: float
     score: float = 0.0
-    vector: np.ndarray | None = None
+    vector: np.ndarray | None = None  # the catalog's space
+    text_vector: np.ndarray | None = None  # the language model's
 
 
 @dataclass
@@ -102,29 +110,32 @@ class VectorMirror:
 
 
 class EdgeItemStore:
-    """One Qdrant Edge shard of items: cosine vectors + {item_id, title, categories, popularity, text}."""
+    """One Qdrant Edge shard of items: three named vectors (INTEREST: the catalog vector, dot
+    product; SESSION: the same, cosine; QUERY: the language-model text vector, cosine) and the
+    payload {item_id, title, categories, popularity, text}."""
 
     def __init__(self, shard: qe.EdgeShard, meta: dict, hnsw_ef: int = 128):
         self._shard = shard
-        self.dim = int(meta["dim"])
+        self.dim, self.text_dim = int(meta["dim"]), int(meta["text_dim"])
         # Names the catalog build this shard came from; reported as the index version.
         self.version = str(meta.get("version", "unversioned"))
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
         # Writes are few; serialising them keeps upsert+flush atomic with respect to each other.
         self._write_lock = threading.Lock()
         self._vectors = VectorMirror(self.dim)
+        self._text = VectorMirror(self.text_dim)
         self._load_mirror()
 
     def _load_mirror(self) -> None:
         offset = None
         while True:
             records, offset = self._shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=2048, with_payload=["item_id"], with_vector=True)
+                qe.ScrollRequest(offset=offset, limit=2048, with_payload=["item_id"], with_vector=[INTEREST, QUERY])
             )
             if records:
-                self._vectors.put(
-                    [r.payload["item_id"] for r in records], np.array([_vector(r) for r in records], np.float32)
-                )
+                ids = [r.payload["item_id"] for r in records]
+                self._vectors.put(ids, np.array([r.vector[INTEREST] for r in records], np.float32))
+                self._text.put(ids, np.array([r.vector[QUERY] for r in records], np.float32))
             if offset is None:
                 return
 
@@ -134,13 +145,17 @@ class EdgeItemStore:
         return path.parent / f"{path.name}.meta.json"
 
     @classmethod
-    def create(cls, path: Path, dim: int, version: str, hnsw_ef: int = 128) -> "EdgeItemStore":
+    def create(cls, path: Path, dim: int, text_dim: int, version: str, hnsw_ef: int = 128) -> "EdgeItemStore":
         path.mkdir(parents=True, exist_ok=True)
-        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+        config = qe.EdgeConfig(vectors={
+            INTEREST: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),
+            SESSION: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            QUERY: qe.EdgeVectorParams(size=text_dim, distance=qe.Distance.Cosine),
+        })
         shard = qe.EdgeShard.create(str(path), config)
         shard.update(qe.UpdateOperation.create_field_index("categories", qe.PayloadSchemaType.Keyword))
         shard.update(qe.UpdateOperation.create_field_index("popularity", qe.PayloadSchemaType.Float))
-        meta = {"dim": dim, "version": version}
+        meta = {"dim": dim, "text_dim": text_dim, "version": version}
         cls._meta_path(path).write_text(json.dumps(meta))
         return cls(shard, meta, hnsw_ef)
 
@@ -149,20 +164,26 @@ class EdgeItemStore:
         meta_path = cls._meta_path(path)
         if not path.is_dir() or not meta_path.is_file():
             raise FileNotFoundError(f"no item shard at {path}: run `recmesh bootstrap` first")
-        return cls(qe.EdgeShard.load(str(path)), json.loads(meta_path.read_text()), hnsw_ef)
+        meta = json.loads(meta_path.read_text())
+        if "text_dim" not in meta:
+            raise ValueError(f"{path} is a catalog of an older layout: rebuild it with `recmesh bootstrap --force`")
+        return cls(qe.EdgeShard.load(str(path)), meta, hnsw_ef)
 
     def count(self) -> int:
         return self._shard.count(qe.CountRequest(exact=True))
 
-    def upsert(self, items: list[dict], vectors: np.ndarray) -> int:
+    def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
         """items: dicts with item_id, title, categories, popularity, text."""
         points = [
-            qe.Point(id=point_id(item["item_id"]), vector=vec.tolist(), payload=item)
-            for item, vec in zip(items, vectors, strict=True)
+            qe.Point(id=point_id(item["item_id"]), payload=item,
+                     vector={INTEREST: vec.tolist(), SESSION: vec.tolist(), QUERY: text.tolist()})
+            for item, vec, text in zip(items, vectors, text_vectors, strict=True)
         ]
+        ids = [item["item_id"] for item in items]
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.upsert_points(points))
-            self._vectors.put([item["item_id"] for item in items], vectors)
+            self._vectors.put(ids, vectors)
+            self._text.put(ids, text_vectors)
         return len(points)
 
     def delete(self, item_ids: list[str]) -> int:
@@ -170,6 +191,7 @@ class EdgeItemStore:
         with self._write_lock:
             self._shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in item_ids]))
             self._vectors.drop(item_ids)
+            self._text.drop(item_ids)
         return len(existing)
 
     def flush(self) -> None:
@@ -181,15 +203,21 @@ class EdgeItemStore:
         with self._write_lock:
             self._shard.optimize()
 
-    def search(self, vector: np.ndarray, limit: int, flt: SearchFilter, with_vectors: bool) -> list[StoredItem]:
-        request = qe.QueryRequest(
-            query=qe.Query.Nearest(vector.tolist()),
-            limit=limit,
-            filter=flt.to_qdrant(),
-            params=self._params,
-            with_payload=_PAYLOAD_FIELDS,
-        )
-        return self._items(self._shard.query(request), with_vectors)
+    def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
+               with_vectors: bool) -> list[StoredItem]:
+        """Up to `limit` items from each (vector name, query vector) source, merged in order
+        without duplicates."""
+        qfilter = flt.to_qdrant()
+        merged: dict[str, StoredItem] = {}
+        for name, vector in sources:
+            request = qe.QueryRequest(query=qe.Query.Nearest(vector.tolist(), using=name), limit=limit, filter=qfilter,
+                                      params=self._params, with_payload=_PAYLOAD_FIELDS)
+            for item in self._items(self._shard.query(request), False):
+                merged.setdefault(item.item_id, item)
+        items = list(merged.values())
+        if with_vectors:
+            self._attach_vectors(items)
+        return items
 
     def get(self, item_ids: list[str], with_vectors: bool = False) -> list[StoredItem]:
         """Items in the order asked; unknown ids are left out."""
@@ -216,12 +244,13 @@ class EdgeItemStore:
             )
             for p in points
         ]
-        if with_vectors and items:
-            for item, vec in zip(items, self._vectors.get([it.item_id for it in items]), strict=False):
-                item.vector = vec
+        if with_vectors:
+            self._attach_vectors(items)
         return items
 
-
-def _vector(record) -> list[float]:
-    raw = record.vector
-    return raw[""] if isinstance(raw, dict) else raw
+    def _attach_vectors(self, items: list[StoredItem]) -> None:
+        if not items:
+            return
+        ids = [it.item_id for it in items]
+        for item, vec, text in zip(items, self._vectors.get(ids), self._text.get(ids), strict=True):
+            item.vector, item.text_vector = vec, text

@@ -12,6 +12,7 @@ import pytest
 
 from recmesh.client import Event
 from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
+from services.encoder.learned import ServedInterestModel
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,8 @@ def test_recommend_goes_through_triton(client, user):
     wait_until_triton_idle(client, user)
     reply = client.recommend(user, query="animated film for children", k=5)
     assert not reply.degraded, list(reply.degraded)
-    assert reply.versions["encoder"].endswith("@triton+zero-shot-interest"), dict(reply.versions)
+    interest_version = ServedInterestModel().version
+    assert reply.versions["encoder"] == f"all-MiniLM-L6-v2/onnx-fp32+{interest_version}@triton", dict(reply.versions)
 
 
 def test_triton_crash_degrades_within_deadline_then_recovers(stack, client, user):

@@ -5,7 +5,7 @@ import pytest
 
 from services.ranker.config import RankerSettings
 from services.ranker.features import FEATURES, RankInputs, compute
-from services.ranker.model import load_params, newest_params
+from services.ranker.model import LinearScorer, load_params, newest_params
 from services.ranker.reasons import explain
 
 
@@ -17,9 +17,10 @@ def unit_rows(*rows):
 def inputs(**overrides):
     base = dict(
         candidate_vectors=unit_rows([1, 0, 0], [0, 1, 0], [0, 0, 1]),
+        candidate_text_vectors=unit_rows([1, 0, 0], [0, 1, 0], [0, 0, 1]),
         candidate_categories=[["Drama"], ["Comedy"], ["Horror"]],
         popularity=np.array([0.1, 0.9, 0.2], np.float32),
-        interest=None, query=None,
+        interest=None, session=None, query=None,
         recent_vectors=np.zeros((0, 3), np.float32),
         category_affinity={},
     )
@@ -55,7 +56,9 @@ def test_category_affinity_and_closest_recent_item():
 
 
 def test_reasons_name_the_query_and_the_similar_title():
-    scorer = shipped()
+    weights = {"interest_sim": 1.0, "session_sim": 0.0, "query_sim": 1.2, "recent_sim_max": 0.3,
+               "category_affinity": 0.4, "popularity": 0.25}
+    scorer = LinearScorer("test", np.array([weights[f] for f in FEATURES], np.float32), 0.0)
     f = compute(inputs(query=np.array([0, 0, 1], np.float32), recent_vectors=unit_rows([0, 0.2, 1])))
     contributions = scorer.contributions(f.values)
     reasons = explain(contributions, f, 2, ["Horror"], {}, ["The Shining (1980)"], 2)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from services.retrieval.store import EdgeItemStore, SearchFilter
+from services.retrieval.store import INTEREST, QUERY, SESSION, EdgeItemStore, SearchFilter
 
 
 def items(n):
@@ -15,42 +15,57 @@ def items(n):
 @pytest.fixture
 def store(tmp_path):
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((20, 8)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    s = EdgeItemStore.create(tmp_path / "shard", 8, version="test")
-    s.upsert(items(20), vectors)
-    yield s, vectors
+    vectors = rng.standard_normal((20, 8)).astype(np.float32)  # catalog vectors: not unit
+    texts = rng.standard_normal((20, 6)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    s = EdgeItemStore.create(tmp_path / "shard", 8, 6, version="test")
+    s.upsert(items(20), vectors, texts)
+    yield s, vectors, texts
     s.close()
 
 
-def test_search_finds_the_nearest_with_its_vector(store):
-    s, vectors = store
-    found = s.search(vectors[7], 3, SearchFilter(), with_vectors=True)
-    assert found[0].item_id == "i7" and found[0].score == pytest.approx(1.0, abs=1e-5)
-    assert np.allclose(found[0].vector, vectors[7])
+def test_each_source_searches_its_own_space(store):
+    s, vectors, texts = store
+    probe = vectors[7] / np.linalg.norm(vectors[7])
+    by_dot = s.search([(INTEREST, probe)], 3, SearchFilter(), with_vectors=True)
+    assert [it.item_id for it in by_dot] == [f"i{i}" for i in np.argsort(-(vectors @ probe))[:3]]
+    assert by_dot[0].score == pytest.approx(float(vectors[int(by_dot[0].item_id[1:])] @ probe), rel=1e-4)
+    by_cosine = s.search([(SESSION, probe)], 1, SearchFilter(), with_vectors=True)
+    assert by_cosine[0].item_id == "i7" and by_cosine[0].score == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(by_cosine[0].vector, vectors[7]) and np.allclose(by_cosine[0].text_vector, texts[7])
+    by_text = s.search([(QUERY, texts[3])], 1, SearchFilter(), with_vectors=False)
+    assert by_text[0].item_id == "i3" and by_text[0].vector is None
+
+
+def test_sources_merge_in_order_without_duplicates(store):
+    s, vectors, texts = store
+    merged = s.search([(SESSION, vectors[7]), (QUERY, texts[3]), (QUERY, texts[7])], 1, SearchFilter(), False)
+    assert [it.item_id for it in merged] == ["i7", "i3"]
 
 
 def test_filters_and_exclusions(store):
-    s, vectors = store
-    odd = s.search(vectors[0], 20, SearchFilter(include_categories=["odd"]), False)
+    s, vectors, _ = store
+    odd = s.search([(SESSION, vectors[0])], 20, SearchFilter(include_categories=["odd"]), False)
     assert odd and all(it.categories == ["odd"] for it in odd)
-    rest = s.search(vectors[7], 20, SearchFilter(exclude_categories=["even"], exclude_item_ids=["i7"]), False)
+    rest = s.search([(SESSION, vectors[7])], 20, SearchFilter(exclude_categories=["even"], exclude_item_ids=["i7"]),
+                    False)
     assert "i7" not in {it.item_id for it in rest} and len(rest) == 9
 
 
 def test_popular_get_delete_and_reopen(store, tmp_path):
-    s, vectors = store
+    s, vectors, texts = store
     assert [it.item_id for it in s.top_popular(2)] == ["i19", "i18"]
     assert [it.item_id for it in s.get(["i3", "missing", "i1"])] == ["i3", "i1"]
     assert s.delete(["i19", "missing"]) == 1
     assert s.top_popular(1)[0].item_id == "i18"
-    s.upsert([items(20)[5] | {"title": "renamed"}], vectors[6:7])
+    s.upsert([items(20)[5] | {"title": "renamed"}], vectors[6:7], texts[6:7])
     s.flush()
     s.close()
     reopened = EdgeItemStore.open(tmp_path / "shard")
     assert reopened.count() == 19 and reopened.version == "test"
     again = reopened.get(["i5"], with_vectors=True)[0]
-    assert again.title == "renamed" and np.allclose(again.vector, vectors[6])
+    assert again.title == "renamed"
+    assert np.allclose(again.vector, vectors[6]) and np.allclose(again.text_vector, texts[6])
     reopened.close()
 
 

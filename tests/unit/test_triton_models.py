@@ -29,8 +29,10 @@ def test_cpu_configs():
     assert text.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert text.parameters["variant"].string_value == "onnx-fp32"
     interest = parse(MODELS / "interest_encoder" / "config.pbtxt")
-    assert [i.name for i in interest.input] == ["ITEM_VECTORS", "EVENT_TYPES", "EVENT_VALUES", "QUERY_VECTOR"]
-    assert interest.input[3].optional
+    assert [i.name for i in interest.input] == ["ITEM_VECTORS", "EVENT_TYPES", "EVENT_VALUES", "TIMESTAMPS_MS"]
+    assert [o.name for o in interest.output] == ["INTEREST"]
+    items = parse(MODELS / "item_encoder" / "config.pbtxt")
+    assert (MODELS / items.parameters["artifact"].string_value).is_file()
 
 
 def test_gpu_profile_differs_only_where_it_should():
@@ -97,21 +99,64 @@ def test_text_encoder_failure_is_an_error_per_request(pb_utils):
     assert [r.error for r in responses] == ["text_encoder: boom"] * 2
 
 
-def test_interest_encoder_rule_and_bad_input(pb_utils):
+def _config(name: str) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(parse(MODELS / name / "config.pbtxt"), preserving_proto_field_name=True)
+
+
+def load_served(name: str):
+    model = load_model(name)
+    model.initialize({"model_config": json.dumps(_config(name)), "model_repository": str(MODELS / name),
+                      "model_version": "1"})
+    return model
+
+
+def test_interest_and_item_encoders_serve_the_installed_model(pb_utils):
+    items = load_served("item_encoder")
+    interest = load_served("interest_encoder")
+    text = np.random.default_rng(0).normal(size=(3, items.model.text_dim)).astype(np.float32)
+    ids = list(items.model.item_index)[:3]
+    first, second = items.execute([
+        {"TEXT_VECTOR": FakeTensor("", text[:2]), "ITEM_ID": FakeTensor("", np.array([[i.encode()] for i in ids[:2]]))},
+        {"TEXT_VECTOR": FakeTensor("", text[2:]), "ITEM_ID": FakeTensor("", np.array([[ids[2].encode()]]))},
+    ])
+    vectors = np.concatenate([first.output_tensors[0].as_numpy(), second.output_tensors[0].as_numpy()])
+    assert np.allclose(vectors, items.model.item_vectors(text, ids), atol=1e-5)
+
+    request = {
+        "ITEM_VECTORS": FakeTensor("", vectors),
+        "EVENT_TYPES": FakeTensor("", np.array([5, 5, 2], np.int32)),
+        "EVENT_VALUES": FakeTensor("", np.array([4.0, 5.0, 0.0], np.float32)),
+        "TIMESTAMPS_MS": FakeTensor("", np.array([0, 60_000, 3_600_000], np.int64)),
+    }
+    empty = {name: FakeTensor("", value.as_numpy()[:0]) for name, value in request.items()}
+    answer, no_history = interest.execute([request, empty])
+    expected = interest.model.interest(vectors, [5, 5, 2], [4.0, 5.0, 0.0], [0, 60_000, 3_600_000])
+    assert np.allclose(answer.output_tensors[0].as_numpy(), expected, atol=1e-5)
+    assert no_history.error is None and no_history.output_tensors[0].as_numpy().size == 0
+
+
+def test_interest_encoder_names_bad_input(pb_utils):
+    model = load_served("interest_encoder")
+    ok = np.zeros((2, model.model.dim), np.float32)
+    base = {"ITEM_VECTORS": FakeTensor("", ok), "EVENT_TYPES": FakeTensor("", np.array([2, 2], np.int32)),
+            "EVENT_VALUES": FakeTensor("", np.zeros(2, np.float32)),
+            "TIMESTAMPS_MS": FakeTensor("", np.zeros(2, np.int64))}
+    bad = [
+        {**base, "EVENT_TYPES": FakeTensor("", np.array([2], np.int32))},
+        {**base, "ITEM_VECTORS": FakeTensor("", np.zeros((2, 3), np.float32))},
+        {**base, "TIMESTAMPS_MS": FakeTensor("", np.zeros(3, np.int64))},
+    ]
+    errors = [r.error for r in model.execute(bad)]
+    assert all(e and e.startswith("interest_encoder:") for e in errors), errors
+    assert "ITEM_VECTORS" in errors[1] and "3 timestamps" in errors[2]
+
+
+def test_interest_encoder_refuses_an_artifact_its_config_does_not_name(pb_utils):
+    config = _config("interest_encoder")
+    config["parameters"]["version"]["string_value"] = "some-other-version"
     model = load_model("interest_encoder")
-    params = {"query_weight": {"string_value": "0.6"}, "recency_half_life_events": {"string_value": "2"}}
-    model.initialize({"model_config": json.dumps({"parameters": params})})
-    vectors = np.eye(3, dtype=np.float32)[:2]
-    ok = model.execute([{
-        "ITEM_VECTORS": FakeTensor("", vectors),
-        "EVENT_TYPES": FakeTensor("", np.array([2, 2], np.int32)),
-        "EVENT_VALUES": FakeTensor("", np.zeros(2, np.float32)),
-    }])[0]
-    interest = ok.output_tensors[0].as_numpy()
-    assert np.isclose(np.linalg.norm(interest), 1) and interest[1] > interest[0]  # newest counts most
-    bad = model.execute([{
-        "ITEM_VECTORS": FakeTensor("", vectors),
-        "EVENT_TYPES": FakeTensor("", np.array([2], np.int32)),
-        "EVENT_VALUES": FakeTensor("", np.zeros(2, np.float32)),
-    }])[0]
-    assert bad.error.startswith("interest_encoder:")
+    with pytest.raises(ValueError, match="recmesh train"):
+        model.initialize({"model_config": json.dumps(config), "model_repository": str(MODELS / "interest_encoder"),
+                          "model_version": "1"})

@@ -1,46 +1,59 @@
-"""Triton python backend for the interest model (zero-shot rule for now)."""
+"""Triton python backend for the learned interest model (services/encoder/learned.py)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
-try:  # present only inside Triton
+try:  # present only inside Triton; the module stays importable (and testable) without it
     import triton_python_backend_utils as pb_utils
 except ImportError:  # pragma: no cover
     pb_utils = None
 
 
+def _param(config: dict, key: str) -> str:
+    return config["parameters"][key]["string_value"]
+
+
+def _input(request, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _vector(value: np.ndarray | None) -> np.ndarray:
+    """None travels as an empty vector."""
+    return np.ascontiguousarray(np.zeros(0) if value is None else value, dtype=np.float32)
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        from services.encoder.interest import InterestRule
+        from services.encoder.learned import ServedInterestModel
 
-        params = json.loads(args["model_config"]).get("parameters", {})
-        self.rule = InterestRule(
-            query_weight=float(params["query_weight"]["string_value"]),
-            recency_half_life_events=float(params["recency_half_life_events"]["string_value"]),
-        )
+        config = json.loads(args["model_config"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.model = ServedInterestModel(folder / _param(config, "artifact"))
+        if self.model.version != f"llm-seq/{_param(config, 'version')}":
+            raise ValueError(f"interest_encoder: artifact is {self.model.version}, config.pbtxt names "
+                             f"{_param(config, 'version')}: reinstall with `recmesh train`")
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
 
     def _one(self, request):
         try:
-            vectors = pb_utils.get_input_tensor_by_name(request, "ITEM_VECTORS").as_numpy().astype(np.float32)
-            types = pb_utils.get_input_tensor_by_name(request, "EVENT_TYPES").as_numpy().tolist()
-            values = pb_utils.get_input_tensor_by_name(request, "EVENT_VALUES").as_numpy().tolist()
-            query = pb_utils.get_input_tensor_by_name(request, "QUERY_VECTOR")
-            query_vec = query.as_numpy().astype(np.float32) if query is not None else None
-            if len(vectors) != len(types) or len(types) != len(values):
-                raise ValueError(f"{len(vectors)} vectors, {len(types)} types, {len(values)} values")
-            interest = self.rule.combine(vectors, types, values, query_vec)
-            if interest is None:
-                interest = np.zeros(vectors.shape[1] if vectors.ndim == 2 else 0, dtype=np.float32)
-            out = pb_utils.Tensor("INTEREST", np.ascontiguousarray(interest, dtype=np.float32))
-            return pb_utils.InferenceResponse(output_tensors=[out])
+            vectors = _input(request, "ITEM_VECTORS").astype(np.float32)
+            types, values, stamps = (_input(request, n) for n in ("EVENT_TYPES", "EVENT_VALUES", "TIMESTAMPS_MS"))
+            if not len(vectors) == len(types) == len(values) == len(stamps):
+                raise ValueError(f"{len(vectors)} vectors, {len(types)} types, {len(values)} values, "
+                                 f"{len(stamps)} timestamps")
+            if len(vectors) and vectors.shape[1] != self.model.dim:
+                raise ValueError(f"ITEM_VECTORS: dim {vectors.shape[1]}, the model's is {self.model.dim}")
+            interest = self.model.interest(vectors, types.tolist(), values.tolist(), stamps)
+            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("INTEREST", _vector(interest))])
         except Exception as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"interest_encoder: {exc}"))
 
     def finalize(self):
-        self.rule = None
+        self.model = None

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from recmesh.eval.zeroshot import InterestRule, event_weight
 from recmesh.v1 import common_pb2
-from services.encoder.interest import InterestRule, event_weight
 
 ET = common_pb2.EventType
 

@@ -1,5 +1,6 @@
-"""Zero-shot interest: recency- and event-type-weighted mean of recent item vectors,
-blended with the typed query. The learned interest model replaces this later."""
+"""Zero-shot interest: recency- and event-type-weighted mean of recent items' LLM vectors,
+blended with the typed query. The mesh served this before the learned model
+(services/encoder/learned.py); it stays as the evaluation's zero-shot baseline."""
 
 from __future__ import annotations
 

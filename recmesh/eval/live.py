@@ -1,0 +1,33 @@
+"""Evaluations through the live mesh: a fresh local stack over the built catalog with an empty
+event log, so that only the events an evaluation sends are known."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from recmesh.client import Event, RecmeshClient
+from recmesh.common.local import REPO
+from recmesh.devstack import Stack
+
+# The gateway takes up to 1,000 events per call; 500 keeps each call short.
+TRACK_BATCH = 500
+
+
+@contextmanager
+def fresh_mesh(catalog: Path = REPO / "var" / "catalog", timeout_s: float = 1.0) -> Iterator[RecmeshClient]:
+    var = Path(tempfile.mkdtemp(prefix="recmesh-eval-"))
+    try:
+        shutil.copytree(catalog, var / "catalog")
+        with Stack(var=var) as stack, RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
+            yield client
+    finally:
+        shutil.rmtree(var, ignore_errors=True)
+
+
+def track_all(client: RecmeshClient, events: list[Event]) -> None:
+    for i in range(0, len(events), TRACK_BATCH):
+        client.track_events(events[i : i + TRACK_BATCH])

@@ -1,0 +1,156 @@
+"""Does the served path reproduce the offline metric? On the same users (those the installed
+interest model trained on, scored on their held-out last item):
+
+  model     the interest model alone, the evaluation protocol in process (full ranking);
+  offline   what the mesh computes, in process over every item (full ranking, history
+            excluded): the installed model's interest, the session direction and the ranker's
+            shipped features and weights - the same code the services run;
+  served    through the live mesh: the user's history (train + validation events) is sent with
+            TrackEvents, then Recommend (k = 10, seen items excluded) goes gateway -> Triton
+            (interest_encoder) -> Qdrant (candidates from three sources) -> ranker.
+
+served vs offline measures the serving path (candidate recall, Triton, the services' plumbing);
+offline vs model what the session and ranker add. Writes results/eval/served.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmesh.catalog import movielens
+from recmesh.client import Event
+from recmesh.common.local import REPO
+from recmesh.common.vectors import session_vector
+from recmesh.eval import datasets
+from recmesh.eval.live import fresh_mesh, track_all
+from recmesh.eval.protocol import K, evaluate
+from recmesh.eval.run import item_vectors
+from recmesh.eval.train import ModelScorer
+from recmesh.v1 import common_pb2, encoder_pb2, retrieval_pb2
+from services.encoder.config import SERVED_ARTIFACT
+from services.encoder.learned import ServedInterestModel
+from services.encoder.sequence_model import ModelConfig, SequenceInterestModel
+from services.gateway.config import GatewaySettings
+from services.gateway.recommend import History, category_affinity
+from services.ranker.config import RankerSettings
+from services.ranker.features import RankInputs, compute
+from services.ranker.model import load_params, newest_params
+
+RATE = common_pb2.EventType.EVENT_TYPE_RATE
+
+
+class MeshScorer:
+    """The mesh's ranking function over the whole catalog, in process, with the services' code."""
+
+    def __init__(self, s: datasets.Split, dataset: datasets.Dataset, text_vectors: np.ndarray, artifact: Path):
+        catalog = movielens.load(REPO / "data" / "ml-latest-small")
+        assert [it.item_id for it in catalog.items] == dataset.item_ids
+        self.s, self.catalog, self.text = s, catalog, text_vectors
+        self.model = ServedInterestModel(artifact)
+        self.vectors = self.model.item_vectors(text_vectors, dataset.item_ids)
+        self.gateway = GatewaySettings()
+        self.scorer = load_params(newest_params(RankerSettings().params_dir))
+        self.popularity = np.asarray(catalog.popularity, np.float32)
+        self.categories = [list(it.categories) for it in catalog.items]
+
+    def user_scores(self, user: str, stage: str) -> np.ndarray:
+        s, g = self.s, self.gateway
+        full = s.history(user, stage)
+        items = full[-g.history_items :]
+        n = len(items)
+        ratings, stamps = s.ratings[user][: len(full)][-n:], s.timestamps[user][: len(full)][-n:]
+        vectors = self.vectors[items]
+        interest = self.model.interest(vectors, [RATE] * n, ratings, [t * 1000 for t in stamps])
+        entries = [encoder_pb2.HistoryEntry(item_id=str(i)) for i in items]
+        history = History(entries, vectors, {str(i): retrieval_pb2.Candidate(categories=self.categories[i])
+                                             for i in items}, set())
+        newest = list(dict.fromkeys(reversed(items)))[:10]
+        features = compute(RankInputs(
+            candidate_vectors=self.vectors, candidate_text_vectors=self.text, candidate_categories=self.categories,
+            popularity=self.popularity, interest=interest, session=session_vector(vectors), query=None,
+            recent_vectors=self.vectors[newest], category_affinity=category_affinity(history, g.affinity_items)))
+        return self.scorer.score(features.values)
+
+    def __call__(self, users: list[str], stage: str) -> np.ndarray:
+        return np.stack([self.user_scores(u, stage) for u in users])
+
+
+def offline_model(artifact: Path, text_vectors: np.ndarray) -> tuple[SequenceInterestModel, list[str]]:
+    blob = torch.load(artifact, map_location="cpu", weights_only=True)
+    model = SequenceInterestModel(ModelConfig(**blob["config"]), text_vectors)
+    model.load_state_dict(blob["state"], strict=False)  # the text table comes from text_vectors
+    return model.eval(), blob["holdout_users"]
+
+
+def served_ranks(s: datasets.Split, dataset: datasets.Dataset, users: list[str]) -> tuple[list[int], dict]:
+    """Rank (0-based) of each user's test item in the served top K, -1 when absent."""
+    ranks, latencies, degraded = [], [], 0
+    with fresh_mesh() as client:
+        for n, user in enumerate(users, start=1):
+            live = f"served-{user}"
+            events = zip(s.history(user, "test"), s.ratings[user], s.timestamps[user], strict=True)
+            track_all(client, [
+                Event(live, dataset.item_ids[item], "rate", value=rating, timestamp_ms=stamp * 1000,
+                      event_id=f"{live}-{i}")
+                for i, (item, rating, stamp) in enumerate(events)
+            ])
+            started = time.perf_counter()
+            reply = client.recommend(live, k=K)
+            latencies.append((time.perf_counter() - started) * 1000)
+            degraded += bool(reply.degraded)
+            ids = [item.item_id for item in reply.items]
+            target = dataset.item_ids[s.test[user]]
+            ranks.append(ids.index(target) if target in ids else -1)
+            print(f"\rserved {n}/{len(users)} users", end="", flush=True)
+    print()
+    return ranks, {"p50_ms": round(float(np.percentile(latencies, 50)), 1),
+                   "p99_ms": round(float(np.percentile(latencies, 99)), 1), "degraded": degraded}
+
+
+def metrics(ranks: list[int]) -> dict[str, float]:
+    r = np.array(ranks)
+    hit = r >= 0
+    return {"HR@10": round(float(hit.mean()), 4),
+            "NDCG@10": round(float(np.where(hit, 1 / np.log2(np.maximum(r, 0) + 2), 0).mean()), 4),
+            "MRR@10": round(float(np.where(hit, 1 / (np.maximum(r, 0) + 1), 0).mean()), 4)}
+
+
+def run(users_n: int, out: Path, artifact: Path = SERVED_ARTIFACT) -> dict:
+    dataset = datasets.load(REPO / "data" / "ml-latest-small")
+    full = datasets.split(dataset)
+    text = item_vectors(dataset, REPO / "var" / "eval")
+    model, holdout = offline_model(artifact, text)
+    # Users the model trained on (their test item never was) - the held-out ones are the streaming replay's.
+    trained = sorted(set(full.train) - set(holdout))
+    users = trained[:users_n] if users_n else trained
+    s = full.without([u for u in full.train if u not in set(users)])
+    alone = evaluate(ModelScorer(model, s, "LLM-Seq"), s, "test")
+    offline = evaluate(MeshScorer(s, dataset, text, artifact), s, "test")
+    ranks, timing = served_ranks(s, dataset, users)
+    served = metrics(ranks)
+    results = {
+        "users": len(users), "artifact": str(artifact), "model": alone, "offline": offline, "served": served,
+        "served_timing": timing, "offline_vs_model_NDCG": round(offline["NDCG@10"] / max(alone["NDCG@10"], 1e-9), 4),
+        "served_vs_offline_NDCG": round(served["NDCG@10"] / max(offline["NDCG@10"], 1e-9), 4),
+        "served_vs_offline_HR": round(served["HR@10"] / max(offline["HR@10"], 1e-9), 4),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "served.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m recmesh.eval.served", description=__doc__)
+    parser.add_argument("--users", type=int, default=0, help="first N trained-on users (0 = all)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.users, args.out), indent=2))
+
+
+if __name__ == "__main__":
+    main()

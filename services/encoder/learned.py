@@ -1,0 +1,117 @@
+"""The learned interest model as the mesh serves it.
+
+One artifact (deploy/triton/models/interest_encoder/1/interest_model.pt, written by
+`recmesh train`) serves three callers the same way:
+  - the catalog bootstrap turns every item's LLM text vector into its catalog vector (the
+    model's item table row: projection of the text vector + the item's ID embedding);
+  - Triton's item_encoder does the same for items upserted live (new items: text only);
+  - Triton's interest_encoder runs the causal transformer over the catalog vectors of the
+    user's recent items (with event strength and time gaps).
+Interest and item vectors live in the model's space and are scored by dot product, exactly
+as in training, so the served path reproduces the offline metric. (A typed query is matched
+in the language model's own space: projected into this one it steers badly - measured in
+docs/results.md.)"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmesh.v1 import common_pb2
+from services.encoder.config import SERVED_ARTIFACT
+from services.encoder.sequence_model import (
+    ModelConfig,
+    SequenceInterestModel,
+    encode_sequences,
+)
+
+ET = common_pb2.EventType
+# The model learned from ratings; other events enter as the rating they most resemble.
+EVENT_AS_RATING = {
+    ET.EVENT_TYPE_VIEW: 3.0,
+    ET.EVENT_TYPE_CLICK: 3.5,
+    ET.EVENT_TYPE_ADD_TO_CART: 4.0,
+    ET.EVENT_TYPE_PURCHASE: 4.5,
+}
+UNRATED = 3.5  # a RATE event without a value
+
+
+def event_ratings(event_types, values) -> list[float]:
+    return [
+        (float(v) if v > 0 else UNRATED) if t == ET.EVENT_TYPE_RATE else EVENT_AS_RATING.get(t, UNRATED)
+        for t, v in zip(event_types, values, strict=True)
+    ]
+
+
+def export_served(model: SequenceInterestModel, item_ids: list[str], holdout_users: list[str], version: str,
+                  path: Path) -> None:
+    """Weights without the frozen text table (the catalog holds the item vectors), plus what
+    the ID rows mean and who was held out; the Triton config beside it is stamped with the
+    version (Triton reports it, and the model refuses to load a mismatch)."""
+    state = {k: v for k, v in model.state_dict().items() if k != "text"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": asdict(model.config), "state": state, "item_ids": list(item_ids),
+                "holdout_users": list(holdout_users), "version": version}, path)
+    config = path.parent.parent / "config.pbtxt"
+    if config.is_file():
+        stamp_version(config, version)
+
+
+def stamp_version(config: Path, version: str) -> None:
+    pattern = r'(key: "version", value: \{ string_value: )"[^"]*"'
+    stamped, n = re.subn(pattern, rf'\1"{version}"', config.read_text())
+    if n != 1:
+        raise ValueError(f"{config}: no version parameter to stamp")
+    config.write_text(stamped)
+
+
+class ServedInterestModel:
+    def __init__(self, path: Path = SERVED_ARTIFACT, threads: int = 1):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no interest model at {path}: run `recmesh train`")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        self.config = ModelConfig(**blob["config"])
+        if not self.config.text_dim:
+            raise ValueError(f"{path}: an ID-only model cannot encode new items; serve a text model")
+        self.model = SequenceInterestModel(self.config, None)
+        self.model.load_state_dict(blob["state"])
+        self.model.eval()
+        self.version = f"llm-seq/{blob['version']}"
+        self.dim = self.config.d
+        self.text_dim = self.config.text_dim
+        self.item_index = {item: i for i, item in enumerate(blob["item_ids"])}
+        self.holdout_users: list[str] = list(blob["holdout_users"])
+        torch.set_num_threads(threads)
+        # torch modules are not re-entrant across threads for the same module on every build.
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def item_vectors(self, text_vectors: np.ndarray, item_ids: list[str]) -> np.ndarray:
+        """Catalog vectors: the projected text vector, plus the ID embedding for items the model
+        was trained on (new items still work from their text)."""
+        with self._lock:
+            out = self.model.text_proj(torch.as_tensor(np.asarray(text_vectors, np.float32)))
+            if self.config.use_ids:
+                rows = torch.tensor([self.item_index.get(i, -1) + 1 for i in item_ids])  # 0: unknown
+                out = out + self.model.ids.weight[rows] * (rows > 0).unsqueeze(1)
+        return out.numpy()
+
+    @torch.no_grad()
+    def interest(self, item_vectors: np.ndarray, event_types, values, timestamps_ms) -> np.ndarray | None:
+        """The transformer's output at the newest event (None without history): scored against
+        the catalog vectors by dot product, as in training."""
+        if len(item_vectors) == 0:
+            return None
+        n = min(len(item_vectors), self.config.max_len)
+        ratings = event_ratings(list(event_types)[-n:], list(values)[-n:])
+        seconds = (np.asarray(timestamps_ms, np.int64)[-n:] // 1000).tolist()
+        _, strength, gaps = encode_sequences([list(range(n))], [ratings], [seconds], n)
+        vectors = torch.as_tensor(np.asarray(item_vectors[-n:], np.float32))[None]
+        with self._lock:
+            h = self.model.forward_vectors(vectors, torch.zeros((1, n), dtype=torch.bool), strength, gaps)[0, -1]
+        return h.numpy()
