@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
-.PHONY: install protos bootstrap run test test-unit test-integration bench eval lint clean
+.PHONY: install protos bootstrap train run test test-unit test-integration bench eval lint clean
 
 install: $(INSTALLED)
 
@@ -23,6 +23,11 @@ protos: $(INSTALLED)
 
 bootstrap: $(INSTALLED)
 	$(PY) -m recmesh bootstrap
+
+# Retrain the served interest model (~5 min) and install it for Triton; the next bootstrap
+# re-places the catalog with it (the text vectors are cached).
+train: $(INSTALLED)
+	$(PY) -m recmesh train
 
 # Bootstrap (first time only), start the five services, wait for health, play a scripted session.
 # Ctrl-C stops everything.
@@ -45,14 +50,16 @@ bench: bootstrap
 	$(PY) -m recmesh.bench.encoders
 
 # Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
-# then the streaming replay through the live mesh (~5 min).
+# the served path against its offline twin (~1 min), the streaming replay through the live
+# mesh (~5 min).
 eval: bootstrap
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) -m recmesh.eval.run
+	$(PY) -m recmesh.eval.served
 	$(PY) -m recmesh.eval.streaming
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check recmesh services tests
+	$(VENV)/bin/ruff check recmesh services tests deploy
 
 clean:
 	rm -rf var results

@@ -15,8 +15,10 @@ import numpy as np
 
 from recmesh.common.local import REPO
 from recmesh.eval import baselines, datasets
+from recmesh.eval.mesh import MeshScorer, train_popularity
 from recmesh.eval.protocol import evaluate
 from recmesh.eval.train import ModelScorer, TrainConfig, save_artifact, train
+from services.encoder.learned import export_served
 from services.encoder.sequence_model import ModelConfig
 
 
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
         model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name)
         folder = save_artifact(model, report, args.models_dir, name)
         record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
+        if model_config.text_dim:  # and as the mesh ranks with it: + the session direction, shipped weights
+            export_served(model, dataset.item_ids, [], folder.name, folder / "interest_model.pt")
+            record(MeshScorer.name, MeshScorer(s, dataset.item_ids, vectors, folder / "interest_model.pt",
+                                               train_popularity(s), [[] for _ in dataset.item_ids]))
 
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["command"] = command

@@ -25,59 +25,14 @@ import torch
 from recmesh.catalog import movielens
 from recmesh.client import Event
 from recmesh.common.local import REPO
-from recmesh.common.vectors import session_vector
 from recmesh.eval import datasets
 from recmesh.eval.live import fresh_mesh, track_all
+from recmesh.eval.mesh import MeshScorer
 from recmesh.eval.protocol import K, evaluate
 from recmesh.eval.run import item_vectors
 from recmesh.eval.train import ModelScorer
-from recmesh.v1 import common_pb2, encoder_pb2, retrieval_pb2
 from services.encoder.config import SERVED_ARTIFACT
-from services.encoder.learned import ServedInterestModel
 from services.encoder.sequence_model import ModelConfig, SequenceInterestModel
-from services.gateway.config import GatewaySettings
-from services.gateway.recommend import History, category_affinity
-from services.ranker.config import RankerSettings
-from services.ranker.features import RankInputs, compute
-from services.ranker.model import load_params, newest_params
-
-RATE = common_pb2.EventType.EVENT_TYPE_RATE
-
-
-class MeshScorer:
-    """The mesh's ranking function over the whole catalog, in process, with the services' code."""
-
-    def __init__(self, s: datasets.Split, dataset: datasets.Dataset, text_vectors: np.ndarray, artifact: Path):
-        catalog = movielens.load(REPO / "data" / "ml-latest-small")
-        assert [it.item_id for it in catalog.items] == dataset.item_ids
-        self.s, self.catalog, self.text = s, catalog, text_vectors
-        self.model = ServedInterestModel(artifact)
-        self.vectors = self.model.item_vectors(text_vectors, dataset.item_ids)
-        self.gateway = GatewaySettings()
-        self.scorer = load_params(newest_params(RankerSettings().params_dir))
-        self.popularity = np.asarray(catalog.popularity, np.float32)
-        self.categories = [list(it.categories) for it in catalog.items]
-
-    def user_scores(self, user: str, stage: str) -> np.ndarray:
-        s, g = self.s, self.gateway
-        full = s.history(user, stage)
-        items = full[-g.history_items :]
-        n = len(items)
-        ratings, stamps = s.ratings[user][: len(full)][-n:], s.timestamps[user][: len(full)][-n:]
-        vectors = self.vectors[items]
-        interest = self.model.interest(vectors, [RATE] * n, ratings, [t * 1000 for t in stamps])
-        entries = [encoder_pb2.HistoryEntry(item_id=str(i)) for i in items]
-        history = History(entries, vectors, {str(i): retrieval_pb2.Candidate(categories=self.categories[i])
-                                             for i in items}, set())
-        newest = list(dict.fromkeys(reversed(items)))[:10]
-        features = compute(RankInputs(
-            candidate_vectors=self.vectors, candidate_text_vectors=self.text, candidate_categories=self.categories,
-            popularity=self.popularity, interest=interest, session=session_vector(vectors), query=None,
-            recent_vectors=self.vectors[newest], category_affinity=category_affinity(history, g.affinity_items)))
-        return self.scorer.score(features.values)
-
-    def __call__(self, users: list[str], stage: str) -> np.ndarray:
-        return np.stack([self.user_scores(u, stage) for u in users])
 
 
 def offline_model(artifact: Path, text_vectors: np.ndarray) -> tuple[SequenceInterestModel, list[str]]:
@@ -130,7 +85,10 @@ def run(users_n: int, out: Path, artifact: Path = SERVED_ARTIFACT) -> dict:
     users = trained[:users_n] if users_n else trained
     s = full.without([u for u in full.train if u not in set(users)])
     alone = evaluate(ModelScorer(model, s, "LLM-Seq"), s, "test")
-    offline = evaluate(MeshScorer(s, dataset, text, artifact), s, "test")
+    catalog = movielens.load(REPO / "data" / "ml-latest-small")  # the popularity and categories the mesh has
+    assert [it.item_id for it in catalog.items] == dataset.item_ids
+    offline = evaluate(MeshScorer(s, dataset.item_ids, text, artifact, np.asarray(catalog.popularity),
+                                  [list(it.categories) for it in catalog.items]), s, "test")
     ranks, timing = served_ranks(s, dataset, users)
     served = metrics(ranks)
     results = {

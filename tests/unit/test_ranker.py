@@ -70,3 +70,28 @@ def test_params_with_unknown_features_are_refused(tmp_path):
     path.write_text(json.dumps({"version": "x", "kind": "linear", "weights": {"nonsense": 1.0}}))
     with pytest.raises(ValueError, match="unknown features"):
         load_params(path)
+
+
+def test_interest_score_is_scale_free_and_session_is_a_cosine():
+    long_rows = np.array([[4, 0, 0], [0, 1, 0], [0, 0, 2]], np.float32)  # catalog vectors are not unit
+    strong = compute(inputs(candidate_vectors=long_rows, interest=np.array([0, 0, 9], np.float32)))
+    weak = compute(inputs(candidate_vectors=long_rows, interest=np.array([0, 0, 0.1], np.float32)))
+    assert np.allclose(strong.column("interest_sim"), weak.column("interest_sim"))
+    assert strong.column("interest_sim").tolist() == pytest.approx([0, 0, 2])  # the item's norm still counts
+    session = compute(inputs(candidate_vectors=long_rows, session=np.array([1, 0, 0], np.float32)))
+    assert session.column("session_sim").tolist() == pytest.approx([1, 0, 0])
+
+
+def test_shipped_weights_let_a_session_outvote_a_slightly_better_model_score():
+    scorer = shipped()
+    f = compute(inputs(interest=np.array([0.2, 1, 0], np.float32), session=np.array([1, 0, 0], np.float32)))
+    assert np.argmax(scorer.score(f.values)) == 0
+
+
+def test_session_vector_weights_the_newest_items_most():
+    from recmesh.common.vectors import session_vector
+
+    direction = session_vector(np.array([[3, 0], [0, 1]], np.float32), half_life_events=1.0)  # oldest first
+    assert direction == pytest.approx(np.array([1, 2]) / np.sqrt(5))
+    assert session_vector(np.zeros((0, 2), np.float32)) is None
+    assert session_vector(np.eye(12, dtype=np.float32), last_n=10)[:2].tolist() == [0, 0]  # only the last 10

@@ -1,0 +1,66 @@
+"""The mesh's ranking function, in process over the whole catalog (full ranking), built from
+the services' own code: the installed interest model's interest, the session direction, the
+ranker's features and shipped weights. What Recommend would answer if retrieval returned every
+item - the offline twin of the served path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recmesh.common.vectors import session_vector
+from recmesh.eval import datasets
+from recmesh.v1 import common_pb2, encoder_pb2, retrieval_pb2
+from services.encoder.learned import ServedInterestModel
+from services.gateway.config import GatewaySettings
+from services.gateway.recommend import History, category_affinity
+from services.ranker.config import RankerSettings
+from services.ranker.features import RankInputs, compute
+from services.ranker.model import load_params, newest_params
+
+RATE = common_pb2.EventType.EVENT_TYPE_RATE
+
+
+class MeshScorer:
+    """The mesh's ranking function over the whole catalog, in process, with the services' code."""
+
+    name = "LLM-Seq+session"
+
+    def __init__(self, s: datasets.Split, item_ids: list[str], text_vectors: np.ndarray, artifact: Path,
+                 popularity: np.ndarray, categories: list[list[str]]):
+        """popularity in [0, 1] and categories per item, aligned with item_ids (as the catalog has them)."""
+        self.s, self.text = s, text_vectors
+        self.model = ServedInterestModel(artifact)
+        self.vectors = self.model.item_vectors(text_vectors, item_ids)
+        self.gateway = GatewaySettings()
+        self.scorer = load_params(newest_params(RankerSettings().params_dir))
+        self.popularity = np.asarray(popularity, np.float32)
+        self.categories = categories
+
+    def user_scores(self, user: str, stage: str) -> np.ndarray:
+        s, g = self.s, self.gateway
+        full = s.history(user, stage)
+        items = full[-g.history_items :]
+        n = len(items)
+        ratings, stamps = s.ratings[user][: len(full)][-n:], s.timestamps[user][: len(full)][-n:]
+        vectors = self.vectors[items]
+        interest = self.model.interest(vectors, [RATE] * n, ratings, [t * 1000 for t in stamps])
+        entries = [encoder_pb2.HistoryEntry(item_id=str(i)) for i in items]
+        history = History(entries, vectors, {str(i): retrieval_pb2.Candidate(categories=self.categories[i])
+                                             for i in items}, set())
+        newest = list(dict.fromkeys(reversed(items)))[:10]
+        features = compute(RankInputs(
+            candidate_vectors=self.vectors, candidate_text_vectors=self.text, candidate_categories=self.categories,
+            popularity=self.popularity, interest=interest, session=session_vector(vectors), query=None,
+            recent_vectors=self.vectors[newest], category_affinity=category_affinity(history, g.affinity_items)))
+        return self.scorer.score(features.values)
+
+    def __call__(self, users: list[str], stage: str) -> np.ndarray:
+        return np.stack([self.user_scores(u, stage) for u in users])
+
+
+def train_popularity(s: datasets.Split) -> np.ndarray:
+    """The catalog's popularity formula (log count over the top), from training interactions only."""
+    counts = np.bincount(np.concatenate(list(s.train.values())), minlength=s.n_items).astype(np.float64)
+    return (np.log1p(counts) / np.log1p(counts.max())).astype(np.float32)
