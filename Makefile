@@ -48,6 +48,8 @@ bench: bootstrap
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) -m recmesh.bench.latency --calls 1000
 	$(PY) -m recmesh.bench.encoders
+	$(PY) -m recmesh.bench.ingest
+	$(PY) -m recmesh.bench.freshness
 
 # Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
 # the served path against its offline twin (~1 min), the streaming replay through the live
@@ -57,6 +59,7 @@ eval: bootstrap
 	$(PY) -m recmesh.eval.run
 	$(PY) -m recmesh.eval.served
 	$(PY) -m recmesh.eval.streaming
+	$(PY) -m recmesh.eval.online
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check recmesh services tests deploy

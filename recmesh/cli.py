@@ -75,7 +75,7 @@ def cmd_recommend(args) -> None:
     with _client(args) as rm:
         reply = rm.recommend(
             args.user, query=args.query or "", k=args.k, include_categories=args.include or (),
-            exclude_categories=args.exclude or (), exclude_seen=not args.include_seen,
+            exclude_categories=args.exclude or (), exclude_seen=not args.include_seen, diversity=args.diversity,
         )
     if args.json:
         _print_message(reply)
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", action="append", help="only these categories (repeatable)")
     p.add_argument("--exclude", action="append", help="no items in these categories (repeatable)")
     p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--diversity", type=float, default=0.0, help="0..1: trade relevance for variety")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
 

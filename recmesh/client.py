@@ -55,6 +55,7 @@ class Event:
 
 class RecmeshClient:
     def __init__(self, target: str = "localhost:50060", timeout_s: float = 1.0, channel: grpc.Channel | None = None):
+        self.target = target
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = recommendations_pb2_grpc.RecommendationsStub(self._channel)
         self.timeout_s = timeout_s
@@ -70,11 +71,13 @@ class RecmeshClient:
         exclude_seen: bool = True,
         surface: str = "",
         locale: str = "",
+        diversity: float = 0.0,
         timeout_s: float | None = None,
     ) -> recommendations_pb2.RecommendResponse:
         request = recommendations_pb2.RecommendRequest(
             user_id=user_id,
             query=query,
+            diversity=diversity,
             filters=common_pb2.Filters(
                 include_categories=include_categories,
                 exclude_categories=exclude_categories,

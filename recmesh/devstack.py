@@ -78,6 +78,9 @@ class Stack:
             env[f"{prefix}SHARD_DIR"] = str(self.var / "catalog" / "qdrant")
         if name == "updater":
             env[f"{prefix}LOG_PATH"] = str(self.var / "updater" / "events.sqlite")
+            env[f"{prefix}PARAMS_DIR"] = str(self.var / "ranker" / "params")
+        if name == "ranker":
+            env[f"{prefix}UPDATER_ADDR"] = self.address("updater")
         if name == "encoder":
             env[f"{prefix}BACKEND"] = self.encoder_backend
             if self.triton is not None:

@@ -18,14 +18,21 @@ TRACK_BATCH = 500
 
 
 @contextmanager
-def fresh_mesh(catalog: Path = REPO / "var" / "catalog", timeout_s: float = 1.0) -> Iterator[RecmeshClient]:
+def fresh_stack(catalog: Path = REPO / "var" / "catalog", env: dict[str, str] | None = None) -> Iterator[Stack]:
     var = Path(tempfile.mkdtemp(prefix="recmesh-eval-"))
     try:
         shutil.copytree(catalog, var / "catalog")
-        with Stack(var=var) as stack, RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
-            yield client
+        with Stack(var=var, env=env or {}) as stack:
+            yield stack
     finally:
         shutil.rmtree(var, ignore_errors=True)
+
+
+@contextmanager
+def fresh_mesh(catalog: Path = REPO / "var" / "catalog", timeout_s: float = 1.0,
+               env: dict[str, str] | None = None) -> Iterator[RecmeshClient]:
+    with fresh_stack(catalog, env) as stack, RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
+        yield client
 
 
 def track_all(client: RecmeshClient, events: list[Event]) -> None:

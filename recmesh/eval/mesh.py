@@ -38,23 +38,32 @@ class MeshScorer:
         self.popularity = np.asarray(popularity, np.float32)
         self.categories = categories
 
-    def user_scores(self, user: str, stage: str) -> np.ndarray:
-        s, g = self.s, self.gateway
-        full = s.history(user, stage)
-        items = full[-g.history_items :]
+    def signals(self, items: list[int], ratings: list[float], seconds: list[int]) -> tuple:
+        """(interest, session) from a history (oldest first), as the gateway and Triton compute them."""
+        items = items[-self.gateway.history_items :]
         n = len(items)
-        ratings, stamps = s.ratings[user][: len(full)][-n:], s.timestamps[user][: len(full)][-n:]
         vectors = self.vectors[items]
-        interest = self.model.interest(vectors, [RATE] * n, ratings, [t * 1000 for t in stamps])
+        interest = self.model.interest(vectors, [RATE] * n, ratings[-n:], [t * 1000 for t in seconds[-n:]])
+        return interest, session_vector(vectors)
+
+    def features(self, items: list[int], ratings: list[float], seconds: list[int]) -> np.ndarray:
+        """n_items x len(FEATURES): the ranker's features of every item for this history."""
+        interest, session = self.signals(items, ratings, seconds)
+        items = items[-self.gateway.history_items :]
         entries = [encoder_pb2.HistoryEntry(item_id=str(i)) for i in items]
-        history = History(entries, vectors, {str(i): retrieval_pb2.Candidate(categories=self.categories[i])
-                                             for i in items}, set())
+        history = History(entries, self.vectors[items], {str(i): retrieval_pb2.Candidate(categories=self.categories[i])
+                                                         for i in items}, set())
         newest = list(dict.fromkeys(reversed(items)))[:10]
-        features = compute(RankInputs(
+        return compute(RankInputs(
             candidate_vectors=self.vectors, candidate_text_vectors=self.text, candidate_categories=self.categories,
-            popularity=self.popularity, interest=interest, session=session_vector(vectors), query=None,
-            recent_vectors=self.vectors[newest], category_affinity=category_affinity(history, g.affinity_items)))
-        return self.scorer.score(features.values)
+            popularity=self.popularity, interest=interest, session=session, query=None,
+            recent_vectors=self.vectors[newest],
+            category_affinity=category_affinity(history, self.gateway.affinity_items))).values
+
+    def user_scores(self, user: str, stage: str) -> np.ndarray:
+        s = self.s
+        full = s.history(user, stage)
+        return self.scorer.score(self.features(full, s.ratings[user][: len(full)], s.timestamps[user][: len(full)]))
 
     def __call__(self, users: list[str], stage: str) -> np.ndarray:
         return np.stack([self.user_scores(u, stage) for u in users])

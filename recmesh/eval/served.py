@@ -45,7 +45,9 @@ def offline_model(artifact: Path, text_vectors: np.ndarray) -> tuple[SequenceInt
 def served_ranks(s: datasets.Split, dataset: datasets.Dataset, users: list[str]) -> tuple[list[int], dict]:
     """Rank (0-based) of each user's test item in the served top K, -1 when absent."""
     ranks, latencies, degraded = [], [], 0
-    with fresh_mesh() as client:
+    # The model path as shipped, without the exploration slot and with the shipped ranker
+    # version throughout (no online learning): what is compared is serving, not policy.
+    with fresh_mesh(env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as client:
         for n, user in enumerate(users, start=1):
             live = f"served-{user}"
             events = zip(s.history(user, "test"), s.ratings[user], s.timestamps[user], strict=True)

@@ -17,7 +17,7 @@ class RecentItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k", "candidate_text_vectors", "session")
+    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k", "candidate_text_vectors", "session", "diversity")
     class CategoryAffinityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class RankRequest(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[_retrieval_pb2.Candidate]
     candidate_vectors: _common_pb2.Matrix
     interest: _common_pb2.Matrix
@@ -45,22 +46,29 @@ class RankRequest(_message.Message):
     k: int
     candidate_text_vectors: _common_pb2.Matrix
     session: _common_pb2.Matrix
-    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., candidate_text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ...) -> None: ...
+    diversity: float
+    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., candidate_text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., diversity: _Optional[float] = ...) -> None: ...
 
 class RankedItem(_message.Message):
-    __slots__ = ("item_id", "score", "reasons")
+    __slots__ = ("item_id", "score", "reasons", "features", "propensity")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[float]
+    propensity: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[float]] = ..., propensity: _Optional[float] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("items", "model_version")
+    __slots__ = ("items", "model_version", "feature_names")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RankedItem]
     model_version: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -7,6 +7,54 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ImpressedItem(_message.Message):
+    __slots__ = ("item_id", "position", "features", "propensity")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    position: int
+    features: _containers.RepeatedScalarFieldContainer[float]
+    propensity: float
+    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ..., propensity: _Optional[float] = ...) -> None: ...
+
+class Impression(_message.Message):
+    __slots__ = ("request_id", "user_id", "timestamp_ms", "ranker_version", "feature_names", "items")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    RANKER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: str
+    timestamp_ms: int
+    ranker_version: str
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    items: _containers.RepeatedCompositeFieldContainer[ImpressedItem]
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., ranker_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ImpressedItem, _Mapping]]] = ...) -> None: ...
+
+class LogImpressionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchParametersRequest(_message.Message):
+    __slots__ = ("known_version",)
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    known_version: str
+    def __init__(self, known_version: _Optional[str] = ...) -> None: ...
+
+class RankerParameters(_message.Message):
+    __slots__ = ("version", "spec_json", "trained_through_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_THROUGH_MS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    spec_json: str
+    trained_through_ms: int
+    def __init__(self, version: _Optional[str] = ..., spec_json: _Optional[str] = ..., trained_through_ms: _Optional[int] = ...) -> None: ...
+
 class IngestRequest(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]

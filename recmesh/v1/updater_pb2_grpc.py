@@ -50,6 +50,16 @@ class UpdaterStub:
                 request_serializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateResponse.FromString,
                 _registered_method=True)
+        self.LogImpression = channel.unary_unary(
+                '/recmesh.v1.Updater/LogImpression',
+                request_serializer=recmesh_dot_v1_dot_updater__pb2.Impression.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionResponse.FromString,
+                _registered_method=True)
+        self.WatchParameters = channel.unary_stream(
+                '/recmesh.v1.Updater/WatchParameters',
+                request_serializer=recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
+                _registered_method=True)
 
 
 class UpdaterServicer:
@@ -75,6 +85,22 @@ class UpdaterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogImpression(self, request, context):
+        """What a Recommend showed, with the ranker's features: joined with later feedback into
+        labelled examples for online learning. Best effort (not an acknowledged event).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchParameters(self, request, context):
+        """The ranker parameters the online learner publishes: the current version at once (unless
+        the caller already has it), then every new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UpdaterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +118,16 @@ def add_UpdaterServicer_to_server(servicer, server):
                     servicer.DeleteUser,
                     request_deserializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateResponse.SerializeToString,
+            ),
+            'LogImpression': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogImpression,
+                    request_deserializer=recmesh_dot_v1_dot_updater__pb2.Impression.FromString,
+                    response_serializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionResponse.SerializeToString,
+            ),
+            'WatchParameters': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchParameters,
+                    request_deserializer=recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +212,60 @@ class Updater:
             '/recmesh.v1.Updater/DeleteUser',
             recmesh_dot_v1_dot_updater__pb2.DeleteUserStateRequest.SerializeToString,
             recmesh_dot_v1_dot_updater__pb2.DeleteUserStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogImpression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/LogImpression',
+            recmesh_dot_v1_dot_updater__pb2.Impression.SerializeToString,
+            recmesh_dot_v1_dot_updater__pb2.LogImpressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/recmesh.v1.Updater/WatchParameters',
+            recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.SerializeToString,
+            recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,8 @@ class GatewaySettings(ServiceSettings):
     candidates: int = Field(default=100, ge=1)
     history_items: int = Field(default=50, ge=1)
     affinity_items: int = Field(default=20, ge=1)
+    # Impressions on their way to the updater at most; beyond, they are dropped.
+    impression_queue: int = Field(default=256, ge=0)
     max_query_chars: int = Field(default=1000, ge=1)
     max_filter_values: int = Field(default=1000, ge=0)
     max_events_per_call: int = Field(default=1000, ge=1)

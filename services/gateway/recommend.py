@@ -3,6 +3,7 @@ each stage under its own deadline, each failure answered by the next rung of the
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from recmesh.v1 import (
 from services.gateway.budget import Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import CandidateSet, PopularCandidates
+from services.gateway.impressions import ImpressionLog
 from services.gateway.upstreams import Upstreams
 
 MS = 1e-3
@@ -61,6 +63,7 @@ class Recommender:
         self._s = settings
         self._up = upstreams
         self._popular = popular
+        self._impressions = ImpressionLog(upstreams, settings.impression_queue)
         self._interest_cache: LruCache[str, np.ndarray] = LruCache(settings.interest_cache_users)
 
     def forget_user(self, user_id: str) -> None:
@@ -91,7 +94,8 @@ class Recommender:
             ranked = await budget.call(
                 "ranker",
                 s.ranker_cap_ms * MS,
-                lambda t: self._up.ranker.Rank(self._rank_request(found, signals, history, k), timeout=t),
+                lambda t: self._up.ranker.Rank(self._rank_request(found, signals, history, k, request.diversity),
+                                               timeout=t),
             )
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
         by_id = {c.item_id: c for c in candidates}
@@ -101,6 +105,7 @@ class Recommender:
                 c = by_id[item.item_id]
                 reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories,
                                 score=item.score, reasons=item.reasons)
+            self._impressions.log(self._impression(reply.request_id, user_id, ranked, k))
         else:
             if candidates:
                 trace.degrade("fallback:retrieval_order")
@@ -209,7 +214,16 @@ class Recommender:
             set(filters.include_categories), set(filters.exclude_categories), excluded, s.candidates
         )
 
-    def _rank_request(self, found: CandidateSet, signals: Signals, history: History, k: int):
+    @staticmethod
+    def _impression(request_id: str, user_id: str, ranked, k: int) -> updater_pb2.Impression:
+        return updater_pb2.Impression(
+            request_id=request_id, user_id=user_id, timestamp_ms=int(time.time() * 1000),
+            ranker_version=ranked.model_version, feature_names=ranked.feature_names,
+            items=[updater_pb2.ImpressedItem(item_id=item.item_id, position=i, features=item.features,
+                                             propensity=item.propensity) for i, item in enumerate(ranked.items[:k])],
+        )
+
+    def _rank_request(self, found: CandidateSet, signals: Signals, history: History, k: int, diversity: float):
         last = {e.item_id: i for i, e in enumerate(history.entries)}  # later events win
         recent_ids = sorted(last, key=last.__getitem__, reverse=True)[:10]
         recent_rows = [last[i] for i in recent_ids]
@@ -224,4 +238,5 @@ class Recommender:
             recent=[ranker_pb2.RecentItem(item_id=i, title=history.items[i].title) for i in recent_ids],
             recent_vectors=to_matrix(history.vectors[recent_rows] if recent_rows else None),
             k=k,
+            diversity=diversity,
         )

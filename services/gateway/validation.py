@@ -28,6 +28,8 @@ def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
     _check_values(f.exclude_item_ids, "filters.exclude_item_ids", settings.max_filter_values)
     if len(request.context.surface) > MAX_ID_CHARS or len(request.context.locale) > MAX_ID_CHARS:
         raise InvalidArgument("context", f"surface and locale are at most {MAX_ID_CHARS} characters")
+    if not 0.0 <= request.diversity <= 1.0:  # NaN fails this too
+        raise InvalidArgument("diversity", f"must be in 0..1, got {request.diversity}")
     return k, query
 
 

@@ -18,3 +18,10 @@ class RankerSettings(ServiceSettings):
     params_dir: Path = _SHIPPED_PARAMS
     max_candidates: int = Field(default=2000, ge=1)
     max_reasons: int = Field(default=2, ge=1)
+    # The updater's WatchParameters stream (online-learned versions); empty: shipped params only.
+    updater_addr: str = "127.0.0.1:50064"
+    # Share of replies where one slot shows a candidate from below the top k, chosen uniformly
+    # (logged with its propensity), so that learning does not see only its own choices.
+    exploration: float = Field(default=0.05, ge=0.0, le=1.0)
+    # Diversity (maximal marginal relevance) re-ranks this many times k of the best candidates.
+    mmr_pool_factor: int = Field(default=3, ge=1)

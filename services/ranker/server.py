@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+
 import grpc
 import numpy as np
 
 from recmesh.common.errors import InvalidArgument, rpc_method
-from recmesh.common.server import Service
+from recmesh.common.server import FAST_RECONNECT, Service
 from recmesh.common.vectors import from_matrix
-from recmesh.v1 import ranker_pb2, ranker_pb2_grpc
+from recmesh.v1 import ranker_pb2, ranker_pb2_grpc, updater_pb2, updater_pb2_grpc
 from services.ranker import features as feats
 from services.ranker.config import RankerSettings
-from services.ranker.model import LinearScorer, load_params, newest_params
+from services.ranker.model import Scorer, load_params, newest_params, scorer_from_spec
 from services.ranker.reasons import explain
+from services.ranker.selection import explore, mmr
+
+log = logging.getLogger("recmesh.ranker")
 
 
 def _optional_vector(matrix, field: str, dim: int) -> np.ndarray | None:
@@ -25,9 +32,10 @@ def _optional_vector(matrix, field: str, dim: int) -> np.ndarray | None:
 
 
 class RankerServicer(ranker_pb2_grpc.RankerServicer):
-    def __init__(self, settings: RankerSettings, scorer: LinearScorer):
+    def __init__(self, settings: RankerSettings, scorer: Scorer):
         self._settings = settings
         self._scorer = scorer
+        self._rng = np.random.default_rng()
 
     @property
     def version(self) -> str:
@@ -41,6 +49,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             raise InvalidArgument("candidates", f"at most {self._settings.max_candidates}, got {n}")
         if request.k < 0:
             raise InvalidArgument("k", "must be >= 0")
+        if not 0.0 <= request.diversity <= 1.0:
+            raise InvalidArgument("diversity", f"must be in 0..1, got {request.diversity}")
         cand = from_matrix(request.candidate_vectors, "candidate_vectors")
         if cand.shape[0] != n:
             raise InvalidArgument("candidate_vectors", f"{cand.shape[0]} rows for {n} candidates")
@@ -76,24 +86,64 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         scores = scorer.score(features.values)
         contributions = scorer.contributions(features.values)
         k = min(request.k or n, n)
-        top = np.argsort(-scores, kind="stable")[:k]
+        s = self._settings
+        top = mmr(scores, cand, k, request.diversity, s.mmr_pool_factor)
+        top, propensity = explore(top, n, s.exploration, self._rng)
         titles = [r.title for r in request.recent]
-        max_reasons = self._settings.max_reasons
-        for i in top:
+        reply.feature_names.extend(feats.FEATURES)
+        for i, p in zip(top, propensity, strict=True):
             reply.items.add(
                 item_id=request.candidates[i].item_id,
                 score=float(scores[i]),
-                reasons=explain(contributions, features, i, categories[i], affinity, titles, max_reasons),
+                reasons=explain(contributions, features, i, categories[i], affinity, titles, s.max_reasons),
+                features=features.values[i].tolist(),
+                propensity=float(p),
             )
         return reply
+
+    def swap(self, scorer: Scorer) -> None:
+        """Calls in flight finish on the version they started with; the next ones use this."""
+        self._scorer = scorer
+
+
+async def watch_parameters(servicer: RankerServicer, updater_addr: str) -> None:
+    """Follow the updater's published versions for as long as the ranker runs; while the
+    updater is away, keep serving the version at hand and reconnect with backoff."""
+    backoff = 0.2
+    while True:
+        try:
+            async with grpc.aio.insecure_channel(updater_addr, options=FAST_RECONNECT) as channel:
+                stream = updater_pb2_grpc.UpdaterStub(channel).WatchParameters(
+                    updater_pb2.WatchParametersRequest(known_version=servicer.version))
+                async for update in stream:
+                    scorer = scorer_from_spec(json.loads(update.spec_json), f"updater version {update.version}")
+                    servicer.swap(scorer)
+                    backoff = 0.2
+                    log.info("ranker parameters swapped", extra={"version": scorer.version,
+                                                                  "trained_through_ms": update.trained_through_ms})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the updater restarting, a bad spec: keep the current version
+            log.info("parameter stream interrupted", extra={"error": str(exc)[:200]})
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
 
 
 def build_service(settings: RankerSettings) -> Service:
     scorer = load_params(newest_params(settings.params_dir))
     servicer = RankerServicer(settings, scorer)
+    watcher: list[asyncio.Task] = []
 
     def register(server: grpc.aio.Server) -> list[str]:
         ranker_pb2_grpc.add_RankerServicer_to_server(servicer, server)
         return [ranker_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name]
 
-    return Service("ranker", register)
+    async def warmup() -> None:
+        if settings.updater_addr:  # not awaited: the ranker serves its own version meanwhile
+            watcher.append(asyncio.create_task(watch_parameters(servicer, settings.updater_addr)))
+
+    async def shutdown() -> None:
+        for task in watcher:
+            task.cancel()
+
+    return Service("ranker", register, warmup, shutdown)

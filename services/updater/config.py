@@ -20,3 +20,13 @@ class UpdaterSettings(ServiceSettings):
     recent_queries: int = Field(default=20, ge=1)
     default_max_recent: int = Field(default=50, ge=1)
     max_events_per_call: int = Field(default=1000, ge=1)
+    # Online learning of the ranker (services/updater/learner.py).
+    learn: bool = True
+    # Where published versions go (the newest is served after a restart); the learner starts
+    # from the newest there, else from the newest shipped one.
+    params_dir: Path = Path("var/ranker/params")
+    shipped_params_dir: Path = Path(__file__).resolve().parents[1] / "ranker" / "params"
+    learn_interval_s: float = Field(default=0.5, gt=0)
+    # Feedback joins an impression shown at most this long before it.
+    join_window_s: float = Field(default=1800.0, gt=0)
+    max_impression_items: int = Field(default=1000, ge=1)

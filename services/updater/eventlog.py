@@ -48,18 +48,27 @@ class EventLog:
 
     def append(self, events: Iterable[LoggedEvent]) -> list[LoggedEvent]:
         """Log events in one transaction; returns those that were new (not seen by event_id)."""
-        fresh: list[LoggedEvent] = []
+        return self.append_groups([list(events)])[0]
+
+    def append_groups(self, groups: list[list[LoggedEvent]]) -> list[list[LoggedEvent]]:
+        """Several callers' events in one transaction and one fsync (group commit); for each
+        group, the events that were new. An event_id seen earlier - in the log, or in an
+        earlier group of this commit - is a duplicate."""
+        fresh: list[list[LoggedEvent]] = []
         cur = self._db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            for e in events:
-                cur.execute(
-                    "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, query, value, timestamp_ms,"
-                    " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (e.event_id, e.user_id, e.item_id, e.type, e.query, e.value, e.timestamp_ms, e.request_id),
-                )
-                if cur.rowcount == 1:
-                    fresh.append(e)
+            for events in groups:
+                new = []
+                for e in events:
+                    cur.execute(
+                        "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, query, value, timestamp_ms,"
+                        " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (e.event_id, e.user_id, e.item_id, e.type, e.query, e.value, e.timestamp_ms, e.request_id),
+                    )
+                    if cur.rowcount == 1:
+                        new.append(e)
+                fresh.append(new)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")

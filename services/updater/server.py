@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import grpc
 
-from recmesh.common.errors import Unavailable, rpc_method
+from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.server import Service
 from recmesh.common.validation import check_events, check_id
 from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
+from services.ranker.features import FEATURES
+from services.ranker.model import Scorer, load_params, newest_params, save_params
 from services.updater.config import UpdaterSettings
 from services.updater.eventlog import EventLog, LoggedEvent
+from services.updater.learner import ImpressionJoiner, OnlineLearner, Publication, Round, now_ms
 from services.updater.state import UserStateStore
 
 T = TypeVar("T")
@@ -35,13 +41,61 @@ def to_proto(e: LoggedEvent) -> common_pb2.Event:
     )
 
 
+class GroupCommitter:
+    """Ingest calls that arrive while a commit is running share the next one: one transaction
+    and one fsync for all of them (group commit, as databases do for their own logs). Each
+    caller is answered once its events are durable and applied.
+
+    State is applied here, on the event loop, right after the commit - never by the caller, so
+    a caller that gives up (deadline, cancel) cannot leave a committed event unapplied."""
+
+    def __init__(self, servicer: "UpdaterServicer"):
+        self._servicer = servicer
+        self._pending: list[tuple[list[LoggedEvent], asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
+
+    async def append(self, events: list[LoggedEvent]) -> list[LoggedEvent]:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((events, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        # Shielded: a cancelled caller stops waiting, the commit it joined goes on.
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        servicer = self._servicer
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                fresh = await servicer._run(servicer.event_log.append_groups, [events for events, _ in batch])
+            except Exception as exc:  # nothing of this commit is durable: every caller hears it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), new in zip(batch, fresh, strict=True):
+                for event in new:
+                    servicer.state.apply(event)
+                    servicer.feedback(event)
+                if not future.done():
+                    future.set_result(new)
+
+
 class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     def __init__(self, settings: UpdaterSettings):
         self._settings = settings
         self._log: EventLog | None = None
-        self._state = UserStateStore(settings.recent_items, settings.seen_items, settings.recent_queries)
+        self.state = UserStateStore(settings.recent_items, settings.seen_items, settings.recent_queries)
         # SQLite wants one owner thread; this also serialises log appends in arrival order.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog")
+        self._commits = GroupCommitter(self)
+        self._joiner = ImpressionJoiner(int(settings.join_window_s * 1000))
+        self.learner: OnlineLearner | None = None
+        self._learning: asyncio.Task | None = None
+        # Training runs here, never on the event loop and never beside the log's thread.
+        self._train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner")
+        self._watchers: set[asyncio.Queue] = set()
+        self._versions = itertools.count(1)
 
     async def _run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -51,13 +105,19 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         event_log = await self._run(EventLog, self._settings.log_path)
         count = await self._run(self._replay, event_log)
         self._log = event_log  # from here on, state is complete and calls are served
-        log.info("state rebuilt from log", extra={"events": count, "users": len(self._state),
+        log.info("state rebuilt from log", extra={"events": count, "users": len(self.state),
                                                   "seconds": round(time.perf_counter() - started, 2)})
+        s = self._settings
+        serving = await self._run(_newest_scorer, s.params_dir, s.shipped_params_dir)
+        self.learner = OnlineLearner(serving)
+        if s.learn:
+            self._learning = asyncio.create_task(self._learn_forever())
+        log.info("ranker parameters", extra={"version": serving.version, "learning": s.learn})
 
     def _replay(self, event_log: EventLog) -> int:
         count = 0
         for event in event_log.replay():
-            self._state.apply(event)
+            self.state.apply(event)
             count += 1
         return count
 
@@ -72,12 +132,71 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         check_events(request.events, "events", self._settings.max_events_per_call)
         now_ms = int(time.time() * 1000)
         events = [to_logged(e, now_ms) for e in request.events]
-        fresh = await self._run(self.event_log.append, events)
+        self.event_log  # noqa: B018 - raises UNAVAILABLE while warming up, before anything is queued
         # State is touched only on the event loop, after the commit: reads never race
         # with writes, and state never shows an event the log does not hold.
-        for event in fresh:
-            self._state.apply(event)
+        fresh = await self._commits.append(events)
         return updater_pb2.IngestResponse(accepted=len(fresh), duplicates=len(events) - len(fresh))
+
+    def feedback(self, event: LoggedEvent) -> None:
+        """A committed event: if it answers an impression, a labelled list for the learner."""
+        if self.learner is None:
+            return
+        labelled = self._joiner.join(event, now_ms())
+        if labelled is not None:
+            self.learner.add(labelled)
+
+    @rpc_method
+    async def LogImpression(self, request, context):
+        check_id(request.user_id, "user_id")
+        check_id(request.request_id, "request_id")
+        if len(request.items) > self._settings.max_impression_items:
+            raise InvalidArgument("items", f"at most {self._settings.max_impression_items} items")
+        if list(request.feature_names) != list(FEATURES):
+            raise InvalidArgument("feature_names", f"must be {list(FEATURES)}")
+        for i, item in enumerate(request.items):
+            if len(item.features) != len(FEATURES):
+                raise InvalidArgument(f"items[{i}].features", f"{len(item.features)} values, expected {len(FEATURES)}")
+        self._joiner.add(request, now_ms())
+        return updater_pb2.LogImpressionResponse()
+
+    async def WatchParameters(self, request, context):
+        queue: asyncio.Queue = asyncio.Queue()
+        self._watchers.add(queue)
+        try:
+            current = self.learner.serving if self.learner is not None else None
+            if current is not None and current.version != request.known_version:
+                yield _parameters(current)
+            while (scorer := await queue.get()) is not None:
+                yield _parameters(scorer)
+        finally:
+            self._watchers.discard(queue)
+
+    async def _learn_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._settings.learn_interval_s)
+            try:
+                version = f"ranker-online-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{next(self._versions):05d}"
+                job = self.learner.start_round(version)
+                if isinstance(job, Round):
+                    scorer, report = await loop.run_in_executor(self._train_pool, job.train)
+                    job = self.learner.finish(job, scorer, report)
+                if isinstance(job, Publication):
+                    await self._publish(job)
+            except Exception:  # learning must never take ingest down: log, keep serving
+                log.exception("learning round failed")
+
+    async def _publish(self, publication: Publication) -> None:
+        scorer = publication.scorer
+        await asyncio.get_running_loop().run_in_executor(
+            self._train_pool, lambda: save_params(scorer, self._settings.params_dir, reason=publication.reason,
+                                                  window=publication.window))
+        for queue in self._watchers:
+            queue.put_nowait(scorer)
+        log.info("ranker parameters published", extra={"version": scorer.version, "reason": publication.reason,
+                                                       "trained_through_ms": scorer.trained_through_ms,
+                                                       **publication.window})
 
     @rpc_method
     async def GetUserState(self, request, context):
@@ -85,7 +204,7 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         if self._log is None:  # state is complete only once the log has been replayed
             raise Unavailable("updater is warming up")
         reply = updater_pb2.UserState(user_id=request.user_id)
-        state = self._state.get(request.user_id)
+        state = self.state.get(request.user_id)
         if state is None:
             return reply
         max_recent = request.max_recent or self._settings.default_max_recent
@@ -101,13 +220,31 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         user_id = check_id(request.user_id, "user_id")
 
         deleted = await self._run(self.event_log.delete_user, user_id)
-        self._state.delete(user_id)
+        self.state.delete(user_id)
+        self._joiner.forget_user(user_id)
         return updater_pb2.DeleteUserStateResponse(events_deleted=deleted)
 
     async def close(self) -> None:
+        if self._learning is not None:
+            self._learning.cancel()
+        for queue in self._watchers:
+            queue.put_nowait(None)  # ends the streams, so the server's grace is not spent waiting
+        self._train_pool.shutdown(wait=True)
         if self._log is not None:
             await self._run(self._log.close)
         self._pool.shutdown(wait=True)
+
+
+def _newest_scorer(online: Path, shipped: Path) -> Scorer:
+    for folder in (online, shipped):
+        if folder.is_dir() and any(folder.glob("*.json")):
+            return load_params(newest_params(folder))
+    raise FileNotFoundError(f"no ranker parameters in {online} or {shipped}")
+
+
+def _parameters(scorer: Scorer) -> updater_pb2.RankerParameters:
+    return updater_pb2.RankerParameters(version=scorer.version, spec_json=json.dumps(scorer.to_spec()),
+                                        trained_through_ms=scorer.trained_through_ms)
 
 
 def build_service(settings: UpdaterSettings) -> Service:

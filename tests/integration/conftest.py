@@ -32,7 +32,9 @@ def stack(catalog: Path, tmp_path_factory) -> Stack:
     var = tmp_path_factory.mktemp("var")
     shutil.copytree(catalog / "catalog", var / "catalog")
     shutil.copytree(catalog / "updater", var / "updater")
-    with Stack(var=var) as running:
+    # Deterministic answers for behaviour tests: no exploration slot, no online learning
+    # (tests/integration/test_online.py runs its own stack with both on).
+    with Stack(var=var, env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as running:
         yield running
 
 

@@ -16,6 +16,14 @@ def test_append_is_idempotent_by_event_id(tmp_path):
     assert log.count() == 3
 
 
+def test_group_commit_answers_each_group_and_dedupes_across_them(tmp_path):
+    log = EventLog(tmp_path / "events.sqlite")
+    log.append([ev("old")])
+    fresh = log.append_groups([[ev("a"), ev("old")], [ev("a"), ev("b")], []])
+    assert [[e.event_id for e in group] for group in fresh] == [["a"], ["b"], []]
+    assert log.count() == 3
+
+
 def test_log_survives_reopen_and_replays_in_order(tmp_path):
     path = tmp_path / "events.sqlite"
     log = EventLog(path)

@@ -5,7 +5,7 @@ import pytest
 
 from services.ranker.config import RankerSettings
 from services.ranker.features import FEATURES, RankInputs, compute
-from services.ranker.model import LinearScorer, load_params, newest_params
+from services.ranker.model import Scorer, load_params, newest_params
 from services.ranker.reasons import explain
 
 
@@ -58,7 +58,7 @@ def test_category_affinity_and_closest_recent_item():
 def test_reasons_name_the_query_and_the_similar_title():
     weights = {"interest_sim": 1.0, "session_sim": 0.0, "query_sim": 1.2, "recent_sim_max": 0.3,
                "category_affinity": 0.4, "popularity": 0.25}
-    scorer = LinearScorer("test", np.array([weights[f] for f in FEATURES], np.float32), 0.0)
+    scorer = Scorer("test", np.array([weights[f] for f in FEATURES], np.float32), 0.0)
     f = compute(inputs(query=np.array([0, 0, 1], np.float32), recent_vectors=unit_rows([0, 0.2, 1])))
     contributions = scorer.contributions(f.values)
     reasons = explain(contributions, f, 2, ["Horror"], {}, ["The Shining (1980)"], 2)

@@ -1,0 +1,264 @@
+"""Online learning of the ranker from the live stream.
+
+- ImpressionJoiner: what a Recommend showed (with the features the ranker scored it on) meets
+  the feedback that follows (the event's request_id, else the user's newest impression of the
+  item within a time window) and becomes a labelled list: the chosen item against the others
+  shown with it.
+- WideDeepTrainer: listwise softmax loss over each list, Adam, numpy; warm-started from the
+  version being served, so the first published version starts where serving is.
+- OnlineLearner: trains on the stream, holds back every k-th list as the evaluation window,
+  publishes a candidate only if it is not worse than the served version on that window, and
+  rolls back when a published version turns out worse than its parent on fresh lists."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recmesh.v1 import common_pb2, updater_pb2
+from services.ranker.features import FEATURES
+from services.ranker.model import DeepPart, Scorer
+from services.updater.eventlog import LoggedEvent
+
+log = logging.getLogger("recmesh.updater.learner")
+ET = common_pb2.EventType
+
+
+@dataclass
+class LabelledList:
+    features: np.ndarray  # n x len(FEATURES), as served
+    positive: int  # row of the item the user chose
+    arrived_ms: int  # when the feedback arrived (updater clock)
+    propensity: float = 1.0  # of the chosen item at its position
+
+
+class ImpressionJoiner:
+    def __init__(self, window_ms: int, per_user: int = 20):
+        self.window_ms = window_ms
+        self._by_user: dict[str, deque[tuple[updater_pb2.Impression, int, set[str]]]] = {}
+        self._per_user = per_user
+
+    def add(self, impression: updater_pb2.Impression, arrived_ms: int) -> None:
+        if list(impression.feature_names) != list(FEATURES):
+            raise ValueError(f"feature_names {list(impression.feature_names)} are not this ranker's {list(FEATURES)}")
+        shown = self._by_user.setdefault(impression.user_id, deque(maxlen=self._per_user))
+        shown.append((impression, arrived_ms, set()))
+
+    def join(self, event: LoggedEvent, arrived_ms: int) -> LabelledList | None:
+        """Any item event on a shown item is the user choosing it (a view of a recommendation
+        is its click-through); each shown item is labelled once."""
+        if event.type == ET.EVENT_TYPE_SEARCH or not event.item_id:
+            return None
+        shown = self._by_user.get(event.user_id)
+        if not shown:
+            return None
+        for impression, when, labelled in reversed(shown):
+            if arrived_ms - when > self.window_ms:
+                break
+            if event.request_id and impression.request_id != event.request_id:
+                continue
+            rows = [i for i, item in enumerate(impression.items) if item.item_id == event.item_id]
+            if rows and event.item_id not in labelled:
+                labelled.add(event.item_id)
+                features = np.array([list(item.features) for item in impression.items], np.float32)
+                chosen = impression.items[rows[0]]
+                return LabelledList(features, rows[0], arrived_ms, chosen.propensity or 1.0)
+        return None
+
+    def forget_user(self, user_id: str) -> None:
+        self._by_user.pop(user_id, None)
+
+
+def _softmax_grad(scores: np.ndarray, positive: int) -> tuple[float, np.ndarray]:
+    z = scores - scores.max()
+    p = np.exp(z) / np.exp(z).sum()
+    grad = p.copy()
+    grad[positive] -= 1.0
+    return float(-np.log(max(p[positive], 1e-12))), grad
+
+
+class WideDeepTrainer:
+    def __init__(self, start: Scorer, hidden: int = 16, lr: float = 0.01, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        f = len(FEATURES)
+        self.params = {"w": start.weights.astype(np.float64).copy()}
+        if start.deep is not None:
+            deep = start.deep
+            self.params |= {"w1": deep.w1.astype(np.float64), "b1": deep.b1.astype(np.float64),
+                            "v": deep.v.astype(np.float64)}
+        else:  # v = 0: the deep part starts silent, so the first version scores as the linear one
+            self.params |= {"w1": rng.normal(0, 0.3, (f, hidden)), "b1": np.zeros(hidden), "v": np.zeros(hidden)}
+        self.bias = start.bias
+        self.lr = lr
+        self._m = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._s = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._t = 0
+
+    def _grads(self, lists: list[LabelledList]) -> tuple[float, dict[str, np.ndarray]]:
+        p = self.params
+        grads = {k: np.zeros_like(v) for k, v in p.items()}
+        total = 0.0
+        for item in lists:
+            x = item.features.astype(np.float64)
+            pre = x @ p["w1"] + p["b1"]
+            h = np.maximum(pre, 0.0)
+            loss, ds = _softmax_grad(x @ p["w"] + h @ p["v"], item.positive)
+            # Inverse propensity: a choice among explored items counts for what it stands for.
+            ds = ds / max(item.propensity, 0.05)
+            total += loss
+            grads["w"] += x.T @ ds
+            grads["v"] += h.T @ ds
+            dpre = np.outer(ds, p["v"]) * (pre > 0)
+            grads["w1"] += x.T @ dpre
+            grads["b1"] += dpre.sum(axis=0)
+        n = max(len(lists), 1)
+        return total / n, {k: g / n for k, g in grads.items()}
+
+    def step(self, lists: list[LabelledList]) -> float:
+        """One Adam step on a mini-batch of lists; returns the mean loss before the step."""
+        loss, grads = self._grads(lists)
+        self._t += 1
+        for k, g in grads.items():
+            self._m[k] = 0.9 * self._m[k] + 0.1 * g
+            self._s[k] = 0.999 * self._s[k] + 0.001 * g * g
+            m_hat, s_hat = self._m[k] / (1 - 0.9**self._t), self._s[k] / (1 - 0.999**self._t)
+            self.params[k] -= self.lr * m_hat / (np.sqrt(s_hat) + 1e-8)
+        return loss
+
+    def scorer(self, version: str, trained_through_ms: int) -> Scorer:
+        p = self.params
+        deep = DeepPart(p["w1"].astype(np.float32), p["b1"].astype(np.float32), p["v"].astype(np.float32))
+        return Scorer(version, p["w"].astype(np.float32), self.bias, deep, trained_through_ms)
+
+
+def list_metrics(scorer: Scorer, lists: list[LabelledList]) -> dict[str, float]:
+    """Mean NDCG (one relevant item: 1 / log2(rank + 2)) and AUC of the chosen item within
+    its list."""
+    if not lists:
+        return {"ndcg": 0.0, "auc": 0.0, "lists": 0}
+    ndcg = auc = 0.0
+    for item in lists:
+        s = scorer.score(item.features)
+        above = int((s > s[item.positive]).sum())
+        ndcg += 1 / np.log2(above + 2)
+        others = len(s) - 1
+        auc += (int((s < s[item.positive]).sum()) / others) if others else 1.0
+    return {"ndcg": round(ndcg / len(lists), 4), "auc": round(auc / len(lists), 4), "lists": len(lists)}
+
+
+@dataclass
+class LearnerConfig:
+    min_new_lists: int = 8  # train once this many new lists arrived
+    holdout_every: int = 5  # every k-th list goes to the evaluation window, not to training
+    holdout_lists: int = 500  # the evaluation window (most recent held-back lists)
+    replay_lists: int = 20000  # training memory
+    steps: int = 20  # Adam steps per round
+    batch: int = 32
+    tolerance: float = 0.005  # NDCG a candidate may lose on the window and still publish
+    rollback_after: int = 30  # fresh held-back lists before a published version is judged
+    lr: float = 0.01
+
+
+@dataclass
+class Publication:
+    scorer: Scorer
+    reason: str  # "trained" or "rollback"
+    window: dict = field(default_factory=dict)
+
+
+@dataclass
+class Round:
+    """One training round's inputs, taken on the event loop; trained in a worker."""
+
+    version: str
+    trainer: WideDeepTrainer
+    batches: list[list[LabelledList]]
+    window: list[LabelledList]
+    serving: Scorer
+    trained_through_ms: int
+
+    def train(self) -> tuple[Scorer, dict]:
+        for batch in self.batches:
+            self.trainer.step(batch)
+        scorer = self.trainer.scorer(self.version, self.trained_through_ms)
+        return scorer, {"candidate": list_metrics(scorer, self.window),
+                        "serving": list_metrics(self.serving, self.window)}
+
+
+class OnlineLearner:
+    """Fed on the updater's event loop (add, start_round, finish); Round.train runs in a
+    worker on a private copy, so the two never touch the same state."""
+
+    def __init__(self, serving: Scorer, config: LearnerConfig | None = None, seed: int = 0):
+        self.config = config or LearnerConfig()
+        self.serving = serving
+        self.parent: Scorer | None = None  # what serving replaced, while serving is on probation
+        self._probation: list[LabelledList] = []
+        self._trainer = WideDeepTrainer(serving, lr=self.config.lr, seed=seed)
+        self._train: deque[LabelledList] = deque(maxlen=self.config.replay_lists)
+        self._holdout: deque[LabelledList] = deque(maxlen=self.config.holdout_lists)
+        self._new: list[LabelledList] = []
+        self._seen = 0
+        self._rng = np.random.default_rng(seed)
+        self.published = self.rejected = self.rollbacks = 0
+
+    def add(self, item: LabelledList) -> None:
+        self._seen += 1
+        if self._seen % self.config.holdout_every == 0:
+            self._holdout.append(item)
+            if self.parent is not None:
+                self._probation.append(item)
+        else:
+            self._train.append(item)
+            self._new.append(item)
+
+    def start_round(self, version: str) -> Round | Publication | None:
+        """A rollback to publish, a round to train, or nothing to do yet."""
+        verdict = self._judge_probation(version)
+        if verdict is not None or len(self._new) < self.config.min_new_lists:
+            return verdict
+        new, self._new = self._new, []
+        memory = list(self._train)
+        batches = []
+        for _ in range(self.config.steps):
+            sample = [memory[i] for i in self._rng.integers(0, len(memory), self.config.batch)]
+            batches.append(new + sample if len(new) <= self.config.batch else sample)
+        return Round(version, copy.deepcopy(self._trainer), batches, list(self._holdout), self.serving,
+                     max(item.arrived_ms for item in new))
+
+    def finish(self, job: Round, scorer: Scorer, report: dict) -> Publication | None:
+        """Publish the round's candidate unless it is worse than what serves on the window."""
+        if job.serving is not self.serving:
+            return None  # a rollback landed meanwhile: this candidate grew from the wrong parent
+        if job.window and report["candidate"]["ndcg"] < report["serving"]["ndcg"] - self.config.tolerance:
+            self.rejected += 1
+            log.info("candidate rejected", extra={"version": job.version, **report})
+            return None
+        self._trainer = job.trainer
+        self.parent, self._probation = self.serving, []
+        self.serving = scorer
+        self.published += 1
+        return Publication(scorer, "trained", report)
+
+    def _judge_probation(self, version: str) -> Publication | None:
+        if self.parent is None or len(self._probation) < self.config.rollback_after:
+            return None
+        fresh = self._probation
+        ours, theirs = list_metrics(self.serving, fresh), list_metrics(self.parent, fresh)
+        parent, self.parent, self._probation = self.parent, None, []
+        if ours["ndcg"] >= theirs["ndcg"] - self.config.tolerance:
+            return None  # passed: it stays
+        self.rollbacks += 1
+        back = Scorer(version, parent.weights, parent.bias, parent.deep, self.serving.trained_through_ms)
+        self.serving = back
+        self._trainer = WideDeepTrainer(back, lr=self.config.lr)
+        return Publication(back, "rollback", {"published": ours, "parent": theirs})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
