@@ -30,9 +30,14 @@ from recmesh.eval import datasets
 from recmesh.eval.mesh import MeshScorer
 from recmesh.eval.run import item_vectors
 from services.encoder.config import SERVED_ARTIFACT
+from services.ranker.config import RankerSettings
+from services.ranker.model import load_params
 from services.updater.learner import LabelledList, OnlineLearner, Round
 
 POLICIES = ("online", "frozen", "retrieval")
+# The hand-set version (weights chosen on validation, never trained on this stream); the
+# shipped wide & deep version learned from part of this stream, so it cannot be replayed here.
+START = RankerSettings().params_dir / "ranker-linear-v2.json"
 
 
 def stream(dataset: datasets.Dataset, users: set[str], skip: int):
@@ -71,31 +76,41 @@ def ranked_metrics(scores: np.ndarray, positive: int) -> tuple[float, float]:
     return ndcg, (int((scores < scores[positive]).sum()) / others if others else 1.0)
 
 
-def run(out: Path, limit: int, every: int, window: int, skip: int, max_events: int) -> dict:
+def mesh_world() -> tuple[datasets.Dataset, MeshScorer]:
     dataset = datasets.load(REPO / "data" / "ml-latest-small")
-    s = datasets.split(dataset)
     catalog = movielens.load(REPO / "data" / "ml-latest-small")
-    mesh = MeshScorer(s, dataset.item_ids, item_vectors(dataset, REPO / "var" / "eval"), SERVED_ARTIFACT,
-                      np.asarray(catalog.popularity), [list(it.categories) for it in catalog.items])
-    events, history = stream(dataset, set(mesh.model.holdout_users), skip)
-    events = events[: max_events or None]
-    frozen = mesh.scorer
-    learner = OnlineLearner(frozen)
-    rows: dict[str, list[tuple[float, float]]] = {p: [] for p in POLICIES}
-    covered = 0
-    started = time.perf_counter()
+    mesh = MeshScorer(datasets.split(dataset), dataset.item_ids, item_vectors(dataset, REPO / "var" / "eval"),
+                      SERVED_ARTIFACT, np.asarray(catalog.popularity), [list(it.categories) for it in catalog.items])
+    return dataset, mesh
+
+
+def replay(mesh: MeshScorer, events, history: dict, limit: int):
+    """For each event in order: (n, candidate features or None when the picked item was not
+    retrieved, the picked row); the user's history grows as the replay goes."""
     for n, (user, item, rating, seconds) in enumerate(events):
         past = history[user]
         items, ratings, stamps = [p[0] for p in past], [p[1] for p in past], [p[2] for p in past]
         features = mesh.features(items, ratings, stamps)
         cands = candidates(features, set(items), limit)
         hit = np.flatnonzero(cands == item)
-        if len(hit):
+        past.append((item, rating, seconds))
+        yield n, (features[cands] if len(hit) else None), (int(hit[0]) if len(hit) else -1)
+
+
+def run(out: Path, limit: int, every: int, window: int, skip: int, max_events: int, start: Path) -> dict:
+    dataset, mesh = mesh_world()
+    events, history = stream(dataset, set(mesh.model.holdout_users), skip)
+    events = events[: max_events or None]
+    frozen = load_params(start)
+    learner = OnlineLearner(frozen)
+    rows: dict[str, list[tuple[float, float]]] = {p: [] for p in POLICIES}
+    covered = 0
+    started = time.perf_counter()
+    for n, x, positive in replay(mesh, events, history, limit):
+        if x is not None:
             covered += 1
-            x = features[cands]
-            positive = int(hit[0])
             policy_scores = {"online": learner.serving.score(x), "frozen": frozen.score(x),
-                             "retrieval": -np.arange(len(cands), dtype=np.float32)}
+                             "retrieval": -np.arange(len(x), dtype=np.float32)}
             for policy, scores in policy_scores.items():
                 rows[policy].append(ranked_metrics(scores, positive))
             learner.add(LabelledList(x, positive, n))
@@ -106,7 +121,6 @@ def run(out: Path, limit: int, every: int, window: int, skip: int, max_events: i
             job = learner.start_round(f"replay-{n + 1}")
             if isinstance(job, Round):
                 learner.finish(job, *job.train())
-        past.append((item, rating, seconds))
         if (n + 1) % 500 == 0:
             print(f"\rreplayed {n + 1}/{len(events)} events", end="", flush=True)
     print()
@@ -117,7 +131,8 @@ def run(out: Path, limit: int, every: int, window: int, skip: int, max_events: i
 
     windows = {p: [summary(rows[p][i : i + window]) for i in range(0, len(rows[p]), window)] for p in POLICIES}
     results = {
-        "events": len(events), "users": len(mesh.model.holdout_users), "candidates_per_source": limit,
+        "start": frozen.version, "events": len(events), "users": len(mesh.model.holdout_users),
+        "candidates_per_source": limit,
         "retrievable_share": round(covered / max(len(events), 1), 4), "round_every_events": every,
         "published": learner.published, "rejected": learner.rejected, "rollbacks": learner.rollbacks,
         "seconds": round(time.perf_counter() - started, 1),
@@ -159,9 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=1000, help="events per plotted window")
     parser.add_argument("--skip", type=int, default=10, help="each user's first events are history only")
     parser.add_argument("--max-events", type=int, default=0, help="0 = the whole stream")
+    parser.add_argument("--start", type=Path, default=START,
+                        help="the ranker version online learning starts from, and the frozen one")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
     args = parser.parse_args(argv)
-    results = run(args.out, args.candidates, args.every, args.window, args.skip, args.max_events)
+    results = run(args.out, args.candidates, args.every, args.window, args.skip, args.max_events, args.start)
     print(json.dumps({k: v for k, v in results.items() if k != "windows"}, indent=2))
 
 

@@ -17,7 +17,7 @@ class RecentItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k", "candidate_text_vectors", "session", "diversity")
+    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k", "candidate_text_vectors", "session", "diversity", "skipped")
     class CategoryAffinityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,13 @@ class RankRequest(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     INTEREST_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +43,7 @@ class RankRequest(_message.Message):
     CANDIDATE_TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[_retrieval_pb2.Candidate]
     candidate_vectors: _common_pb2.Matrix
     interest: _common_pb2.Matrix
@@ -47,7 +55,8 @@ class RankRequest(_message.Message):
     candidate_text_vectors: _common_pb2.Matrix
     session: _common_pb2.Matrix
     diversity: float
-    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., candidate_text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., diversity: _Optional[float] = ...) -> None: ...
+    skipped: _containers.ScalarMap[str, int]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., candidate_text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., diversity: _Optional[float] = ..., skipped: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RankedItem(_message.Message):
     __slots__ = ("item_id", "score", "reasons", "features", "propensity")

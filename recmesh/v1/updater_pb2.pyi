@@ -78,18 +78,27 @@ class GetUserStateRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., max_recent: _Optional[int] = ...) -> None: ...
 
 class UserState(_message.Message):
-    __slots__ = ("user_id", "recent", "seen_item_ids", "recent_queries", "event_count")
+    __slots__ = ("user_id", "recent", "seen_item_ids", "recent_queries", "event_count", "skipped")
+    class SkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     RECENT_FIELD_NUMBER: _ClassVar[int]
     SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     RECENT_QUERIES_FIELD_NUMBER: _ClassVar[int]
     EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     recent: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
     seen_item_ids: _containers.RepeatedScalarFieldContainer[str]
     recent_queries: _containers.RepeatedScalarFieldContainer[str]
     event_count: int
-    def __init__(self, user_id: _Optional[str] = ..., recent: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., recent_queries: _Optional[_Iterable[str]] = ..., event_count: _Optional[int] = ...) -> None: ...
+    skipped: _containers.ScalarMap[str, int]
+    def __init__(self, user_id: _Optional[str] = ..., recent: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., recent_queries: _Optional[_Iterable[str]] = ..., event_count: _Optional[int] = ..., skipped: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class DeleteUserStateRequest(_message.Message):
     __slots__ = ("user_id",)

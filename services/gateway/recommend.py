@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class History:
     vectors: np.ndarray
     items: dict[str, retrieval_pb2.Candidate]
     seen: set[str]
+    skipped: dict[str, int] = field(default_factory=dict)  # recently shown, not chosen
 
 
 def category_affinity(history: History, last_n: int) -> dict[str, float]:
@@ -134,8 +135,9 @@ class Recommender:
             budget.trace.degrade("fallback:anonymous")
             return empty
         seen = set(state.seen_item_ids)
+        skipped = dict(state.skipped)
         if not state.recent:
-            return History([], empty.vectors, {}, seen)
+            return History([], empty.vectors, {}, seen, skipped)
         ids = list(dict.fromkeys(e.item_id for e in state.recent))
         found = await budget.call(
             "history_items",
@@ -145,7 +147,7 @@ class Recommender:
             ),
         )
         if found is None:
-            return History([], empty.vectors, {}, seen)
+            return History([], empty.vectors, {}, seen, skipped)
         vectors = from_matrix(found.vectors, "vectors")
         row = {c.item_id: i for i, c in enumerate(found.candidates)}
         # Items deleted from the catalog since the event drop out of the history.
@@ -155,7 +157,7 @@ class Recommender:
             if e.item_id in row
         ]
         rows = [row[e.item_id] for e in entries]
-        return History(entries, vectors[rows], {c.item_id: c for c in found.candidates}, seen)
+        return History(entries, vectors[rows], {c.item_id: c for c in found.candidates}, seen, skipped)
 
     async def _interest(self, budget, user_id, history: History, query: str, versions):
         if not history.entries and not query:
@@ -239,4 +241,5 @@ class Recommender:
             recent_vectors=to_matrix(history.vectors[recent_rows] if recent_rows else None),
             k=k,
             diversity=diversity,
+            skipped={c.item_id: history.skipped[c.item_id] for c in found.items if c.item_id in history.skipped},
         )

@@ -12,7 +12,8 @@ import numpy as np
 
 from recmesh.common.vectors import l2_normalize
 
-FEATURES = ("interest_sim", "session_sim", "query_sim", "recent_sim_max", "category_affinity", "popularity")
+FEATURES = ("interest_sim", "session_sim", "query_sim", "recent_sim_max", "category_affinity", "popularity",
+            "skipped")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class RankInputs:
     query: np.ndarray | None  # t, unit
     recent_vectors: np.ndarray  # m x d, newest first
     category_affinity: dict[str, float]
+    skipped: np.ndarray | None = None  # n: times recently shown to this user and not chosen
 
 
 @dataclass
@@ -58,4 +60,6 @@ def compute(inputs: RankInputs) -> Features:
             sum(inputs.category_affinity.get(c, 0.0) for c in cats) for cats in inputs.candidate_categories
         ]
     values[:, 5] = inputs.popularity
+    if inputs.skipped is not None:
+        values[:, 6] = np.log1p(inputs.skipped)
     return Features(values, closest)

@@ -81,6 +81,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                 query=_optional_vector(request.query_vector, "query_vector", text.shape[1]) if len(query) else None,
                 recent_vectors=recent,
                 category_affinity=affinity,
+                skipped=np.array([request.skipped.get(c.item_id, 0) for c in request.candidates], np.float32),
             )
         )
         scores = scorer.score(features.values)

@@ -7,8 +7,9 @@
 - WideDeepTrainer: listwise softmax loss over each list, Adam, numpy; warm-started from the
   version being served, so the first published version starts where serving is.
 - OnlineLearner: trains on the stream, holds back every k-th list as the evaluation window,
-  publishes a candidate only if it is not worse than the served version on that window, and
-  rolls back when a published version turns out worse than its parent on fresh lists."""
+  publishes a candidate only if it is not worse than the served version on that window and
+  still follows the typed query and the session (MONOTONE), and rolls back when a published
+  version turns out worse than its parent on fresh lists."""
 
 from __future__ import annotations
 
@@ -70,6 +71,16 @@ class ImpressionJoiner:
                 return LabelledList(features, rows[0], arrived_ms, chosen.propensity or 1.0)
         return None
 
+    def skipped(self, user_id: str, now: int) -> dict[str, int]:
+        """Items shown to the user within the window and not chosen: how many times."""
+        counts: dict[str, int] = {}
+        for impression, when, labelled in self._by_user.get(user_id, ()):
+            if now - when <= self.window_ms:
+                for item in impression.items:
+                    if item.item_id not in labelled:
+                        counts[item.item_id] = counts.get(item.item_id, 0) + 1
+        return counts
+
     def forget_user(self, user_id: str) -> None:
         self._by_user.pop(user_id, None)
 
@@ -83,6 +94,8 @@ def _softmax_grad(scores: np.ndarray, positive: int) -> tuple[float, np.ndarray]
 
 
 class WideDeepTrainer:
+    """hidden = 0: the wide (linear) part only."""
+
     def __init__(self, start: Scorer, hidden: int = 16, lr: float = 0.01, seed: int = 0):
         rng = np.random.default_rng(seed)
         f = len(FEATURES)
@@ -92,7 +105,11 @@ class WideDeepTrainer:
             self.params |= {"w1": deep.w1.astype(np.float64), "b1": deep.b1.astype(np.float64),
                             "v": deep.v.astype(np.float64)}
         else:  # v = 0: the deep part starts silent, so the first version scores as the linear one
-            self.params |= {"w1": rng.normal(0, 0.3, (f, hidden)), "b1": np.zeros(hidden), "v": np.zeros(hidden)}
+            w1 = rng.normal(0, 0.3, (f, hidden))
+            # A typed query reaches the deep part only once lists with queries have taught it
+            # (its row's gradient is zero until then): before that it acts through the wide part.
+            w1[FEATURES.index("query_sim")] = 0.0
+            self.params |= {"w1": w1, "b1": np.zeros(hidden), "v": np.zeros(hidden)}
         self.bias = start.bias
         self.lr = lr
         self._m = {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -132,7 +149,8 @@ class WideDeepTrainer:
 
     def scorer(self, version: str, trained_through_ms: int) -> Scorer:
         p = self.params
-        deep = DeepPart(p["w1"].astype(np.float32), p["b1"].astype(np.float32), p["v"].astype(np.float32))
+        deep = None if p["v"].size == 0 else \
+            DeepPart(p["w1"].astype(np.float32), p["b1"].astype(np.float32), p["v"].astype(np.float32))
         return Scorer(version, p["w"].astype(np.float32), self.bias, deep, trained_through_ms)
 
 
@@ -149,6 +167,22 @@ def list_metrics(scorer: Scorer, lists: list[LabelledList]) -> dict[str, float]:
         others = len(s) - 1
         auc += (int((s < s[item.positive]).sum()) / others) if others else 1.0
     return {"ndcg": round(ndcg / len(lists), 4), "auc": round(auc / len(lists), 4), "lists": len(lists)}
+
+
+# A learned version must keep following what the user does and types: more of these never
+# lowers an item's score (checked on served feature rows before publishing).
+MONOTONE = ("query_sim", "session_sim")
+
+
+def behaviour_violations(scorer: Scorer, rows: np.ndarray, step: float = 0.3) -> list[str]:
+    """The MONOTONE features whose increase lowers some row's score."""
+    broken = []
+    for name in MONOTONE:
+        higher = rows.copy()
+        higher[:, FEATURES.index(name)] += step
+        if (scorer.score(higher) < scorer.score(rows) - 1e-6).any():
+            broken.append(name)
+    return broken
 
 
 @dataclass
@@ -186,8 +220,10 @@ class Round:
         for batch in self.batches:
             self.trainer.step(batch)
         scorer = self.trainer.scorer(self.version, self.trained_through_ms)
+        rows = np.concatenate([x.features for x in (self.window or self.batches[0])])
         return scorer, {"candidate": list_metrics(scorer, self.window),
-                        "serving": list_metrics(self.serving, self.window)}
+                        "serving": list_metrics(self.serving, self.window),
+                        "violations": behaviour_violations(scorer, rows)}
 
 
 class OnlineLearner:
@@ -235,7 +271,8 @@ class OnlineLearner:
         """Publish the round's candidate unless it is worse than what serves on the window."""
         if job.serving is not self.serving:
             return None  # a rollback landed meanwhile: this candidate grew from the wrong parent
-        if job.window and report["candidate"]["ndcg"] < report["serving"]["ndcg"] - self.config.tolerance:
+        worse = job.window and report["candidate"]["ndcg"] < report["serving"]["ndcg"] - self.config.tolerance
+        if worse or report.get("violations"):
             self.rejected += 1
             log.info("candidate rejected", extra={"version": job.version, **report})
             return None

@@ -213,6 +213,7 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         reply.seen_item_ids.extend(state.seen.keys())
         reply.recent_queries.extend(state.queries)
         reply.event_count = state.event_count
+        reply.skipped.update(self._joiner.skipped(request.user_id, now_ms()))
         return reply
 
     @rpc_method

@@ -45,14 +45,18 @@ def test_feedback_joins_its_impression_once_and_within_the_window():
     assert joiner.join(click("u", "c"), arrived_ms=40) is None  # both showings already labelled
     assert joiner.join(click("u", "zzz"), arrived_ms=40) is None  # never shown
     assert joiner.join(click("u", "b"), arrived_ms=5000) is None  # too late
+    assert joiner.skipped("u", now=100) == {"a": 1, "b": 1, "d": 1}  # shown, never chosen
+    assert joiner.skipped("u", now=5000) == {}  # out of the window
 
 
 def lists_preferring_popularity(n, rng):
-    """Users always choose the most popular of 10 shown items; the other features are noise."""
+    """Users choose the most popular of 10 shown items, among those close to their session;
+    no query was typed; the other features are noise."""
     out = []
     for _ in range(n):
         x = rng.normal(size=(10, F)).astype(np.float32)
-        out.append(LabelledList(x, int(np.argmax(x[:, POP])), 0))
+        x[:, FEATURES.index("query_sim")] = 0.0
+        out.append(LabelledList(x, int(np.argmax(x[:, POP] + 0.5 * x[:, FEATURES.index("session_sim")])), 0))
     return out
 
 
@@ -143,3 +147,19 @@ def test_exploration_fills_the_last_slot_with_its_propensity():
     assert always[:2].tolist() == [0, 1] and always[2] >= 3 and p.tolist() == pytest.approx([1, 1, 1 / 7])
     never, p = explore(np.arange(3), 10, share=0.0, rng=rng)
     assert never.tolist() == [0, 1, 2] and p.tolist() == [1, 1, 1]
+
+
+def test_a_version_that_stops_following_the_query_is_not_published():
+    from services.updater.learner import behaviour_violations
+
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(50, F)).astype(np.float32)
+    good = blind_scorer()
+    deaf = Scorer("deaf", -np.eye(F, dtype=np.float32)[FEATURES.index("query_sim")])
+    assert behaviour_violations(good, rows) == [] and behaviour_violations(deaf, rows) == ["query_sim"]
+    learner = OnlineLearner(good, LearnerConfig(min_new_lists=10, steps=1))
+    for item in lists_preferring_popularity(30, rng):
+        learner.add(item)
+    job = learner.start_round("deaf")
+    job.trainer.params["w"][FEATURES.index("query_sim")] = -1.0
+    assert learner.finish(job, *job.train()) is None and learner.rejected == 1

@@ -57,7 +57,7 @@ def test_category_affinity_and_closest_recent_item():
 
 def test_reasons_name_the_query_and_the_similar_title():
     weights = {"interest_sim": 1.0, "session_sim": 0.0, "query_sim": 1.2, "recent_sim_max": 0.3,
-               "category_affinity": 0.4, "popularity": 0.25}
+               "category_affinity": 0.4, "popularity": 0.25, "skipped": 0.0}
     scorer = Scorer("test", np.array([weights[f] for f in FEATURES], np.float32), 0.0)
     f = compute(inputs(query=np.array([0, 0, 1], np.float32), recent_vectors=unit_rows([0, 0.2, 1])))
     contributions = scorer.contributions(f.values)
@@ -82,8 +82,8 @@ def test_interest_score_is_scale_free_and_session_is_a_cosine():
     assert session.column("session_sim").tolist() == pytest.approx([1, 0, 0])
 
 
-def test_shipped_weights_let_a_session_outvote_a_slightly_better_model_score():
-    scorer = shipped()
+def test_hand_set_weights_let_a_session_outvote_a_slightly_better_model_score():
+    scorer = load_params(RankerSettings().params_dir / "ranker-linear-v2.json")
     f = compute(inputs(interest=np.array([0.2, 1, 0], np.float32), session=np.array([1, 0, 0], np.float32)))
     assert np.argmax(scorer.score(f.values)) == 0
 
@@ -95,3 +95,8 @@ def test_session_vector_weights_the_newest_items_most():
     assert direction == pytest.approx(np.array([1, 2]) / np.sqrt(5))
     assert session_vector(np.zeros((0, 2), np.float32)) is None
     assert session_vector(np.eye(12, dtype=np.float32), last_n=10)[:2].tolist() == [0, 0]  # only the last 10
+
+
+def test_skipped_counts_become_a_feature():
+    f = compute(inputs(skipped=np.array([0, 3, 0], np.float32)))
+    assert f.column("skipped").tolist() == pytest.approx([0, np.log(4), 0])
