@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands `recmesh eval ...` to recmesh.eval.run with all its flags.
     sub.add_parser("eval", help="offline evaluation, as `make eval` (recmesh eval --help for its flags)")
     sub.add_parser("train", help="train the served interest model and install it for Triton (recmesh train --help)")
+    sub.add_parser("load", help="open-loop load test through the gateway, as `make load` (recmesh load --help)")
 
     p = sub.add_parser("demo", help="play the scripted session against a running gateway")
     p.add_argument("--user", default=None)
@@ -201,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
         from recmesh.eval.release import main as train
 
         train(argv[1:])
+        return
+    if argv[:1] == ["load"]:
+        from recmesh.loadtest import main as load
+
+        load(argv[1:])
         return
     args = build_parser().parse_args(argv)
     try:
