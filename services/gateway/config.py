@@ -38,6 +38,10 @@ class GatewaySettings(ServiceSettings):
     candidates: int = Field(default=100, ge=1)
     history_items: int = Field(default=50, ge=1)
     affinity_items: int = Field(default=20, ge=1)
+    # Admission: Recommends in progress at most; beyond, the popular list is answered at once.
+    max_in_flight: int = Field(default=16, ge=1)
+    # A Recommend arriving with less of its client's deadline left gets the popular list at once.
+    min_admit_ms: float = Field(default=15.0, ge=0)
     # Impressions on their way to the updater at most; beyond, they are dropped.
     impression_queue: int = Field(default=256, ge=0)
     max_query_chars: int = Field(default=1000, ge=1)

@@ -23,9 +23,10 @@ class CandidateSet:
                    from_matrix(reply.text_vectors, "text_vectors"))
 
     def rows(self, rows: list[int]) -> "CandidateSet":
-        if not self.items:
-            return self
-        return CandidateSet([self.items[i] for i in rows], self.vectors[rows], self.text_vectors[rows])
+        def pick(matrix: np.ndarray) -> np.ndarray:  # a list without vectors stays without
+            return matrix[rows] if len(matrix) else matrix
+
+        return CandidateSet([self.items[i] for i in rows], pick(self.vectors), pick(self.text_vectors))
 
 
 class PopularCandidates:

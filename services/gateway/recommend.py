@@ -65,12 +65,40 @@ class Recommender:
         self._up = upstreams
         self._popular = popular
         self._impressions = ImpressionLog(upstreams, settings.impression_queue)
+        self.in_flight = 0
         self._interest_cache: LruCache[str, np.ndarray] = LruCache(settings.interest_cache_users)
 
     def forget_user(self, user_id: str) -> None:
         self._interest_cache.forget(user_id)
 
     async def recommend(self, request, k: int, query: str, client_remaining_s: float | None):
+        """Admission first: past max_in_flight Recommends, or with too little of the client's
+        time left to do real work, the answer is the popular list at once (degraded, saying
+        why) - shed fast rather than queued past its deadline."""
+        s = self._s
+        if self.in_flight >= s.max_in_flight:
+            return self._shed(request, k, "shed:overload")
+        if client_remaining_s is not None and client_remaining_s < s.min_admit_ms * MS:
+            return self._shed(request, k, "shed:late_arrival")
+        self.in_flight += 1
+        try:
+            return await self._recommend(request, k, query, client_remaining_s)
+        finally:
+            self.in_flight -= 1
+
+    def _shed(self, request, k: int, reason: str) -> recommendations_pb2.RecommendResponse:
+        started = time.perf_counter()
+        f = request.filters
+        found = self._popular.select(set(f.include_categories), set(f.exclude_categories), set(f.exclude_item_ids), k)
+        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex, degraded=[reason])
+        for c in found.items:
+            reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.popularity,
+                            reasons=["popular right now"])
+        reply.versions["index"] = self._popular.index_version
+        reply.total_ms = (time.perf_counter() - started) * 1000
+        return reply
+
+    async def _recommend(self, request, k: int, query: str, client_remaining_s: float | None):
         s = self._s
         budget = Budget(s.budget_ms * MS, client_remaining_s, s.reply_margin_ms * MS, s.min_stage_ms * MS)
         trace = budget.trace
