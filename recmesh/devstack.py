@@ -51,9 +51,13 @@ class Stack:
     encoder_backend: str = "triton"
     triton: TritonServer | None = None
 
+    # Prometheus endpoints (http://host:port/metrics), one per service.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         for name in SERVICES:
             self.ports.setdefault(name, free_port())
+            self.metrics_ports.setdefault(name, free_port())
         (self.var / "logs").mkdir(parents=True, exist_ok=True)
         if self.encoder_backend == "triton" and self.triton is None:
             self.triton = TritonServer(self.var / "triton")
@@ -73,6 +77,7 @@ class Stack:
             "TRANSFORMERS_OFFLINE": "1",
             f"{prefix}HOST": self.host,
             f"{prefix}PORT": str(self.ports[name]),
+            f"{prefix}METRICS_PORT": str(self.metrics_ports[name]),
         }
         if name == "retrieval":
             env[f"{prefix}SHARD_DIR"] = str(self.var / "catalog" / "qdrant")

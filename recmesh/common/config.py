@@ -18,6 +18,8 @@ class ServiceSettings(BaseSettings):
     port: int = 0
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_s: float = 5.0
+    # Prometheus metrics over HTTP on this port; 0 = not exported.
+    metrics_port: int = 0
     log_level: str = "INFO"
 
 

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from recmesh.common.config import ServiceSettings, load_settings
 from recmesh.common.logs import setup_logging
+from recmesh.common.metrics import MetricsInterceptor, serve_metrics
 
 # Internal messages carry up to a few hundred 384-d vectors; allow headroom.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -45,8 +46,9 @@ class Service:
 
 async def run_service(service: Service, settings: ServiceSettings) -> None:
     log = logging.getLogger(f"recmesh.{service.name}")
-    server = grpc.aio.server(options=GRPC_OPTIONS + service.options)
+    server = grpc.aio.server(options=GRPC_OPTIONS + service.options, interceptors=[MetricsInterceptor(service.name)])
     service_names = service.register(server)
+    serve_metrics(settings.metrics_port)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -10,6 +10,7 @@ import numpy as np
 from recmesh.common.catalog import item_text
 from recmesh.common.errors import InvalidArgument, rpc_method
 from recmesh.common.lru import LruCache
+from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.vectors import from_matrix, to_matrix
 from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
@@ -39,6 +40,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             vectors = await self._backend.encode_texts(["warm-up text for the encoder"] * size, None)
         items = await self._backend.encode_items(vectors, ["warm-up"], None)
         await self._backend.interest(np.repeat(items, 10, axis=0), [0] * 10, [0.0] * 10, list(range(10)), None)
+        set_version("encoder", "models", self._backend.version)
 
     def _check_texts(self, texts, field: str) -> list[str]:
         if len(texts) > self._settings.max_texts:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prometheus_client import Counter
+
 from recmesh.v1 import updater_pb2
 from services.gateway.upstreams import Upstreams
 
 log = logging.getLogger("recmesh.gateway.impressions")
+DROPPED = Counter("recmesh_impressions_dropped_total", "Impressions not delivered to the updater")
 
 
 class ImpressionLog:
@@ -25,6 +28,7 @@ class ImpressionLog:
     def log(self, impression: updater_pb2.Impression) -> None:
         if len(self._in_flight) >= self._max:
             self.dropped += 1
+            DROPPED.inc()
             return
         task = asyncio.get_running_loop().create_task(self._send(impression))
         self._in_flight.add(task)
@@ -35,5 +39,6 @@ class ImpressionLog:
             await self._up.updater.LogImpression(impression, timeout=self._timeout_s)
         except Exception as exc:  # the updater down or slow: this impression is not learned from
             self.dropped += 1
+            DROPPED.inc()
             if self.dropped % 1000 == 1:
                 log.info("impressions dropped", extra={"dropped": self.dropped, "error": str(exc)[:200]})

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import prometheus_client as prom
 
 from recmesh.common.lru import LruCache
 from recmesh.common.vectors import from_matrix, session_vector, to_matrix
@@ -27,6 +28,8 @@ from services.gateway.impressions import ImpressionLog
 from services.gateway.upstreams import Upstreams
 
 MS = 1e-3
+DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends answered degraded, by reason", ["reason"])
+RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight", "Recommends admitted and in progress")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Recommender:
         self._popular = popular
         self._impressions = ImpressionLog(upstreams, settings.impression_queue)
         self.in_flight = 0
+        RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
         self._interest_cache: LruCache[str, np.ndarray] = LruCache(settings.interest_cache_users)
 
     def forget_user(self, user_id: str) -> None:
@@ -88,6 +92,7 @@ class Recommender:
 
     def _shed(self, request, k: int, reason: str) -> recommendations_pb2.RecommendResponse:
         started = time.perf_counter()
+        DEGRADED.labels(reason).inc()
         f = request.filters
         found = self._popular.select(set(f.include_categories), set(f.exclude_categories), set(f.exclude_item_ids), k)
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex, degraded=[reason])
@@ -144,6 +149,8 @@ class Recommender:
                                 reasons=["fits your recent activity"] if personal else ["popular right now"])
         reply.versions.update(versions)
         reply.degraded.extend(trace.degraded)
+        for reason in trace.degraded:
+            DEGRADED.labels(reason).inc()
         for stage, ms in trace.latencies:
             reply.stage_latency.add(stage=stage, ms=ms)
         reply.total_ms = budget.elapsed_ms()

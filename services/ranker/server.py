@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 
 from recmesh.common.errors import InvalidArgument, rpc_method
+from recmesh.common.metrics import set_version
 from recmesh.common.server import FAST_RECONNECT, Service
 from recmesh.common.vectors import from_matrix
 from recmesh.v1 import ranker_pb2, ranker_pb2_grpc, updater_pb2, updater_pb2_grpc
@@ -36,6 +37,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         self._settings = settings
         self._scorer = scorer
         self._rng = np.random.default_rng()
+        set_version("ranker", "parameters", scorer.version)
 
     @property
     def version(self) -> str:
@@ -105,6 +107,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
     def swap(self, scorer: Scorer) -> None:
         """Calls in flight finish on the version they started with; the next ones use this."""
         self._scorer = scorer
+        set_version("ranker", "parameters", scorer.version)
 
 
 async def watch_parameters(servicer: RankerServicer, updater_addr: str) -> None:

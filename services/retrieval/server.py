@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
+from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.vectors import from_matrix, to_matrix
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -37,6 +38,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     async def load(self) -> None:
         self._store = await self._run(EdgeItemStore.open, self._settings.shard_dir, self._settings.hnsw_ef)
         store = self._store
+        set_version("retrieval", "index", store.version)
         warm = [(INTEREST, np.ones(store.dim, np.float32)), (SESSION, np.ones(store.dim, np.float32)),
                 (QUERY, np.ones(store.text_dim, np.float32))]
         await self._run(store.search, warm, 10, SearchFilter(), True)

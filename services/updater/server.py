@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import grpc
+from prometheus_client import Counter, Histogram
 
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
+from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.validation import check_events, check_id
 from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
@@ -26,6 +28,10 @@ from services.updater.state import UserStateStore
 
 T = TypeVar("T")
 log = logging.getLogger("recmesh.updater")
+COMMIT_CALLS = Histogram("recmesh_updater_commit_calls", "Ingest calls sharing one commit (group commit)",
+                         buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+PUBLISHED = Counter("recmesh_updater_published_total", "Ranker versions published, by reason", ["reason"])
+LABELLED = Counter("recmesh_updater_labelled_lists_total", "Impressions joined with feedback")
 
 
 def to_logged(e: common_pb2.Event, now_ms: int) -> LoggedEvent:
@@ -66,6 +72,7 @@ class GroupCommitter:
         servicer = self._servicer
         while self._pending:
             batch, self._pending = self._pending, []
+            COMMIT_CALLS.observe(len(batch))
             try:
                 fresh = await servicer._run(servicer.event_log.append_groups, [events for events, _ in batch])
             except Exception as exc:  # nothing of this commit is durable: every caller hears it
@@ -144,6 +151,7 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
             return
         labelled = self._joiner.join(event, now_ms())
         if labelled is not None:
+            LABELLED.inc()
             self.learner.add(labelled)
 
     @rpc_method
@@ -189,6 +197,8 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
 
     async def _publish(self, publication: Publication) -> None:
         scorer = publication.scorer
+        PUBLISHED.labels(publication.reason).inc()
+        set_version("updater", "ranker_parameters", scorer.version)
         await asyncio.get_running_loop().run_in_executor(
             self._train_pool, lambda: save_params(scorer, self._settings.params_dir, reason=publication.reason,
                                                   window=publication.window))

@@ -263,3 +263,24 @@ def test_profile_and_delete_user(client, user):
     assert list(profile.recent_queries) == ["scary movies"]
     assert client.delete_user(user).events_deleted == 6
     assert client.profile(user).event_count == 0
+
+
+def test_every_service_exports_prometheus_metrics(stack, client, user):
+    import urllib.request
+
+    client.track_events(Event(user, item, "click") for item in FAMILY)
+    client.recommend(user, k=5)
+
+    def scrape(name: str) -> str:
+        url = f"http://{stack.host}:{stack.metrics_ports[name]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.read().decode()
+
+    gateway = scrape("gateway")
+    assert 'recmesh_rpc_requests_total{code="OK",method="Recommend",service="gateway"}' in gateway
+    assert 'recmesh_rpc_latency_seconds_bucket{le="0.1",method="Recommend",service="gateway"}' in gateway
+    assert 'recmesh_rpc_requests_total{code="OK",method="Rank",service="ranker"}' in scrape("ranker")
+    assert 'recmesh_serving_version_info{component="parameters",service="ranker",version="ranker-' in scrape("ranker")
+    assert 'recmesh_serving_version_info{component="models",service="encoder"' in scrape("encoder")
+    assert "recmesh_updater_commit_calls_bucket" in scrape("updater")
+    assert 'method="Search",service="retrieval"' in scrape("retrieval")
