@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
-.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load lint clean
+.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos lint clean
 
 install: $(INSTALLED)
 
@@ -67,6 +67,12 @@ eval: bootstrap
 load: bootstrap
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) -m recmesh load
+
+# Faults under steady load: SIGKILL and SIGSTOP each service and Triton in turn, a local
+# supervisor restarts what dies; in-time share, degraded share and recovery per fault (~2 min).
+chaos: bootstrap
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) -m recmesh chaos
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check recmesh services tests deploy

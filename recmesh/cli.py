@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
 import time
 
 DEFAULT_TARGET = "localhost:50060"
+# Subcommands that hand all their arguments to a module's main().
+PASS_THROUGH = {"eval": "recmesh.eval.run", "train": "recmesh.eval.release", "load": "recmesh.loadtest",
+                "chaos": "recmesh.chaos"}
 
 
 def _print_message(message) -> None:
@@ -55,9 +59,13 @@ def cmd_run(args) -> None:
             return
         print(f"\nrecmesh is up: try `recmesh --target {stack.address('gateway')} recommend --user 42 "
               f"--query \"space opera\"` in another shell. Ctrl-C stops everything.", flush=True)
-        while all(p.poll() is None for p in stack.procs.values()):
+        supervisor = stack.supervise()  # a crashed service is started again, and said so
+        reported = 0
+        while True:
             time.sleep(0.5)
-        print("a service exited; stopping the rest", file=sys.stderr)
+            for name, exited, back in supervisor.restarts[reported:]:
+                print(f"{name} exited and was restarted ({back - exited:.1f} s)", file=sys.stderr, flush=True)
+            reported = len(supervisor.restarts)
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
@@ -138,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-after-demo", action="store_true")
     p.set_defaults(func=cmd_run)
 
-    # Listed for --help; main() hands `recmesh eval ...` to recmesh.eval.run with all its flags.
+    # Listed for --help; main() hands these to their modules with all their flags (PASS_THROUGH).
     sub.add_parser("eval", help="offline evaluation, as `make eval` (recmesh eval --help for its flags)")
     sub.add_parser("train", help="train the served interest model and install it for Triton (recmesh train --help)")
     sub.add_parser("load", help="open-loop load test through the gateway, as `make load` (recmesh load --help)")
+    sub.add_parser("chaos", help="kill and stop each service under load, as `make chaos` (recmesh chaos --help)")
 
     p = sub.add_parser("demo", help="play the scripted session against a running gateway")
     p.add_argument("--user", default=None)
@@ -193,20 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     import grpc
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["eval"]:
-        from recmesh.eval.run import main as run_eval
-
-        run_eval(argv[1:])
-        return
-    if argv[:1] == ["train"]:
-        from recmesh.eval.release import main as train
-
-        train(argv[1:])
-        return
-    if argv[:1] == ["load"]:
-        from recmesh.loadtest import main as load
-
-        load(argv[1:])
+    if argv[:1] and argv[0] in PASS_THROUGH:  # commands with their own flags and --help
+        importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
         return
     args = build_parser().parse_args(argv)
     try:

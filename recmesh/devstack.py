@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Stack:
 
     # Prometheus endpoints (http://host:port/metrics), one per service.
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    stopping: bool = False
 
     def __post_init__(self) -> None:
         for name in SERVICES:
@@ -137,6 +139,7 @@ class Stack:
             self.procs[name].wait(10)
 
     def stop(self, grace_s: float = 10.0) -> None:
+        self.stopping = True
         live = [self.procs[n] for n in reversed(SERVICES) if n in self.procs and self.procs[n].poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
@@ -151,8 +154,46 @@ class Stack:
         if self.triton is not None:
             self.triton.stop()
 
+    def supervise(self, interval_s: float = 0.1) -> "Supervisor":
+        """Restart any service (and Triton) that exits, until the stack stops."""
+        supervisor = Supervisor(self, interval_s)
+        supervisor.start()
+        return supervisor
+
     def __enter__(self) -> "Stack":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Supervisor(threading.Thread):
+    """A local process supervisor: a crashed service (or Triton) is started again at once and
+    waited for until it serves; restarts are recorded (name, exited at, serving again at)."""
+
+    def __init__(self, stack: Stack, interval_s: float):
+        super().__init__(name="recmesh-supervisor", daemon=True)
+        self.stack, self.interval_s = stack, interval_s
+        self.restarts: list[tuple[str, float, float]] = []
+
+    def run(self) -> None:
+        stack = self.stack
+        while not stack.stopping:
+            for name, proc in list(stack.procs.items()):
+                if proc.poll() is not None and not stack.stopping:
+                    exited = time.monotonic()
+                    try:
+                        stack.restart(name)
+                        self.restarts.append((name, exited, time.monotonic()))
+                    except Exception:  # it will be tried again on the next round
+                        pass
+            triton = stack.triton
+            if triton is not None and triton.proc is not None and triton.proc.poll() is not None \
+                    and not stack.stopping:
+                exited = time.monotonic()
+                try:
+                    triton.start()
+                    self.restarts.append(("triton", exited, time.monotonic()))
+                except Exception:
+                    pass
+            time.sleep(self.interval_s)

@@ -62,3 +62,15 @@ def test_feedback_is_served_by_a_new_version_within_seconds_and_survives_restart
     stack.restart("updater")
     time.sleep(0.5)
     assert served_version(client) >= version
+
+
+def test_supervisor_restarts_what_dies(learning):
+    stack, client = learning
+    supervisor = stack.supervise()
+    for name in ("ranker", "retrieval"):
+        stack.procs[name].kill()
+    deadline = time.monotonic() + 30
+    while {r[0] for r in supervisor.restarts} != {"ranker", "retrieval"}:
+        assert time.monotonic() < deadline, supervisor.restarts
+        time.sleep(0.1)
+    assert not client.recommend("after-restarts", k=5).degraded
