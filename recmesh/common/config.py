@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +20,8 @@ class ServiceSettings(BaseSettings):
     grace_s: float = 5.0
     # Prometheus metrics over HTTP on this port; 0 = not exported.
     metrics_port: int = 0
+    # OpenTelemetry spans: off, console, or otlp (to OTEL_EXPORTER_OTLP_ENDPOINT).
+    trace_exporter: Literal["off", "console", "otlp"] = "off"
     log_level: str = "INFO"
 
 

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recmesh.common import tracing
 from recmesh.common.config import ServiceSettings, load_settings
 from recmesh.common.logs import setup_logging
 from recmesh.common.metrics import MetricsInterceptor, serve_metrics
@@ -46,7 +47,8 @@ class Service:
 
 async def run_service(service: Service, settings: ServiceSettings) -> None:
     log = logging.getLogger(f"recmesh.{service.name}")
-    server = grpc.aio.server(options=GRPC_OPTIONS + service.options, interceptors=[MetricsInterceptor(service.name)])
+    server = grpc.aio.server(options=GRPC_OPTIONS + service.options,
+                             interceptors=[MetricsInterceptor(service.name), *tracing.server_interceptors()])
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)
 
@@ -96,6 +98,7 @@ def main(name: str, settings_cls: type[ServiceSettings], service_factory: Callab
     JSON logs, then serve until SIGTERM."""
     settings = load_settings(settings_cls)
     setup_logging(name, settings.log_level)
+    tracing.setup(name, settings.trace_exporter)  # before the service builds its client channels
 
     async def amain() -> None:
         # Built inside the loop: grpc.aio channels bind to the loop that creates them.

@@ -4,6 +4,7 @@ next Recommends, and kept across restarts."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
@@ -22,8 +23,10 @@ pytestmark = pytest.mark.integration
 def learning(catalog, tmp_path_factory):
     var = tmp_path_factory.mktemp("var-online")
     shutil.copytree(catalog / "catalog", var / "catalog")  # an empty event log: only this test's users
-    # In-process encoder: this test is about the updater and the ranker, and needs no second Triton.
-    with Stack(var=var, encoder_backend="inprocess") as stack, \
+    # In-process encoder: these tests are about the updater, the ranker and observability, and
+    # need no second Triton. Spans go to the services' logs (console exporter).
+    tracing = {f"RECMESH_{name.upper()}_TRACE_EXPORTER": "console" for name in ("gateway", "ranker")}
+    with Stack(var=var, encoder_backend="inprocess", env=tracing) as stack, \
             RecmeshClient(stack.address("gateway"), timeout_s=2.0) as client:
         yield stack, client
 
@@ -74,3 +77,19 @@ def test_supervisor_restarts_what_dies(learning):
         assert time.monotonic() < deadline, supervisor.restarts
         time.sleep(0.1)
     assert not client.recommend("after-restarts", k=5).degraded
+
+
+def test_one_trace_spans_the_gateway_and_the_ranker(learning):
+    stack, client = learning
+    client.recommend("traced", k=5)
+    span = re.compile(r'"name": "([^"]+)",\s*"context": \{\s*"trace_id": "(0x[0-9a-f]+)"')
+    deadline = time.monotonic() + 15  # spans are exported in batches (every 5 s)
+    while time.monotonic() < deadline:
+        gateway = dict(span.findall(stack.log_path("gateway").read_text()))
+        ranker = {trace for name, trace in span.findall(stack.log_path("ranker").read_text())
+                  if name.endswith("Ranker/Rank")}
+        recommend = [trace for name, trace in gateway.items() if name.endswith("Recommendations/Recommend")]
+        if recommend and set(recommend) & ranker:
+            return
+        time.sleep(0.5)
+    raise AssertionError("no Recommend trace reached the ranker")
