@@ -32,6 +32,17 @@ def from_matrix(matrix: common_pb2.Matrix, field: str = "matrix") -> np.ndarray:
     return arr
 
 
+def optional_row(matrix: common_pb2.Matrix, field: str, dim: int) -> np.ndarray | None:
+    """A Matrix that is one vector of `dim` values, or empty (None); anything else is the
+    caller's INVALID_ARGUMENT."""
+    arr = from_matrix(matrix, field)
+    if arr.shape[0] == 0:
+        return None
+    if arr.shape != (1, dim):
+        raise InvalidArgument(field, f"expected 1 x {dim}, got {arr.shape[0]} x {arr.shape[1]}")
+    return arr[0]
+
+
 def l2_normalize(array: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(array, axis=-1, keepdims=True)
     return array / np.maximum(norms, 1e-12)

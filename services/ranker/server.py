@@ -12,7 +12,7 @@ import numpy as np
 from recmesh.common.errors import InvalidArgument, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import FAST_RECONNECT, Service
-from recmesh.common.vectors import from_matrix
+from recmesh.common.vectors import from_matrix, optional_row
 from recmesh.v1 import ranker_pb2, ranker_pb2_grpc, updater_pb2, updater_pb2_grpc
 from services.ranker import features as feats
 from services.ranker.config import RankerSettings
@@ -21,15 +21,6 @@ from services.ranker.reasons import explain
 from services.ranker.selection import explore, mmr
 
 log = logging.getLogger("recmesh.ranker")
-
-
-def _optional_vector(matrix, field: str, dim: int) -> np.ndarray | None:
-    arr = from_matrix(matrix, field)
-    if arr.shape[0] == 0:
-        return None
-    if arr.shape != (1, dim):
-        raise InvalidArgument(field, f"expected 1 x {dim}, got {arr.shape[0]} x {arr.shape[1]}")
-    return arr[0]
 
 
 class RankerServicer(ranker_pb2_grpc.RankerServicer):
@@ -61,8 +52,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             return reply
         dim = cand.shape[1]
         text = from_matrix(request.candidate_text_vectors, "candidate_text_vectors")
-        query = from_matrix(request.query_vector, "query_vector")
-        if text.shape[0] not in (0, n) or (len(query) and text.shape[0] != n):
+        has_query = request.query_vector.rows > 0
+        if text.shape[0] not in (0, n) or (has_query and text.shape[0] != n):
             raise InvalidArgument("candidate_text_vectors",
                                   f"{text.shape[0]} rows for {n} candidates (all of them are needed with a query)")
         recent = from_matrix(request.recent_vectors, "recent_vectors")
@@ -78,9 +69,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                 candidate_text_vectors=text,
                 candidate_categories=categories,
                 popularity=np.array([c.popularity for c in request.candidates], dtype=np.float32),
-                interest=_optional_vector(request.interest, "interest", dim),
-                session=_optional_vector(request.session, "session", dim),
-                query=_optional_vector(request.query_vector, "query_vector", text.shape[1]) if len(query) else None,
+                interest=optional_row(request.interest, "interest", dim),
+                session=optional_row(request.session, "session", dim),
+                query=optional_row(request.query_vector, "query_vector", text.shape[1]) if has_query else None,
                 recent_vectors=recent,
                 category_affinity=affinity,
                 skipped=np.array([request.skipped.get(c.item_id, 0) for c in request.candidates], np.float32),

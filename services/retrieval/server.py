@@ -12,7 +12,7 @@ import numpy as np
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
-from recmesh.common.vectors import from_matrix, to_matrix
+from recmesh.common.vectors import from_matrix, optional_row, to_matrix
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.store import (
@@ -84,12 +84,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         sources = []
         for name, field, dim in ((INTEREST, "interest", store.dim), (SESSION, "session", store.dim),
                                  (QUERY, "query", store.text_dim)):
-            vector = from_matrix(getattr(request, field), field)
-            if len(vector) == 0:
-                continue
-            if vector.shape != (1, dim):
-                raise InvalidArgument(field, f"expected 1 x {dim}, got {vector.shape[0]} x {vector.shape[1]}")
-            sources.append((name, vector[0]))
+            vector = optional_row(getattr(request, field), field, dim)
+            if vector is not None:
+                sources.append((name, vector))
         if not sources:
             raise InvalidArgument("interest", "at least one of interest, session and query must have one row")
         limit = self._check_limit(request.limit)
