@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from services.encoder.triton_batch import answer_each
 
 try:  # present only inside Triton; the module stays importable (and testable) without it
     import triton_python_backend_utils as pb_utils
@@ -43,17 +43,9 @@ class TritonPythonModel:
         for request in requests:
             raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
             texts_per_request.append([t.decode("utf-8", errors="replace") for t in raw])
-        try:
-            vectors = self.model.encode([t for texts in texts_per_request for t in texts])
-        except Exception as exc:  # answer every request with the error, never hang them
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"text_encoder: {exc}"))
-                    for _ in requests]
-        responses, start = [], 0
-        for texts in texts_per_request:
-            part = np.ascontiguousarray(vectors[start : start + len(texts)], dtype=np.float32)
-            start += len(texts)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("EMBEDDING", part)]))
-        return responses
+        texts = [t for part in texts_per_request for t in part]
+        return answer_each(pb_utils, "text_encoder", "EMBEDDING", [len(part) for part in texts_per_request],
+                           lambda: self.model.encode(texts))
 
     def finalize(self):
         self.model = None
