@@ -40,3 +40,13 @@ def evaluate(scorer: Scorer, s: Split, stage: str, chunk: int = 256) -> dict[str
     n = len(users)
     return {"HR@10": round(hr / n, 4), "NDCG@10": round(ndcg / n, 4), "MRR@10": round(mrr / n, 4),
             "coverage@10": round(len(shown) / s.n_items, 4), "users": n}
+
+
+def top_k_metrics(ranks: list[int]) -> dict[str, float]:
+    """HR@10, NDCG@10 and MRR@10 from the held-out item's rank in each top-10 list shown
+    (0-based, -1 when absent) - for evaluations that see lists, not scores."""
+    r = np.array(ranks)
+    hit = r >= 0
+    return {"HR@10": round(float(hit.mean()), 4),
+            "NDCG@10": round(float(np.where(hit, 1 / np.log2(np.maximum(r, 0) + 2), 0).mean()), 4),
+            "MRR@10": round(float(np.where(hit, 1 / (np.maximum(r, 0) + 1), 0).mean()), 4)}

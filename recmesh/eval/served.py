@@ -28,7 +28,7 @@ from recmesh.common.local import REPO
 from recmesh.eval import datasets
 from recmesh.eval.live import fresh_mesh, track_all
 from recmesh.eval.mesh import MeshScorer
-from recmesh.eval.protocol import K, evaluate
+from recmesh.eval.protocol import K, evaluate, top_k_metrics
 from recmesh.eval.run import item_vectors
 from recmesh.eval.train import ModelScorer
 from services.encoder.config import SERVED_ARTIFACT
@@ -69,14 +69,6 @@ def served_ranks(s: datasets.Split, dataset: datasets.Dataset, users: list[str])
                    "p99_ms": round(float(np.percentile(latencies, 99)), 1), "degraded": degraded}
 
 
-def metrics(ranks: list[int]) -> dict[str, float]:
-    r = np.array(ranks)
-    hit = r >= 0
-    return {"HR@10": round(float(hit.mean()), 4),
-            "NDCG@10": round(float(np.where(hit, 1 / np.log2(np.maximum(r, 0) + 2), 0).mean()), 4),
-            "MRR@10": round(float(np.where(hit, 1 / (np.maximum(r, 0) + 1), 0).mean()), 4)}
-
-
 def run(users_n: int, out: Path, artifact: Path = SERVED_ARTIFACT) -> dict:
     dataset = datasets.load(REPO / "data" / "ml-latest-small")
     full = datasets.split(dataset)
@@ -92,7 +84,7 @@ def run(users_n: int, out: Path, artifact: Path = SERVED_ARTIFACT) -> dict:
     offline = evaluate(MeshScorer(s, dataset.item_ids, text, artifact, np.asarray(catalog.popularity),
                                   [list(it.categories) for it in catalog.items]), s, "test")
     ranks, timing = served_ranks(s, dataset, users)
-    served = metrics(ranks)
+    served = top_k_metrics(ranks)
     results = {
         "users": len(users), "artifact": str(artifact), "model": alone, "offline": offline, "served": served,
         "served_timing": timing, "offline_vs_model_NDCG": round(offline["NDCG@10"] / max(alone["NDCG@10"], 1e-9), 4),

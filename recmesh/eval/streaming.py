@@ -28,6 +28,7 @@ from recmesh.catalog import movielens
 from recmesh.client import Event
 from recmesh.common.local import REPO
 from recmesh.eval.live import fresh_mesh, track_all
+from recmesh.eval.protocol import top_k_metrics
 from services.encoder.config import SERVED_ARTIFACT
 
 CONDITIONS = ("realtime", "realtime+query", "frozen", "popularity")
@@ -85,16 +86,10 @@ def run(n_users: int, stream: int, seed: int, out: Path) -> dict:
             print(f"\rreplayed {done}/{len(users)} users", end="", flush=True)
         print()
 
-    def metrics(ranks: list[int]) -> dict[str, float]:
-        r = np.array(ranks)
-        hit = r >= 0
-        return {"HR@10": round(float(hit.mean()), 4),
-                "NDCG@10": round(float(np.where(hit, 1 / np.log2(np.maximum(r, 0) + 2), 0).mean()), 4)}
-
     results = {
         "users": len(users), "events_per_user": stream, "recommends_per_condition": len(outcome["realtime"]),
         "seconds": round(time.perf_counter() - started, 1),
-        "conditions": {c: {**metrics(outcome[c]),
+        "conditions": {c: {**top_k_metrics(outcome[c]),
                            "p50_ms": round(float(np.percentile(latency[c], 50)), 1),
                            "p99_ms": round(float(np.percentile(latency[c], 99)), 1),
                            "degraded_share": round(degraded[c] / len(outcome[c]), 4)} for c in CONDITIONS},

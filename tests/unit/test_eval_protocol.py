@@ -58,3 +58,10 @@ def test_popularity_counts_train_only():
     scores = baselines.Popularity(s)(["a"], "test")[0]
     # a trains on i0..i3, b on i5, i4, i3; valid and test items do not count
     assert scores.tolist() == [1, 1, 1, 2, 1, 1, 0, 0]
+
+
+def test_top_k_metrics_from_ranks_in_shown_lists():
+    from recmesh.eval.protocol import top_k_metrics
+
+    m = top_k_metrics([0, -1, 2])  # hit at the top, a miss, hit at the third slot
+    assert m == {"HR@10": round(2 / 3, 4), "NDCG@10": round((1 + 0.5) / 3, 4), "MRR@10": round((1 + 1 / 3) / 3, 4)}
