@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.bench-installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
 .PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos lint clean
@@ -15,6 +16,11 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[serve,dev]'
+	touch $@
+
+# What measurements need besides the services: plots, HDR histograms, Locust.
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	touch $@
 
 # Stubs are checked in (a test keeps them fresh); regenerate after editing protos/.
@@ -44,8 +50,7 @@ test-integration: $(INSTALLED)
 	$(PY) -m pytest -m integration
 
 # Measurements, not tests: JSON + PNG under results/.
-bench: bootstrap
-	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+bench: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh.bench.latency --calls 1000
 	$(PY) -m recmesh.bench.encoders
 	$(PY) -m recmesh.bench.ingest
@@ -55,8 +60,7 @@ bench: bootstrap
 # Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
 # the served path against its offline twin (~1 min), the streaming replay through the live
 # mesh (~5 min).
-eval: bootstrap
-	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+eval: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh.eval.run
 	$(PY) -m recmesh.eval.served
 	$(PY) -m recmesh.eval.streaming
@@ -64,14 +68,12 @@ eval: bootstrap
 
 # Open-loop load in steps of Recommend/s (30 % with typed text), on a local mesh: the highest
 # rate with p99 within the 100 ms budget (~3 min).
-load: bootstrap
-	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+load: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh load
 
 # Faults under steady load: SIGKILL and SIGSTOP each service and Triton in turn, a local
 # supervisor restarts what dies; in-time share, degraded share and recovery per fault (~2 min).
-chaos: bootstrap
-	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+chaos: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh chaos
 
 lint: $(INSTALLED)
