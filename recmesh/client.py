@@ -55,7 +55,6 @@ class Event:
 
 class RecmeshClient:
     def __init__(self, target: str = "localhost:50060", timeout_s: float = 1.0, channel: grpc.Channel | None = None):
-        self.target = target
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = recommendations_pb2_grpc.RecommendationsStub(self._channel)
         self.timeout_s = timeout_s

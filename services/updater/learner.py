@@ -45,8 +45,7 @@ class ImpressionJoiner:
         self._per_user = per_user
 
     def add(self, impression: updater_pb2.Impression, arrived_ms: int) -> None:
-        if list(impression.feature_names) != list(FEATURES):
-            raise ValueError(f"feature_names {list(impression.feature_names)} are not this ranker's {list(FEATURES)}")
+        """The impression's features are in FEATURES order (LogImpression checks it)."""
         shown = self._by_user.setdefault(impression.user_id, deque(maxlen=self._per_user))
         shown.append((impression, arrived_ms, set()))
 
