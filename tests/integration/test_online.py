@@ -9,11 +9,14 @@ import shutil
 import signal
 import time
 
+import grpc
 import pytest
 
 from recmesh.client import Event, RecmeshClient
 from recmesh.devstack import Stack
+from recmesh.v1 import updater_pb2, updater_pb2_grpc
 from services.ranker.config import RankerSettings
+from services.ranker.features import FEATURES
 from services.ranker.model import load_params, newest_params
 
 pytestmark = pytest.mark.integration
@@ -93,3 +96,18 @@ def test_one_trace_spans_the_gateway_and_the_ranker(learning):
             return
         time.sleep(0.5)
     raise AssertionError("no Recommend trace reached the ranker")
+
+
+@pytest.mark.parametrize("impression, field", [
+    (updater_pb2.Impression(request_id="r", user_id="u", feature_names=["nonsense"]), "feature_names"),
+    (updater_pb2.Impression(request_id="", user_id="u", feature_names=FEATURES), "request_id"),
+    (updater_pb2.Impression(request_id="r", user_id="u", feature_names=FEATURES,
+                            items=[updater_pb2.ImpressedItem(item_id="1", features=[1.0])]), "items[0].features"),
+])
+def test_malformed_impression_is_invalid_argument(learning, impression, field):
+    stack, _ = learning
+    with grpc.insecure_channel(stack.address("updater")) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            updater_pb2_grpc.UpdaterStub(channel).LogImpression(impression, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
