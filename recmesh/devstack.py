@@ -23,6 +23,28 @@ from recmesh.tritonserver import TritonServer
 SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its live descendants (Triton runs each
+    python-backend model instance as a child process), read from /proc; 0 if it is gone."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tick, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        todo.extend(children.get(current, []))
+    return total
+
+
 def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
@@ -153,6 +175,13 @@ class Stack:
                 proc.wait()
         if self.triton is not None:
             self.triton.stop()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each service process and by Triton with its model stubs."""
+        used = {name: process_tree_cpu_s(p.pid) for name, p in self.procs.items() if p.poll() is None}
+        if self.triton is not None and self.triton.proc is not None and self.triton.proc.poll() is None:
+            used["triton"] = process_tree_cpu_s(self.triton.proc.pid)
+        return used
 
     def supervise(self, interval_s: float = 0.1) -> "Supervisor":
         """Restart any service (and Triton) that exits, until the stack stops."""

@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
@@ -140,15 +141,30 @@ def sustainable(steps: list[dict]) -> float:
     return max(ok, default=0.0)
 
 
+def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, float]:
+    """CPU milliseconds each process spent per Recommend over a step (its share of TrackEvents
+    included): where the 2 cores go."""
+    used = {name: (after[name] - before[name]) * 1000 / max(calls, 1) for name in after if name in before}
+    used["total"] = sum(used.values())
+    return {name: round(ms, 2) for name, ms in used.items()}
+
+
 async def drive(target: str, rates: list[float], seconds: float, budget_ms: float, query_share: float,
-                track_ratio: float) -> list[dict]:
+                track_ratio: float, cpu: Callable[[], dict[str, float]] | None = None) -> list[dict]:
+    """cpu: CPU seconds so far per process of the mesh under test (when it is local); each
+    step then reports CPU ms per Recommend per process, this load generator's included."""
+    def cpu_now() -> dict[str, float]:
+        return {**(cpu() if cpu else {}), "load_generator": time.process_time()}
+
     sessions = Sessions.from_movielens()
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = recommendations_pb2_grpc.RecommendationsStub(channel)
         await step(stub, sessions, 20, 2.0, budget_ms, query_share, track_ratio)  # warm-up, not reported
         for rate in rates:
+            before = cpu_now()
             summary = await step(stub, sessions, rate, seconds, budget_ms, query_share, track_ratio)
+            summary["cpu_ms_per_recommend"] = cpu_per_call(before, cpu_now(), summary["calls"])
             print(json.dumps({k: v for k, v in summary.items() if k != "errors"}), flush=True)
             results.append(summary)
     return results
@@ -182,8 +198,9 @@ def plot(steps: list[dict], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict:
     rates = [float(r) for r in args.rates.split(",")]
 
-    def go(target: str) -> list[dict]:
-        return asyncio.run(drive(target, rates, args.seconds, args.budget_ms, args.query_share, args.track_ratio))
+    def go(target: str, cpu=None) -> list[dict]:
+        return asyncio.run(drive(target, rates, args.seconds, args.budget_ms, args.query_share, args.track_ratio,
+                                 cpu))
 
     if args.target:
         steps = go(args.target)
@@ -198,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
             for part in ("catalog", "updater"):
                 shutil.copytree(REPO / "var" / part, var / part)
             with Stack(var=var) as stack:
-                steps = go(stack.address("gateway"))
+                steps = go(stack.address("gateway"), stack.cpu_seconds)
         finally:
             shutil.rmtree(var, ignore_errors=True)
     results = {"query_share": args.query_share, "track_per_recommend": args.track_ratio,
