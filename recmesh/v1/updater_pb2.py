@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/updater.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"X\n\rImpressedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x12\n\npropensity\x18\x04 \x01(\x02\"\xa0\x01\n\nImpression\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x16\n\x0eranker_version\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12(\n\x05items\x18\x06 \x03(\x0b\x32\x19.recmesh.v1.ImpressedItem\"\x17\n\x15LogImpressionResponse\"/\n\x16WatchParametersRequest\x12\x15\n\rknown_version\x18\x01 \x01(\t\"R\n\x10RankerParameters\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12\x1a\n\x12trained_through_ms\x18\x03 \x01(\x03\"2\n\rIngestRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.recmesh.v1.Event\"6\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\":\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmax_recent\x18\x02 \x01(\x05\"\xe8\x01\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06recent\x18\x02 \x03(\x0b\x32\x11.recmesh.v1.Event\x12\x15\n\rseen_item_ids\x18\x03 \x03(\t\x12\x16\n\x0erecent_queries\x18\x04 \x03(\t\x12\x13\n\x0b\x65vent_count\x18\x05 \x01(\x03\x12\x33\n\x07skipped\x18\x06 \x03(\x0b\x32\".recmesh.v1.UserState.SkippedEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\")\n\x16\x44\x65leteUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"1\n\x17\x44\x65leteUserStateResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x32\x8c\x03\n\x07Updater\x12?\n\x06Ingest\x12\x19.recmesh.v1.IngestRequest\x1a\x1a.recmesh.v1.IngestResponse\x12\x46\n\x0cGetUserState\x12\x1f.recmesh.v1.GetUserStateRequest\x1a\x15.recmesh.v1.UserState\x12U\n\nDeleteUser\x12\".recmesh.v1.DeleteUserStateRequest\x1a#.recmesh.v1.DeleteUserStateResponse\x12J\n\rLogImpression\x12\x16.recmesh.v1.Impression\x1a!.recmesh.v1.LogImpressionResponse\x12U\n\x0fWatchParameters\x12\".recmesh.v1.WatchParametersRequest\x1a\x1c.recmesh.v1.RankerParameters0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/updater.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"X\n\rImpressedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x12\n\npropensity\x18\x04 \x01(\x02\"\xa0\x01\n\nImpression\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x16\n\x0eranker_version\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12(\n\x05items\x18\x06 \x03(\x0b\x32\x19.recmesh.v1.ImpressedItem\"D\n\x15LogImpressionsRequest\x12+\n\x0bimpressions\x18\x01 \x03(\x0b\x32\x16.recmesh.v1.Impression\"\x18\n\x16LogImpressionsResponse\"/\n\x16WatchParametersRequest\x12\x15\n\rknown_version\x18\x01 \x01(\t\"R\n\x10RankerParameters\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12\x1a\n\x12trained_through_ms\x18\x03 \x01(\x03\"2\n\rIngestRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.recmesh.v1.Event\"6\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\":\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmax_recent\x18\x02 \x01(\x05\"\xe8\x01\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06recent\x18\x02 \x03(\x0b\x32\x11.recmesh.v1.Event\x12\x15\n\rseen_item_ids\x18\x03 \x03(\t\x12\x16\n\x0erecent_queries\x18\x04 \x03(\t\x12\x13\n\x0b\x65vent_count\x18\x05 \x01(\x03\x12\x33\n\x07skipped\x18\x06 \x03(\x0b\x32\".recmesh.v1.UserState.SkippedEntry\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\")\n\x16\x44\x65leteUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"1\n\x17\x44\x65leteUserStateResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x32\x99\x03\n\x07Updater\x12?\n\x06Ingest\x12\x19.recmesh.v1.IngestRequest\x1a\x1a.recmesh.v1.IngestResponse\x12\x46\n\x0cGetUserState\x12\x1f.recmesh.v1.GetUserStateRequest\x1a\x15.recmesh.v1.UserState\x12U\n\nDeleteUser\x12\".recmesh.v1.DeleteUserStateRequest\x1a#.recmesh.v1.DeleteUserStateResponse\x12W\n\x0eLogImpressions\x12!.recmesh.v1.LogImpressionsRequest\x1a\".recmesh.v1.LogImpressionsResponse\x12U\n\x0fWatchParameters\x12\".recmesh.v1.WatchParametersRequest\x1a\x1c.recmesh.v1.RankerParameters0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,26 +38,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMPRESSEDITEM']._serialized_end=153
   _globals['_IMPRESSION']._serialized_start=156
   _globals['_IMPRESSION']._serialized_end=316
-  _globals['_LOGIMPRESSIONRESPONSE']._serialized_start=318
-  _globals['_LOGIMPRESSIONRESPONSE']._serialized_end=341
-  _globals['_WATCHPARAMETERSREQUEST']._serialized_start=343
-  _globals['_WATCHPARAMETERSREQUEST']._serialized_end=390
-  _globals['_RANKERPARAMETERS']._serialized_start=392
-  _globals['_RANKERPARAMETERS']._serialized_end=474
-  _globals['_INGESTREQUEST']._serialized_start=476
-  _globals['_INGESTREQUEST']._serialized_end=526
-  _globals['_INGESTRESPONSE']._serialized_start=528
-  _globals['_INGESTRESPONSE']._serialized_end=582
-  _globals['_GETUSERSTATEREQUEST']._serialized_start=584
-  _globals['_GETUSERSTATEREQUEST']._serialized_end=642
-  _globals['_USERSTATE']._serialized_start=645
-  _globals['_USERSTATE']._serialized_end=877
-  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_start=831
-  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_end=877
-  _globals['_DELETEUSERSTATEREQUEST']._serialized_start=879
-  _globals['_DELETEUSERSTATEREQUEST']._serialized_end=920
-  _globals['_DELETEUSERSTATERESPONSE']._serialized_start=922
-  _globals['_DELETEUSERSTATERESPONSE']._serialized_end=971
-  _globals['_UPDATER']._serialized_start=974
-  _globals['_UPDATER']._serialized_end=1370
+  _globals['_LOGIMPRESSIONSREQUEST']._serialized_start=318
+  _globals['_LOGIMPRESSIONSREQUEST']._serialized_end=386
+  _globals['_LOGIMPRESSIONSRESPONSE']._serialized_start=388
+  _globals['_LOGIMPRESSIONSRESPONSE']._serialized_end=412
+  _globals['_WATCHPARAMETERSREQUEST']._serialized_start=414
+  _globals['_WATCHPARAMETERSREQUEST']._serialized_end=461
+  _globals['_RANKERPARAMETERS']._serialized_start=463
+  _globals['_RANKERPARAMETERS']._serialized_end=545
+  _globals['_INGESTREQUEST']._serialized_start=547
+  _globals['_INGESTREQUEST']._serialized_end=597
+  _globals['_INGESTRESPONSE']._serialized_start=599
+  _globals['_INGESTRESPONSE']._serialized_end=653
+  _globals['_GETUSERSTATEREQUEST']._serialized_start=655
+  _globals['_GETUSERSTATEREQUEST']._serialized_end=713
+  _globals['_USERSTATE']._serialized_start=716
+  _globals['_USERSTATE']._serialized_end=948
+  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_start=902
+  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_end=948
+  _globals['_DELETEUSERSTATEREQUEST']._serialized_start=950
+  _globals['_DELETEUSERSTATEREQUEST']._serialized_end=991
+  _globals['_DELETEUSERSTATERESPONSE']._serialized_start=993
+  _globals['_DELETEUSERSTATERESPONSE']._serialized_end=1042
+  _globals['_UPDATER']._serialized_start=1045
+  _globals['_UPDATER']._serialized_end=1454
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,13 @@ class Impression(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[ImpressedItem]
     def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., ranker_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ImpressedItem, _Mapping]]] = ...) -> None: ...
 
-class LogImpressionResponse(_message.Message):
+class LogImpressionsRequest(_message.Message):
+    __slots__ = ("impressions",)
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    impressions: _containers.RepeatedCompositeFieldContainer[Impression]
+    def __init__(self, impressions: _Optional[_Iterable[_Union[Impression, _Mapping]]] = ...) -> None: ...
+
+class LogImpressionsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -50,10 +50,10 @@ class UpdaterStub:
                 request_serializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateResponse.FromString,
                 _registered_method=True)
-        self.LogImpression = channel.unary_unary(
-                '/recmesh.v1.Updater/LogImpression',
-                request_serializer=recmesh_dot_v1_dot_updater__pb2.Impression.SerializeToString,
-                response_deserializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionResponse.FromString,
+        self.LogImpressions = channel.unary_unary(
+                '/recmesh.v1.Updater/LogImpressions',
+                request_serializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionsRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionsResponse.FromString,
                 _registered_method=True)
         self.WatchParameters = channel.unary_stream(
                 '/recmesh.v1.Updater/WatchParameters',
@@ -85,9 +85,10 @@ class UpdaterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def LogImpression(self, request, context):
-        """What a Recommend showed, with the ranker's features: joined with later feedback into
-        labelled examples for online learning. Best effort (not an acknowledged event).
+    def LogImpressions(self, request, context):
+        """What Recommends showed, with the ranker's features: joined with later feedback into
+        labelled examples for online learning. Best effort (not acknowledged events); batched by
+        the gateway, because one call per Recommend cost both sides more CPU than the learning.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,10 +120,10 @@ def add_UpdaterServicer_to_server(servicer, server):
                     request_deserializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_updater__pb2.DeleteUserStateResponse.SerializeToString,
             ),
-            'LogImpression': grpc.unary_unary_rpc_method_handler(
-                    servicer.LogImpression,
-                    request_deserializer=recmesh_dot_v1_dot_updater__pb2.Impression.FromString,
-                    response_serializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionResponse.SerializeToString,
+            'LogImpressions': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogImpressions,
+                    request_deserializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionsRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_updater__pb2.LogImpressionsResponse.SerializeToString,
             ),
             'WatchParameters': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchParameters,
@@ -223,7 +224,7 @@ class Updater:
             _registered_method=True)
 
     @staticmethod
-    def LogImpression(request,
+    def LogImpressions(request,
             target,
             options=(),
             channel_credentials=None,
@@ -236,9 +237,9 @@ class Updater:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/recmesh.v1.Updater/LogImpression',
-            recmesh_dot_v1_dot_updater__pb2.Impression.SerializeToString,
-            recmesh_dot_v1_dot_updater__pb2.LogImpressionResponse.FromString,
+            '/recmesh.v1.Updater/LogImpressions',
+            recmesh_dot_v1_dot_updater__pb2.LogImpressionsRequest.SerializeToString,
+            recmesh_dot_v1_dot_updater__pb2.LogImpressionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

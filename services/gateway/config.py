@@ -42,7 +42,7 @@ class GatewaySettings(ServiceSettings):
     max_in_flight: int = Field(default=16, ge=1)
     # A Recommend arriving with less of its client's deadline left gets the popular list at once.
     min_admit_ms: float = Field(default=15.0, ge=0)
-    # Impressions on their way to the updater at most; beyond, they are dropped.
+    # Impressions buffered for the updater at most; beyond, they are dropped.
     impression_queue: int = Field(default=256, ge=0)
     max_query_chars: int = Field(default=1000, ge=1)
     max_filter_values: int = Field(default=1000, ge=0)

@@ -1,5 +1,7 @@
 """What each Recommend showed goes to the updater for online learning - after the reply, off
-the request's path, bounded: when the updater is slow, impressions are dropped (and counted),
+the request's path, bounded: impressions are buffered and sent in batches (one call per
+Recommend cost the gateway and the updater more CPU than everything else they do for it); when
+the updater is slow or down, the buffer fills and further impressions are dropped (and counted),
 never queued without limit and never waited for. They are training signal, not acknowledged
 data."""
 
@@ -18,27 +20,48 @@ DROPPED = Counter("recmesh_impressions_dropped_total", "Impressions not delivere
 
 
 class ImpressionLog:
-    def __init__(self, upstreams: Upstreams, max_in_flight: int, timeout_s: float = 2.0):
+    """log() appends; one sender task per batch, at most one in flight: a batch leaves when the
+    previous one is answered and either flush_after_s has passed since its first impression or
+    max_batch are waiting."""
+
+    def __init__(self, upstreams: Upstreams, max_buffered: int, flush_after_s: float = 0.02,
+                 max_batch: int = 64, timeout_s: float = 2.0):
         self._up = upstreams
-        self._max = max_in_flight
+        self._max_buffered = max_buffered
+        self._flush_after_s = flush_after_s
+        self._max_batch = max_batch
         self._timeout_s = timeout_s
-        self._in_flight: set[asyncio.Task] = set()
+        self._buffer: list[updater_pb2.Impression] = []
+        self._sender: asyncio.Task | None = None
+        self._full = asyncio.Event()
         self.dropped = 0
 
     def log(self, impression: updater_pb2.Impression) -> None:
-        if len(self._in_flight) >= self._max:
-            self.dropped += 1
-            DROPPED.inc()
+        if len(self._buffer) >= self._max_buffered:
+            self._drop(1, None)
             return
-        task = asyncio.get_running_loop().create_task(self._send(impression))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        self._buffer.append(impression)
+        if len(self._buffer) >= self._max_batch:
+            self._full.set()
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
 
-    async def _send(self, impression: updater_pb2.Impression) -> None:
-        try:
-            await self._up.updater.LogImpression(impression, timeout=self._timeout_s)
-        except Exception as exc:  # the updater down or slow: this impression is not learned from
-            self.dropped += 1
-            DROPPED.inc()
-            if self.dropped % 1000 == 1:
-                log.info("impressions dropped", extra={"dropped": self.dropped, "error": str(exc)[:200]})
+    async def _send_all(self) -> None:
+        while self._buffer:
+            try:
+                await asyncio.wait_for(self._full.wait(), self._flush_after_s)
+            except TimeoutError:
+                pass
+            self._full.clear()
+            batch, self._buffer = self._buffer[:self._max_batch], self._buffer[self._max_batch:]
+            try:
+                await self._up.updater.LogImpressions(updater_pb2.LogImpressionsRequest(impressions=batch),
+                                                      timeout=self._timeout_s)
+            except Exception as exc:  # the updater down or slow: this batch is not learned from
+                self._drop(len(batch), exc)
+
+    def _drop(self, n: int, exc: Exception | None) -> None:
+        before, self.dropped = self.dropped, self.dropped + n
+        DROPPED.inc(n)
+        if before // 1000 != self.dropped // 1000 or before == 0:
+            log.info("impressions dropped", extra={"dropped": self.dropped, "error": str(exc)[:200] if exc else "full"})

@@ -30,3 +30,4 @@ class UpdaterSettings(ServiceSettings):
     # Feedback joins an impression shown at most this long before it.
     join_window_s: float = Field(default=1800.0, gt=0)
     max_impression_items: int = Field(default=1000, ge=1)
+    max_impressions_per_call: int = Field(default=1000, ge=1)

@@ -39,22 +39,43 @@ class LabelledList:
 
 
 class ImpressionJoiner:
-    def __init__(self, window_ms: int, per_user: int = 20):
+    """Feedback that names its request_id may arrive before the impression (the gateway sends
+    impressions in batches, after the reply): it waits up to early_ms for it."""
+
+    def __init__(self, window_ms: int, per_user: int = 20, early_ms: int = 10_000, max_early: int = 10_000):
         self.window_ms = window_ms
         self._by_user: dict[str, deque[tuple[updater_pb2.Impression, int, set[str]]]] = {}
         self._per_user = per_user
+        self._early_ms = early_ms
+        # request_id -> feedback events that came first, oldest first (bounded: FIFO eviction).
+        self._early: dict[str, list[tuple[LoggedEvent, int]]] = {}
+        self._early_order: deque[str] = deque(maxlen=max_early)
 
-    def add(self, impression: updater_pb2.Impression, arrived_ms: int) -> None:
-        """The impression's features are in FEATURES order (LogImpression checks it)."""
+    def add(self, impression: updater_pb2.Impression, arrived_ms: int) -> list[LabelledList]:
+        """The impression's features are in FEATURES order (LogImpressions checks it); returns
+        the lists labelled by feedback that was waiting for it."""
         shown = self._by_user.setdefault(impression.user_id, deque(maxlen=self._per_user))
         shown.append((impression, arrived_ms, set()))
+        waiting = self._early.pop(impression.request_id, [])
+        return [labelled for event, when in waiting if arrived_ms - when <= self._early_ms
+                if (labelled := self.join(event, arrived_ms, hold=False)) is not None]
 
-    def join(self, event: LoggedEvent, arrived_ms: int) -> LabelledList | None:
+    def _hold(self, event: LoggedEvent, arrived_ms: int) -> None:
+        if len(self._early_order) == self._early_order.maxlen:
+            self._early.pop(self._early_order[0], None)
+        self._early_order.append(event.request_id)
+        self._early.setdefault(event.request_id, []).append((event, arrived_ms))
+
+    def join(self, event: LoggedEvent, arrived_ms: int, hold: bool = True) -> LabelledList | None:
         """Any item event on a shown item is the user choosing it (a view of a recommendation
-        is its click-through); each shown item is labelled once."""
+        is its click-through); each shown item is labelled once. Feedback naming a request
+        not seen yet is held for its impression (hold)."""
         if event.type == ET.EVENT_TYPE_SEARCH or not event.item_id:
             return None
         shown = self._by_user.get(event.user_id)
+        if event.request_id and hold and not any(i.request_id == event.request_id for i, _, _ in shown or ()):
+            self._hold(event, arrived_ms)
+            return None
         if not shown:
             return None
         for impression, when, labelled in reversed(shown):
@@ -82,6 +103,8 @@ class ImpressionJoiner:
 
     def forget_user(self, user_id: str) -> None:
         self._by_user.pop(user_id, None)
+        for request_id in [r for r, held in self._early.items() if held[0][0].user_id == user_id]:
+            del self._early[request_id]
 
 
 def _softmax_grad(scores: np.ndarray, positive: int) -> tuple[float, np.ndarray]:

@@ -23,7 +23,7 @@ from services.ranker.features import FEATURES
 from services.ranker.model import Scorer, load_params, newest_params, save_params
 from services.updater.config import UpdaterSettings
 from services.updater.eventlog import EventLog, LoggedEvent
-from services.updater.learner import ImpressionJoiner, OnlineLearner, Publication, Round, now_ms
+from services.updater.learner import ImpressionJoiner, LabelledList, OnlineLearner, Publication, Round, now_ms
 from services.updater.state import UserStateStore
 
 T = TypeVar("T")
@@ -151,22 +151,38 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
             return
         labelled = self._joiner.join(event, now_ms())
         if labelled is not None:
+            self._learn_from([labelled])
+
+    def _learn_from(self, lists: list[LabelledList]) -> None:
+        for labelled in lists:
             LABELLED.inc()
             self.learner.add(labelled)
 
     @rpc_method
-    async def LogImpression(self, request, context):
-        check_id(request.user_id, "user_id")
-        check_id(request.request_id, "request_id")
-        if len(request.items) > self._settings.max_impression_items:
-            raise InvalidArgument("items", f"at most {self._settings.max_impression_items} items")
-        if list(request.feature_names) != list(FEATURES):
-            raise InvalidArgument("feature_names", f"must be {list(FEATURES)}")
-        for i, item in enumerate(request.items):
+    async def LogImpressions(self, request, context):
+        """All or none: a batch with one malformed impression is refused whole, naming it."""
+        if len(request.impressions) > self._settings.max_impressions_per_call:
+            raise InvalidArgument("impressions", f"at most {self._settings.max_impressions_per_call} per call")
+        for n, impression in enumerate(request.impressions):
+            self._check_impression(impression, f"impressions[{n}].")
+        now = now_ms()
+        for impression in request.impressions:
+            waited = self._joiner.add(impression, now)
+            if waited and self.learner is not None:
+                self._learn_from(waited)
+        return updater_pb2.LogImpressionsResponse()
+
+    def _check_impression(self, impression: updater_pb2.Impression, at: str) -> None:
+        check_id(impression.user_id, f"{at}user_id")
+        check_id(impression.request_id, f"{at}request_id")
+        if len(impression.items) > self._settings.max_impression_items:
+            raise InvalidArgument(f"{at}items", f"at most {self._settings.max_impression_items} items")
+        if list(impression.feature_names) != list(FEATURES):
+            raise InvalidArgument(f"{at}feature_names", f"must be {list(FEATURES)}")
+        for i, item in enumerate(impression.items):
             if len(item.features) != len(FEATURES):
-                raise InvalidArgument(f"items[{i}].features", f"{len(item.features)} values, expected {len(FEATURES)}")
-        self._joiner.add(request, now_ms())
-        return updater_pb2.LogImpressionResponse()
+                raise InvalidArgument(f"{at}items[{i}].features",
+                                      f"{len(item.features)} values, expected {len(FEATURES)}")
 
     async def WatchParameters(self, request, context):
         queue: asyncio.Queue = asyncio.Queue()

@@ -105,9 +105,13 @@ def test_one_trace_spans_the_gateway_and_the_ranker(learning):
                             items=[updater_pb2.ImpressedItem(item_id="1", features=[1.0])]), "items[0].features"),
 ])
 def test_malformed_impression_is_invalid_argument(learning, impression, field):
+    """The second impression of the batch is the bad one: the error names it, and the whole
+    batch is refused."""
     stack, _ = learning
+    good = updater_pb2.Impression(request_id="ok", user_id="u", feature_names=FEATURES)
     with grpc.insecure_channel(stack.address("updater")) as channel:
         with pytest.raises(grpc.RpcError) as err:
-            updater_pb2_grpc.UpdaterStub(channel).LogImpression(impression, timeout=5)
+            updater_pb2_grpc.UpdaterStub(channel).LogImpressions(
+                updater_pb2.LogImpressionsRequest(impressions=[good, impression]), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith(field + ":"), err.value.details()
+    assert err.value.details().startswith(f"impressions[1].{field}:"), err.value.details()

@@ -49,6 +49,19 @@ def test_feedback_joins_its_impression_once_and_within_the_window():
     assert joiner.skipped("u", now=5000) == {}  # out of the window
 
 
+def test_feedback_that_overtakes_its_impression_waits_for_it():
+    joiner = ImpressionJoiner(window_ms=1000, early_ms=500)
+    assert joiner.join(click("u", "b", request_id="r1"), arrived_ms=0) is None  # held
+    assert joiner.join(click("u", "a", request_id="r2"), arrived_ms=0) is None  # held, then too old
+    assert joiner.join(click("v", "a", request_id="r3"), arrived_ms=0) is None  # held, then forgotten
+    [joined] = joiner.add(impression("r1", "u", ["a", "b", "c"]), arrived_ms=20)
+    assert joined.positive == 1
+    assert joiner.add(impression("r2", "u", ["a"]), arrived_ms=600) == []
+    joiner.forget_user("v")
+    assert joiner.add(impression("r3", "v", ["a"]), arrived_ms=30) == []
+    assert joiner.join(click("u", "b", request_id="r1"), arrived_ms=40) is None  # labelled once
+
+
 def lists_preferring_popularity(n, rng):
     """Users choose the most popular of 10 shown items, among those close to their session;
     no query was typed; the other features are noise."""
