@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recmesh.common.local import REPO, die_with_parent, free_port
+from recmesh.redisserver import RedisServer
 from recmesh.tritonserver import TritonServer
 
 # Leaves first: the gateway waits for retrieval before it reports SERVING.
@@ -73,6 +74,12 @@ class Stack:
     # "triton": the encoder's models on a tritonserver this stack starts; "inprocess": no Triton.
     encoder_backend: str = "triton"
     triton: TritonServer | None = None
+    # "sqlite": one updater, its log on local disk; "redis": log and state in a redis-server this
+    # stack starts, so that updater replicas (start_replica) share them.
+    updater_store: str = "sqlite"
+    redis: RedisServer | None = None
+    # Extra instances: name -> (service, env of their own); see start_replica.
+    replicas: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     # Prometheus endpoints (http://host:port/metrics), one per service.
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -85,6 +92,8 @@ class Stack:
         (self.var / "logs").mkdir(parents=True, exist_ok=True)
         if self.encoder_backend == "triton" and self.triton is None:
             self.triton = TritonServer(self.var / "triton")
+        if self.updater_store == "redis" and self.redis is None:
+            self.redis = RedisServer(self.var / "redis")
 
     def address(self, name: str) -> str:
         return f"{self.host}:{self.ports[name]}"
@@ -108,6 +117,10 @@ class Stack:
         if name == "updater":
             env[f"{prefix}LOG_PATH"] = str(self.var / "updater" / "events.sqlite")
             env[f"{prefix}PARAMS_DIR"] = str(self.var / "ranker" / "params")
+            if self.redis is not None:
+                env[f"{prefix}STORE"] = "redis"
+                env[f"{prefix}REDIS_URL"] = self.redis.url
+                env[f"{prefix}SEED_LOG"] = env[f"{prefix}LOG_PATH"]
         if name == "ranker":
             env[f"{prefix}UPDATER_ADDR"] = self.address("updater")
         if name == "encoder":
@@ -121,11 +134,17 @@ class Stack:
         return env
 
     def start_one(self, name: str) -> subprocess.Popen:
+        service, own_env = self.replicas.get(name, (name, {}))
+        env = self._env(service)
+        if name in self.replicas:
+            prefix = f"RECMESH_{service.upper()}_"
+            env |= {f"{prefix}PORT": str(self.ports[name]), f"{prefix}METRICS_PORT": str(self.metrics_ports[name]),
+                    **own_env}
         log = self.log_path(name).open("ab")
         proc = subprocess.Popen(
-            [*die_with_parent(), sys.executable, "-m", f"services.{name}"],
+            [*die_with_parent(), sys.executable, "-m", f"services.{service}"],
             cwd=REPO,
-            env=self._env(name),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             # Own session: a terminal's Ctrl-C reaches the launcher only, which stops the
@@ -138,8 +157,24 @@ class Stack:
     def wait(self, name: str, timeout_s: float = 120.0) -> None:
         wait_serving(self.address(name), timeout_s, self.procs.get(name), self.log_path(name))
 
+    def start_replica(self, service: str, replica: str, upstreams: dict[str, str] | None = None,
+                      timeout_s: float = 120.0) -> str:
+        """Another instance of a service, named f"{service}-{replica}", on its own ports;
+        upstreams: {upstream service: instance} it calls instead of the first instances (a
+        gateway replica behind its own updater, say). Returns its address."""
+        name = f"{service}-{replica}"
+        prefix = f"RECMESH_{service.upper()}_"
+        own_env = {f"{prefix}{up.upper()}_ADDR": self.address(instance) for up, instance in (upstreams or {}).items()}
+        self.replicas[name] = (service, own_env)
+        self.ports[name], self.metrics_ports[name] = free_port(), free_port()
+        self.start_one(name)
+        self.wait(name, timeout_s)
+        return self.address(name)
+
     def start(self, timeout_s: float = 180.0) -> "Stack":
         try:
+            if self.redis is not None:
+                self.redis.start()
             if self.triton is not None:
                 self.triton.start(timeout_s)
             for name in SERVICES:
@@ -162,7 +197,8 @@ class Stack:
 
     def stop(self, grace_s: float = 10.0) -> None:
         self.stopping = True
-        live = [self.procs[n] for n in reversed(SERVICES) if n in self.procs and self.procs[n].poll() is None]
+        order = [*[n for n in self.procs if n not in SERVICES], *reversed(SERVICES)]  # replicas first
+        live = [self.procs[n] for n in order if n in self.procs and self.procs[n].poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
             proc.terminate()
@@ -175,12 +211,16 @@ class Stack:
                 proc.wait()
         if self.triton is not None:
             self.triton.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each service process and by Triton with its model stubs."""
         used = {name: process_tree_cpu_s(p.pid) for name, p in self.procs.items() if p.poll() is None}
         if self.triton is not None and self.triton.proc is not None and self.triton.proc.poll() is None:
             used["triton"] = process_tree_cpu_s(self.triton.proc.pid)
+        if self.redis is not None and self.redis.proc is not None and self.redis.proc.poll() is None:
+            used["redis"] = process_tree_cpu_s(self.redis.proc.pid)
         return used
 
     def supervise(self, interval_s: float = 0.1) -> "Supervisor":

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -12,9 +13,18 @@ class UpdaterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RECMESH_UPDATER_")
 
     port: int = 50064
-    # SQLite file in WAL mode: the event log of record.
+    # sqlite: the log in a SQLite file in WAL mode, state in memory (rebuilt from the log at
+    # start) - one replica. redis: log (a Redis Stream) and state in a Redis server shared by
+    # any number of replicas (services/updater/stores.py).
+    store: Literal["sqlite", "redis"] = "sqlite"
     log_path: Path = Path("var/updater/events.sqlite")
-    # Per-user state kept in memory, rebuilt from the log at start.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "recmesh"
+    # How long an event_id is remembered for idempotency in Redis (SQLite: forever).
+    dedupe_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # Redis only: on first start with an empty stream, import this SQLite log (from `recmesh bootstrap`).
+    seed_log: Path | None = None
+    # Per-user state limits.
     recent_items: int = Field(default=200, ge=1)
     seen_items: int = Field(default=5000, ge=1)
     recent_queries: int = Field(default=20, ge=1)

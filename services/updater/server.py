@@ -9,7 +9,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import grpc
 from prometheus_client import Counter, Histogram
@@ -22,11 +21,11 @@ from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
 from services.ranker.features import FEATURES
 from services.ranker.model import Scorer, load_params, newest_params, save_params
 from services.updater.config import UpdaterSettings
-from services.updater.eventlog import EventLog, LoggedEvent
+from services.updater.eventlog import LoggedEvent
 from services.updater.learner import ImpressionJoiner, LabelledList, OnlineLearner, Publication, Round, now_ms
 from services.updater.state import UserStateStore
+from services.updater.stores import EventStore, LocalStore, RedisStore
 
-T = TypeVar("T")
 log = logging.getLogger("recmesh.updater")
 COMMIT_CALLS = Histogram("recmesh_updater_commit_calls", "Ingest calls sharing one commit (group commit)",
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128))
@@ -52,8 +51,9 @@ class GroupCommitter:
     and one fsync for all of them (group commit, as databases do for their own logs). Each
     caller is answered once its events are durable and applied.
 
-    State is applied here, on the event loop, right after the commit - never by the caller, so
-    a caller that gives up (deadline, cancel) cannot leave a committed event unapplied."""
+    The store applies state as part of the commit, and feedback is joined here - never by the
+    caller, so a caller that gives up (deadline, cancel) cannot leave a committed event
+    unapplied."""
 
     def __init__(self, servicer: "UpdaterServicer"):
         self._servicer = servicer
@@ -74,7 +74,7 @@ class GroupCommitter:
             batch, self._pending = self._pending, []
             COMMIT_CALLS.observe(len(batch))
             try:
-                fresh = await servicer._run(servicer.event_log.append_groups, [events for events, _ in batch])
+                fresh = await servicer.store.append_groups([events for events, _ in batch])
             except Exception as exc:  # nothing of this commit is durable: every caller hears it
                 for _, future in batch:
                     if not future.done():
@@ -82,7 +82,6 @@ class GroupCommitter:
                 continue
             for (_, future), new in zip(batch, fresh, strict=True):
                 for event in new:
-                    servicer.state.apply(event)
                     servicer.feedback(event)
                 if not future.done():
                     future.set_result(new)
@@ -91,10 +90,8 @@ class GroupCommitter:
 class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     def __init__(self, settings: UpdaterSettings):
         self._settings = settings
-        self._log: EventLog | None = None
-        self.state = UserStateStore(settings.recent_items, settings.seen_items, settings.recent_queries)
-        # SQLite wants one owner thread; this also serialises log appends in arrival order.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog")
+        self.store = _store(settings)
+        self._ready = False
         self._commits = GroupCommitter(self)
         self._joiner = ImpressionJoiner(int(settings.join_window_s * 1000))
         self.learner: OnlineLearner | None = None
@@ -104,44 +101,30 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         self._watchers: set[asyncio.Queue] = set()
         self._versions = itertools.count(1)
 
-    async def _run(self, fn: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
     async def load(self) -> None:
         started = time.perf_counter()
-        event_log = await self._run(EventLog, self._settings.log_path)
-        count = await self._run(self._replay, event_log)
-        self._log = event_log  # from here on, state is complete and calls are served
-        log.info("state rebuilt from log", extra={"events": count, "users": len(self.state),
-                                                  "seconds": round(time.perf_counter() - started, 2)})
+        count = await self.store.open()
+        self._ready = True  # from here on, state is complete and calls are served
+        log.info("event store open", extra={"store": self._settings.store, "events": count,
+                                            "seconds": round(time.perf_counter() - started, 2)})
         s = self._settings
-        serving = await self._run(_newest_scorer, s.params_dir, s.shipped_params_dir)
+        serving = await asyncio.get_running_loop().run_in_executor(
+            self._train_pool, _newest_scorer, s.params_dir, s.shipped_params_dir)
         self.learner = OnlineLearner(serving)
         if s.learn:
             self._learning = asyncio.create_task(self._learn_forever())
         log.info("ranker parameters", extra={"version": serving.version, "learning": s.learn})
 
-    def _replay(self, event_log: EventLog) -> int:
-        count = 0
-        for event in event_log.replay():
-            self.state.apply(event)
-            count += 1
-        return count
-
-    @property
-    def event_log(self) -> EventLog:
-        if self._log is None:
+    def _check_ready(self) -> None:
+        if not self._ready:  # state is complete only once the store is open
             raise Unavailable("updater is warming up")
-        return self._log
 
     @rpc_method
     async def Ingest(self, request, context):
         check_events(request.events, "events", self._settings.max_events_per_call)
         now_ms = int(time.time() * 1000)
         events = [to_logged(e, now_ms) for e in request.events]
-        self.event_log  # noqa: B018 - raises UNAVAILABLE while warming up, before anything is queued
-        # State is touched only on the event loop, after the commit: reads never race
-        # with writes, and state never shows an event the log does not hold.
+        self._check_ready()  # UNAVAILABLE while warming up, before anything is queued
         fresh = await self._commits.append(events)
         return updater_pb2.IngestResponse(accepted=len(fresh), duplicates=len(events) - len(fresh))
 
@@ -227,27 +210,23 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     @rpc_method
     async def GetUserState(self, request, context):
         check_id(request.user_id, "user_id")
-        if self._log is None:  # state is complete only once the log has been replayed
-            raise Unavailable("updater is warming up")
+        self._check_ready()
         reply = updater_pb2.UserState(user_id=request.user_id)
-        state = self.state.get(request.user_id)
-        if state is None:
+        view = await self.store.user_view(request.user_id, request.max_recent or self._settings.default_max_recent)
+        if view is None:
             return reply
-        max_recent = request.max_recent or self._settings.default_max_recent
-        recent = list(state.recent)[-max_recent:]
-        reply.recent.extend(to_proto(e) for e in recent)
-        reply.seen_item_ids.extend(state.seen.keys())
-        reply.recent_queries.extend(state.queries)
-        reply.event_count = state.event_count
+        reply.recent.extend(to_proto(e) for e in view.recent)
+        reply.seen_item_ids.extend(view.seen)
+        reply.recent_queries.extend(view.queries)
+        reply.event_count = view.event_count
         reply.skipped.update(self._joiner.skipped(request.user_id, now_ms()))
         return reply
 
     @rpc_method
     async def DeleteUser(self, request, context):
         user_id = check_id(request.user_id, "user_id")
-
-        deleted = await self._run(self.event_log.delete_user, user_id)
-        self.state.delete(user_id)
+        self._check_ready()
+        deleted = await self.store.delete_user(user_id)
         self._joiner.forget_user(user_id)
         return updater_pb2.DeleteUserStateResponse(events_deleted=deleted)
 
@@ -257,9 +236,15 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         for queue in self._watchers:
             queue.put_nowait(None)  # ends the streams, so the server's grace is not spent waiting
         self._train_pool.shutdown(wait=True)
-        if self._log is not None:
-            await self._run(self._log.close)
-        self._pool.shutdown(wait=True)
+        await self.store.close()
+
+
+def _store(settings: UpdaterSettings) -> EventStore:
+    s = settings
+    if s.store == "redis":
+        return RedisStore(s.redis_url, s.redis_prefix, s.recent_items, s.seen_items, s.recent_queries,
+                          s.dedupe_ttl_s, s.seed_log)
+    return LocalStore(s.log_path, UserStateStore(s.recent_items, s.seen_items, s.recent_queries))
 
 
 def _newest_scorer(online: Path, shipped: Path) -> Scorer:

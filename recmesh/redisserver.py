@@ -1,0 +1,69 @@
+"""Start a local redis-server on loopback for the updater's shared store (tests, `recmesh run
+--updaters 2`), with the durability the store requires: every write in the append-only file,
+fsynced before Redis replies (appendfsync always). Install it with `apt-get install -y
+redis-server`; in Kubernetes, deploy/k8s runs Redis with the same settings."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recmesh.common.local import die_with_parent, free_port
+
+DURABLE = ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+
+
+@dataclass
+class RedisServer:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 20.0) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server not found: apt-get install -y redis-server")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            [*die_with_parent(), binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
+             *DURABLE],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: see {self.workdir / 'redis.log'}")
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"redis-server on port {self.port} not answering after {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,221 @@
+"""Where the updater keeps events and the per-user state the next Recommend reads.
+
+- LocalStore: the SQLite event log on this pod's disk, state in this process's memory (rebuilt
+  from the log at start). One updater replica.
+- RedisStore: the event stream (a Redis Stream, the log of record) and the per-user state in a
+  Redis server shared by any number of updater replicas: an event acknowledged by one replica is
+  read by the next GetUserState on any other (read-your-writes through any gateway).
+
+Both append a batch atomically and idempotently by event_id, and are durable before they
+return: SQLite fsyncs its WAL; Redis must run with `appendonly yes` and `appendfsync always`
+(recmesh.redisserver and deploy/k8s do), so that its reply to the append script comes after
+the write reached the disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, TypeVar
+
+from recmesh.v1 import common_pb2
+from services.updater.eventlog import EventLog, LoggedEvent
+from services.updater.state import UserStateStore
+
+T = TypeVar("T")
+SEARCH = common_pb2.EventType.EVENT_TYPE_SEARCH
+
+
+@dataclass
+class UserView:
+    recent: list[LoggedEvent]  # oldest first, at most the max_recent asked for
+    seen: list[str]  # oldest first
+    queries: list[str]  # newest first
+    event_count: int
+
+
+class EventStore(Protocol):
+    async def open(self) -> int: ...  # returns how many events it holds (or replayed)
+    async def append_groups(self, groups: list[list[LoggedEvent]]) -> list[list[LoggedEvent]]: ...
+    async def user_view(self, user_id: str, max_recent: int) -> UserView | None: ...
+    async def delete_user(self, user_id: str) -> int: ...
+    async def close(self) -> None: ...
+
+
+class LocalStore:
+    """SQLite log + in-memory state. State is touched only on the event loop, after the commit:
+    reads never race with writes, and state never shows an event the log does not hold."""
+
+    def __init__(self, log_path: Path, state: UserStateStore):
+        self._path = log_path
+        self.state = state
+        self._log: EventLog | None = None
+        # SQLite wants one owner thread; this also serialises appends in arrival order.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog")
+
+    async def _run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def open(self) -> int:
+        self._log = await self._run(EventLog, self._path)
+        return await self._run(self._replay)
+
+    def _replay(self) -> int:
+        count = 0
+        for event in self._log.replay():
+            self.state.apply(event)
+            count += 1
+        return count
+
+    async def append_groups(self, groups: list[list[LoggedEvent]]) -> list[list[LoggedEvent]]:
+        fresh = await self._run(self._log.append_groups, groups)
+        for new in fresh:
+            for event in new:
+                self.state.apply(event)
+        return fresh
+
+    async def user_view(self, user_id: str, max_recent: int) -> UserView | None:
+        state = self.state.get(user_id)
+        if state is None:
+            return None
+        return UserView(list(state.recent)[-max_recent:], list(state.seen), list(state.queries), state.event_count)
+
+    async def delete_user(self, user_id: str) -> int:
+        deleted = await self._run(self._log.delete_user, user_id)
+        self.state.delete(user_id)
+        return deleted
+
+    async def close(self) -> None:
+        if self._log is not None:
+            await self._run(self._log.close)
+        self._pool.shutdown(wait=True)
+
+
+# One batch, atomically (a Lua script runs alone on the server). Per event: SET NX of its id is
+# the idempotency check (kept for dedupe_ttl); the stream entry is the log of record; the user's
+# recent list, seen set (ordered by a per-user counter), queries and counters are the state.
+# Each user's log list names the stream entries and event ids, so that DeleteUser can remove
+# them all. Keys are built in the script: one Redis (or a primary with replicas), not a cluster.
+_APPEND = """
+local p, recent_max, seen_max, queries_max, ttl, search = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local out = {}
+local n = (#ARGV - 6) / 8
+for i = 0, n - 1 do
+  local b = 6 + i * 8
+  local eid, uid, item, typ, query = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+  local value, ts, rid = ARGV[b + 6], ARGV[b + 7], ARGV[b + 8]
+  if redis.call('SET', p .. ':event:' .. eid, uid, 'NX', 'EX', ttl) then
+    local sid = redis.call('XADD', p .. ':events', '*', 'event_id', eid, 'user_id', uid, 'item_id', item,
+      'type', typ, 'query', query, 'value', value, 'timestamp_ms', ts, 'request_id', rid)
+    local u = p .. ':user:' .. uid
+    redis.call('RPUSH', u .. ':log', sid .. ' ' .. eid)
+    redis.call('HINCRBY', u, 'count', 1)
+    if query ~= '' then
+      redis.call('LPUSH', u .. ':queries', query)
+      redis.call('LTRIM', u .. ':queries', 0, queries_max - 1)
+    end
+    if typ ~= search and item ~= '' then
+      redis.call('RPUSH', u .. ':recent', cjson.encode({eid, uid, item, typ, query, value, ts, rid}))
+      redis.call('LTRIM', u .. ':recent', -recent_max, -1)
+      redis.call('ZADD', u .. ':seen', redis.call('HINCRBY', u, 'seen_seq', 1), item)
+      local extra = redis.call('ZCARD', u .. ':seen') - seen_max
+      if extra > 0 then redis.call('ZREMRANGEBYRANK', u .. ':seen', 0, extra - 1) end
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+_DELETE_USER = """
+local p, uid = ARGV[1], ARGV[2]
+local u = p .. ':user:' .. uid
+local entries = redis.call('LRANGE', u .. ':log', 0, -1)
+for _, entry in ipairs(entries) do
+  local sep = string.find(entry, ' ', 1, true)
+  redis.call('XDEL', p .. ':events', string.sub(entry, 1, sep - 1))
+  redis.call('DEL', p .. ':event:' .. string.sub(entry, sep + 1))
+end
+redis.call('DEL', u, u .. ':log', u .. ':recent', u .. ':seen', u .. ':queries')
+return #entries
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str, recent_items: int, seen_items: int, recent_queries: int,
+                 dedupe_ttl_s: int, seed_log: Path | None = None, seed_batch: int = 2000):
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._url, self._p = url, prefix
+        self._limits = (recent_items, seen_items, recent_queries, dedupe_ttl_s)
+        self._seed_log, self._seed_batch = seed_log, seed_batch
+        self._append = self._redis.register_script(_APPEND)
+        self._delete = self._redis.register_script(_DELETE_USER)
+
+    async def open(self) -> int:
+        try:
+            info = await self._redis.config_get("appendfsync")
+        except Exception as exc:
+            raise RuntimeError(f"cannot reach Redis at {self._url}: {exc}") from exc
+        if info.get("appendfsync") != "always":
+            # Without it an acknowledged event can be lost by a Redis crash: refuse to start.
+            raise RuntimeError(f"Redis at {self._url} must run with appendonly yes, appendfsync always")
+        if self._seed_log is not None and self._seed_log.is_file() and not await self._redis.exists(self._stream):
+            await self._seed(self._seed_log)
+        return await self._redis.xlen(self._stream)
+
+    @property
+    def _stream(self) -> str:
+        return f"{self._p}:events"
+
+    async def _seed(self, path: Path) -> None:
+        """First start on an empty Redis: the events of a bootstrapped SQLite log (idempotent, so
+        replicas starting together import each event once)."""
+        log = EventLog(path)
+        try:
+            batch: list[LoggedEvent] = []
+            for event in log.replay():
+                batch.append(event)
+                if len(batch) == self._seed_batch:
+                    await self.append_groups([batch])
+                    batch = []
+            if batch:
+                await self.append_groups([batch])
+        finally:
+            log.close()
+
+    async def append_groups(self, groups: list[list[LoggedEvent]]) -> list[list[LoggedEvent]]:
+        recent, seen, queries, ttl = self._limits
+        args: list = [self._p, recent, seen, queries, ttl, int(SEARCH)]
+        flat = [e for events in groups for e in events]
+        for e in flat:
+            args += [e.event_id, e.user_id, e.item_id, int(e.type), e.query, repr(float(e.value)),
+                     int(e.timestamp_ms), e.request_id]
+        flags = iter(await self._append(args=args)) if flat else iter(())
+        return [[e for e in events if next(flags) == 1] for events in groups]
+
+    async def user_view(self, user_id: str, max_recent: int) -> UserView | None:
+        u = f"{self._p}:user:{user_id}"
+        async with self._redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
+            pipe.hget(u, "count").lrange(f"{u}:recent", -max_recent, -1).zrange(f"{u}:seen", 0, -1)
+            pipe.lrange(f"{u}:queries", 0, -1)
+            count, recent, seen, queries = await pipe.execute()
+        if count is None:
+            return None
+        events = []
+        for raw in recent:
+            eid, uid, item, typ, query, value, ts, rid = json.loads(raw)
+            events.append(LoggedEvent(eid, uid, item, int(typ), query, float(value), int(ts), rid))
+        return UserView(events, seen, queries, int(count))
+
+    async def delete_user(self, user_id: str) -> int:
+        return int(await self._delete(args=[self._p, user_id]))
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,137 @@
+"""The updater's two event stores pass the same tests: SQLite + memory (one replica) and Redis
+(shared by replicas), the latter against a real redis-server started here on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from recmesh.redisserver import RedisServer
+from recmesh.v1 import common_pb2
+from services.updater.eventlog import LoggedEvent
+from services.updater.state import UserStateStore
+from services.updater.stores import LocalStore, RedisStore
+
+pytestmark = pytest.mark.integration
+CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH
+LIMITS = {"recent_items": 3, "seen_items": 4, "recent_queries": 2}
+
+
+def ev(event_id, user="u1", item="1", type=CLICK, query="", value=0.5, request_id=""):
+    return LoggedEvent(event_id, user, item, type, query, value, 1000, request_id)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request, tmp_path, redis_server):
+    prefix = f"t{abs(hash(tmp_path)) % 10**9}"  # each test its own keys in the shared server
+
+    def make():
+        if request.param == "redis":
+            return RedisStore(redis_server.url, prefix, dedupe_ttl_s=3600, **LIMITS)
+        return LocalStore(tmp_path / "events.sqlite", UserStateStore(*LIMITS.values()))
+
+    make.kind = request.param
+    make.prefix = prefix
+    return make
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _opened(make):
+    store = make()
+    await store.open()
+    return store
+
+
+def test_append_is_atomic_per_batch_and_idempotent_by_event_id(make_store):
+    async def go():
+        store = await _opened(make_store)
+        first = await store.append_groups([[ev("a"), ev("b")], [ev("b"), ev("c")]])
+        again = await store.append_groups([[ev("c"), ev("d"), ev("d")]])
+        view = await store.user_view("u1", 10)
+        await store.close()
+        return first, again, view
+
+    first, again, view = run(go())
+    assert [[e.event_id for e in g] for g in first] == [["a", "b"], ["c"]]
+    assert [[e.event_id for e in g] for g in again] == [["d"]]
+    assert view.event_count == 4
+
+
+def test_user_view_keeps_recent_seen_and_queries_within_limits(make_store):
+    async def go():
+        store = await _opened(make_store)
+        events = [ev(f"e{i}", item=str(i), value=i / 2, request_id=f"r{i}") for i in range(6)]
+        events.insert(2, ev("s", item="", type=SEARCH, query="space opera"))
+        events.append(ev("q", item="9", query="funny dogs"))
+        await store.append_groups([events])
+        view = await store.user_view("u1", 2)
+        none = await store.user_view("nobody", 2)
+        await store.close()
+        return view, none
+
+    view, none = run(go())
+    assert none is None
+    assert [e.item_id for e in view.recent] == ["5", "9"]  # oldest first, at most max_recent
+    assert view.recent[0] == ev("e5", item="5", value=2.5, request_id="r5")  # every field kept
+    assert view.seen == ["3", "4", "5", "9"]  # a search is not an item; oldest dropped past 4
+    assert view.queries == ["funny dogs", "space opera"]  # newest first
+    assert view.event_count == 8
+
+
+def test_state_survives_a_new_store_instance(make_store):
+    async def go():
+        store = await _opened(make_store)
+        await store.append_groups([[ev("a", item="7"), ev("b", user="u2")]])
+        await store.close()
+        store = await _opened(make_store)  # a restarted (or another) replica
+        view = await store.user_view("u1", 5)
+        dup = await store.append_groups([[ev("a", item="7")]])
+        await store.close()
+        return view, dup
+
+    view, dup = run(go())
+    assert [e.event_id for e in view.recent] == ["a"] and dup == [[]]
+
+
+def test_delete_user_leaves_nothing_of_them(make_store, redis_server):
+    async def go():
+        store = await _opened(make_store)
+        await store.append_groups([[ev("a", user="gone", item="1", query="secret"), ev("b", user="gone", item="2"),
+                                    ev("c", user="kept", item="1")]])
+        deleted = await store.delete_user("gone")
+        views = await store.user_view("gone", 5), await store.user_view("kept", 5)
+        readded = await store.append_groups([[ev("a", user="gone")]])  # its ids are free again
+        await store.delete_user("gone")
+        await store.close()
+        return deleted, views, readded
+
+    deleted, (gone, kept), readded = run(go())
+    assert deleted == 2 and gone is None and kept.event_count == 1
+    assert [e.event_id for g in readded for e in g] == ["a"]
+    if make_store.kind == "redis":
+        r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        p = make_store.prefix
+        assert not r.keys(f"{p}:user:gone*")
+        assert not [k for k in r.keys(f"{p}:event:*") if r.get(k) == "gone"]
+        assert all(fields["user_id"] != "gone" for _, fields in r.xrange(f"{p}:events"))
+
+
+def test_redis_store_refuses_a_server_that_could_lose_acknowledged_events(redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    r.config_set("appendfsync", "everysec")
+    try:
+        with pytest.raises(RuntimeError, match="appendfsync always"):
+            run(RedisStore(redis_server.url, "x", dedupe_ttl_s=60, **LIMITS).open())
+    finally:
+        r.config_set("appendfsync", "always")
