@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=cmd_bootstrap)
 
+    p = sub.add_parser("publish-catalog", help="copy the bootstrapped catalog into a Qdrant server/cluster collection")
+    from recmesh.catalog import publish
+
+    publish.add_arguments(p)
+    p.set_defaults(func=lambda args: print(json.dumps(publish.run(args))))
+
     p = sub.add_parser("run", help="start all services locally, play the scripted session, serve until Ctrl-C")
     p.add_argument("--port", type=int, default=50060, help="gateway port (0: any free port)")
     p.add_argument("--no-demo", action="store_true")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -12,8 +13,15 @@ class RetrievalSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RECMESH_RETRIEVAL_")
 
     port: int = 50062
+    # edge: a Qdrant Edge shard in this process (one node); qdrant: a Qdrant server or cluster
+    # through qdrant-client (services/retrieval/server_store.py).
+    backend: Literal["edge", "qdrant"] = "edge"
     # The Qdrant Edge shard; `recmesh bootstrap` fills it.
     shard_dir: Path = Path("var/catalog/qdrant")
+    # The server backend: http://host:6333 (spoken to over gRPC on 6334); `recmesh
+    # publish-catalog` creates and fills the collection.
+    qdrant_url: str = "http://127.0.0.1:6333"
+    collection: str = "recmesh-items"
     max_limit: int = Field(default=1000, ge=1)
     max_ids: int = Field(default=10000, ge=1)
     # HNSW search breadth: higher is more exact and slower.

@@ -1,4 +1,4 @@
-"""recmesh.v1.Retrieval over an EdgeItemStore."""
+"""recmesh.v1.Retrieval over an EdgeItemStore or a QdrantServerStore (same behaviour)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from recmesh.common.server import Service
 from recmesh.common.vectors import from_matrix, optional_row, to_matrix
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
+from services.retrieval.server_store import QdrantServerStore, connect
 from services.retrieval.store import (
     INTEREST,
     QUERY,
@@ -31,12 +32,17 @@ T = TypeVar("T")
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     def __init__(self, settings: RetrievalSettings):
         self._settings = settings
-        self._store: EdgeItemStore | None = None
+        self._store: EdgeItemStore | QdrantServerStore | None = None
         # Qdrant Edge calls block; keep them off the event loop.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qdrant")
 
     async def load(self) -> None:
-        self._store = await self._run(EdgeItemStore.open, self._settings.shard_dir, self._settings.hnsw_ef)
+        s = self._settings
+        if s.backend == "qdrant":
+            client = await self._run(connect, s.qdrant_url)
+            self._store = await self._run(QdrantServerStore.open, client, s.collection, s.hnsw_ef)
+        else:
+            self._store = await self._run(EdgeItemStore.open, s.shard_dir, s.hnsw_ef)
         store = self._store
         set_version("retrieval", "index", store.version)
         warm = [(INTEREST, np.ones(store.dim, np.float32)), (SESSION, np.ones(store.dim, np.float32)),
@@ -47,7 +53,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     @property
-    def store(self) -> EdgeItemStore:
+    def store(self) -> EdgeItemStore | QdrantServerStore:
         if self._store is None:
             raise Unavailable("retrieval is warming up")
         return self._store

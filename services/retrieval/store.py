@@ -8,6 +8,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import qdrant_edge as qe
@@ -29,7 +30,7 @@ def point_id(item_id: str) -> str:
 
 
 # The text is stored for humans and re-encoding, not needed to serve.
-_PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity"]
+PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity"]
 
 
 def item_payload(item: common_pb2.Item, popularity: float) -> dict:
@@ -153,7 +154,7 @@ class EdgeItemStore:
         offset = None
         while True:
             records, offset = self._shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=2048, with_payload=_PAYLOAD_FIELDS, with_vector=[INTEREST, QUERY])
+                qe.ScrollRequest(offset=offset, limit=2048, with_payload=PAYLOAD_FIELDS, with_vector=[INTEREST, QUERY])
             )
             if records:
                 self._mirror.put([stored_item(r.payload) for r in records],
@@ -194,6 +195,18 @@ class EdgeItemStore:
 
     def count(self) -> int:
         return self._shard.count(qe.CountRequest(exact=True))
+
+    def export(self, batch: int = 512) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray]]:
+        """Every item as (payloads, catalog vectors, text vectors), batch by batch."""
+        offset = None
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=[INTEREST, QUERY]))
+            if records:
+                yield ([dict(r.payload) for r in records], np.array([r.vector[INTEREST] for r in records], np.float32),
+                       np.array([r.vector[QUERY] for r in records], np.float32))
+            if offset is None:
+                return
 
     def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
         """items: dicts with item_id, title, categories, popularity, text."""

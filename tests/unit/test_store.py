@@ -1,7 +1,17 @@
+"""The retrieval stores pass the same tests: Qdrant Edge (in-process) and a Qdrant server
+through qdrant-client (here in its local mode, which runs the same client code path)."""
+
 import numpy as np
 import pytest
 
+from services.retrieval.server_store import QdrantServerStore, connect
 from services.retrieval.store import INTEREST, QUERY, SESSION, EdgeItemStore, SearchFilter
+
+BACKENDS = {
+    "edge": (lambda path, **kw: EdgeItemStore.create(path, **kw), EdgeItemStore.open),
+    "server": (lambda path, **kw: QdrantServerStore.create(connect(f"path:{path}"), "items", **kw),
+               lambda path: QdrantServerStore.open(connect(f"path:{path}"), "items")),
+}
 
 
 def items(n):
@@ -12,14 +22,24 @@ def items(n):
     ]
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request):
+    return BACKENDS[request.param]
+
+
+def filled(store):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((20, 8)).astype(np.float32)  # catalog vectors: not unit
     texts = rng.standard_normal((20, 6)).astype(np.float32)
     texts /= np.linalg.norm(texts, axis=1, keepdims=True)
-    s = EdgeItemStore.create(tmp_path / "shard", 8, 6, version="test")
-    s.upsert(items(20), vectors, texts)
+    store.upsert(items(20), vectors, texts)
+    return store, vectors, texts
+
+
+@pytest.fixture
+def store(tmp_path, backend):
+    create, _ = backend
+    s, vectors, texts = filled(create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
     yield s, vectors, texts
     s.close()
 
@@ -52,7 +72,7 @@ def test_filters_and_exclusions(store):
     assert "i7" not in {it.item_id for it in rest} and len(rest) == 9
 
 
-def test_popular_get_delete_and_reopen(store, tmp_path):
+def test_popular_get_delete_and_reopen(store, tmp_path, backend):
     s, vectors, texts = store
     assert [it.item_id for it in s.top_popular(2)] == ["i19", "i18"]
     assert [it.item_id for it in s.get(["i3", "missing", "i1"])] == ["i3", "i1"]
@@ -61,7 +81,7 @@ def test_popular_get_delete_and_reopen(store, tmp_path):
     s.upsert([items(20)[5] | {"title": "renamed"}], vectors[6:7], texts[6:7])
     s.flush()
     s.close()
-    reopened = EdgeItemStore.open(tmp_path / "shard")
+    reopened = backend[1](tmp_path / "shard")
     assert reopened.count() == 19 and reopened.version == "test"
     again = reopened.get(["i5"], with_vectors=True)[0]
     assert again.title == "renamed"
@@ -69,6 +89,23 @@ def test_popular_get_delete_and_reopen(store, tmp_path):
     reopened.close()
 
 
-def test_open_without_bootstrap_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="recmesh bootstrap"):
-        EdgeItemStore.open(tmp_path / "nothing")
+def test_open_without_bootstrap_says_what_to_do(tmp_path, backend):
+    with pytest.raises(FileNotFoundError, match="recmesh (bootstrap|publish-catalog)"):
+        backend[1](tmp_path / "nothing")
+
+
+def test_publish_copies_a_built_shard_into_a_server_collection_once(tmp_path):
+    from recmesh.catalog.publish import publish
+
+    s, vectors, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
+    s.flush()
+    s.close()
+    url = f"path:{tmp_path / 'server'}"
+    first = publish(tmp_path / "shard", url, "items", shards=3, replication=2)
+    again = publish(tmp_path / "shard", url, "items", shards=3, replication=2)
+    assert (first["items"], first["published"], again["published"]) == (20, True, False)
+    server = BACKENDS["server"][1](tmp_path / "server")
+    assert server.version == "test"
+    nearest = server.search([(SESSION, vectors[4])], 1, SearchFilter(), with_vectors=True)[0]
+    assert nearest.item_id == "i4" and np.allclose(nearest.vector, vectors[4])
+    server.close()
