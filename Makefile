@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 BENCH_INSTALLED := $(VENV)/.bench-installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
-.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos lint clean
+.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos images k8s lint clean
 
 install: $(INSTALLED)
 
@@ -75,6 +75,17 @@ load: bootstrap $(BENCH_INSTALLED)
 # supervisor restarts what dies; in-time share, degraded share and recovery per fault (~2 min).
 chaos: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh chaos
+
+# Container images (needs a Docker engine) and the Kubernetes manifests of one overlay.
+IMAGE_TAG ?= 0.1.0
+OVERLAY ?= dev
+images:
+	for s in gateway encoder retrieval ranker updater; do \
+	  docker build -f services/$$s/Dockerfile -t recmesh/$$s:$(IMAGE_TAG) . || exit 1; done
+	docker build -f deploy/triton/Dockerfile -t recmesh/triton:$(IMAGE_TAG) .
+
+k8s: $(INSTALLED)
+	$(VENV)/bin/kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check recmesh services tests deploy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,9 @@ class ServiceSettings(BaseSettings):
     port: int = 0
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_s: float = 5.0
+    # Clients are asked to reconnect after this long (0 = never), so that client-side
+    # balancing picks up new replicas (deploy/k8s sets it).
+    max_connection_age_s: float = Field(default=0.0, ge=0)
     # Prometheus metrics over HTTP on this port; 0 = not exported.
     metrics_port: int = 0
     # OpenTelemetry spans: off, console, or otlp (to OTEL_EXPORTER_OTLP_ENDPOINT).

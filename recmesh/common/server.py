@@ -31,6 +31,9 @@ FAST_RECONNECT = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+# Calls spread over every address the target resolves to: with a `dns:///` target and a
+# headless Kubernetes Service, over all the upstream's pods (one address: no difference).
+BALANCED = [("grpc.lb_policy_name", "round_robin")]
 
 
 @dataclass
@@ -47,7 +50,11 @@ class Service:
 
 async def run_service(service: Service, settings: ServiceSettings) -> None:
     log = logging.getLogger(f"recmesh.{service.name}")
-    server = grpc.aio.server(options=GRPC_OPTIONS + service.options,
+    # Clients balancing over DNS see new replicas only when they resolve again: a maximum
+    # connection age makes them reconnect (and resolve) now and then.
+    age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+           ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
+    server = grpc.aio.server(options=GRPC_OPTIONS + age + service.options,
                              interceptors=[MetricsInterceptor(service.name), *tracing.server_interceptors()])
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)
