@@ -56,6 +56,7 @@ bench: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh.bench.ingest
 	$(PY) -m recmesh.bench.freshness
 	$(PY) -m recmesh.bench.ranker
+	$(PY) -m recmesh.bench.stores
 
 # Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
 # the served path against its offline twin (~1 min), the streaming replay through the live
