@@ -18,8 +18,8 @@ class ServiceSettings(BaseSettings):
     port: int = 0
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_s: float = 5.0
-    # Clients are asked to reconnect after this long (0 = never), so that client-side
-    # balancing picks up new replicas (deploy/k8s sets it).
+    # Clients are asked to reconnect after this long (0 = never), so that their calls spread
+    # over the replicas behind a Service, new ones included (deploy/k8s sets it).
     max_connection_age_s: float = Field(default=0.0, ge=0)
     # Prometheus metrics over HTTP on this port; 0 = not exported.
     metrics_port: int = 0

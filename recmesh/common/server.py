@@ -31,9 +31,6 @@ FAST_RECONNECT = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-# Calls spread over every address the target resolves to: with a `dns:///` target and a
-# headless Kubernetes Service, over all the upstream's pods (one address: no difference).
-BALANCED = [("grpc.lb_policy_name", "round_robin")]
 
 
 @dataclass
@@ -50,8 +47,10 @@ class Service:
 
 async def run_service(service: Service, settings: ServiceSettings) -> None:
     log = logging.getLogger(f"recmesh.{service.name}")
-    # Clients balancing over DNS see new replicas only when they resolve again: a maximum
-    # connection age makes them reconnect (and resolve) now and then.
+    # A client keeps one HTTP/2 connection to one replica behind a Kubernetes Service: a maximum
+    # connection age makes clients reconnect now and then, so calls spread over new replicas.
+    # (round_robin over a headless Service was tried: with grpcio 1.81 a channel to a restarted
+    # peer stayed failed for >15 s, where pick_first is back within a second.)
     age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
            ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
     server = grpc.aio.server(options=GRPC_OPTIONS + age + service.options,
