@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 import time
@@ -24,7 +25,14 @@ def _print_message(message) -> None:
 def _client(args):
     from recmesh.client import RecmeshClient
 
-    return RecmeshClient(args.target, timeout_s=args.timeout)
+    return RecmeshClient(args.target, timeout_s=args.timeout, token=os.environ.get("RECMESH_TOKEN") or None)
+
+
+def cmd_make_key(args) -> None:
+    from recmesh.common.auth import make_key
+
+    token, line = make_key(args.scopes.split(","), args.name)
+    print(json.dumps({"token": token, "key_file_line": line}, indent=2))
 
 
 def cmd_bootstrap(args) -> None:
@@ -139,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("make-key", help="a new API key: prints the token (give it to the client) and its hashed "
+                                         "line (append it to the gateway's key file)")
+    p.add_argument("--scopes", required=True, help="comma-separated: recommend,track,catalog:write,admin")
+    p.add_argument("--name", required=True, help="the client's name (in logs and rate limits)")
+    p.set_defaults(func=cmd_make_key)
 
     p = sub.add_parser("publish-catalog", help="copy the bootstrapped catalog into a Qdrant server/cluster collection")
     from recmesh.catalog import publish

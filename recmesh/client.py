@@ -54,10 +54,13 @@ class Event:
 
 
 class RecmeshClient:
-    def __init__(self, target: str = "localhost:50060", timeout_s: float = 1.0, channel: grpc.Channel | None = None):
+    def __init__(self, target: str = "localhost:50060", timeout_s: float = 1.0, channel: grpc.Channel | None = None,
+                 token: str | None = None):
+        """token: the API key, sent as `authorization: Bearer <token>` (when the gateway has keys)."""
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = recommendations_pb2_grpc.RecommendationsStub(self._channel)
         self.timeout_s = timeout_s
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def recommend(
         self,
@@ -87,31 +90,31 @@ class RecmeshClient:
         )
         if k is not None:
             request.k = k
-        return self._stub.Recommend(request, timeout=timeout_s or self.timeout_s)
+        return self._stub.Recommend(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
 
     def track(self, user_id: str, item_id: str, type: str, **fields) -> recommendations_pb2.TrackEventsResponse:
         return self.track_events([Event(user_id, item_id, type, **fields)])
 
     def track_events(self, events: Iterable[Event], timeout_s: float | None = None):
         request = recommendations_pb2.TrackEventsRequest(events=[e.to_proto() for e in events])
-        return self._stub.TrackEvents(request, timeout=timeout_s or max(self.timeout_s, 5.0))
+        return self._stub.TrackEvents(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
 
     def upsert_items(self, items: Iterable[common_pb2.Item | dict], timeout_s: float | None = None):
         protos = [it if isinstance(it, common_pb2.Item) else common_pb2.Item(**it) for it in items]
         request = recommendations_pb2.UpsertItemsRequest(items=protos)
-        return self._stub.UpsertItems(request, timeout=timeout_s or max(self.timeout_s, 10.0))
+        return self._stub.UpsertItems(request, timeout=timeout_s or max(self.timeout_s, 10.0), metadata=self._metadata)
 
     def delete_items(self, item_ids: Iterable[str], timeout_s: float | None = None):
         request = recommendations_pb2.DeleteItemsRequest(item_ids=list(item_ids))
-        return self._stub.DeleteItems(request, timeout=timeout_s or max(self.timeout_s, 5.0))
+        return self._stub.DeleteItems(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
 
     def profile(self, user_id: str, timeout_s: float | None = None) -> recommendations_pb2.UserProfile:
         request = recommendations_pb2.GetUserProfileRequest(user_id=user_id)
-        return self._stub.GetUserProfile(request, timeout=timeout_s or self.timeout_s)
+        return self._stub.GetUserProfile(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
 
     def delete_user(self, user_id: str, timeout_s: float | None = None):
         request = recommendations_pb2.DeleteUserRequest(user_id=user_id)
-        return self._stub.DeleteUser(request, timeout=timeout_s or max(self.timeout_s, 5.0))
+        return self._stub.DeleteUser(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
 
     def close(self) -> None:
         self._channel.close()

@@ -158,13 +158,15 @@ class Stack:
         wait_serving(self.address(name), timeout_s, self.procs.get(name), self.log_path(name))
 
     def start_replica(self, service: str, replica: str, upstreams: dict[str, str] | None = None,
-                      timeout_s: float = 120.0) -> str:
+                      env: dict[str, str] | None = None, timeout_s: float = 120.0) -> str:
         """Another instance of a service, named f"{service}-{replica}", on its own ports;
         upstreams: {upstream service: instance} it calls instead of the first instances (a
-        gateway replica behind its own updater, say). Returns its address."""
+        gateway replica behind its own updater, say); env: settings of its own. Returns its
+        address."""
         name = f"{service}-{replica}"
         prefix = f"RECMESH_{service.upper()}_"
         own_env = {f"{prefix}{up.upper()}_ADDR": self.address(instance) for up, instance in (upstreams or {}).items()}
+        own_env |= env or {}
         self.replicas[name] = (service, own_env)
         self.ports[name], self.metrics_ports[name] = free_port(), free_port()
         self.start_one(name)

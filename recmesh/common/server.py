@@ -43,6 +43,8 @@ class Service:
     warmup: Callable[[], Awaitable[None]] | None = None
     shutdown: Callable[[], Awaitable[None]] | None = None
     options: list[tuple[str, int]] = field(default_factory=list)
+    # Run after metrics and tracing (so refused calls are counted and traced), e.g. auth.
+    interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
 
 
 async def run_service(service: Service, settings: ServiceSettings) -> None:
@@ -54,7 +56,8 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
            ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
     server = grpc.aio.server(options=GRPC_OPTIONS + age + service.options,
-                             interceptors=[MetricsInterceptor(service.name), *tracing.server_interceptors()])
+                             interceptors=[MetricsInterceptor(service.name), *tracing.server_interceptors(),
+                                           *service.interceptors])
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)
 

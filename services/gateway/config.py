@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -10,6 +12,14 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RECMESH_GATEWAY_")
 
     port: int = 50060
+    # Bearer tokens (recmesh/common/auth.py): key lines `sha256:<hex> <scopes> <name>` from a
+    # file (a mounted secret) and/or this variable (lines separated by ';'). None given: the
+    # public API is open - for a laptop, never for a deployment.
+    api_keys_file: Path | None = None
+    api_keys: str = ""
+    # Per-client token bucket (calls/s, burst); 0 = no limit.
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: float = Field(default=50.0, ge=1)
     updater_addr: str = "127.0.0.1:50064"
     encoder_addr: str = "127.0.0.1:50061"
     retrieval_addr: str = "127.0.0.1:50062"

@@ -8,6 +8,7 @@ from collections import Counter
 
 import grpc
 
+from recmesh.common.auth import AuthInterceptor, Client, load_keys, parse_keys
 from recmesh.common.errors import rpc_method
 from recmesh.common.server import Service
 from recmesh.common.validation import check_events, check_id
@@ -161,11 +162,38 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         return recommendations_pb2.DeleteUserResponse(events_deleted=reply.events_deleted)
 
 
+# The scope each public method needs. Reading a user's history is as privileged as deleting it.
+METHOD_SCOPES = {
+    "/recmesh.v1.Recommendations/Recommend": "recommend",
+    "/recmesh.v1.Recommendations/TrackEvents": "track",
+    "/recmesh.v1.Recommendations/UpsertItems": "catalog:write",
+    "/recmesh.v1.Recommendations/DeleteItems": "catalog:write",
+    "/recmesh.v1.Recommendations/GetUserProfile": "admin",
+    "/recmesh.v1.Recommendations/DeleteUser": "admin",
+}
+
+
+def api_keys(settings: GatewaySettings) -> dict[str, Client] | None:
+    """None when no keys are configured (authentication off)."""
+    if settings.api_keys_file is None and not settings.api_keys:
+        return None
+    keys = parse_keys(settings.api_keys.replace(";", "\n"), "RECMESH_GATEWAY_API_KEYS")
+    if settings.api_keys_file is not None:
+        keys |= load_keys(settings.api_keys_file)
+    if not keys:
+        raise ValueError("api keys configured but none found: refusing to serve an open API by mistake")
+    return keys
+
+
 def build_service(settings: GatewaySettings) -> Service:
+    keys = api_keys(settings)  # a bad key file stops the gateway here, before it listens
     servicer = GatewayServicer(settings)
+    if keys is None:
+        log.warning("no API keys configured: the public API is open to anyone who can reach it")
 
     def register(server: grpc.aio.Server) -> list[str]:
         recommendations_pb2_grpc.add_RecommendationsServicer_to_server(servicer, server)
         return [recommendations_pb2.DESCRIPTOR.services_by_name["Recommendations"].full_name]
 
-    return Service("gateway", register, servicer.warmup, servicer.close)
+    auth = AuthInterceptor(METHOD_SCOPES, keys, settings.rate_limit_per_s, settings.rate_limit_burst)
+    return Service("gateway", register, servicer.warmup, servicer.close, interceptors=[auth])

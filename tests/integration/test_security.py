@@ -1,0 +1,89 @@
+"""The public API behind bearer tokens with scopes and a per-client rate limit: a gateway
+replica with API keys on the shared mesh. Every RPC refuses a call without a token, with an
+unknown token and with a token lacking its scope; health stays open."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recmesh.common.auth import make_key
+from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
+from services.gateway.server import METHOD_SCOPES
+
+pytestmark = pytest.mark.integration
+R = recommendations_pb2
+
+# One small, valid request per public RPC (user and item ids of this test only).
+CALLS = {
+    "Recommend": R.RecommendRequest(user_id="sec-user", k=3),
+    "TrackEvents": R.TrackEventsRequest(events=[common_pb2.Event(
+        event_id="sec-1", user_id="sec-user", item_id="1", type=common_pb2.EventType.EVENT_TYPE_VIEW)]),
+    "UpsertItems": R.UpsertItemsRequest(items=[common_pb2.Item(item_id="sec-item", title="Security test film",
+                                                               categories=["Drama"])]),
+    "DeleteItems": R.DeleteItemsRequest(item_ids=["sec-item"]),
+    "GetUserProfile": R.GetUserProfileRequest(user_id="sec-user"),
+    "DeleteUser": R.DeleteUserRequest(user_id="sec-user"),
+}
+
+
+@pytest.fixture(scope="module")
+def secured(stack):
+    tokens, lines = {}, []
+    for scope in ("recommend", "track", "catalog:write", "admin"):
+        tokens[scope], line = make_key([scope], f"only-{scope.replace(':', '-')}")
+        lines.append(line)
+    env = {"RECMESH_GATEWAY_API_KEYS": ";".join(lines)}
+    address = stack.start_replica("gateway", "secured", env=env)
+    limited = stack.start_replica("gateway", "limited", env={
+        "RECMESH_GATEWAY_API_KEYS": lines[0], "RECMESH_GATEWAY_RATE_LIMIT_PER_S": "2",
+        "RECMESH_GATEWAY_RATE_LIMIT_BURST": "5"})
+    with grpc.insecure_channel(address) as channel, grpc.insecure_channel(limited) as limited_channel:
+        yield channel, limited_channel, tokens
+
+
+def call(channel, method: str, token: str | None):
+    stub = recommendations_pb2_grpc.RecommendationsStub(channel)
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+    return getattr(stub, method)(CALLS[method], timeout=10, metadata=metadata)
+
+
+def test_every_public_rpc_has_a_scope():
+    service = recommendations_pb2.DESCRIPTOR.services_by_name["Recommendations"]
+    assert {f"/recmesh.v1.Recommendations/{m.name}" for m in service.methods} == set(METHOD_SCOPES)
+    assert set(CALLS) == {m.name for m in service.methods}
+
+
+@pytest.mark.parametrize("method", sorted(CALLS))
+def test_rpc_refuses_missing_unknown_and_wrong_scope_tokens(secured, method):
+    channel, _, tokens = secured
+    needed = METHOD_SCOPES[f"/recmesh.v1.Recommendations/{method}"]
+    for token, code in [(None, grpc.StatusCode.UNAUTHENTICATED), ("rmk_not-a-key", grpc.StatusCode.UNAUTHENTICATED),
+                        ("", grpc.StatusCode.UNAUTHENTICATED),
+                        *[(t, grpc.StatusCode.PERMISSION_DENIED) for s, t in tokens.items() if s != needed]]:
+        with pytest.raises(grpc.RpcError) as err:
+            call(channel, method, token)
+        assert err.value.code() == code, (method, token)
+        assert err.value.details().startswith("authorization:")
+    call(channel, method, tokens[needed])  # the right scope: served
+
+
+def test_health_needs_no_token(secured):
+    channel, _, _ = secured
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_client_over_its_rate_is_told_resource_exhausted(secured):
+    _, limited, tokens = secured
+    codes = []
+    for _ in range(12):
+        try:
+            call(limited, "Recommend", tokens["recommend"])
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+    assert codes[:5] == [grpc.StatusCode.OK] * 5  # the burst
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[5:]
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
