@@ -44,6 +44,9 @@ class EventLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, so an acknowledged event survives a crash.
         self._db.execute("PRAGMA synchronous=FULL")
+        # Deleted rows are overwritten with zeros, not left in free pages (DeleteUser must leave
+        # no trace in the file).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
 
     def append(self, events: Iterable[LoggedEvent]) -> list[LoggedEvent]:
@@ -84,7 +87,10 @@ class EventLog:
             yield LoggedEvent(*row)
 
     def delete_user(self, user_id: str) -> int:
+        """Gone from the database file and from the write-ahead log: the WAL still holds the
+        pages as they were before the delete until it is checkpointed and truncated."""
         cur = self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return cur.rowcount
 
     def count(self) -> int:

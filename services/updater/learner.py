@@ -50,10 +50,17 @@ class ImpressionJoiner:
         # request_id -> feedback events that came first, oldest first (bounded: FIFO eviction).
         self._early: dict[str, list[tuple[LoggedEvent, int]]] = {}
         self._early_order: deque[str] = deque(maxlen=max_early)
+        # user_id -> when they were deleted: an impression of theirs from before that, still
+        # on its way from a gateway, must not bring them back (bounded, oldest dropped).
+        self._deleted: dict[str, int] = {}
+        self._max_deleted = max_early
 
     def add(self, impression: updater_pb2.Impression, arrived_ms: int) -> list[LabelledList]:
         """The impression's features are in FEATURES order (LogImpressions checks it); returns
         the lists labelled by feedback that was waiting for it."""
+        deleted_at = self._deleted.get(impression.user_id)
+        if deleted_at is not None and impression.timestamp_ms <= deleted_at:
+            return []
         shown = self._by_user.setdefault(impression.user_id, deque(maxlen=self._per_user))
         shown.append((impression, arrived_ms, set()))
         waiting = self._early.pop(impression.request_id, [])
@@ -101,8 +108,11 @@ class ImpressionJoiner:
                         counts[item.item_id] = counts.get(item.item_id, 0) + 1
         return counts
 
-    def forget_user(self, user_id: str) -> None:
+    def forget_user(self, user_id: str, now_ms: int) -> None:
         self._by_user.pop(user_id, None)
+        if len(self._deleted) >= self._max_deleted:
+            del self._deleted[next(iter(self._deleted))]
+        self._deleted[user_id] = now_ms
         for request_id in [r for r, held in self._early.items() if held[0][0].user_id == user_id]:
             del self._early[request_id]
 

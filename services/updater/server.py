@@ -227,7 +227,7 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         user_id = check_id(request.user_id, "user_id")
         self._check_ready()
         deleted = await self.store.delete_user(user_id)
-        self._joiner.forget_user(user_id)
+        self._joiner.forget_user(user_id, now_ms())
         return updater_pb2.DeleteUserStateResponse(events_deleted=deleted)
 
     async def close(self) -> None:

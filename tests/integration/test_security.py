@@ -87,3 +87,28 @@ def test_a_client_over_its_rate_is_told_resource_exhausted(secured):
     assert codes[:5] == [grpc.StatusCode.OK] * 5  # the burst
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[5:]
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_delete_user_leaves_no_trace_in_any_store_or_log(stack, client, user):
+    """The user's events reach the log file, state, the gateway's caches and the online
+    learner's impressions; after DeleteUser none of it holds the user any more - down to the
+    bytes of the SQLite file and its write-ahead log."""
+    from recmesh.client import Event
+
+    secret_query = f"private-query-{user}"
+    client.track_events([Event(user, item, "click") for item in ("1", "260", "1196")])
+    reply = client.recommend(user, query=secret_query, k=5)
+    client.track_events([Event(user, reply.items[0].item_id, "click", request_id=reply.request_id)])
+    assert client.profile(user).event_count == 4
+    assert client.delete_user(user).events_deleted == 4
+    profile = client.profile(user)
+    assert profile.event_count == 0 and not profile.recent_events
+    # A cold user again, exactly like one never seen: no cached interest, no skip counts.
+    never_seen = client.recommend(f"{user}-never-seen", k=5)
+    assert [it.item_id for it in client.recommend(user, k=5).items] == [it.item_id for it in never_seen.items]
+    log_dir = stack.var / "updater"
+    for path in log_dir.glob("events.sqlite*"):
+        assert user.encode() not in path.read_bytes(), path.name
+    for path in (stack.var / "logs").glob("*.log"):  # logs never hold the typed text or the user
+        text = path.read_text(errors="replace")
+        assert secret_query not in text and user not in text, path.name

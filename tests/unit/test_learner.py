@@ -57,8 +57,9 @@ def test_feedback_that_overtakes_its_impression_waits_for_it():
     [joined] = joiner.add(impression("r1", "u", ["a", "b", "c"]), arrived_ms=20)
     assert joined.positive == 1
     assert joiner.add(impression("r2", "u", ["a"]), arrived_ms=600) == []
-    joiner.forget_user("v")
+    joiner.forget_user("v", now_ms=30)
     assert joiner.add(impression("r3", "v", ["a"]), arrived_ms=30) == []
+    assert joiner.skipped("v", now=40) == {}  # an impression from before the deletion is dropped
     assert joiner.join(click("u", "b", request_id="r1"), arrived_ms=40) is None  # labelled once
 
 
