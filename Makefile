@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 BENCH_INSTALLED := $(VENV)/.bench-installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
-.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos images k8s lint clean
+.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos certs images k8s lint clean
 
 install: $(INSTALLED)
 
@@ -76,6 +76,10 @@ load: bootstrap $(BENCH_INSTALLED)
 # supervisor restarts what dies; in-time share, degraded share and recovery per fault (~2 min).
 chaos: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh chaos
+
+# A development CA and a service certificate (TLS, mTLS between services) in var/certs.
+certs: $(INSTALLED)
+	$(PY) -m recmesh.devcerts var/certs
 
 # Container images (needs a Docker engine) and the Kubernetes manifests of one overlay.
 IMAGE_TAG ?= 0.1.0

@@ -158,7 +158,7 @@ class Stack:
         wait_serving(self.address(name), timeout_s, self.procs.get(name), self.log_path(name))
 
     def start_replica(self, service: str, replica: str, upstreams: dict[str, str] | None = None,
-                      env: dict[str, str] | None = None, timeout_s: float = 120.0) -> str:
+                      env: dict[str, str] | None = None, timeout_s: float = 120.0, wait: bool = True) -> str:
         """Another instance of a service, named f"{service}-{replica}", on its own ports;
         upstreams: {upstream service: instance} it calls instead of the first instances (a
         gateway replica behind its own updater, say); env: settings of its own. Returns its
@@ -170,7 +170,8 @@ class Stack:
         self.replicas[name] = (service, own_env)
         self.ports[name], self.metrics_ports[name] = free_port(), free_port()
         self.start_one(name)
-        self.wait(name, timeout_s)
+        if wait:
+            self.wait(name, timeout_s)
         return self.address(name)
 
     def start(self, timeout_s: float = 180.0) -> "Stack":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +27,25 @@ class ServiceSettings(BaseSettings):
     # OpenTelemetry spans: off, console, or otlp (to OTEL_EXPORTER_OTLP_ENDPOINT).
     trace_exporter: Literal["off", "console", "otlp"] = "off"
     log_level: str = "INFO"
+    # Transport security (recmesh/common/transport.py; `make certs` makes a development CA).
+    tls_cert_file: Path | None = None  # this service's certificate: served, and shown as a client
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None  # set: callers must present a certificate it signed (mTLS)
+    tls_ca_file: Path | None = None  # set: calls to other services use TLS, trusting this CA
+    # Set: internal services refuse calls without it; the gateway and ranker send it.
+    internal_token: str = Field(default="", repr=False)
+
+    @model_validator(mode="after")
+    def _tls_files(self):
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no file at {path}")
+        return self
 
 
 S = TypeVar("S", bound=ServiceSettings)

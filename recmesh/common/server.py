@@ -17,6 +17,7 @@ from recmesh.common import tracing
 from recmesh.common.config import ServiceSettings, load_settings
 from recmesh.common.logs import setup_logging
 from recmesh.common.metrics import MetricsInterceptor, serve_metrics
+from recmesh.common.transport import InternalTokenInterceptor, server_credentials
 
 # Internal messages carry up to a few hundred 384-d vectors; allow headroom.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -45,6 +46,8 @@ class Service:
     options: list[tuple[str, int]] = field(default_factory=list)
     # Run after metrics and tracing (so refused calls are counted and traced), e.g. auth.
     interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
+    # Internal services refuse calls without the internal credential when one is configured.
+    internal: bool = True
 
 
 async def run_service(service: Service, settings: ServiceSettings) -> None:
@@ -55,9 +58,11 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     # peer stayed failed for >15 s, where pick_first is back within a second.)
     age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
            ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
+    internal = [InternalTokenInterceptor(settings.internal_token)] if service.internal and settings.internal_token \
+        else []
     server = grpc.aio.server(options=GRPC_OPTIONS + age + service.options,
                              interceptors=[MetricsInterceptor(service.name), *tracing.server_interceptors(),
-                                           *service.interceptors])
+                                           *internal, *service.interceptors])
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)
 
@@ -73,9 +78,12 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
 
     await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    credentials = server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
-    log.info("listening", extra={"address": f"{settings.host}:{port}"})
+    log.info("listening", extra={"address": f"{settings.host}:{port}", "tls": credentials is not None,
+                                 "mtls": settings.tls_client_ca_file is not None,
+                                 "internal_credential": bool(internal)})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -196,4 +196,4 @@ def build_service(settings: GatewaySettings) -> Service:
         return [recommendations_pb2.DESCRIPTOR.services_by_name["Recommendations"].full_name]
 
     auth = AuthInterceptor(METHOD_SCOPES, keys, settings.rate_limit_per_s, settings.rate_limit_burst)
-    return Service("gateway", register, servicer.warmup, servicer.close, interceptors=[auth])
+    return Service("gateway", register, servicer.warmup, servicer.close, interceptors=[auth], internal=False)

@@ -8,6 +8,7 @@ import grpc
 
 from recmesh.common import tracing
 from recmesh.common.server import FAST_RECONNECT, GRPC_OPTIONS
+from recmesh.common.transport import aio_channel
 from recmesh.v1 import encoder_pb2_grpc, ranker_pb2_grpc, retrieval_pb2_grpc, updater_pb2_grpc
 from services.gateway.config import GatewaySettings
 
@@ -23,8 +24,8 @@ class Upstreams:
     @classmethod
     def connect(cls, settings: GatewaySettings) -> "Upstreams":
         addrs = [settings.updater_addr, settings.encoder_addr, settings.retrieval_addr, settings.ranker_addr]
-        channels = [grpc.aio.insecure_channel(a, options=GRPC_OPTIONS + FAST_RECONNECT,
-                                              interceptors=tracing.client_interceptors()) for a in addrs]
+        channels = [aio_channel(a, settings, GRPC_OPTIONS + FAST_RECONNECT, tracing.client_interceptors())
+                    for a in addrs]
         return cls(
             updater_pb2_grpc.UpdaterStub(channels[0]),
             encoder_pb2_grpc.EncoderStub(channels[1]),

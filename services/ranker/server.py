@@ -12,6 +12,7 @@ import numpy as np
 from recmesh.common.errors import InvalidArgument, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import FAST_RECONNECT, Service
+from recmesh.common.transport import aio_channel
 from recmesh.common.vectors import from_matrix, optional_row
 from recmesh.v1 import ranker_pb2, ranker_pb2_grpc, updater_pb2, updater_pb2_grpc
 from services.ranker import features as feats
@@ -101,13 +102,13 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         set_version("ranker", "parameters", scorer.version)
 
 
-async def watch_parameters(servicer: RankerServicer, updater_addr: str) -> None:
+async def watch_parameters(servicer: RankerServicer, settings: RankerSettings) -> None:
     """Follow the updater's published versions for as long as the ranker runs; while the
     updater is away, keep serving the version at hand and reconnect with backoff."""
     backoff = 0.2
     while True:
         try:
-            async with grpc.aio.insecure_channel(updater_addr, options=FAST_RECONNECT) as channel:
+            async with aio_channel(settings.updater_addr, settings, FAST_RECONNECT) as channel:
                 stream = updater_pb2_grpc.UpdaterStub(channel).WatchParameters(
                     updater_pb2.WatchParametersRequest(known_version=servicer.version))
                 async for update in stream:
@@ -135,7 +136,7 @@ def build_service(settings: RankerSettings) -> Service:
 
     async def warmup() -> None:
         if settings.updater_addr:  # not awaited: the ranker serves its own version meanwhile
-            watcher.append(asyncio.create_task(watch_parameters(servicer, settings.updater_addr)))
+            watcher.append(asyncio.create_task(watch_parameters(servicer, settings)))
 
     async def shutdown() -> None:
         for task in watcher:

@@ -4,6 +4,9 @@ unknown token and with a token lacking its scope; health stays open."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -112,3 +115,66 @@ def test_delete_user_leaves_no_trace_in_any_store_or_log(stack, client, user):
     for path in (stack.var / "logs").glob("*.log"):  # logs never hold the typed text or the user
         text = path.read_text(errors="replace")
         assert secret_query not in text and user not in text, path.name
+
+
+def _wait_serving(channel, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("not serving")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    from recmesh import devcerts
+
+    return devcerts.make(tmp_path_factory.mktemp("certs"))
+
+
+def test_public_port_serves_tls_only(stack, certs):
+    address = stack.start_replica("gateway", "tls", wait=False, env={
+        "RECMESH_GATEWAY_TLS_CERT_FILE": str(certs["service.pem"]),
+        "RECMESH_GATEWAY_TLS_KEY_FILE": str(certs["service.key"])})
+    tls = grpc.ssl_channel_credentials(certs["ca.pem"].read_bytes())
+    with grpc.secure_channel(address, tls) as channel:
+        _wait_serving(channel)
+        assert len(call(channel, "Recommend", None).items) == 3
+    with grpc.insecure_channel(address) as plaintext, pytest.raises(grpc.RpcError) as err:
+        call(plaintext, "Recommend", None)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_internal_service_wants_a_client_certificate_and_the_internal_credential(stack, certs):
+    """A ranker replica with mTLS and an internal token; the client side is recmesh's own
+    channel factory (what the gateway and the ranker use)."""
+    from types import SimpleNamespace
+
+    from recmesh.common.transport import aio_channel
+    from recmesh.v1 import ranker_pb2, ranker_pb2_grpc
+
+    tls = {"RECMESH_RANKER_TLS_CERT_FILE": str(certs["service.pem"]),
+           "RECMESH_RANKER_TLS_KEY_FILE": str(certs["service.key"]),
+           "RECMESH_RANKER_TLS_CLIENT_CA_FILE": str(certs["ca.pem"]), "RECMESH_RANKER_INTERNAL_TOKEN": "s3cret"}
+    address = stack.start_replica("ranker", "internal", wait=False, env=tls)
+    ca, cert, key = (certs[n].read_bytes() for n in ("ca.pem", "service.pem", "service.key"))
+    with grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert)) as mtls:
+        _wait_serving(mtls)  # health needs a certificate, not the token (probes)
+        with pytest.raises(grpc.RpcError) as err:
+            ranker_pb2_grpc.RankerStub(mtls).Rank(ranker_pb2.RankRequest(k=1), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.secure_channel(address, grpc.ssl_channel_credentials(ca)) as no_cert, pytest.raises(grpc.RpcError):
+        health_pb2_grpc.HealthStub(no_cert).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+    async def with_both():
+        settings = SimpleNamespace(tls_ca_file=certs["ca.pem"], tls_cert_file=certs["service.pem"],
+                                   tls_key_file=certs["service.key"], internal_token="s3cret")
+        async with aio_channel(address, settings, []) as channel:
+            return await ranker_pb2_grpc.RankerStub(channel).Rank(ranker_pb2.RankRequest(k=1), timeout=5)
+
+    assert asyncio.run(with_both()).model_version  # an empty list, served
