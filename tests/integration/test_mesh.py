@@ -51,10 +51,20 @@ def test_next_recommend_follows_a_new_genre(client, user):
     assert genre_count(after, "Horror") >= genre_count(before, "Horror") + 5
 
 
+def undegraded(call, tries: int = 3):
+    """A behaviour test of the full path: a call that came back degraded (a stage over its
+    deadline on a busy 2-core host; degradation has tests of its own) is asked again."""
+    for _ in range(tries):
+        reply = call()
+        if not reply.degraded:
+            return reply
+    raise AssertionError(f"degraded {tries} times in a row: {list(reply.degraded)}")
+
+
 def test_query_steers_results(client, user):
     client.track_events(Event(user, item, "click") for item in HORROR)
-    plain = client.recommend(user, k=10)
-    steered = client.recommend(user, k=10, query="animated film for children")
+    plain = undegraded(lambda: client.recommend(user, k=10))
+    steered = undegraded(lambda: client.recommend(user, k=10, query="animated film for children"))
     kids = lambda r: sum(bool({"Animation", "Children"} & set(i.categories)) for i in r.items)  # noqa: E731
     assert kids(plain) <= 2
     assert kids(steered) >= kids(plain) + 5
