@@ -6,13 +6,12 @@ redis-server`; in Kubernetes, deploy/k8s runs Redis with the same settings."""
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recmesh.common.local import die_with_parent, free_port
+from recmesh.common.local import die_with_parent, free_port, stop_process
 
 DURABLE = ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
 
@@ -54,13 +53,7 @@ class RedisServer:
         raise TimeoutError(f"redis-server on port {self.port} not answering after {timeout_s} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10.0)
 
     def __enter__(self) -> "RedisServer":
         return self.start()

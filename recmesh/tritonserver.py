@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import site
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recmesh.common.local import REPO, die_with_parent, free_port
+from recmesh.common.local import REPO, die_with_parent, free_port, stop_process
 
 MODEL_REPOSITORY = REPO / "deploy" / "triton" / "models"
 GPU_PROFILE = REPO / "deploy" / "triton" / "gpu"
@@ -149,15 +148,7 @@ class TritonServer:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def stop(self, grace_s: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, grace_s)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,3 +23,16 @@ def die_with_parent() -> list[str]:
     then running Python code in the child can abort it."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
+
+
+def stop_process(proc: subprocess.Popen | None, grace_s: float) -> None:
+    """SIGTERM (after SIGCONT: a stopped process cannot act on it), then SIGKILL after grace_s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
