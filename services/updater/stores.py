@@ -156,6 +156,8 @@ class RedisStore:
         self._limits = (recent_items, seen_items, recent_queries, dedupe_ttl_s)
         self._seed_log, self._seed_batch = seed_log, seed_batch
         self._append = self._redis.register_script(_APPEND)
+        self._rewrite_wanted = False
+        self._rewriter: asyncio.Task | None = None
         self._delete = self._redis.register_script(_DELETE_USER)
 
     async def open(self) -> int:
@@ -215,7 +217,32 @@ class RedisStore:
         return UserView(events, seen, queries, int(count))
 
     async def delete_user(self, user_id: str) -> int:
-        return int(await self._delete(args=[self._p, user_id]))
+        """Gone from memory at once, and from the disk when Redis has rewritten its append-only
+        file (asked for here; Redis runs it in the background and merges overlapping asks),
+        which until then still holds the commands that wrote the user's events."""
+        deleted = int(await self._delete(args=[self._p, user_id]))
+        self._rewrite_wanted = True
+        if self._rewriter is None or self._rewriter.done():
+            self._rewriter = asyncio.get_running_loop().create_task(self._rewrite_aof())
+        return deleted
+
+    async def _rewrite_aof(self) -> None:
+        """A rewrite started before a delete still carries its key names in the tail file:
+        ask again until a rewrite has started after the last delete."""
+        while self._rewrite_wanted:
+            info = await self._redis.info("persistence")
+            if info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]:
+                await asyncio.sleep(0.05)
+                continue
+            self._rewrite_wanted = False
+            try:
+                await self._redis.bgrewriteaof()
+            except Exception as exc:  # raced with another rewrite: try again
+                if "in progress" not in str(exc):
+                    raise
+                self._rewrite_wanted = True
 
     async def close(self) -> None:
+        if self._rewriter is not None:
+            await self._rewriter  # deletions reach the disk before the store goes
         await self._redis.aclose()

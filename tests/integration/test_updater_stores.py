@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -104,27 +105,44 @@ def test_state_survives_a_new_store_instance(make_store):
     assert [e.event_id for e in view.recent] == ["a"] and dup == [[]]
 
 
-def test_delete_user_leaves_nothing_of_them(make_store, redis_server):
+def test_delete_user_leaves_nothing_of_them(make_store, redis_server, tmp_path):
+    gone = f"gone-{tmp_path.name}"
+
     async def go():
         store = await _opened(make_store)
-        await store.append_groups([[ev("a", user="gone", item="1", query="secret"), ev("b", user="gone", item="2"),
+        await store.append_groups([[ev("a", user=gone, item="1", query="secret"), ev("b", user=gone, item="2"),
                                     ev("c", user="kept", item="1")]])
-        deleted = await store.delete_user("gone")
-        views = await store.user_view("gone", 5), await store.user_view("kept", 5)
-        readded = await store.append_groups([[ev("a", user="gone")]])  # its ids are free again
-        await store.delete_user("gone")
+        deleted = await store.delete_user(gone)
+        views = await store.user_view(gone, 5), await store.user_view("kept", 5)
+        readded = await store.append_groups([[ev("a", user=gone)]])  # its ids are free again
+        await store.delete_user(gone)
         await store.close()
         return deleted, views, readded
 
-    deleted, (gone, kept), readded = run(go())
-    assert deleted == 2 and gone is None and kept.event_count == 1
+    deleted, (gone_view, kept), readded = run(go())
+    assert deleted == 2 and gone_view is None and kept.event_count == 1
     assert [e.event_id for g in readded for e in g] == ["a"]
     if make_store.kind == "redis":
         r = redis.Redis.from_url(redis_server.url, decode_responses=True)
         p = make_store.prefix
-        assert not r.keys(f"{p}:user:gone*")
-        assert not [k for k in r.keys(f"{p}:event:*") if r.get(k) == "gone"]
-        assert all(fields["user_id"] != "gone" for _, fields in r.xrange(f"{p}:events"))
+        assert not r.keys(f"{p}:user:{gone}*")
+        assert not [k for k in r.keys(f"{p}:event:*") if r.get(k) == gone]
+        assert all(fields["user_id"] != gone for _, fields in r.xrange(f"{p}:events"))
+        _wait_for_aof_rewrite(r)
+        on_disk = [f for f in redis_server.workdir.rglob("*") if f.is_file() and gone.encode() in f.read_bytes()]
+        assert not on_disk  # the append-only file was rewritten without them
+    else:
+        assert not [f for f in tmp_path.glob("events.sqlite*") if gone.encode() in f.read_bytes()]
+
+
+def _wait_for_aof_rewrite(r, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = r.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("Redis did not finish rewriting its append-only file")
 
 
 def test_redis_store_refuses_a_server_that_could_lose_acknowledged_events(redis_server):
