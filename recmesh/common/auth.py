@@ -80,7 +80,8 @@ class TokenBucket:
         return False
 
 
-def _refuse(code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+def refusal(code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+    """What a server interceptor returns to refuse a call before it reaches the servicer."""
     async def refuse(request, context):
         await context.abort(code, details)
 
@@ -109,15 +110,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             token = _bearer(details.invocation_metadata)
             client = self._lookup(token) if token else None
             if client is None:
-                return _refuse(grpc.StatusCode.UNAUTHENTICATED,
+                return refusal(grpc.StatusCode.UNAUTHENTICATED,
                                "authorization: a valid 'Bearer <token>' is required" if token is None
                                else "authorization: unknown token")
             if scope not in client.scopes:
-                return _refuse(grpc.StatusCode.PERMISSION_DENIED,
+                return refusal(grpc.StatusCode.PERMISSION_DENIED,
                                f"authorization: client {client.name!r} lacks scope {scope!r}")
             client_id = client.name
         if self._rate > 0 and not self._allow(client_id):
-            return _refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+            return refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"rate limit: at most {self._rate:g} calls/s (burst {self._burst:g}) per client")
         return await continuation(details)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import grpc
 
+from recmesh.common.auth import refusal
+
 INTERNAL_HEADER = "x-recmesh-internal"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -51,10 +53,7 @@ class InternalTokenInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(details)
         given = dict(details.invocation_metadata or ()).get(INTERNAL_HEADER, "")
         if not hmac.compare_digest(str(given), self._token):
-            async def refuse(request, context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{INTERNAL_HEADER}: internal calls only")
-
-            return grpc.unary_unary_rpc_method_handler(refuse)
+            return refusal(grpc.StatusCode.UNAUTHENTICATED, f"{INTERNAL_HEADER}: internal calls only")
         return await continuation(details)
 
 
