@@ -151,17 +151,8 @@ class EdgeItemStore:
         self._load_mirror()
 
     def _load_mirror(self) -> None:
-        offset = None
-        while True:
-            records, offset = self._shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=2048, with_payload=PAYLOAD_FIELDS, with_vector=[INTEREST, QUERY])
-            )
-            if records:
-                self._mirror.put([stored_item(r.payload) for r in records],
-                                 np.array([r.vector[INTEREST] for r in records], np.float32),
-                                 np.array([r.vector[QUERY] for r in records], np.float32))
-            if offset is None:
-                return
+        for payloads, vectors, texts in self.export(2048, PAYLOAD_FIELDS):
+            self._mirror.put([stored_item(p) for p in payloads], vectors, texts)
 
     @staticmethod
     def _meta_path(path: Path) -> Path:
@@ -196,12 +187,14 @@ class EdgeItemStore:
     def count(self) -> int:
         return self._shard.count(qe.CountRequest(exact=True))
 
-    def export(self, batch: int = 512) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray]]:
-        """Every item as (payloads, catalog vectors, text vectors), batch by batch."""
+    def export(self, batch: int = 512, payload: list[str] | bool = True
+               ) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray]]:
+        """Every item as (payloads: all fields, or those named; catalog vectors; text vectors),
+        batch by batch."""
         offset = None
         while True:
             records, offset = self._shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=[INTEREST, QUERY]))
+                qe.ScrollRequest(offset=offset, limit=batch, with_payload=payload, with_vector=[INTEREST, QUERY]))
             if records:
                 yield ([dict(r.payload) for r in records], np.array([r.vector[INTEREST] for r in records], np.float32),
                        np.array([r.vector[QUERY] for r in records], np.float32))
