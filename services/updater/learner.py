@@ -42,18 +42,19 @@ class ImpressionJoiner:
     """Feedback that names its request_id may arrive before the impression (the gateway sends
     impressions in batches, after the reply): it waits up to early_ms for it."""
 
-    def __init__(self, window_ms: int, per_user: int = 20, early_ms: int = 10_000, max_early: int = 10_000):
+    def __init__(self, window_ms: int, per_user: int = 20, early_ms: int = 10_000, max_entries: int = 10_000):
         self.window_ms = window_ms
         self._by_user: dict[str, deque[tuple[updater_pb2.Impression, int, set[str]]]] = {}
         self._per_user = per_user
         self._early_ms = early_ms
-        # request_id -> feedback events that came first, oldest first (bounded: FIFO eviction).
+        # request_id -> feedback events that came first (at most max_entries events in all);
+        # user_id -> when they were deleted (an impression of theirs from before that, still on
+        # its way from a gateway, must not bring them back; at most max_entries users). Dicts
+        # keep insertion order: past the bound, the oldest go first.
         self._early: dict[str, list[tuple[LoggedEvent, int]]] = {}
-        self._early_order: deque[str] = deque(maxlen=max_early)
-        # user_id -> when they were deleted: an impression of theirs from before that, still
-        # on its way from a gateway, must not bring them back (bounded, oldest dropped).
+        self._early_events = 0
         self._deleted: dict[str, int] = {}
-        self._max_deleted = max_early
+        self._max_entries = max_entries
 
     def add(self, impression: updater_pb2.Impression, arrived_ms: int) -> list[LabelledList]:
         """The impression's features are in FEATURES order (LogImpressions checks it); returns
@@ -63,15 +64,20 @@ class ImpressionJoiner:
             return []
         shown = self._by_user.setdefault(impression.user_id, deque(maxlen=self._per_user))
         shown.append((impression, arrived_ms, set()))
-        waiting = self._early.pop(impression.request_id, [])
+        waiting = self._release(impression.request_id)
         return [labelled for event, when in waiting if arrived_ms - when <= self._early_ms
                 if (labelled := self.join(event, arrived_ms, hold=False)) is not None]
 
     def _hold(self, event: LoggedEvent, arrived_ms: int) -> None:
-        if len(self._early_order) == self._early_order.maxlen:
-            self._early.pop(self._early_order[0], None)
-        self._early_order.append(event.request_id)
+        while self._early_events >= self._max_entries:
+            self._early_events -= len(self._early.pop(next(iter(self._early))))
         self._early.setdefault(event.request_id, []).append((event, arrived_ms))
+        self._early_events += 1
+
+    def _release(self, request_id: str) -> list[tuple[LoggedEvent, int]]:
+        waiting = self._early.pop(request_id, [])
+        self._early_events -= len(waiting)
+        return waiting
 
     def join(self, event: LoggedEvent, arrived_ms: int, hold: bool = True) -> LabelledList | None:
         """Any item event on a shown item is the user choosing it (a view of a recommendation
@@ -110,11 +116,12 @@ class ImpressionJoiner:
 
     def forget_user(self, user_id: str, now_ms: int) -> None:
         self._by_user.pop(user_id, None)
-        if len(self._deleted) >= self._max_deleted:
+        self._deleted.pop(user_id, None)
+        if len(self._deleted) >= self._max_entries:
             del self._deleted[next(iter(self._deleted))]
         self._deleted[user_id] = now_ms
         for request_id in [r for r, held in self._early.items() if held[0][0].user_id == user_id]:
-            del self._early[request_id]
+            self._release(request_id)
 
 
 def _softmax_grad(scores: np.ndarray, positive: int) -> tuple[float, np.ndarray]:

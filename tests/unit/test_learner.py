@@ -63,6 +63,14 @@ def test_feedback_that_overtakes_its_impression_waits_for_it():
     assert joiner.join(click("u", "b", request_id="r1"), arrived_ms=40) is None  # labelled once
 
 
+def test_feedback_held_for_unseen_impressions_is_bounded_oldest_first():
+    joiner = ImpressionJoiner(window_ms=1000, max_entries=3)
+    for n, request in enumerate(["r1", "r1", "r2", "r3"]):  # the 4th event pushes r1 (2 events) out
+        joiner.join(click("u", f"i{n}", request_id=request), arrived_ms=0)
+    assert joiner.add(impression("r1", "u", ["i0", "i1"]), arrived_ms=1) == []
+    assert [x.positive for x in joiner.add(impression("r3", "u", ["x", "i3"]), arrived_ms=1)] == [1]
+
+
 def lists_preferring_popularity(n, rng):
     """Users choose the most popular of 10 shown items, among those close to their session;
     no query was typed; the other features are noise."""
