@@ -218,13 +218,11 @@ class Stack:
             self.redis.stop()
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds used so far by each service process and by Triton with its model stubs."""
-        used = {name: process_tree_cpu_s(p.pid) for name, p in self.procs.items() if p.poll() is None}
-        if self.triton is not None and self.triton.proc is not None and self.triton.proc.poll() is None:
-            used["triton"] = process_tree_cpu_s(self.triton.proc.pid)
-        if self.redis is not None and self.redis.proc is not None and self.redis.proc.poll() is None:
-            used["redis"] = process_tree_cpu_s(self.redis.proc.pid)
-        return used
+        """CPU seconds used so far by each live service process, Triton (with its model stubs)
+        and Redis."""
+        procs = {**self.procs, **{name: server.proc for name, server in (("triton", self.triton), ("redis", self.redis))
+                                  if server is not None and server.proc is not None}}
+        return {name: process_tree_cpu_s(p.pid) for name, p in procs.items() if p.poll() is None}
 
     def supervise(self, interval_s: float = 0.1) -> "Supervisor":
         """Restart any service (and Triton) that exits, until the stack stops."""

@@ -1,7 +1,7 @@
-"""Start a local redis-server on loopback for the updater's shared store (tests, `recmesh run
---updaters 2`), with the durability the store requires: every write in the append-only file,
-fsynced before Redis replies (appendfsync always). Install it with `apt-get install -y
-redis-server`; in Kubernetes, deploy/k8s runs Redis with the same settings."""
+"""Start a local redis-server on loopback for the updater's shared store (tests, benchmarks,
+`Stack(updater_store="redis")`), with the durability the store requires: every write in the
+append-only file, fsynced before Redis replies (appendfsync always). Install it with `apt-get
+install -y redis-server`; in Kubernetes, deploy/k8s runs Redis with the same settings."""
 
 from __future__ import annotations
 

@@ -66,12 +66,13 @@ def make_key(scopes: list[str], name: str) -> tuple[str, str]:
 class TokenBucket:
     rate: float  # tokens per second
     burst: float
-    tokens: float = -1.0
     at: float = field(default_factory=time.monotonic)
+    tokens: float = field(init=False)  # starts full
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
 
     def take(self, now: float) -> bool:
-        if self.tokens < 0:
-            self.tokens = self.burst
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
         if self.tokens >= 1:
