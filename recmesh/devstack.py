@@ -24,26 +24,27 @@ from recmesh.tritonserver import TritonServer
 SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and all its live descendants (Triton runs each
-    python-backend model instance as a child process), read from /proc; 0 if it is gone."""
-    children: dict[int, list[int]] = {}
+def process_tree_cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each named process and all its live descendants (Triton
+    runs each python-backend model instance as a child process), read from /proc in one pass;
+    0 for one that is gone."""
+    stats: dict[int, list[str]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tick, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        todo.extend(children.get(current, []))
-    return total
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def tree(pid: int) -> float:
+        fields = stats.get(pid)
+        own = (int(fields[11]) + int(fields[12])) / tick if fields else 0.0  # utime, stime
+        return own + sum(tree(child) for child in children.get(pid, []))
+
+    return {name: tree(pid) for name, pid in pids.items()}
 
 
 def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
@@ -222,7 +223,7 @@ class Stack:
         and Redis."""
         procs = {**self.procs, **{name: server.proc for name, server in (("triton", self.triton), ("redis", self.redis))
                                   if server is not None and server.proc is not None}}
-        return {name: process_tree_cpu_s(p.pid) for name, p in procs.items() if p.poll() is None}
+        return process_tree_cpu_s({name: p.pid for name, p in procs.items() if p.poll() is None})
 
     def supervise(self, interval_s: float = 0.1) -> "Supervisor":
         """Restart any service (and Triton) that exits, until the stack stops."""
