@@ -6,6 +6,7 @@ SERVING afterwards. The run prints how many cases it tried (>= 5,000)."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import grpc
@@ -91,8 +92,27 @@ def test_all_services_still_serve_and_the_count_is_reported(stack):
     by_code = Counter()
     for (_, code), n in OUTCOMES.items():
         by_code[code] += n
-    print(f"\nfuzz: {total} cases over {len({m for m, _ in OUTCOMES})} RPCs; outcomes {dict(by_code)}")
+    # Work the fuzzer's callers gave up on (tiny deadlines) may still be queued at Triton, which
+    # does not drop abandoned requests: the mesh must be back to full answers soon after.
+    recovered_s = _seconds_until_undegraded(stack, timeout_s=60)
+    print(f"\nfuzz: {total} cases over {len({m for m, _ in OUTCOMES})} RPCs; outcomes {dict(by_code)}; "
+          f"undegraded again after {recovered_s:.1f} s")
     assert total >= 5000, total
     if UPSERTED:  # leave the shared catalog as it was
         recommendations_pb2_grpc.RecommendationsStub(grpc.insecure_channel(stack.address("gateway"))).DeleteItems(
             R.DeleteItemsRequest(item_ids=sorted(UPSERTED)), timeout=30)
+
+
+def _seconds_until_undegraded(stack, timeout_s: float) -> float:
+    started = time.monotonic()
+    with grpc.insecure_channel(stack.address("gateway")) as channel:
+        stub = recommendations_pb2_grpc.RecommendationsStub(channel)
+        stub.TrackEvents(R.TrackEventsRequest(events=[common_pb2.Event(
+            event_id="fuzz-probe-1", user_id="fuzz-probe", item_id="1",
+            type=common_pb2.EventType.EVENT_TYPE_CLICK)]), timeout=10)
+        while time.monotonic() - started < timeout_s:
+            reply = stub.Recommend(R.RecommendRequest(user_id="fuzz-probe", query="a funny film", k=5), timeout=2)
+            if not reply.degraded:
+                return time.monotonic() - started
+            time.sleep(0.2)
+    raise AssertionError(f"still degraded {timeout_s} s after the fuzzing: {list(reply.degraded)}")
