@@ -24,8 +24,11 @@ def publish(shard_dir: Path, url: str, collection: str, shards: int, replication
     try:
         total = edge.count()
         if client.collection_exists(collection):
-            live = QdrantServerStore.open(client, collection)
-            if live.version == edge.version and live.count() == total:
+            try:
+                live = QdrantServerStore.open(client, collection)
+            except ValueError:  # another layout: replaced below
+                live = None
+            if live is not None and live.version == edge.version and live.count() == total:
                 print(f"{collection} already holds {edge.version} ({total} items): leaving it")
                 return {"collection": collection, "version": edge.version, "items": total, "published": False}
             client.delete_collection(collection)

@@ -14,11 +14,12 @@ from qdrant_client import models as qm
 
 from services.retrieval.store import (
     INTEREST,
+    LAYOUT,
     PAYLOAD_FIELDS,
     QUERY,
     SESSION,
+    Found,
     SearchFilter,
-    StoredItem,
     point_id,
     stored_item,
 )
@@ -57,7 +58,7 @@ class QdrantServerStore:
     @classmethod
     def create(cls, client: QdrantClient, collection: str, dim: int, text_dim: int, version: str,
                shards: int = 1, replication: int = 1, hnsw_ef: int = 128) -> "QdrantServerStore":
-        meta = {"dim": dim, "text_dim": text_dim, "version": version}
+        meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT}
         client.create_collection(
             collection,
             vectors_config={INTEREST: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
@@ -77,6 +78,9 @@ class QdrantServerStore:
         if "text_dim" not in meta:
             raise ValueError(f"collection {collection!r} has no recmesh metadata: "
                              "publish it with `recmesh publish-catalog`")
+        if meta.get("layout") != LAYOUT:
+            raise ValueError(f"collection {collection!r} is of an older layout: publish it again with "
+                             "`recmesh publish-catalog`")
         return cls(client, collection, meta, hnsw_ef)
 
     def count(self) -> int:
@@ -103,40 +107,43 @@ class QdrantServerStore:
         """The server's optimizers build indexes in the background."""
 
     def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
-               with_vectors: bool) -> list[StoredItem]:
+               with_vectors: bool) -> Found:
         qfilter = _filter(flt)
         vectors = [INTEREST, QUERY] if with_vectors else False
         requests = [qm.QueryRequest(query=vector.tolist(), using=name, limit=limit, filter=qfilter,
                                     params=self._params, with_payload=PAYLOAD_FIELDS, with_vector=vectors)
                     for name, vector in sources]
-        merged: dict[str, StoredItem] = {}
+        merged: dict[str, object] = {}
         for response in self._client.query_batch_points(self._collection, requests):
             for point in response.points:
-                item = self._item(point, with_vectors)
-                merged.setdefault(item.item_id, item)
-        return list(merged.values())
+                merged.setdefault(point.payload["item_id"], point)
+        return _found(list(merged.values()), with_vectors)
 
-    def get(self, item_ids: list[str], with_vectors: bool = False) -> list[StoredItem]:
+    def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
         records = self._client.retrieve(self._collection, [point_id(i) for i in item_ids],
                                         with_payload=PAYLOAD_FIELDS, with_vectors=[INTEREST, QUERY] if with_vectors
                                         else False)
-        by_id = {item.item_id: item for item in (self._item(r, with_vectors) for r in records)}
-        return [by_id[i] for i in item_ids if i in by_id]
+        by_id = {r.payload["item_id"]: r for r in records}
+        return _found([by_id[i] for i in item_ids if i in by_id], with_vectors)
 
-    def top_popular(self, limit: int, with_vectors: bool = False) -> list[StoredItem]:
+    def top_popular(self, limit: int, with_vectors: bool = False) -> Found:
         records, _ = self._client.scroll(
             self._collection, limit=limit, order_by=qm.OrderBy(key="popularity", direction=qm.Direction.DESC),
             with_payload=PAYLOAD_FIELDS, with_vectors=[INTEREST, QUERY] if with_vectors else False)
-        return [self._item(r, with_vectors) for r in records]
+        return _found(records, with_vectors)
 
     def close(self) -> None:
         self._client.close()
 
-    @staticmethod
-    def _item(point, with_vectors: bool) -> StoredItem:
+
+def _found(points: list, with_vectors: bool) -> Found:
+    """Search hits or records (in order) as items, with their vectors as matrices when asked."""
+    items = []
+    for point in points:
         item = stored_item(point.payload)
         item.score = float(getattr(point, "score", 0.0) or 0.0)
-        if with_vectors:
-            item.vector = np.asarray(point.vector[INTEREST], np.float32)
-            item.text_vector = np.asarray(point.vector[QUERY], np.float32)
-        return item
+        items.append(item)
+    if not with_vectors:
+        return Found(items)
+    return Found(items, np.array([p.vector[INTEREST] for p in points], np.float32).reshape(len(points), -1),
+                 np.array([p.vector[QUERY] for p in points], np.float32).reshape(len(points), -1))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -16,17 +16,14 @@ import qdrant_edge as qe
 from recmesh.common.catalog import item_text
 from recmesh.v1 import common_pb2
 
-# Qdrant point ids are ints or UUIDs; item ids are the backend's strings.
-_ID_NAMESPACE = uuid.UUID("6f1c1f0e-8a51-4f57-9a57-1f0ad1ee7a11")
-
-
-def point_uuid(item_id: str) -> uuid.UUID:
-    return uuid.uuid5(_ID_NAMESPACE, item_id)  # how Qdrant hands point ids back
-
 
 @functools.lru_cache(maxsize=1 << 16)  # seen-item exclusions resend the same ids every call
-def point_id(item_id: str) -> str:
-    return str(point_uuid(item_id))
+def point_id(item_id: str) -> int:
+    """The item's Qdrant point id (ints or UUIDs; item ids are the backend's strings): 63 bits
+    of a hash. Ints, because hits come back as Python objects of the id's type, and turning
+    hundreds of UUIDs into Python objects per search cost more than the search. Collisions
+    (expected at ~3e9 items) are refused when an item is stored."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 # The text is stored for humans and re-encoding, not needed to serve.
@@ -48,7 +45,7 @@ def item_payload(item: common_pb2.Item, popularity: float) -> dict:
 # vector again, which Qdrant normalises, so that item-to-item search is by cosine.
 INTEREST, SESSION, QUERY = "interest", "similar", "text"
 # Bump when what a shard holds changes: cached catalog builds are keyed on it.
-LAYOUT = "interest.similar.text/v1"
+LAYOUT = "interest.similar.text/v2"  # v2: 63-bit int point ids (v1: UUIDv5)
 
 
 @dataclass
@@ -58,8 +55,22 @@ class StoredItem:
     categories: list[str]
     popularity: float
     score: float = 0.0
-    vector: np.ndarray | None = None  # the catalog's space
-    text_vector: np.ndarray | None = None  # the language model's
+
+
+@dataclass
+class Found:
+    """Items and, when asked for, their vectors as matrices with one row per item (columnar:
+    the reply carries matrices, and per-item arrays cost more to build than the search)."""
+
+    items: list[StoredItem]
+    vectors: np.ndarray | None = None  # the catalog's space
+    text_vectors: np.ndarray | None = None  # the language model's
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def ids(self) -> list[str]:
+        return [it.item_id for it in self.items]
 
 
 @dataclass
@@ -68,13 +79,14 @@ class SearchFilter:
     exclude_categories: list[str] = field(default_factory=list)
     exclude_item_ids: list[str] = field(default_factory=list)
 
-    def to_qdrant(self) -> qe.Filter | None:
+    def to_qdrant(self, with_ids: bool = True) -> qe.Filter | None:
+        """with_ids=False leaves the excluded ids out (the caller drops them from the hits)."""
         must, must_not = [], []
         if self.include_categories:
             must.append(qe.FieldCondition(key="categories", match=qe.MatchAny(any=list(self.include_categories))))
         if self.exclude_categories:
             must_not.append(qe.FieldCondition(key="categories", match=qe.MatchAny(any=list(self.exclude_categories))))
-        if self.exclude_item_ids:
+        if with_ids and self.exclude_item_ids:
             must_not.append(qe.HasIdCondition(point_ids={point_id(i) for i in self.exclude_item_ids}))
         if not must and not must_not:
             return None
@@ -91,11 +103,18 @@ class CatalogMirror:
         self._rows: dict[str, int] = {}
         self._free: list[int] = []
         self._items: dict[str, StoredItem] = {}
-        self.item_by_point: dict[uuid.UUID, str] = {}
+        self.item_by_point: dict[int, str] = {}
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self._text = np.zeros((0, text_dim), dtype=np.float32)
 
+    def check_point_ids(self, item_ids: list[str]) -> None:
+        for item_id in item_ids:
+            other = self.item_by_point.get(point_id(item_id), item_id)
+            if other != item_id:
+                raise ValueError(f"item ids {item_id!r} and {other!r} hash to the same point id")
+
     def put(self, items: list[StoredItem], vectors: np.ndarray, text_vectors: np.ndarray) -> None:
+        self.check_point_ids([item.item_id for item in items])
         for item, vec, text in zip(items, vectors, text_vectors, strict=True):
             row = self._rows.get(item.item_id)
             if row is None:
@@ -103,7 +122,7 @@ class CatalogMirror:
                 self._rows[item.item_id] = row
             self._vectors[row], self._text[row] = vec, text
             self._items[item.item_id] = item
-            self.item_by_point[point_uuid(item.item_id)] = item.item_id
+            self.item_by_point[point_id(item.item_id)] = item.item_id
 
     def _grow(self) -> int:
         n = len(self._vectors)
@@ -119,25 +138,27 @@ class CatalogMirror:
             if row is not None:
                 self._free.append(row)
                 del self._items[item_id]
-                self.item_by_point.pop(point_uuid(item_id), None)
+                self.item_by_point.pop(point_id(item_id), None)
 
-    def items(self, item_ids: list[str], scores: list[float] | None = None,
-              with_vectors: bool = False) -> list[StoredItem]:
+    def items(self, item_ids: list[str], scores: list[float] | None = None, with_vectors: bool = False) -> Found:
         """Copies of the known items among item_ids, in order (one deleted meanwhile drops out)."""
         by_id = self._items
         found = [StoredItem(m.item_id, m.title, m.categories, m.popularity, scores[n] if scores else 0.0)
                  for n, m in enumerate(by_id.get(i) for i in item_ids) if m is not None]
-        if with_vectors and found:
-            rows = [self._rows[it.item_id] for it in found]
-            for item, vec, text in zip(found, self._vectors[rows], self._text[rows], strict=True):
-                item.vector, item.text_vector = vec, text
-        return found
+        if not with_vectors:
+            return Found(found)
+        rows = [self._rows[it.item_id] for it in found]
+        return Found(found, self._vectors[rows], self._text[rows])
 
 
 class EdgeItemStore:
     """One Qdrant Edge shard of items: three named vectors (INTEREST: the catalog vector, dot
     product; SESSION: the same, cosine; QUERY: the language-model text vector, cosine) and the
     payload {item_id, title, categories, popularity, text}."""
+
+    # Excluded ids (mostly what the user has seen) are dropped from over-fetched hits up to this
+    # many: cheaper than Qdrant's id filter (building it alone cost ~0.2 ms for 150 ids).
+    MAX_OVERFETCH = 400
 
     def __init__(self, shard: qe.EdgeShard, meta: dict, hnsw_ef: int = 128):
         self._shard = shard
@@ -170,7 +191,7 @@ class EdgeItemStore:
         shard = qe.EdgeShard.create(str(path), config)
         shard.update(qe.UpdateOperation.create_field_index("categories", qe.PayloadSchemaType.Keyword))
         shard.update(qe.UpdateOperation.create_field_index("popularity", qe.PayloadSchemaType.Float))
-        meta = {"dim": dim, "text_dim": text_dim, "version": version}
+        meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT}
         cls._meta_path(path).write_text(json.dumps(meta))
         return cls(shard, meta, hnsw_ef)
 
@@ -180,7 +201,7 @@ class EdgeItemStore:
         if not path.is_dir() or not meta_path.is_file():
             raise FileNotFoundError(f"no item shard at {path}: run `recmesh bootstrap` first")
         meta = json.loads(meta_path.read_text())
-        if "text_dim" not in meta:
+        if meta.get("layout") != LAYOUT:
             raise ValueError(f"{path} is a catalog of an older layout: rebuild it with `recmesh bootstrap --force`")
         return cls(qe.EdgeShard.load(str(path)), meta, hnsw_ef)
 
@@ -209,6 +230,7 @@ class EdgeItemStore:
             for item, vec, text in zip(items, vectors, text_vectors, strict=True)
         ]
         with self._write_lock:
+            self._mirror.check_point_ids([item["item_id"] for item in items])
             self._shard.update(qe.UpdateOperation.upsert_points(points))
             self._mirror.put([stored_item(item) for item in items], vectors, text_vectors)
         return len(points)
@@ -230,27 +252,36 @@ class EdgeItemStore:
             self._shard.optimize()
 
     def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
-               with_vectors: bool) -> list[StoredItem]:
+               with_vectors: bool) -> Found:
         """Up to `limit` items from each (vector name, query vector) source, merged in order
         without duplicates; the score is the first source's that found the item."""
-        qfilter = flt.to_qdrant()
-        requests = [qe.QueryRequest(query=qe.Query.Nearest(vector.tolist(), using=name), limit=limit,
+        excluded = set(flt.exclude_item_ids)
+        overfetch = len(excluded) <= self.MAX_OVERFETCH
+        qfilter = flt.to_qdrant(with_ids=not overfetch)
+        # Over-fetching by the number excluded still leaves `limit` hits after dropping them.
+        fetch = limit + len(excluded) if overfetch else limit
+        requests = [qe.QueryRequest(query=qe.Query.Nearest(vector.tolist(), using=name), limit=fetch,
                                     filter=qfilter, params=self._params, with_payload=False)
                     for name, vector in sources]
         scores: dict[str, float] = {}
         by_point = self._mirror.item_by_point
         for hits in self._shard.query_batch(qe.QueryBatchRequest(requests)):
+            kept = 0
             for hit in hits:
                 item_id = by_point.get(hit.id)
-                if item_id is not None:  # None: deleted since the search began
-                    scores.setdefault(item_id, hit.score)
+                if item_id is None or item_id in excluded:  # None: deleted since the search began
+                    continue
+                scores.setdefault(item_id, hit.score)
+                kept += 1
+                if kept == limit:
+                    break
         return self._mirror.items(list(scores), list(scores.values()), with_vectors)
 
-    def get(self, item_ids: list[str], with_vectors: bool = False) -> list[StoredItem]:
+    def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
         """Items in the order asked; unknown ids are left out."""
         return self._mirror.items(item_ids, with_vectors=with_vectors)
 
-    def top_popular(self, limit: int, with_vectors: bool = False) -> list[StoredItem]:
+    def top_popular(self, limit: int, with_vectors: bool = False) -> Found:
         order = qe.OrderBy(key="popularity", direction=qe.Direction.Desc)
         records, _ = self._shard.scroll(qe.ScrollRequest(limit=limit, order_by=order, with_payload=["item_id"]))
         return self._mirror.items([r.payload["item_id"] for r in records], with_vectors=with_vectors)

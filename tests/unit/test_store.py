@@ -48,44 +48,46 @@ def test_each_source_searches_its_own_space(store):
     s, vectors, texts = store
     probe = vectors[7] / np.linalg.norm(vectors[7])
     by_dot = s.search([(INTEREST, probe)], 3, SearchFilter(), with_vectors=True)
-    assert [it.item_id for it in by_dot] == [f"i{i}" for i in np.argsort(-(vectors @ probe))[:3]]
-    assert by_dot[0].score == pytest.approx(float(vectors[int(by_dot[0].item_id[1:])] @ probe), rel=1e-4)
+    assert by_dot.ids() == [f"i{i}" for i in np.argsort(-(vectors @ probe))[:3]]
+    top = by_dot.items[0]
+    assert top.score == pytest.approx(float(vectors[int(top.item_id[1:])] @ probe), rel=1e-4)
+    assert np.allclose(by_dot.vectors, vectors[[int(i[1:]) for i in by_dot.ids()]])
     by_cosine = s.search([(SESSION, probe)], 1, SearchFilter(), with_vectors=True)
-    assert by_cosine[0].item_id == "i7" and by_cosine[0].score == pytest.approx(1.0, abs=1e-5)
-    assert np.allclose(by_cosine[0].vector, vectors[7]) and np.allclose(by_cosine[0].text_vector, texts[7])
+    assert by_cosine.ids() == ["i7"] and by_cosine.items[0].score == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(by_cosine.vectors, vectors[7:8]) and np.allclose(by_cosine.text_vectors, texts[7:8])
     by_text = s.search([(QUERY, texts[3])], 1, SearchFilter(), with_vectors=False)
-    assert by_text[0].item_id == "i3" and by_text[0].vector is None
+    assert by_text.ids() == ["i3"] and by_text.vectors is None
 
 
 def test_sources_merge_in_order_without_duplicates(store):
     s, vectors, texts = store
     merged = s.search([(SESSION, vectors[7]), (QUERY, texts[3]), (QUERY, texts[7])], 1, SearchFilter(), False)
-    assert [it.item_id for it in merged] == ["i7", "i3"]
+    assert merged.ids() == ["i7", "i3"]
 
 
 def test_filters_and_exclusions(store):
     s, vectors, _ = store
     odd = s.search([(SESSION, vectors[0])], 20, SearchFilter(include_categories=["odd"]), False)
-    assert odd and all(it.categories == ["odd"] for it in odd)
+    assert odd and all(it.categories == ["odd"] for it in odd.items)
     rest = s.search([(SESSION, vectors[7])], 20, SearchFilter(exclude_categories=["even"], exclude_item_ids=["i7"]),
                     False)
-    assert "i7" not in {it.item_id for it in rest} and len(rest) == 9
+    assert "i7" not in rest.ids() and len(rest) == 9
 
 
 def test_popular_get_delete_and_reopen(store, tmp_path, backend):
     s, vectors, texts = store
-    assert [it.item_id for it in s.top_popular(2)] == ["i19", "i18"]
-    assert [it.item_id for it in s.get(["i3", "missing", "i1"])] == ["i3", "i1"]
+    assert s.top_popular(2).ids() == ["i19", "i18"]
+    assert s.get(["i3", "missing", "i1"]).ids() == ["i3", "i1"]
     assert s.delete(["i19", "missing"]) == 1
-    assert s.top_popular(1)[0].item_id == "i18"
+    assert s.top_popular(1).ids() == ["i18"]
     s.upsert([items(20)[5] | {"title": "renamed"}], vectors[6:7], texts[6:7])
     s.flush()
     s.close()
     reopened = backend[1](tmp_path / "shard")
     assert reopened.count() == 19 and reopened.version == "test"
-    again = reopened.get(["i5"], with_vectors=True)[0]
-    assert again.title == "renamed"
-    assert np.allclose(again.vector, vectors[6]) and np.allclose(again.text_vector, texts[6])
+    again = reopened.get(["i5"], with_vectors=True)
+    assert again.items[0].title == "renamed"
+    assert np.allclose(again.vectors, vectors[6:7]) and np.allclose(again.text_vectors, texts[6:7])
     reopened.close()
 
 
@@ -106,6 +108,26 @@ def test_publish_copies_a_built_shard_into_a_server_collection_once(tmp_path):
     assert (first["items"], first["published"], again["published"]) == (20, True, False)
     server = BACKENDS["server"][1](tmp_path / "server")
     assert server.version == "test"
-    nearest = server.search([(SESSION, vectors[4])], 1, SearchFilter(), with_vectors=True)[0]
-    assert nearest.item_id == "i4" and np.allclose(nearest.vector, vectors[4])
+    nearest = server.search([(SESSION, vectors[4])], 1, SearchFilter(), with_vectors=True)
+    assert nearest.ids() == ["i4"] and np.allclose(nearest.vectors, vectors[4:5])
     server.close()
+
+
+@pytest.mark.parametrize("overfetch", [EdgeItemStore.MAX_OVERFETCH, 0], ids=["dropped-from-hits", "qdrant-filter"])
+def test_excluded_ids_still_leave_a_full_page(store, monkeypatch, overfetch):
+    """Exclusions are dropped from over-fetched hits, or (past MAX_OVERFETCH) filtered by
+    Qdrant: either way the page is full and holds none of them."""
+    monkeypatch.setattr(EdgeItemStore, "MAX_OVERFETCH", overfetch)
+    s, vectors, _ = store
+    nearest = s.search([(SESSION, vectors[7])], 10, SearchFilter(), False).ids()
+    page = s.search([(SESSION, vectors[7])], 5, SearchFilter(exclude_item_ids=nearest[:5]), False)
+    assert page.ids() == nearest[5:10]
+
+
+def test_a_shard_of_an_older_layout_is_refused_with_the_fix(tmp_path):
+    s, _, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
+    s.close()
+    meta = tmp_path / "shard.meta.json"
+    meta.write_text(meta.read_text().replace('"layout"', '"old_layout"'))
+    with pytest.raises(ValueError, match="bootstrap --force"):
+        EdgeItemStore.open(tmp_path / "shard")
