@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Candidate(_message.Message):
-    __slots__ = ("item_id", "title", "categories", "score", "popularity")
+    __slots__ = ("item_id", "title", "categories", "score", "popularity", "query_similarity")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     POPULARITY_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     title: str
     categories: _containers.RepeatedScalarFieldContainer[str]
     score: float
     popularity: float
-    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., popularity: _Optional[float] = ...) -> None: ...
+    query_similarity: float
+    def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., popularity: _Optional[float] = ..., query_similarity: _Optional[float] = ...) -> None: ...
 
 class CandidateList(_message.Message):
     __slots__ = ("candidates", "vectors", "index_version", "text_vectors")
@@ -52,12 +54,14 @@ class SearchRequest(_message.Message):
     def __init__(self, interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., limit: _Optional[int] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ..., with_vectors: _Optional[bool] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., with_text_vectors: _Optional[bool] = ...) -> None: ...
 
 class GetItemsRequest(_message.Message):
-    __slots__ = ("item_ids", "with_vectors")
+    __slots__ = ("item_ids", "with_vectors", "catalog_vectors_only")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VECTORS_ONLY_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    catalog_vectors_only: bool
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., catalog_vectors_only: _Optional[bool] = ...) -> None: ...
 
 class TopPopularRequest(_message.Message):
     __slots__ = ("limit", "with_vectors")

@@ -3,7 +3,7 @@ retrieval or the encoder cannot."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -16,11 +16,20 @@ class CandidateSet:
     items: list[retrieval_pb2.Candidate] = field(default_factory=list)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # the catalog's space
     text_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # Each candidate's text . query when the list answers a query (None: no query).
+    query_similarity: list[float] | None = None
 
     @classmethod
-    def from_reply(cls, reply: retrieval_pb2.CandidateList) -> "CandidateSet":
+    def from_reply(cls, reply: retrieval_pb2.CandidateList, with_query: bool = False) -> "CandidateSet":
         return cls(list(reply.candidates), from_matrix(reply.vectors, "vectors"),
-                   from_matrix(reply.text_vectors, "text_vectors"))
+                   from_matrix(reply.text_vectors, "text_vectors"),
+                   [c.query_similarity for c in reply.candidates] if with_query else None)
+
+    def for_query(self, query: np.ndarray | None) -> "CandidateSet":
+        """This list with each candidate's similarity to the query, from the text vectors."""
+        if query is None or not len(self.text_vectors):
+            return self
+        return replace(self, query_similarity=(self.text_vectors @ query).tolist())
 
     def rows(self, rows: list[int]) -> "CandidateSet":
         def pick(matrix: np.ndarray) -> np.ndarray:  # a list without vectors stays without

@@ -178,7 +178,8 @@ class Recommender:
             "history_items",
             s.history_cap_ms * MS,
             lambda t: self._up.retrieval.GetItems(
-                retrieval_pb2.GetItemsRequest(item_ids=ids, with_vectors=True), timeout=t
+                retrieval_pb2.GetItemsRequest(item_ids=ids, with_vectors=True, catalog_vectors_only=True),
+                timeout=t,
             ),
         )
         if found is None:
@@ -236,20 +237,19 @@ class Recommender:
                     exclude_categories=filters.exclude_categories,
                     exclude_item_ids=sorted(excluded),
                 ),
-                with_vectors=True,
-                with_text_vectors=signals.query is not None,
+                with_vectors=True,  # with a query, each candidate also carries its query similarity
             )
             found = await budget.call(
                 "retrieval", s.retrieval_cap_ms * MS, lambda t: self._up.retrieval.Search(search, timeout=t)
             )
             if found is not None:
                 versions["index"] = found.index_version
-                return CandidateSet.from_reply(found)
+                return CandidateSet.from_reply(found, with_query=signals.query is not None)
             budget.trace.degrade("fallback:popular_candidates")
         versions["index"] = self._popular.index_version
         return self._popular.select(
             set(filters.include_categories), set(filters.exclude_categories), excluded, s.candidates
-        )
+        ).for_query(signals.query)
 
     @staticmethod
     def _impression(request_id: str, user_id: str, ranked, k: int) -> updater_pb2.Impression:
@@ -267,10 +267,9 @@ class Recommender:
         return ranker_pb2.RankRequest(
             candidates=found.items,
             candidate_vectors=to_matrix(found.vectors),
-            candidate_text_vectors=to_matrix(found.text_vectors),
+            query_similarity=found.query_similarity,
             interest=to_matrix(signals.interest),
             session=to_matrix(signals.session),
-            query_vector=to_matrix(signals.query),
             category_affinity=category_affinity(history, self._s.affinity_items),
             recent=[ranker_pb2.RecentItem(item_id=i, title=history.items[i].title) for i in recent_ids],
             recent_vectors=to_matrix(history.vectors[recent_rows] if recent_rows else None),

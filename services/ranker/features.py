@@ -28,6 +28,7 @@ class RankInputs:
     recent_vectors: np.ndarray  # m x d, newest first
     category_affinity: dict[str, float]
     skipped: np.ndarray | None = None  # n: times recently shown to this user and not chosen
+    query_similarity: np.ndarray | None = None  # n: candidate text . query, when computed upstream
 
 
 @dataclass
@@ -48,7 +49,9 @@ def compute(inputs: RankInputs) -> Features:
         values[:, 0] = cv @ l2_normalize(inputs.interest)
     if inputs.session is not None:
         values[:, 1] = unit @ inputs.session
-    if inputs.query is not None:
+    if inputs.query_similarity is not None:
+        values[:, 2] = inputs.query_similarity
+    elif inputs.query is not None:
         values[:, 2] = inputs.candidate_text_vectors @ inputs.query
     closest = np.full(n, -1, dtype=np.int64)
     if len(inputs.recent_vectors):

@@ -54,9 +54,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         dim = cand.shape[1]
         text = from_matrix(request.candidate_text_vectors, "candidate_text_vectors")
         has_query = request.query_vector.rows > 0
-        if text.shape[0] not in (0, n) or (has_query and text.shape[0] != n):
-            raise InvalidArgument("candidate_text_vectors",
-                                  f"{text.shape[0]} rows for {n} candidates (all of them are needed with a query)")
+        query_sim = np.array(request.query_similarity, np.float32) if request.query_similarity else None
+        if query_sim is not None and (len(query_sim) != n or not np.isfinite(query_sim).all()):
+            raise InvalidArgument("query_similarity", f"{len(query_sim)} values for {n} candidates, all finite")
+        if text.shape[0] not in (0, n) or (has_query and query_sim is None and text.shape[0] != n):
+            raise InvalidArgument("candidate_text_vectors", f"{text.shape[0]} rows for {n} candidates (with a query, "
+                                  "all of them are needed unless query_similarity is given)")
         recent = from_matrix(request.recent_vectors, "recent_vectors")
         if recent.shape[0] != len(request.recent):
             raise InvalidArgument("recent_vectors", f"{recent.shape[0]} rows for {len(request.recent)} recent items")
@@ -72,7 +75,9 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                 popularity=np.array([c.popularity for c in request.candidates], dtype=np.float32),
                 interest=optional_row(request.interest, "interest", dim),
                 session=optional_row(request.session, "session", dim),
-                query=optional_row(request.query_vector, "query_vector", text.shape[1]) if has_query else None,
+                query=(optional_row(request.query_vector, "query_vector", text.shape[1])
+                       if has_query and query_sim is None else None),
+                query_similarity=query_sim,
                 recent_vectors=recent,
                 category_affinity=affinity,
                 skipped=np.array([request.skipped.get(c.item_id, 0) for c in request.candidates], np.float32),

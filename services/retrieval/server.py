@@ -12,7 +12,7 @@ import numpy as np
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
-from recmesh.common.vectors import from_matrix, optional_row, to_matrix
+from recmesh.common.vectors import from_matrix, l2_normalize, optional_row, to_matrix
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.server_store import QdrantServerStore, connect
@@ -64,11 +64,14 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise Unavailable("retrieval is warming up")
         return self._store
 
-    def _answer(self, found: Found, with_text: bool = True) -> retrieval_pb2.CandidateList:
+    def _answer(self, found: Found, with_text: bool = True,
+                query_similarity: np.ndarray | None = None) -> retrieval_pb2.CandidateList:
         reply = retrieval_pb2.CandidateList(index_version=self.store.version)
         add = reply.candidates.add
-        for it in found.items:
-            add(item_id=it.item_id, title=it.title, categories=it.categories, score=it.score, popularity=it.popularity)
+        sims = [0.0] * len(found.items) if query_similarity is None else query_similarity.tolist()
+        for it, sim in zip(found.items, sims, strict=True):
+            add(item_id=it.item_id, title=it.title, categories=it.categories, score=it.score,
+                popularity=it.popularity, query_similarity=sim)
         if found.vectors is not None and found.items:
             reply.vectors.CopyFrom(to_matrix(found.vectors))
             if with_text:
@@ -97,6 +100,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             vector = optional_row(getattr(request, field), field, dim)
             if vector is not None:
                 sources.append((name, vector))
+        query = dict(sources).get(QUERY)
         if not sources:
             raise InvalidArgument("interest", "at least one of interest, session and query must have one row")
         limit = self._check_limit(request.limit)
@@ -106,13 +110,18 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             list(f.exclude_categories),
             self._check_ids(f.exclude_item_ids, "filters.exclude_item_ids"),
         )
-        found = await self._read(store.search, sources, limit, flt, request.with_vectors)
-        return self._answer(found, request.with_text_vectors)
+        # A query needs the text vectors here, for every candidate's query similarity.
+        found = await self._read(store.search, sources, limit, flt, request.with_vectors or query is not None)
+        sims = None if query is None or not found.items else found.text_vectors @ l2_normalize(query)
+        if not request.with_vectors:
+            found = Found(found.items)
+        return self._answer(found, request.with_text_vectors, sims)
 
     @rpc_method
     async def GetItems(self, request, context):
         ids = self._check_ids(request.item_ids, "item_ids")
-        return self._answer(await self._read(self.store.get, ids, request.with_vectors))
+        found = await self._read(self.store.get, ids, request.with_vectors)
+        return self._answer(found, with_text=not request.catalog_vectors_only)
 
     @rpc_method
     async def TopPopular(self, request, context):

@@ -294,3 +294,26 @@ def test_every_service_exports_prometheus_metrics(stack, client, user):
     assert 'recmesh_serving_version_info{component="models",service="encoder"' in scrape("encoder")
     assert "recmesh_updater_commit_calls_bucket" in scrape("updater")
     assert 'method="Search",service="retrieval"' in scrape("retrieval")
+
+
+def test_search_gives_every_candidate_its_query_similarity(stack):
+    """What the ranker's query feature is computed from, whichever source found the item."""
+    import numpy as np
+
+    from recmesh.common.vectors import from_matrix, to_matrix
+    from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+    with grpc.insecure_channel(stack.address("retrieval")) as channel:
+        stub = retrieval_pb2_grpc.RetrievalStub(channel)
+        popular = stub.TopPopular(retrieval_pb2.TopPopularRequest(limit=2, with_vectors=True), timeout=5)
+        query = from_matrix(popular.text_vectors)[0]
+        found = stub.Search(retrieval_pb2.SearchRequest(
+            interest=to_matrix(from_matrix(popular.vectors)[1]), query=to_matrix(query), limit=20,
+            with_vectors=True, with_text_vectors=True), timeout=5)
+        history = stub.GetItems(retrieval_pb2.GetItemsRequest(
+            item_ids=FAMILY, with_vectors=True, catalog_vectors_only=True), timeout=5)
+    sims = np.array([c.query_similarity for c in found.candidates])
+    assert len(sims) > 20  # both sources contributed
+    assert np.allclose(sims, from_matrix(found.text_vectors) @ (query / np.linalg.norm(query)), atol=1e-5)
+    assert found.candidates[int(sims.argmax())].item_id == popular.candidates[0].item_id
+    assert history.vectors.rows == len(FAMILY) and history.text_vectors.rows == 0

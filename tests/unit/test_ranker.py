@@ -100,3 +100,11 @@ def test_session_vector_weights_the_newest_items_most():
 def test_skipped_counts_become_a_feature():
     f = compute(inputs(skipped=np.array([0, 3, 0], np.float32)))
     assert f.column("skipped").tolist() == pytest.approx([0, np.log(4), 0])
+
+
+def test_query_similarity_from_retrieval_stands_in_for_the_text_vectors():
+    query = np.array([0.6, 0, 0.8], np.float32)
+    from_vectors = compute(inputs(query=query))
+    from_retrieval = compute(inputs(candidate_text_vectors=np.zeros((0, 0), np.float32),
+                                    query_similarity=np.array([0.6, 0.0, 0.8], np.float32)))
+    assert np.allclose(from_vectors.values, from_retrieval.values)
