@@ -72,11 +72,14 @@ class Tally:
         self.latency = HdrHistogram(1, 60_000_000, 3)  # microseconds
         self.counts = {"in_time": 0, "degraded": 0, "missed": 0, "failed": 0, "rejected": 0}
         self.errors: dict[str, int] = {}
+        self.degraded_reasons: dict[str, int] = {}
 
-    def record(self, micros: int, outcome: str, degraded: bool = False) -> None:
+    def record(self, micros: int, outcome: str, degraded_reasons=()) -> None:
         self.latency.record_value(max(1, micros))
         self.counts[outcome] += 1
-        self.counts["degraded"] += degraded
+        self.counts["degraded"] += bool(degraded_reasons)
+        for reason in degraded_reasons:
+            self.degraded_reasons[reason] = self.degraded_reasons.get(reason, 0) + 1
 
     def summary(self, offered: float, seconds: float, budget_ms: float) -> dict:
         total = sum(self.counts[k] for k in ("in_time", "missed", "failed", "rejected"))
@@ -91,6 +94,7 @@ class Tally:
             "missed_share": round(self.counts["missed"] / max(total, 1), 4),
             "failed_share": round(self.counts["failed"] / max(total, 1), 4),
             "rejected_share": round(self.counts["rejected"] / max(total, 1), 4),
+            "degraded_reasons": dict(sorted(self.degraded_reasons.items())),
             "errors": self.errors, "budget_ms": budget_ms,
         }
 
@@ -105,7 +109,7 @@ async def step(stub, sessions: Sessions, rate: float, seconds: float, budget_ms:
         try:
             reply = await stub.Recommend(sessions.recommend(query_share, budget_s), timeout=budget_s)
             late = loop.time() - scheduled > budget_s
-            tally.record(int((loop.time() - scheduled) * 1e6), "missed" if late else "in_time", bool(reply.degraded))
+            tally.record(int((loop.time() - scheduled) * 1e6), "missed" if late else "in_time", reply.degraded)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             outcome = {grpc.StatusCode.DEADLINE_EXCEEDED: "missed",

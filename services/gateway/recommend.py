@@ -3,6 +3,7 @@ each stage under its own deadline, each failure answered by the next rung of the
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -53,6 +54,17 @@ class History:
     skipped: dict[str, int] = field(default_factory=dict)  # recently shown, not chosen
 
 
+@dataclass(frozen=True)
+class KnownInterest:
+    """The encoder's interest vector for one exact encoder input (the history's events and
+    their item vectors), under one model version."""
+
+    fingerprint: bytes
+    vector: np.ndarray
+    model_version: str
+    at: float  # time.monotonic()
+
+
 def category_affinity(history: History, last_n: int) -> dict[str, float]:
     """Share of each category among the user's last_n item events."""
     counts: Counter[str] = Counter()
@@ -70,7 +82,7 @@ class Recommender:
         self._impressions = ImpressionLog(upstreams, settings.impression_queue)
         self.in_flight = 0
         RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
-        self._interest_cache: LruCache[str, np.ndarray] = LruCache(settings.interest_cache_users)
+        self._interest_cache: LruCache[str, KnownInterest] = LruCache(settings.interest_cache_users)
 
     def forget_user(self, user_id: str) -> None:
         self._interest_cache.forget(user_id)
@@ -198,18 +210,28 @@ class Recommender:
     async def _interest(self, budget, user_id, history: History, query: str, versions):
         if not history.entries and not query:
             return None, None  # a cold user with no query: popularity is the right answer, not a degradation
+        request = encoder_pb2.EncodeInterestRequest(history=history.entries, item_vectors=to_matrix(history.vectors))
+        fingerprint = hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=16).digest()
+        known = self._interest_cache.get(user_id)
+        # The interest is a function of exactly this input: the same input gives it again.
+        reuse = (known is not None and bool(history.entries) and known.fingerprint == fingerprint
+                 and time.monotonic() - known.at < self._s.interest_reuse_s)
+        if reuse:
+            versions["encoder"] = known.model_version
+            if not query:
+                return known.vector, None
+            request = encoder_pb2.EncodeInterestRequest()  # only the query's vector is needed
+        request.query = query
         reply = await budget.call(
-            "encoder",
-            self._s.encoder_cap_ms * MS,
-            lambda t: self._up.encoder.EncodeInterest(
-                encoder_pb2.EncodeInterestRequest(
-                    history=history.entries, item_vectors=to_matrix(history.vectors), query=query
-                ),
-                timeout=t,
-            ),
+            "encoder", self._s.encoder_cap_ms * MS, lambda t: self._up.encoder.EncodeInterest(request, timeout=t)
         )
+        if reuse:
+            if reply is not None and reply.model_version != known.model_version:
+                self._interest_cache.forget(user_id)  # a new model: the next call recomputes the interest
+            query_vec = from_matrix(reply.query_vector, "query_vector") if reply is not None else None
+            return known.vector, (query_vec[0] if query_vec is not None and len(query_vec) else None)
         if reply is None:
-            cached = self._interest_cache.get(user_id)
+            cached = known.vector if known is not None else None
             if cached is not None:
                 budget.trace.degrade("fallback:cached_interest")
             else:  # the session direction (computed here) still steers when there is history
@@ -220,7 +242,8 @@ class Recommender:
         query_vec = from_matrix(reply.query_vector, "query_vector")
         interest = interest[0] if len(interest) else None
         if interest is not None and history.entries:
-            self._interest_cache.put(user_id, interest)
+            self._interest_cache.put(user_id, KnownInterest(fingerprint, interest, reply.model_version,
+                                                            time.monotonic()))
         return interest, (query_vec[0] if len(query_vec) else None)
 
     async def _candidates(self, budget, filters: common_pb2.Filters, excluded: set[str], signals: Signals,

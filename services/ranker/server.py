@@ -66,13 +66,19 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         if recent.shape[0] and recent.shape[1] != dim:
             raise InvalidArgument("recent_vectors", f"dim {recent.shape[1]}, candidates have {dim}")
         affinity = dict(request.category_affinity)
-        categories = [list(c.categories) for c in request.candidates]
+        # One pass over the candidate messages: each field read from them costs a Python object.
+        ids, categories, popularity = [], [], []
+        for c in request.candidates:
+            ids.append(c.item_id)
+            categories.append(list(c.categories))
+            popularity.append(c.popularity)
+        skipped = dict(request.skipped)
         features = feats.compute(
             feats.RankInputs(
                 candidate_vectors=cand,
                 candidate_text_vectors=text,
                 candidate_categories=categories,
-                popularity=np.array([c.popularity for c in request.candidates], dtype=np.float32),
+                popularity=np.array(popularity, dtype=np.float32),
                 interest=optional_row(request.interest, "interest", dim),
                 session=optional_row(request.session, "session", dim),
                 query=(optional_row(request.query_vector, "query_vector", text.shape[1])
@@ -80,7 +86,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
                 query_similarity=query_sim,
                 recent_vectors=recent,
                 category_affinity=affinity,
-                skipped=np.array([request.skipped.get(c.item_id, 0) for c in request.candidates], np.float32),
+                skipped=np.array([skipped.get(i, 0) for i in ids], np.float32) if skipped else None,
             )
         )
         scores = scorer.score(features.values)
@@ -93,7 +99,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         reply.feature_names.extend(feats.FEATURES)
         for i, p in zip(top, propensity, strict=True):
             reply.items.add(
-                item_id=request.candidates[i].item_id,
+                item_id=ids[i],
                 score=float(scores[i]),
                 reasons=explain(contributions, features, i, categories[i], affinity, titles, s.max_reasons),
                 features=features.values[i].tolist(),

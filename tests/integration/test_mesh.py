@@ -254,11 +254,18 @@ def _recovers_within(client, user, seconds: float) -> bool:
 def test_encoder_down_uses_cached_interest(stack, client, user):
     client.track_events(Event(user, item, "click") for item in HORROR)
     warm = client.recommend(user, k=10)
+    assert "encoder" in {s.stage for s in warm.stage_latency}
     stack.signal("encoder", signal.SIGSTOP)
     try:
+        # The same history: its interest is known exactly, the encoder is not asked.
+        same, _ = _timed_recommend(client, user, k=10)
+        client.track_events([Event(user, HORROR[1], "purchase")])
         reply, elapsed = _timed_recommend(client, user, k=10)
     finally:
         stack.signal("encoder", signal.SIGCONT)
+    assert not same.degraded and "encoder" not in {s.stage for s in same.stage_latency}
+    assert same.versions["encoder"] == warm.versions["encoder"]
+    # A new event: the interest must be recomputed, and the encoder cannot.
     assert elapsed < 0.150
     assert "fallback:cached_interest" in reply.degraded
     assert genre_count(reply, "Horror") >= genre_count(warm, "Horror") - 2

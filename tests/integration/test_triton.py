@@ -105,6 +105,8 @@ def test_triton_crash_degrades_within_deadline_then_recovers(stack, client, user
     assert not warm.degraded
     stack.triton.proc.send_signal(signal.SIGKILL)
     stack.triton.proc.wait(10)
+    # A new event: the interest must be recomputed (an unchanged history's is reused as it is).
+    client.track_events([Event(user, "1997", "click")])
     try:
         for query in ("", "space opera"):
             started = time.perf_counter()
