@@ -17,7 +17,7 @@ def publish(shard_dir: Path, url: str, collection: str, shards: int, replication
     from tqdm import tqdm
 
     from services.retrieval.server_store import QdrantServerStore, connect
-    from services.retrieval.store import EdgeItemStore
+    from services.retrieval.store import EdgeItemStore, OlderLayout
 
     edge = EdgeItemStore.open(shard_dir)
     client = connect(url)
@@ -26,7 +26,7 @@ def publish(shard_dir: Path, url: str, collection: str, shards: int, replication
         if client.collection_exists(collection):
             try:
                 live = QdrantServerStore.open(client, collection)
-            except ValueError:  # another layout: replaced below
+            except OlderLayout:  # ours, of another layout: replaced below (anything else is refused)
                 live = None
             if live is not None and live.version == edge.version and live.count() == total:
                 print(f"{collection} already holds {edge.version} ({total} items): leaving it")

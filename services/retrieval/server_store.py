@@ -19,6 +19,7 @@ from services.retrieval.store import (
     QUERY,
     SESSION,
     Found,
+    OlderLayout,
     SearchFilter,
     point_id,
     stored_item,
@@ -79,7 +80,7 @@ class QdrantServerStore:
             raise ValueError(f"collection {collection!r} has no recmesh metadata: "
                              "publish it with `recmesh publish-catalog`")
         if meta.get("layout") != LAYOUT:
-            raise ValueError(f"collection {collection!r} is of an older layout: publish it again with "
+            raise OlderLayout(f"collection {collection!r} is of an older layout: publish it again with "
                              "`recmesh publish-catalog`")
         return cls(client, collection, meta, hnsw_ef)
 

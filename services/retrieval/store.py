@@ -48,6 +48,10 @@ INTEREST, SESSION, QUERY = "interest", "similar", "text"
 LAYOUT = "interest.similar.text/v2"  # v2: 63-bit int point ids (v1: UUIDv5)
 
 
+class OlderLayout(ValueError):
+    """A catalog recmesh built with another LAYOUT: rebuild (or republish) it."""
+
+
 @dataclass
 class StoredItem:
     item_id: str
@@ -202,7 +206,7 @@ class EdgeItemStore:
             raise FileNotFoundError(f"no item shard at {path}: run `recmesh bootstrap` first")
         meta = json.loads(meta_path.read_text())
         if meta.get("layout") != LAYOUT:
-            raise ValueError(f"{path} is a catalog of an older layout: rebuild it with `recmesh bootstrap --force`")
+            raise OlderLayout(f"{path} is a catalog of an older layout: rebuild it with `recmesh bootstrap --force`")
         return cls(qe.EdgeShard.load(str(path)), meta, hnsw_ef)
 
     def count(self) -> int:

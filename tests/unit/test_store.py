@@ -113,6 +113,25 @@ def test_publish_copies_a_built_shard_into_a_server_collection_once(tmp_path):
     server.close()
 
 
+def test_publish_replaces_an_older_layout_and_leaves_a_foreign_collection_alone(tmp_path):
+    from qdrant_client import models as qm
+
+    from recmesh.catalog.publish import publish
+
+    s, _, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
+    s.close()
+    client = connect(f"path:{tmp_path / 'server'}")
+    params = qm.VectorParams(size=8, distance=qm.Distance.DOT)
+    client.create_collection("items", vectors_config=params,
+                             metadata={"dim": 8, "text_dim": 6, "version": "test", "layout": "older"})
+    client.create_collection("theirs", vectors_config=params)
+    client.close()
+    url = f"path:{tmp_path / 'server'}"
+    assert publish(tmp_path / "shard", url, "items", shards=1, replication=1)["published"]
+    with pytest.raises(ValueError, match="no recmesh metadata"):
+        publish(tmp_path / "shard", url, "theirs", shards=1, replication=1)
+
+
 @pytest.mark.parametrize("overfetch", [EdgeItemStore.MAX_OVERFETCH, 0], ids=["dropped-from-hits", "qdrant-filter"])
 def test_excluded_ids_still_leave_a_full_page(store, monkeypatch, overfetch):
     """Exclusions are dropped from over-fetched hits, or (past MAX_OVERFETCH) filtered by
