@@ -112,13 +112,14 @@ class CatalogMirror:
         self._text = np.zeros((0, text_dim), dtype=np.float32)
 
     def check_point_ids(self, item_ids: list[str]) -> None:
+        """Refuse ids whose point id another item holds - before the shard is written, where the
+        second item would silently replace the first (so a shard never holds such a pair)."""
         for item_id in item_ids:
             other = self.item_by_point.get(point_id(item_id), item_id)
             if other != item_id:
                 raise ValueError(f"item ids {item_id!r} and {other!r} hash to the same point id")
 
     def put(self, items: list[StoredItem], vectors: np.ndarray, text_vectors: np.ndarray) -> None:
-        self.check_point_ids([item.item_id for item in items])
         for item, vec, text in zip(items, vectors, text_vectors, strict=True):
             row = self._rows.get(item.item_id)
             if row is None:

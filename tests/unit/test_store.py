@@ -150,3 +150,16 @@ def test_a_shard_of_an_older_layout_is_refused_with_the_fix(tmp_path):
     meta.write_text(meta.read_text().replace('"layout"', '"old_layout"'))
     with pytest.raises(ValueError, match="bootstrap --force"):
         EdgeItemStore.open(tmp_path / "shard")
+
+
+def test_an_item_whose_point_id_another_holds_is_refused_before_the_shard_is_written(tmp_path, monkeypatch):
+    import services.retrieval.store as store_module
+
+    monkeypatch.setattr(store_module, "point_id", lambda item_id: 7)  # every id collides
+    s = EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test")
+    vectors, texts = np.ones((2, 8), np.float32), np.ones((2, 6), np.float32)
+    s.upsert(items(2)[:1], vectors[:1], texts[:1])
+    with pytest.raises(ValueError, match="same point id"):
+        s.upsert(items(2)[1:], vectors[1:], texts[1:])
+    assert s.get(["i0", "i1"]).ids() == ["i0"] and s.count() == 1
+    s.close()
