@@ -32,6 +32,12 @@ def from_matrix(matrix: common_pb2.Matrix, field: str = "matrix") -> np.ndarray:
     return arr
 
 
+def first_row(matrix: common_pb2.Matrix, field: str) -> np.ndarray | None:
+    """The first row of a checked Matrix; None when it has none."""
+    arr = from_matrix(matrix, field)
+    return arr[0] if len(arr) else None
+
+
 def optional_row(matrix: common_pb2.Matrix, field: str, dim: int) -> np.ndarray | None:
     """A Matrix that is one vector of `dim` values, or empty (None); anything else is the
     caller's INVALID_ARGUMENT."""

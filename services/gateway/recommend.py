@@ -13,7 +13,7 @@ import numpy as np
 import prometheus_client as prom
 
 from recmesh.common.lru import LruCache
-from recmesh.common.vectors import from_matrix, session_vector, to_matrix
+from recmesh.common.vectors import first_row, from_matrix, session_vector, to_matrix
 from recmesh.v1 import (
     common_pb2,
     encoder_pb2,
@@ -228,8 +228,7 @@ class Recommender:
         if reuse:
             if reply is not None and reply.model_version != known.model_version:
                 self._interest_cache.forget(user_id)  # a new model: the next call recomputes the interest
-            query_vec = from_matrix(reply.query_vector, "query_vector") if reply is not None else None
-            return known.vector, (query_vec[0] if query_vec is not None and len(query_vec) else None)
+            return known.vector, (first_row(reply.query_vector, "query_vector") if reply is not None else None)
         if reply is None:
             cached = known.vector if known is not None else None
             if cached is not None:
@@ -238,13 +237,11 @@ class Recommender:
                 budget.trace.degrade("fallback:session" if history.entries else "fallback:popular")
             return cached, None
         versions["encoder"] = reply.model_version
-        interest = from_matrix(reply.interest, "interest")
-        query_vec = from_matrix(reply.query_vector, "query_vector")
-        interest = interest[0] if len(interest) else None
+        interest = first_row(reply.interest, "interest")
         if interest is not None and history.entries:
             self._interest_cache.put(user_id, KnownInterest(fingerprint, interest, reply.model_version,
                                                             time.monotonic()))
-        return interest, (query_vec[0] if len(query_vec) else None)
+        return interest, first_row(reply.query_vector, "query_vector")
 
     async def _candidates(self, budget, filters: common_pb2.Filters, excluded: set[str], signals: Signals,
                           versions) -> CandidateSet:
