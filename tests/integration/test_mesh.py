@@ -12,6 +12,7 @@ import pytest
 
 from recmesh.client import Event
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
+from tests.integration.faults import sigkill_while_running
 
 pytestmark = pytest.mark.integration
 
@@ -196,19 +197,7 @@ def test_no_acknowledged_event_lost_or_applied_twice_under_sigkill_load(stack, c
             acked.extend(e.event_id for e in batch)
             n += 20
 
-    writers = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-    for thread in writers:
-        thread.start()
-    try:
-        for _ in range(3):
-            time.sleep(rng.uniform(0.2, 0.8))
-            stack.signal("updater", signal.SIGKILL)
-            stack.restart("updater")
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        for thread in writers:
-            thread.join(30)
+    sigkill_while_running(stack, "updater", writer, workers=4, stop=stop, kills=3, rng=rng)
     assert errors > 0, "the kills never hit a write: the test proved nothing"
     assert len(acked) == len(set(acked)) > 500
     assert client.profile(user).event_count == len(acked)  # each applied once, none lost

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import signal
 import threading
 import time
 from collections import Counter
@@ -17,6 +16,7 @@ import redis
 
 from recmesh.client import Event, RecmeshClient
 from recmesh.devstack import Stack
+from tests.integration.faults import sigkill_while_running
 
 pytestmark = pytest.mark.integration
 
@@ -81,19 +81,7 @@ def test_no_acknowledged_event_lost_when_one_of_two_updaters_is_killed_under_loa
             except grpc.RpcError:  # that replica's updater is the one down right now
                 errors["read"] += 1
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
-        for _ in range(2):
-            time.sleep(rng.uniform(0.3, 0.8))
-            stack.signal("updater", signal.SIGKILL)
-            stack.restart("updater")
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+    sigkill_while_running(stack, "updater", writer, workers=4, stop=stop, kills=2, rng=rng, pause_s=(0.3, 0.8))
     assert errors["write"] > 0, "the kills never hit a write: the test proved nothing"
     assert reads_checked > 20 and errors["stale_read"] == 0, errors
     everything = [e for events in acked.values() for e in events]
