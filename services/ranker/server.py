@@ -53,7 +53,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
             return reply
         dim = cand.shape[1]
         text = from_matrix(request.candidate_text_vectors, "candidate_text_vectors")
-        has_query = request.query_vector.rows > 0
+        # Checked even when query_similarity makes it unneeded: a malformed one is still an error.
+        has_query = len(from_matrix(request.query_vector, "query_vector")) > 0
         query_sim = np.array(request.query_similarity, np.float32) if request.query_similarity else None
         if query_sim is not None and (len(query_sim) != n or not np.isfinite(query_sim).all()):
             raise InvalidArgument("query_similarity", f"{len(query_sim)} values for {n} candidates, all finite")

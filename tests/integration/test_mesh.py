@@ -313,3 +313,26 @@ def test_search_gives_every_candidate_its_query_similarity(stack):
     assert np.allclose(sims, from_matrix(found.text_vectors) @ (query / np.linalg.norm(query)), atol=1e-5)
     assert found.candidates[int(sims.argmax())].item_id == popular.candidates[0].item_id
     assert history.vectors.rows == len(FAMILY) and history.text_vectors.rows == 0
+
+
+def test_rank_takes_query_similarity_and_names_a_bad_field(stack):
+    import numpy as np
+
+    from recmesh.common.vectors import to_matrix
+    from recmesh.v1 import ranker_pb2, ranker_pb2_grpc, retrieval_pb2
+
+    def rank_request(**extra):
+        candidates = [retrieval_pb2.Candidate(item_id=i, popularity=0.5) for i in ("a", "b")]
+        return ranker_pb2.RankRequest(candidates=candidates, candidate_vectors=to_matrix(np.eye(2, 8)), k=2, **extra)
+
+    bad = [("query_similarity", rank_request(query_similarity=[0.1])),
+           ("query_similarity", rank_request(query_similarity=[0.1, float("nan")])),
+           ("query_vector", rank_request(query_similarity=[0.1, 0.9], query_vector=common_pb2.Matrix(rows=1, dim=4)))]
+    with grpc.insecure_channel(stack.address("ranker")) as channel:
+        rank = ranker_pb2_grpc.RankerStub(channel).Rank
+        ranked = rank(rank_request(query_similarity=[0.1, 0.9]), timeout=5)
+        assert ranked.items[0].item_id == "b"  # the query decides
+        for field, request in bad:
+            with pytest.raises(grpc.RpcError) as caught:
+                rank(request, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in caught.value.details()
