@@ -1,14 +1,14 @@
 """`make chaos` / `recmesh chaos`: faults under steady load.
 
-A local mesh with a supervisor (crashed processes are started again at once) takes open-loop
-Recommend load (sessions from MovieLens, 30 % with typed text, client deadline = the 100 ms
-budget). Each service in turn, and Triton, is SIGKILLed (the supervisor restarts it) and
-SIGSTOPped for a few seconds (then SIGCONT). For each fault: the share of Recommends answered
-within their deadline and the share degraded while it lasts, and the recovery time - from the
-restart (or SIGCONT) to the first moment after which answers stay undegraded for 2 s.
-The gateway itself is a single process here: killing it leaves nothing to answer until it is
-back (replicas behind a Service do that in Kubernetes); it is reported, not part of the bar.
-Writes results/chaos.json and results/chaos.png."""
+A local mesh with a supervisor (crashed processes are started again at once) and two gateway
+replicas takes open-loop Recommend load (sessions from MovieLens, 30 % with typed text, client
+deadline = the 100 ms budget) through recmesh.replicas, the way a backend calls the gateway
+Deployment: round robin, a call that finds its gateway gone is sent to the other at once, one
+not answered in 50 ms is hedged there. Each service in turn, Triton, and one gateway is
+SIGKILLed (the supervisor restarts it) and SIGSTOPped for a few seconds (then SIGCONT). For
+each fault: the share of Recommends answered within their deadline and the share degraded while
+it lasts, and the recovery time - from the restart (or SIGCONT) to the first moment after which
+answers stay undegraded for 2 s. Writes results/chaos.json and results/chaos.png."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ import grpc
 
 from recmesh.common.local import REPO
 from recmesh.devstack import Stack
-from recmesh.loadtest import Sessions
-from recmesh.v1 import recommendations_pb2_grpc
+from recmesh.loadtest import Sessions, arrivals
+from recmesh.replicas import Replicas
 
-TARGETS = ("updater", "retrieval", "ranker", "encoder", "triton")
+TARGETS = ("updater", "retrieval", "ranker", "encoder", "triton", "gateway")
 STEADY_S = 2.0  # undegraded for this long = recovered
 
 
@@ -43,10 +43,12 @@ class Record:
 
 
 class SteadyLoad(threading.Thread):
-    def __init__(self, target: str, rate: float, budget_s: float, query_share: float):
+    def __init__(self, targets: list[str], rate: float, budget_s: float, query_share: float, hedge_after_s: float):
         super().__init__(name="chaos-load", daemon=True)
-        self.target, self.rate, self.budget_s, self.query_share = target, rate, budget_s, query_share
+        self.targets, self.hedge_after_s = targets, hedge_after_s
+        self.rate, self.budget_s, self.query_share = rate, budget_s, query_share
         self.records: list[Record] = []
+        self.extra_attempts = 0  # hedged or retried Recommends
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -59,32 +61,26 @@ class SteadyLoad(threading.Thread):
     async def _drive(self) -> None:
         sessions = Sessions.from_movielens()
         loop = asyncio.get_running_loop()
-        async with grpc.aio.insecure_channel(self.target) as channel:
-            stub = recommendations_pb2_grpc.RecommendationsStub(channel)
+        async with Replicas(self.targets, self.hedge_after_s) as gateways:
             tasks = []
 
-            async def one(scheduled_loop: float, scheduled: float) -> None:
+            async def one(started: float) -> None:  # loop.time() is time.monotonic()
                 degraded, ok = True, False
                 try:
-                    reply = await stub.Recommend(sessions.recommend(self.query_share, self.budget_s),
-                                                 timeout=self.budget_s)
+                    reply = await gateways.call("Recommend", sessions.recommend(self.query_share, self.budget_s),
+                                                self.budget_s)
                     degraded, ok = bool(reply.degraded), True
                 except grpc.aio.AioRpcError:
                     pass
-                latency = loop.time() - scheduled_loop
-                self.records.append(Record(scheduled, latency, ok and latency <= self.budget_s, degraded))
+                latency = loop.time() - started
+                self.records.append(Record(started, latency, ok and latency <= self.budget_s, degraded))
 
-            start_loop, start = loop.time() + 0.05, time.monotonic() + 0.05
-            i = 0
-            while not self._halt.is_set():
-                due = start_loop + i / self.rate
-                if due > loop.time():
-                    await asyncio.sleep(due - loop.time())
-                tasks.append(loop.create_task(one(due, start + i / self.rate)))
-                i += 1
+            async for started in arrivals(self.rate, halt=self._halt.is_set):
+                tasks.append(loop.create_task(one(started)))
                 if len(tasks) > 1000:
                     tasks = [t for t in tasks if not t.done()]
             await asyncio.gather(*tasks)
+            self.extra_attempts = gateways.extra_attempts
 
 
 def pid_of(stack: Stack, name: str):
@@ -133,12 +129,12 @@ def run(args: argparse.Namespace) -> dict:
             shutil.copytree(REPO / "var" / part, var / part)
         with Stack(var=var) as stack:
             supervisor = stack.supervise()
-            load = SteadyLoad(stack.address("gateway"), args.rate, args.budget_ms / 1000, args.query_share)
+            gateways = [stack.address("gateway"), stack.start_replica("gateway", "b")]
+            load = SteadyLoad(gateways, args.rate, args.budget_ms / 1000, args.query_share, args.hedge_after_ms / 1000)
             load.start()
             time.sleep(args.settle_s)
-            targets = [*TARGETS, "gateway"]
-            for name in targets:
-                for sig in (signal.SIGKILL, signal.SIGSTOP) if name != "gateway" else (signal.SIGKILL,):
+            for name in TARGETS:
+                for sig in (signal.SIGKILL, signal.SIGSTOP):
                     started = time.monotonic()
                     back = inject(stack, supervisor, name, sig, args.hold_s)
                     time.sleep(args.observe_s)
@@ -154,13 +150,13 @@ def run(args: argparse.Namespace) -> dict:
         row = {"target": f["target"], "signal": f["signal"], **summarise(records, f["start"], f["back"], f["until"])}
         report.append(row)
         print(json.dumps(row), flush=True)
-    bar = [r for r in report if r["target"] != "gateway"]
     results = {"rate_per_s": args.rate, "budget_ms": args.budget_ms, "query_share": args.query_share,
-               "hold_s": args.hold_s, "faults": report,
-               "worst_in_time_share": min(r["in_time_share"] for r in bar),
+               "hold_s": args.hold_s, "gateway_replicas": len(gateways), "hedge_after_ms": args.hedge_after_ms,
+               "extra_attempts_share": round(load.extra_attempts / max(len(records), 1), 4), "faults": report,
+               "worst_in_time_share": min(r["in_time_share"] for r in report),
                # None: some service never gave undegraded answers again (0.0 is a real figure).
-               "worst_recovery_s": None if any(r["recovery_s"] is None for r in bar)
-               else max(r["recovery_s"] for r in bar)}
+               "worst_recovery_s": None if any(r["recovery_s"] is None for r in report)
+               else max(r["recovery_s"] for r in report)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chaos.json").write_text(json.dumps(results, indent=2))
     _plot(records, faults, args.out / "chaos.png")
@@ -200,6 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-ms", type=float, default=100.0)
     parser.add_argument("--query-share", type=float, default=0.3)
     parser.add_argument("--hold-s", type=float, default=3.0, help="how long a SIGSTOP lasts")
+    parser.add_argument("--hedge-after-ms", type=float, default=50.0,
+                        help="the client sends a Recommend to the other gateway when one has not answered by then")
     parser.add_argument("--observe-s", type=float, default=6.0, help="load kept on after each recovery")
     parser.add_argument("--settle-s", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=REPO / "results")

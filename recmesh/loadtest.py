@@ -26,10 +26,12 @@ import grpc
 
 from recmesh.catalog import movielens
 from recmesh.common.local import REPO
-from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
+from recmesh.replicas import Replicas
+from recmesh.v1 import common_pb2, recommendations_pb2
 
 RATE = common_pb2.EventType.EVENT_TYPE_RATE
 IN_TIME_BAR = 0.995
+TIMER_SLACK_S = 0.001
 
 
 @dataclass
@@ -99,39 +101,51 @@ class Tally:
         }
 
 
-async def step(stub, sessions: Sessions, rate: float, seconds: float, budget_ms: float, query_share: float,
-               track_ratio: float) -> dict:
+async def arrivals(rate: float, count: int | None = None, halt: Callable[[], bool] = lambda: False):
+    """Open-loop arrivals at `rate` per second (`count` of them, or until `halt()`): yields
+    each call's start - its scheduled time, or the time it is sent if that is earlier. Wakes
+    are aimed TIMER_SLACK_S early because asyncio's timers fire up to a millisecond late
+    (measured here: median 0.8 ms), which would otherwise be added to every latency; a driver
+    that falls further behind still counts its lag (no coordinated omission)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    i = 0
+    while (count is None or i < count) and not halt():
+        scheduled = start + i / rate
+        delay = scheduled - loop.time() - TIMER_SLACK_S
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield min(scheduled, loop.time())
+        i += 1
+
+
+async def step(gateways: Replicas, sessions: Sessions, rate: float, seconds: float, budget_ms: float,
+               query_share: float, track_ratio: float) -> dict:
     loop = asyncio.get_running_loop()
     tally, budget_s = Tally(), budget_ms / 1000
     tasks: list[asyncio.Task] = []
 
-    async def recommend(scheduled: float) -> None:
+    async def recommend(started: float) -> None:
         try:
-            reply = await stub.Recommend(sessions.recommend(query_share, budget_s), timeout=budget_s)
-            late = loop.time() - scheduled > budget_s
-            tally.record(int((loop.time() - scheduled) * 1e6), "missed" if late else "in_time", reply.degraded)
+            reply = await gateways.call("Recommend", sessions.recommend(query_share, budget_s), budget_s)
+            late = loop.time() - started > budget_s
+            tally.record(int((loop.time() - started) * 1e6), "missed" if late else "in_time", reply.degraded)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             outcome = {grpc.StatusCode.DEADLINE_EXCEEDED: "missed",
                        grpc.StatusCode.RESOURCE_EXHAUSTED: "rejected"}.get(code, "failed")
             tally.errors[code.name] = tally.errors.get(code.name, 0) + 1
-            tally.record(int((loop.time() - scheduled) * 1e6), outcome)
+            tally.record(int((loop.time() - started) * 1e6), outcome)
 
     async def track() -> None:
         try:
-            await stub.TrackEvents(sessions.track(), timeout=2.0)
+            await gateways.call("TrackEvents", sessions.track(), 2.0, hedge=False)
         except grpc.aio.AioRpcError:
             pass  # ingest is measured by recmesh.bench.ingest; here it is background load
 
-    start = loop.time() + 0.05
-    n = int(rate * seconds)
     owed = 0.0
-    for i in range(n):
-        scheduled = start + i / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(loop.create_task(recommend(scheduled)))
+    async for started in arrivals(rate, int(rate * seconds)):
+        tasks.append(loop.create_task(recommend(started)))
         owed += track_ratio
         while owed >= 1:
             owed -= 1
@@ -153,21 +167,23 @@ def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) 
     return {name: round(ms, 2) for name, ms in used.items()}
 
 
-async def drive(target: str, rates: list[float], seconds: float, budget_ms: float, query_share: float,
-                track_ratio: float, cpu: Callable[[], dict[str, float]] | None = None) -> list[dict]:
-    """cpu: CPU seconds so far per process of the mesh under test (when it is local); each
-    step then reports CPU ms per Recommend per process, this load generator's included."""
+async def drive(targets: list[str], rates: list[float], seconds: float, budget_ms: float, query_share: float,
+                track_ratio: float, cpu: Callable[[], dict[str, float]] | None = None, warm_up: bool = True
+                ) -> list[dict]:
+    """targets: gateway replicas (recmesh.replicas: round robin, failover, hedging); cpu: CPU
+    seconds so far per process of the mesh under test (when it is local) - each step then
+    reports CPU ms per Recommend per process, this load generator's included."""
     def cpu_now() -> dict[str, float]:
         return {**(cpu() if cpu else {}), "load_generator": time.process_time()}
 
     sessions = Sessions.from_movielens()
     results = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = recommendations_pb2_grpc.RecommendationsStub(channel)
-        await step(stub, sessions, 20, 2.0, budget_ms, query_share, track_ratio)  # warm-up, not reported
+    async with Replicas(targets) as gateways:
+        if warm_up:  # not reported
+            await step(gateways, sessions, 20, 2.0, budget_ms, query_share, track_ratio)
         for rate in rates:
             before = cpu_now()
-            summary = await step(stub, sessions, rate, seconds, budget_ms, query_share, track_ratio)
+            summary = await step(gateways, sessions, rate, seconds, budget_ms, query_share, track_ratio)
             summary["cpu_ms_per_recommend"] = cpu_per_call(before, cpu_now(), summary["calls"])
             print(json.dumps({k: v for k, v in summary.items() if k != "errors"}), flush=True)
             results.append(summary)
@@ -202,12 +218,12 @@ def plot(steps: list[dict], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict:
     rates = [float(r) for r in args.rates.split(",")]
 
-    def go(target: str, cpu=None) -> list[dict]:
-        return asyncio.run(drive(target, rates, args.seconds, args.budget_ms, args.query_share, args.track_ratio,
+    def go(targets: list[str], cpu=None) -> list[dict]:
+        return asyncio.run(drive(targets, rates, args.seconds, args.budget_ms, args.query_share, args.track_ratio,
                                  cpu))
 
     if args.target:
-        steps = go(args.target)
+        steps = go(args.target.split(","))
     else:  # our own mesh over a private copy of the bootstrapped catalog and event log
         import shutil
         import tempfile
@@ -219,7 +235,9 @@ def run(args: argparse.Namespace) -> dict:
             for part in ("catalog", "updater"):
                 shutil.copytree(REPO / "var" / part, var / part)
             with Stack(var=var) as stack:
-                steps = go(stack.address("gateway"), stack.cpu_seconds)
+                gateways = [stack.address("gateway"),
+                            *(stack.start_replica("gateway", str(i)) for i in range(2, args.gateways + 1))]
+                steps = go(gateways, stack.cpu_seconds)
         finally:
             shutil.rmtree(var, ignore_errors=True)
     results = {"query_share": args.query_share, "track_per_recommend": args.track_ratio,
@@ -233,7 +251,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="", help="a running gateway (default: start a local mesh)")
+    parser.add_argument("--target", default="",
+                        help="running gateway replicas, comma-separated (default: start a local mesh)")
+    parser.add_argument("--gateways", type=int, default=1, help="gateway replicas of the local mesh")
     parser.add_argument("--rates", default="20,40,60,80,100,120,150", help="Recommend/s per step")
     parser.add_argument("--seconds", type=float, default=20.0, help="per step")
     parser.add_argument("--budget-ms", type=float, default=100.0, help="the client deadline")
