@@ -1,11 +1,14 @@
 """Scale-out on a shared store: two updater processes on one Redis (redis-server started here),
 two gateway replicas, each behind its own updater. What one replica acknowledges, the other
-reads at once; a SIGKILLed updater loses nothing acknowledged."""
+reads at once; a SIGKILLed updater loses nothing acknowledged; a killed or stopped gateway
+loses no Recommend of a client calling both (recmesh.replicas)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
@@ -16,6 +19,9 @@ import redis
 
 from recmesh.client import Event, RecmeshClient
 from recmesh.devstack import Stack
+from recmesh.loadtest import arrivals
+from recmesh.replicas import Replicas
+from recmesh.v1 import recommendations_pb2
 from tests.integration.faults import sigkill_while_running
 
 pytestmark = pytest.mark.integration
@@ -91,3 +97,45 @@ def test_no_acknowledged_event_lost_when_one_of_two_updaters_is_killed_under_loa
     assert set(logged) == set(everything) and max(logged.values()) == 1  # none lost, none twice
     for w, events in acked.items():
         assert a.profile(f"{user}-w{w}").event_count == b.profile(f"{user}-w{w}").event_count == len(events)
+
+
+def test_no_recommend_lost_while_one_of_two_gateways_is_killed_then_stopped(scaled, user):
+    """Open-loop Recommends (20/s, 500 ms deadline) through recmesh.replicas while gateway "a"
+    is SIGKILLed and restarted, then SIGSTOPped for 1.5 s: every call is answered in time."""
+    stack, _, _ = scaled
+    stop = threading.Event()
+    outcomes: list = []
+    retried = []
+
+    async def recommend_until_stopped() -> None:
+        loop = asyncio.get_running_loop()
+        async with Replicas([stack.address("gateway"), stack.address("gateway-b")], hedge_after_s=0.15) as gateways:
+            async def one(started: float) -> None:
+                try:
+                    await gateways.call("Recommend", recommendations_pb2.RecommendRequest(user_id=user, k=5), 0.5)
+                    outcomes.append(loop.time() - started)
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append(exc.code())
+
+            tasks = [loop.create_task(one(started)) async for started in arrivals(20, halt=stop.is_set)]
+            await asyncio.gather(*tasks)
+            retried.append(gateways.extra_attempts)
+
+    load = threading.Thread(target=asyncio.run, args=(recommend_until_stopped(),))
+    load.start()
+    try:
+        time.sleep(1.0)
+        stack.signal("gateway", signal.SIGKILL)
+        stack.restart("gateway")
+        time.sleep(0.5)
+        stack.signal("gateway", signal.SIGSTOP)
+        time.sleep(1.5)
+        stack.signal("gateway", signal.SIGCONT)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        load.join(30)
+    errors = [o for o in outcomes if not isinstance(o, float)]
+    assert len(outcomes) > 60 and not errors, Counter(errors)
+    assert max(outcomes) < 0.5
+    assert retried[0] > 0, "no call ever met the fault: the test proved nothing"
