@@ -22,15 +22,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from recmesh.common.server import FAST_RECONNECT
 from recmesh.v1 import recommendations_pb2_grpc
 
-# Reconnect to a restarted replica within a second, not after gRPC's default backoff
-# (1 s growing to 120 s): while it is down, calls routed to it fail fast and go elsewhere.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
 MAX_TOKENS = 10.0
 TOKENS_PER_CALL = 0.1
 
@@ -55,7 +49,9 @@ class Replicas:
 
     async def __aenter__(self) -> "Replicas":
         for target in self.targets:
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            # A restarted replica is reconnected within a second; while it is down, calls routed
+            # to it fail fast and go elsewhere.
+            channel = grpc.aio.insecure_channel(target, options=FAST_RECONNECT)
             self.replicas.append(Replica(target, channel, recommendations_pb2_grpc.RecommendationsStub(channel)))
         return self
 

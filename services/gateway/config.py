@@ -61,6 +61,11 @@ class GatewaySettings(ServiceSettings):
     popular_pool: int = Field(default=500, ge=1)
     popular_refresh_s: float = Field(default=30.0, gt=0)
     interest_cache_users: int = Field(default=100_000, ge=0)
+    # Catalog items (metadata + vector) kept for users' histories, and for how long at most: an
+    # item changed through another gateway replica reaches this one's histories within that.
+    # 0 items or 0 s: every Recommend looks its history items up in retrieval.
+    item_cache_items: int = Field(default=50_000, ge=0)
+    item_cache_ttl_s: float = Field(default=60.0, ge=0)
     # A user's interest vector is reused, without calling the encoder, while the history it
     # came from is exactly the same (same events, same item vectors) - for at most this long,
     # which bounds how stale it can be after the interest model itself changes. 0: never.

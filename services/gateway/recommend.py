@@ -26,6 +26,7 @@ from services.gateway.budget import Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import CandidateSet, PopularCandidates
 from services.gateway.impressions import ImpressionLog
+from services.gateway.item_cache import ItemCache
 from services.gateway.upstreams import Upstreams
 
 MS = 1e-3
@@ -83,9 +84,14 @@ class Recommender:
         self.in_flight = 0
         RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
         self._interest_cache: LruCache[str, KnownInterest] = LruCache(settings.interest_cache_users)
+        self._items = ItemCache(settings.item_cache_items, settings.item_cache_ttl_s)
 
     def forget_user(self, user_id: str) -> None:
         self._interest_cache.forget(user_id)
+
+    def forget_items(self, item_ids) -> None:
+        """Items changed or deleted through this gateway: looked up afresh next time."""
+        self._items.forget(item_ids)
 
     async def recommend(self, request, k: int, query: str, client_remaining_s: float | None):
         """Admission first: past max_in_flight Recommends, or with too little of the client's
@@ -186,26 +192,29 @@ class Recommender:
         if not state.recent:
             return History([], empty.vectors, {}, seen, skipped)
         ids = list(dict.fromkeys(e.item_id for e in state.recent))
-        found = await budget.call(
-            "history_items",
-            s.history_cap_ms * MS,
-            lambda t: self._up.retrieval.GetItems(
-                retrieval_pb2.GetItemsRequest(item_ids=ids, with_vectors=True, catalog_vectors_only=True),
-                timeout=t,
-            ),
-        )
-        if found is None:
-            return History([], empty.vectors, {}, seen, skipped)
-        vectors = from_matrix(found.vectors, "vectors")
-        row = {c.item_id: i for i, c in enumerate(found.candidates)}
+        now = time.monotonic()
+        known, missing = self._items.lookup(ids, now)
+        if missing:
+            found = await budget.call(
+                "history_items",
+                s.history_cap_ms * MS,
+                lambda t: self._up.retrieval.GetItems(
+                    retrieval_pb2.GetItemsRequest(item_ids=missing, with_vectors=True, catalog_vectors_only=True),
+                    timeout=t,
+                ),
+            )
+            if found is not None:  # else the history is what was cached, maybe nothing
+                known |= self._items.add(found.candidates, from_matrix(found.vectors, "vectors"), now)
         # Items deleted from the catalog since the event drop out of the history.
         entries = [
             encoder_pb2.HistoryEntry(item_id=e.item_id, type=e.type, value=e.value, timestamp_ms=e.timestamp_ms)
             for e in state.recent
-            if e.item_id in row
+            if e.item_id in known
         ]
-        rows = [row[e.item_id] for e in entries]
-        return History(entries, vectors[rows], {c.item_id: c for c in found.candidates}, seen, skipped)
+        if not entries:
+            return History([], empty.vectors, {}, seen, skipped)
+        vectors = np.stack([known[e.item_id].vector for e in entries])
+        return History(entries, vectors, {i: c.candidate for i, c in known.items()}, seen, skipped)
 
     async def _interest(self, budget, user_id, history: History, query: str, versions):
         if not history.entries and not query:

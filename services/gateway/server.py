@@ -110,6 +110,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 timeout=self._write_timeout(context),
             ),
         )
+        self._recommender.forget_items(item.item_id for item in request.items)
         return recommendations_pb2.UpsertItemsResponse(upserted=reply.upserted)
 
     @rpc_method
@@ -120,6 +121,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
             self._up.retrieval.Delete(retrieval_pb2.DeleteRequest(item_ids=ids), timeout=self._write_timeout(context)),
         )
         self._popular.forget(set(ids))
+        self._recommender.forget_items(ids)
         return recommendations_pb2.DeleteItemsResponse(deleted=reply.deleted)
 
     @rpc_method
