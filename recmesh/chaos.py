@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from recmesh.common.local import REPO
-from recmesh.devstack import Stack
+from recmesh.devstack import Stack, private_stack
 from recmesh.loadtest import Sessions, arrivals
 from recmesh.replicas import Replicas
 
@@ -122,28 +120,22 @@ def summarise(records: list[Record], start: float, back: float, until: float) ->
 
 
 def run(args: argparse.Namespace) -> dict:
-    var = Path(tempfile.mkdtemp(prefix="recmesh-chaos-"))
     faults = []
-    try:
-        for part in ("catalog", "updater"):
-            shutil.copytree(REPO / "var" / part, var / part)
-        with Stack(var=var) as stack:
-            supervisor = stack.supervise()
-            gateways = [stack.address("gateway"), stack.start_replica("gateway", "b")]
-            load = SteadyLoad(gateways, args.rate, args.budget_ms / 1000, args.query_share, args.hedge_after_ms / 1000)
-            load.start()
-            time.sleep(args.settle_s)
-            for name in TARGETS:
-                for sig in (signal.SIGKILL, signal.SIGSTOP):
-                    started = time.monotonic()
-                    back = inject(stack, supervisor, name, sig, args.hold_s)
-                    time.sleep(args.observe_s)
-                    faults.append({"target": name, "signal": signal.Signals(sig).name, "start": started,
-                                   "back": back, "until": time.monotonic()})
-                    print(f"{name} {signal.Signals(sig).name}: back after {back - started:.1f} s", flush=True)
-            load.stop()
-    finally:
-        shutil.rmtree(var, ignore_errors=True)
+    with private_stack() as stack:
+        supervisor = stack.supervise()
+        gateways = [stack.address("gateway"), stack.start_replica("gateway", "b")]
+        load = SteadyLoad(gateways, args.rate, args.budget_ms / 1000, args.query_share, args.hedge_after_ms / 1000)
+        load.start()
+        time.sleep(args.settle_s)
+        for name in TARGETS:
+            for sig in (signal.SIGKILL, signal.SIGSTOP):
+                started = time.monotonic()
+                back = inject(stack, supervisor, name, sig, args.hold_s)
+                time.sleep(args.observe_s)
+                faults.append({"target": name, "signal": signal.Signals(sig).name, "start": started,
+                               "back": back, "until": time.monotonic()})
+                print(f"{name} {signal.Signals(sig).name}: back after {back - started:.1f} s", flush=True)
+        load.stop()
     records = load.records
     report = []
     for f in faults:

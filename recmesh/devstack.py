@@ -5,11 +5,15 @@ and the benchmarks."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +26,8 @@ from recmesh.tritonserver import TritonServer
 
 # Leaves first: the gateway waits for retrieval before it reports SERVING.
 SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
+# What `recmesh bootstrap` builds under var/: the catalog (Qdrant shard, vectors) and the event log.
+BOOTSTRAPPED = (REPO / "var" / "catalog", REPO / "var" / "updater")
 
 
 def process_tree_cpu_s(pids: dict[str, int]) -> dict[str, float]:
@@ -236,6 +242,21 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def private_stack(*folders: Path, **settings) -> Iterator["Stack"]:
+    """A running local mesh over a temporary copy of `folders` (each becomes var/<its name>;
+    default: the bootstrapped catalog and event log): what the run writes is thrown away.
+    settings: Stack's fields (env, encoder_backend, ...)."""
+    var = Path(tempfile.mkdtemp(prefix="recmesh-"))
+    try:
+        for folder in folders or BOOTSTRAPPED:
+            shutil.copytree(folder, var / folder.name)
+        with Stack(var=var, **settings) as stack:
+            yield stack
+    finally:
+        shutil.rmtree(var, ignore_errors=True)
 
 
 class Supervisor(threading.Thread):

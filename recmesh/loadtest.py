@@ -225,21 +225,12 @@ def run(args: argparse.Namespace) -> dict:
     if args.target:
         steps = go(args.target.split(","))
     else:  # our own mesh over a private copy of the bootstrapped catalog and event log
-        import shutil
-        import tempfile
+        from recmesh.devstack import private_stack
 
-        from recmesh.devstack import Stack
-
-        var = Path(tempfile.mkdtemp(prefix="recmesh-load-"))
-        try:
-            for part in ("catalog", "updater"):
-                shutil.copytree(REPO / "var" / part, var / part)
-            with Stack(var=var) as stack:
-                gateways = [stack.address("gateway"),
-                            *(stack.start_replica("gateway", str(i)) for i in range(2, args.gateways + 1))]
-                steps = go(gateways, stack.cpu_seconds)
-        finally:
-            shutil.rmtree(var, ignore_errors=True)
+        with private_stack() as stack:
+            gateways = [stack.address("gateway"),
+                        *(stack.start_replica("gateway", str(i)) for i in range(2, args.gateways + 1))]
+            steps = go(gateways, stack.cpu_seconds)
     results = {"query_share": args.query_share, "track_per_recommend": args.track_ratio,
                "seconds_per_step": args.seconds, "steps": steps, "highest_sustainable_per_s": sustainable(steps)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,17 +14,15 @@ import asyncio
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from recmesh.common.local import REPO
-from recmesh.devstack import Stack
+from recmesh.devstack import private_stack
 from recmesh.loadtest import drive
 
 QUANTILES = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}
@@ -62,19 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args(argv)
     half = args.rate // 2
-    var = Path(tempfile.mkdtemp(prefix="recmesh-crosscheck-"))
-    try:
-        for part in ("catalog", "updater"):
-            shutil.copytree(REPO / "var" / part, var / part)
-        with Stack(var=var) as stack:
-            target = stack.address("gateway")
-            asyncio.run(drive([target], [args.rate], 10, 100.0, 0.3, 0.0))  # warm the caches
-            locust = start_locust(target, half, args.seconds, var)
-            time.sleep(SPAWN_S)
-            harness = asyncio.run(drive([target], [half], args.seconds, 100.0, 0.3, 0.0, warm_up=False))[0]
-            locust_figures = locust_results(locust, args.seconds, var)
-    finally:
-        shutil.rmtree(var, ignore_errors=True)
+    with private_stack() as stack:
+        target = stack.address("gateway")
+        asyncio.run(drive([target], [args.rate], 10, 100.0, 0.3, 0.0))  # warm the caches
+        locust = start_locust(target, half, args.seconds, stack.var)
+        time.sleep(SPAWN_S)
+        harness = asyncio.run(drive([target], [half], args.seconds, 100.0, 0.3, 0.0, warm_up=False))[0]
+        locust_figures = locust_results(locust, args.seconds, stack.var)
     ratios = {q: round(harness[q] / max(locust_figures[q], 1e-9), 3) for q in QUANTILES}
     results = {"rate_per_s": args.rate, "seconds": args.seconds, "harness": harness, "locust": locust_figures,
                "harness_over_locust": ratios, "within_10_percent": all(abs(r - 1) <= 0.1 for r in ratios.values())}

@@ -9,8 +9,6 @@ import json
 import os
 import platform
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 from recmesh.catalog import movielens
 from recmesh.catalog.bootstrap import DEFAULT_DATA, REPO
 from recmesh.client import RecmeshClient
-from recmesh.devstack import Stack
+from recmesh.devstack import private_stack
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -41,32 +39,26 @@ def run(calls: int, out: Path, seed: int = 7) -> dict:
     rng = random.Random(seed)
     users = [str(rng.randint(1, 610)) for _ in range(calls)]
     queries = queries_from_tags(DEFAULT_DATA, calls, rng)
-    var = Path(tempfile.mkdtemp(prefix="recmesh-bench-"))
-    shutil.copytree(REPO / "var" / "catalog", var / "catalog")
-    shutil.copytree(REPO / "var" / "updater", var / "updater")
     results: dict = {"calls": calls, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     samples: dict[str, list[float]] = {}
-    try:
-        with Stack(var=var) as stack, RecmeshClient(stack.address("gateway"), timeout_s=1.0) as rm:
-            for u in users[:50]:  # warm connections and caches that any running server has warm
-                rm.recommend(u, k=10)
-            for mode in ("no_query", "query"):
-                wall, server, degraded = [], [], 0
-                stages: dict[str, list[float]] = {}
-                for user, query in zip(users, queries, strict=True):
-                    started = time.perf_counter()
-                    reply = rm.recommend(user, k=10, query=query if mode == "query" else "")
-                    wall.append((time.perf_counter() - started) * 1000)
-                    server.append(reply.total_ms)
-                    for stage in reply.stage_latency:
-                        stages.setdefault(stage.stage, []).append(stage.ms)
-                    degraded += bool(reply.degraded)
-                samples[mode] = wall
-                results[mode] = {"client_ms": percentiles(wall), "gateway_ms": percentiles(server),
-                                 "degraded_share": degraded / calls,
-                                 "stage_ms": {name: percentiles(ms) for name, ms in stages.items()}}
-    finally:
-        shutil.rmtree(var, ignore_errors=True)
+    with private_stack() as stack, RecmeshClient(stack.address("gateway"), timeout_s=1.0) as rm:
+        for u in users[:50]:  # warm connections and caches that any running server has warm
+            rm.recommend(u, k=10)
+        for mode in ("no_query", "query"):
+            wall, server, degraded = [], [], 0
+            stages: dict[str, list[float]] = {}
+            for user, query in zip(users, queries, strict=True):
+                started = time.perf_counter()
+                reply = rm.recommend(user, k=10, query=query if mode == "query" else "")
+                wall.append((time.perf_counter() - started) * 1000)
+                server.append(reply.total_ms)
+                for stage in reply.stage_latency:
+                    stages.setdefault(stage.stage, []).append(stage.ms)
+                degraded += bool(reply.degraded)
+            samples[mode] = wall
+            results[mode] = {"client_ms": percentiles(wall), "gateway_ms": percentiles(server),
+                             "degraded_share": degraded / calls,
+                             "stage_ms": {name: percentiles(ms) for name, ms in stages.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "recommend_latency.json").write_text(json.dumps(results, indent=2))
     _plot(samples, out / "recommend_latency.png")

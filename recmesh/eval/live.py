@@ -3,15 +3,13 @@ event log, so that only the events an evaluation sends are known."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from recmesh.client import Event, RecmeshClient
 from recmesh.common.local import REPO
-from recmesh.devstack import Stack
+from recmesh.devstack import Stack, private_stack
 
 # The gateway takes up to 1,000 events per call; 500 keeps each call short.
 TRACK_BATCH = 500
@@ -19,13 +17,8 @@ TRACK_BATCH = 500
 
 @contextmanager
 def fresh_stack(catalog: Path = REPO / "var" / "catalog", env: dict[str, str] | None = None) -> Iterator[Stack]:
-    var = Path(tempfile.mkdtemp(prefix="recmesh-eval-"))
-    try:
-        shutil.copytree(catalog, var / "catalog")
-        with Stack(var=var, env=env or {}) as stack:
-            yield stack
-    finally:
-        shutil.rmtree(var, ignore_errors=True)
+    with private_stack(catalog, env=env or {}) as stack:  # no event log: an empty one
+        yield stack
 
 
 @contextmanager
