@@ -1,7 +1,7 @@
 """Does `recmesh load` measure what an independent tool measures? One load point, one mesh,
 both tools at once: the harness offers half of `rate` Recommend/s (open loop, asyncio) while
-Locust offers the other half (rate/2 users at one call per second each, blocking gRPC calls
-on a thread pool), the same calls (sessions, 30 % with text, 100 ms deadline). Running them
+Locust offers the other half (rate/2 users at one call per second each, blocking gRPC calls),
+the same calls (sessions, 30 % with text, 100 ms deadline). Running them
 side by side rather than one after the other puts both in the same mesh state (warm caches,
 host noise) - what remains is the difference between the tools. Percentiles of the two sets
 of latencies are compared; Locust's own CSV figures (whole milliseconds) are kept beside.

@@ -25,7 +25,8 @@ SAMPLES_MS: list[float] = []
 # Blocking gRPC calls: grpc.experimental.gevent made each call ~60 ms slower here, and calls on
 # gevent's thread pool as much (measured: p50 69-75 ms against 12 ms). A blocking call holds
 # the other simulated users back while it lasts, which delays their next call's start, not its
-# timing; at the cross-check's rate (20/s, ~13 ms each) a quarter of the calls start late.
+# timing; at the cross-check's rate (20/s, ~13 ms each) roughly one call in four can start late
+# (an estimate from rate x latency, not measured).
 
 
 class RecommendUser(User):
