@@ -83,7 +83,7 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
     print(f"loaded {len(catalog.items)} items and {len(catalog.ratings)} ratings from {data}")
     texts, encoded = text_vectors([item_text(it) for it in catalog.items], var / "catalog" / f"text-{texts_key}.npy",
                                   model_dir, model_name, variant, threads)
-    placer = ServedInterestModel(interest_model, threads=threads)
+    placer = ServedInterestModel(interest_model, threads=threads, runtime="torch")  # item vectors only
     vectors = placer.item_vectors(texts, [it.item_id for it in catalog.items])
 
     # Build beside the live shard, then swap: a failed build never leaves half a catalog.

@@ -99,7 +99,7 @@ class SequenceInterestModel(nn.Module):
         length = padding.shape[1]
         future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=padding.device), 1)
         pad_keys = padding.unsqueeze(1).expand(-1, length, -1)
-        own = torch.eye(length, dtype=torch.bool, device=padding.device)
+        own = torch.eye(length, device=padding.device).bool()  # a float eye: ONNX Runtime has no bool EyeLike
         blocked = (future | pad_keys) & ~own
         return blocked.repeat_interleave(self.config.heads, dim=0)
 

@@ -24,7 +24,7 @@ def trained(tmp_path):
     ids = [f"item-{i}" for i in range(N_ITEMS)]
     path = tmp_path / "interest_model.pt"
     export_served(model, ids, ["held-out-user"], "20260101T000000Z", path)
-    return model, text, ids, ServedInterestModel(path)
+    return model, text, ids, ServedInterestModel(path, cache_dir=tmp_path)
 
 
 def test_catalog_vectors_are_the_item_table(trained):
@@ -39,9 +39,12 @@ def test_catalog_vectors_are_the_item_table(trained):
     assert served.holdout_users == ["held-out-user"] and served.version == "llm-seq/20260101T000000Z"
 
 
-@pytest.mark.parametrize("length", [3, 8, 13])  # shorter than, equal to and longer than max_len
-def test_served_interest_is_the_offline_hidden_state(trained, length):
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+@pytest.mark.parametrize("length", [1, 3, 8, 13])  # shorter than, equal to and longer than max_len
+def test_served_interest_is_the_offline_hidden_state(trained, tmp_path, length, runtime):
     model, text, ids, served = trained
+    served = ServedInterestModel(tmp_path / "interest_model.pt", runtime=runtime, cache_dir=tmp_path)
+    assert served.runtime == runtime
     items = [(5 * i) % N_ITEMS for i in range(length)]
     ratings = [float(1 + i % 5) for i in range(length)]
     seconds = [1_000_000 + 37 * i * i for i in range(length)]

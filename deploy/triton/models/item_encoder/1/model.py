@@ -21,7 +21,8 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         artifact = config["parameters"]["artifact"]["string_value"]
-        self.model = ServedInterestModel(Path(args["model_repository"]).parent / artifact)
+        # Item vectors only (torch): the interest runtime is never used here.
+        self.model = ServedInterestModel(Path(args["model_repository"]).parent / artifact, runtime="torch")
 
     def execute(self, requests):
         vectors, ids = [], []
