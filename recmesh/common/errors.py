@@ -32,10 +32,14 @@ class DependencyFailed(RuntimeError):
 
 
 def rpc_method(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Map domain errors to their status codes and anything unexpected to INTERNAL."""
+    """Map domain errors to their status codes and anything unexpected to INTERNAL; a call whose
+    deadline passed while it queued is refused without doing its work."""
 
     @functools.wraps(handler)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # queued past its deadline: the caller has moved on
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call was handled")
         try:
             return await handler(self, request, context)
         except InvalidArgument as exc:

@@ -25,12 +25,16 @@ class Budget:
     """Deadline = now + min(budget, client's remaining time). Stages get what is left, capped."""
 
     def __init__(self, budget_s: float, client_remaining_s: float | None, margin_s: float, min_stage_s: float):
-        total = budget_s if client_remaining_s is None else min(budget_s, client_remaining_s)
+        total = self.total(budget_s, client_remaining_s)
         self.started = time.perf_counter()
         self.deadline = self.started + total
         self._margin = margin_s
         self._min_stage = min_stage_s
         self.trace = Trace()
+
+    @staticmethod
+    def total(budget_s: float, client_remaining_s: float | None) -> float:
+        return budget_s if client_remaining_s is None else min(budget_s, client_remaining_s)
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()

@@ -27,11 +27,16 @@ from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import CandidateSet, PopularCandidates
 from services.gateway.impressions import ImpressionLog
 from services.gateway.item_cache import ItemCache
+from services.gateway.shedding import FULL, RUNGS, AdaptiveShedding
 from services.gateway.upstreams import Upstreams
 
 MS = 1e-3
 DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends answered degraded, by reason", ["reason"])
 RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight", "Recommends admitted and in progress")
+SHED_PRESSURE = prom.Gauge("recmesh_gateway_shed_pressure",
+                           "Adaptive shedding: 0 = every Recommend in full; 1 = all skip the ranker; 2 = all skip "
+                           "the encoder too; 2 + x = a share x gets the popular list at once")
+SKIP_RANKER, SKIP_ENCODER = 1, 2  # rungs of the ladder (services/gateway/shedding.py)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class Recommender:
         RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
         self._interest_cache: LruCache[str, KnownInterest] = LruCache(settings.interest_cache_users)
         self._items = ItemCache(settings.item_cache_items, settings.item_cache_ttl_s)
+        self.shedding = AdaptiveShedding(settings.shed_slow, settings.shed_slow_share)
+        SHED_PRESSURE.set_function(lambda: self.shedding.pressure)
 
     def forget_user(self, user_id: str) -> None:
         self._interest_cache.forget(user_id)
@@ -94,19 +101,26 @@ class Recommender:
         self._items.forget(item_ids)
 
     async def recommend(self, request, k: int, query: str, client_remaining_s: float | None):
-        """Admission first: past max_in_flight Recommends, or with too little of the client's
-        time left to do real work, the answer is the popular list at once (degraded, saying
-        why) - shed fast rather than queued past its deadline."""
+        """Admission first: past max_in_flight Recommends, with too little of the client's time
+        left to do real work, the answer is the popular list at once (degraded, saying why) -
+        shed fast rather than queued past its deadline. While the mesh is slow, adaptive
+        shedding has a share skip the ranker, the encoder, or everything (the popular list)."""
         s = self._s
         if self.in_flight >= s.max_in_flight:
             return self._shed(request, k, "shed:overload")
         if client_remaining_s is not None and client_remaining_s < s.min_admit_ms * MS:
             return self._shed(request, k, "shed:late_arrival")
+        rung = self.shedding.rung()
+        if rung > SKIP_ENCODER:
+            return self._shed(request, k, RUNGS[-1])
         self.in_flight += 1
         try:
-            return await self._recommend(request, k, query, client_remaining_s)
+            reply = await self._recommend(request, k, query, client_remaining_s, rung)
         finally:
             self.in_flight -= 1
+        used = reply.total_ms * MS / Budget.total(s.budget_ms * MS, client_remaining_s)
+        self.shedding.observe(used, others_in_flight=self.in_flight)
+        return reply
 
     def _shed(self, request, k: int, reason: str) -> recommendations_pb2.RecommendResponse:
         started = time.perf_counter()
@@ -121,17 +135,19 @@ class Recommender:
         reply.total_ms = (time.perf_counter() - started) * 1000
         return reply
 
-    async def _recommend(self, request, k: int, query: str, client_remaining_s: float | None):
+    async def _recommend(self, request, k: int, query: str, client_remaining_s: float | None, rung: int = FULL):
         s = self._s
         budget = Budget(s.budget_ms * MS, client_remaining_s, s.reply_margin_ms * MS, s.min_stage_ms * MS)
         trace = budget.trace
+        for reason in RUNGS[:rung]:
+            trace.degrade(reason)
         versions: dict[str, str] = {}
         user_id = request.user_id
 
         history = await self._history(budget, user_id)
         # Computed here from the history's catalog vectors: it steers even when the encoder cannot.
         session = session_vector(history.vectors) if history.entries else None
-        interest, query_vec = await self._interest(budget, user_id, history, query, versions)
+        interest, query_vec = await self._interest(budget, user_id, history, query, versions, rung >= SKIP_ENCODER)
         signals = Signals(interest, session, query_vec)
 
         excluded = set(request.filters.exclude_item_ids)
@@ -142,7 +158,7 @@ class Recommender:
         candidates = found.items
 
         ranked = None
-        if candidates:
+        if candidates and rung < SKIP_RANKER:
             ranked = await budget.call(
                 "ranker",
                 s.ranker_cap_ms * MS,
@@ -159,7 +175,7 @@ class Recommender:
                                 score=item.score, reasons=item.reasons)
             self._impressions.log(self._impression(reply.request_id, user_id, ranked, k))
         else:
-            if candidates:
+            if candidates and rung < SKIP_RANKER:
                 trace.degrade("fallback:retrieval_order")
             personal = interest is not None or session is not None or query_vec is not None
             for c in candidates[:k]:
@@ -216,7 +232,9 @@ class Recommender:
         vectors = np.stack([known[e.item_id].vector for e in entries])
         return History(entries, vectors, {i: c.candidate for i, c in known.items()}, seen, skipped)
 
-    async def _interest(self, budget, user_id, history: History, query: str, versions):
+    async def _interest(self, budget, user_id, history: History, query: str, versions, browned_out: bool = False):
+        """(interest, query vector). Browned out, the encoder is asked for the query's vector only
+        (the interest the user had last stands in, or none: the session direction still steers)."""
         if not history.entries and not query:
             return None, None  # a cold user with no query: popularity is the right answer, not a degradation
         request = encoder_pb2.EncodeInterestRequest(history=history.entries, item_vectors=to_matrix(history.vectors))
@@ -225,19 +243,21 @@ class Recommender:
         # The interest is a function of exactly this input: the same input gives it again.
         reuse = (known is not None and bool(history.entries) and known.fingerprint == fingerprint
                  and time.monotonic() - known.at < self._s.interest_reuse_s)
-        if reuse:
-            versions["encoder"] = known.model_version
+        if reuse or browned_out:
+            if known is not None:
+                versions["encoder"] = known.model_version
+            interest = known.vector if known is not None else None
             if not query:
-                return known.vector, None
+                return interest, None
             request = encoder_pb2.EncodeInterestRequest()  # only the query's vector is needed
         request.query = query
         reply = await budget.call(
             "encoder", self._s.encoder_cap_ms * MS, lambda t: self._up.encoder.EncodeInterest(request, timeout=t)
         )
-        if reuse:
-            if reply is not None and reply.model_version != known.model_version:
+        if reuse or browned_out:
+            if reply is not None and known is not None and reply.model_version != known.model_version:
                 self._interest_cache.forget(user_id)  # a new model: the next call recomputes the interest
-            return known.vector, (first_row(reply.query_vector, "query_vector") if reply is not None else None)
+            return interest, (first_row(reply.query_vector, "query_vector") if reply is not None else None)
         if reply is None:
             cached = known.vector if known is not None else None
             if cached is not None:
