@@ -31,7 +31,7 @@ RUNGS = ("brownout:ranker", "brownout:encoder", "shed:slow_mesh")  # the degrade
 
 class AdaptiveShedding:
     def __init__(self, slow: float, slow_share: float = 0.02, step: float = 0.1, max_shed: float = 0.9,
-                 quiet_s: float = 2.0, drain_per_s: float = 1.0, draw: Callable[[], float] = random.random):
+                 quiet_s: float = 1.0, drain_per_s: float = 1.0, draw: Callable[[], float] = random.random):
         self.slow = slow  # a share of the call's budget; 0: off
         self.pressure = 0.0
         self._raise = step
