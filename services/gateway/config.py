@@ -51,7 +51,7 @@ class GatewaySettings(ServiceSettings):
     # Admission: Recommends in progress at most; beyond, the popular list is answered at once.
     max_in_flight: int = Field(default=16, ge=1)
     # Adaptive shedding (services/gateway/shedding.py): while the mesh is slow, a share of
-    # Recommends skips the encoder, then the ranker, then everything (the popular list) - just
+    # Recommends skips the ranker, then the encoder, then everything (the popular list) - just
     # enough that at most shed_slow_share of the answered ones use more than shed_slow of their
     # budget (a tail well inside it: measured, 0.6 / 2 % keeps >= 99.5 % in time on a saturated
     # host, where 0.75 / 1 % did not). shed_slow 0 = off.

@@ -34,9 +34,9 @@ MS = 1e-3
 DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends answered degraded, by reason", ["reason"])
 RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight", "Recommends admitted and in progress")
 SHED_PRESSURE = prom.Gauge("recmesh_gateway_shed_pressure",
-                           "Adaptive shedding: 0 = every Recommend in full; 1 = all skip the encoder; 2 = all skip "
-                           "the ranker too; 2 + x = a share x gets the popular list at once")
-SKIP_ENCODER, SKIP_RANKER = 1, 2  # rungs of the ladder (services/gateway/shedding.py)
+                           "Adaptive shedding: 0 = every Recommend in full; 1 = all skip the ranker; 2 = all skip "
+                           "the encoder too; 2 + x = a share x gets the popular list at once")
+SKIP_RANKER, SKIP_ENCODER = 1, 2  # rungs of the ladder (services/gateway/shedding.py)
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,14 @@ class Recommender:
         """Admission first: past max_in_flight Recommends, with too little of the client's time
         left to do real work, the answer is the popular list at once (degraded, saying why) -
         shed fast rather than queued past its deadline. While the mesh is slow, adaptive
-        shedding has a share skip the encoder, the ranker, or everything (the popular list)."""
+        shedding has a share skip the ranker, the encoder, or everything (the popular list)."""
         s = self._s
         if self.in_flight >= s.max_in_flight:
             return self._shed(request, k, "shed:overload")
         if client_remaining_s is not None and client_remaining_s < s.min_admit_ms * MS:
             return self._shed(request, k, "shed:late_arrival")
         rung = self.shedding.rung()
-        if rung > SKIP_RANKER:
+        if rung > SKIP_ENCODER:
             return self._shed(request, k, RUNGS[-1])
         self.in_flight += 1
         try:

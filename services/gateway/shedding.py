@@ -3,11 +3,10 @@
 When the mesh answers slower than it should (its CPU saturated: every stage queues), a fixed
 in-flight cap does not help: calls are admitted, each stage does its work and then misses its
 deadline, and the answer is degraded *and* late. Instead, a share of Recommends skips work at
-the door, cheapest loss first - the encoder (the user's last interest vector stands in, and the
-session direction of the newest events still steers retrieval and the ranker's features; a
-typed query is still encoded), then the ranker as well (retrieval order: NDCG@10 29 % lower on
-the streaming replay), and only then the whole pipeline (the popular list) - so that everything
-is answered in time, as personal as the CPU allows.
+the door, cheapest loss first - the ranker (retrieval order), then the encoder as well (the
+user's last interest vector or session direction; a typed query is still encoded), and only
+then the whole pipeline (the popular list) - so that everything is answered in time, as
+personal as the CPU allows.
 
 The pressure (0 to len(RUNGS)) tracks a tail quantile of the answered Recommends' latency:
 each one that took more than `slow` of its budget while other Recommends were in flight raises it
@@ -15,8 +14,8 @@ by `step` (one slow call alone is a cold cache or a fault, not overload: nothing
 faster one lowers it by
 step * slow_share / (1 - slow_share), so it settles where about `slow_share` of them are slow -
 zero when the mesh keeps up, as much as needed when it does not. A call takes rung r with
-probability clamp(pressure - r + 1) - e.g. pressure 1.3: every call skips the encoder, 30 %
-the ranker too. Once no answer has been slow for `quiet_s`, the pressure also drains at
+probability clamp(pressure - r + 1) - e.g. pressure 1.3: every call skips the ranker, 30 %
+the encoder too. Once no answer has been slow for `quiet_s`, the pressure also drains at
 `drain_per_s`: slowness that has passed (a fault, a burst) stops costing answers within a few
 seconds, where the per-answer steps alone would take hundreds of answers."""
 
@@ -27,7 +26,7 @@ import time
 from typing import Callable
 
 FULL = 0
-RUNGS = ("brownout:encoder", "brownout:ranker", "shed:slow_mesh")  # the degraded reason of each rung
+RUNGS = ("brownout:ranker", "brownout:encoder", "shed:slow_mesh")  # the degraded reason of each rung
 
 
 class AdaptiveShedding:

@@ -1,6 +1,6 @@
 """Adaptive shedding: nothing is skipped while the mesh keeps up; under overload the pressure
 rises until only about slow_share of answered Recommends are slow, calls going down the
-ladder (encoder, then ranker, then everything) in that order; it drains when slowness passes."""
+ladder (ranker, then encoder, then everything) in that order; it drains when slowness passes."""
 
 import random
 
@@ -28,8 +28,8 @@ def test_slow_calls_one_at_a_time_are_not_overload():
 
 
 @pytest.mark.parametrize("pressure, draw, rung", [
-    (0.3, 0.2, 1), (0.3, 0.4, FULL),  # some skip the encoder
-    (1.3, 0.2, 2), (1.3, 0.5, 1), (1.3, 0.99, 1),  # all skip the encoder, some the ranker too
+    (0.3, 0.2, 1), (0.3, 0.4, FULL),  # some skip the ranker
+    (1.3, 0.2, 2), (1.3, 0.5, 1), (1.3, 0.99, 1),  # all skip the ranker, some the encoder too
     (2.4, 0.3, 3), (2.4, 0.5, 2),  # 40 % get the popular list
 ])
 def test_pressure_sends_calls_down_the_ladder_in_order(pressure, draw, rung):
