@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from recmesh.common.heap import freeze_heap
 from recmesh.common.local import REPO
 from recmesh.devstack import Stack, private_stack
 from recmesh.loadtest import Sessions, arrivals
@@ -58,6 +59,7 @@ class SteadyLoad(threading.Thread):
 
     async def _drive(self) -> None:
         sessions = Sessions.from_movielens()
+        freeze_heap()
         loop = asyncio.get_running_loop()
         async with Replicas(self.targets, self.hedge_after_s) as gateways:
             tasks = []

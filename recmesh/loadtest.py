@@ -26,6 +26,7 @@ from typing import Callable
 import grpc
 
 from recmesh.catalog import movielens
+from recmesh.common.heap import freeze_heap
 from recmesh.common.local import REPO
 from recmesh.replicas import Replicas
 from recmesh.v1 import common_pb2, recommendations_pb2
@@ -184,6 +185,7 @@ async def drive(targets: list[str], rates: list[float], seconds: float, budget_m
         return {**(cpu() if cpu else {}), "load_generator": time.process_time()}
 
     sessions = Sessions.from_movielens()
+    freeze_heap()
     results = []
     async with Replicas(targets) as gateways:
         if warm_up:  # not reported

@@ -14,10 +14,12 @@ import time
 import grpc
 from locust import User, constant_throughput, events, task
 
+from recmesh.common.heap import freeze_heap
 from recmesh.loadtest import Sessions
 from recmesh.v1 import recommendations_pb2_grpc
 
 SESSIONS = Sessions.from_movielens()
+freeze_heap()  # as the harness does: neither tool's numbers carry its own GC pauses
 # Not the harness's sequence: run side by side, the same users at the same moments would let
 # whichever tool comes second reuse the interest the first one paid for.
 SESSIONS.rng.seed(8)

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from recmesh.common import tracing
 from recmesh.common.config import ServiceSettings, load_settings
+from recmesh.common.heap import freeze_heap
 from recmesh.common.logs import setup_logging
 from recmesh.common.metrics import MetricsInterceptor, serve_metrics
 from recmesh.common.transport import InternalTokenInterceptor, server_credentials
@@ -98,6 +99,7 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
         else:
             warm.cancel()
     if not stop.is_set():
+        freeze_heap()  # what warm-up loaded lives as long as the process
         await set_status(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"services": service_names})
         await stop.wait()
