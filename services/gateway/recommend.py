@@ -27,7 +27,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import CandidateSet, PopularCandidates
 from services.gateway.impressions import ImpressionLog
 from services.gateway.item_cache import ItemCache
-from services.gateway.shedding import FULL, RUNGS, AdaptiveShedding
+from services.gateway.shedding import FULL, RUNGS, SHED, SKIP_ENCODER, SKIP_RANKER, AdaptiveShedding
 from services.gateway.upstreams import Upstreams
 
 MS = 1e-3
@@ -36,7 +36,6 @@ RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight", "Recom
 SHED_PRESSURE = prom.Gauge("recmesh_gateway_shed_pressure",
                            "Adaptive shedding: 0 = every Recommend in full; 1 = all skip the ranker; 2 = all skip "
                            "the encoder too; 2 + x = a share x gets the popular list at once")
-SKIP_RANKER, SKIP_ENCODER = 1, 2  # rungs of the ladder (services/gateway/shedding.py)
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,8 @@ class Recommender:
         if client_remaining_s is not None and client_remaining_s < s.min_admit_ms * MS:
             return self._shed(request, k, "shed:late_arrival")
         rung = self.shedding.rung()
-        if rung > SKIP_ENCODER:
-            return self._shed(request, k, RUNGS[-1])
+        if rung == SHED:
+            return self._shed(request, k, RUNGS[SHED - 1])
         self.in_flight += 1
         try:
             reply = await self._recommend(request, k, query, client_remaining_s, rung)

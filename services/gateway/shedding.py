@@ -25,8 +25,9 @@ import random
 import time
 from typing import Callable
 
-FULL = 0
-RUNGS = ("brownout:ranker", "brownout:encoder", "shed:slow_mesh")  # the degraded reason of each rung
+# The ladder: rung() returns one of these; RUNGS[r - 1] is the degraded reason rung r adds.
+FULL, SKIP_RANKER, SKIP_ENCODER, SHED = 0, 1, 2, 3
+RUNGS = ("brownout:ranker", "brownout:encoder", "shed:slow_mesh")
 
 
 class AdaptiveShedding:
