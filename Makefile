@@ -12,6 +12,8 @@ install: $(INSTALLED)
 
 # torch first, pinned, from the local CPU wheel: anything looser pulls several GB of CUDA wheels.
 $(INSTALLED): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recmesh needs Python 3.11 or newer, found " + sys.version.split()[0] + ": make PYTHON=python3.11 ...")'
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { echo "$(PYTHON) has no venv/ensurepip: apt-get install -y python3-venv (Debian/Ubuntu)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0

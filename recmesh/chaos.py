@@ -26,6 +26,7 @@ import grpc
 from recmesh.common.heap import freeze_heap
 from recmesh.common.local import REPO
 from recmesh.devstack import Stack, private_stack
+from recmesh.extras import require
 from recmesh.loadtest import Sessions, arrivals
 from recmesh.replicas import Replicas
 
@@ -200,7 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recmesh chaos", description=__doc__)
     add_arguments(parser)
-    results = run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    require(parser.prog, "bench")  # the plot comes last: check before the work
+    results = run(args)
     print(json.dumps({k: v for k, v in results.items() if k != "faults"}, indent=2))
 
 

@@ -14,6 +14,9 @@ DEFAULT_TARGET = "localhost:50060"
 # Subcommands that hand all their arguments to a module's main().
 PASS_THROUGH = {"eval": "recmesh.eval.run", "train": "recmesh.eval.release", "load": "recmesh.loadtest",
                 "chaos": "recmesh.chaos"}
+# The extras (recmesh.extras) each subcommand needs; the others need only the client's dependencies.
+NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "load": ("serve", "bench"), "chaos": ("serve", "bench"),
+         "bootstrap": ("serve",), "run": ("serve",), "publish-catalog": ("serve",)}
 
 
 def _print_message(message) -> None:
@@ -221,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     import grpc
 
+    from recmesh.extras import require
+
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in NEEDS and not {"-h", "--help"} & set(argv[1:]):
+        require(f"recmesh {argv[0]}", *NEEDS[argv[0]])
     if argv[:1] and argv[0] in PASS_THROUGH:  # commands with their own flags and --help
         importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
         return

@@ -28,6 +28,7 @@ import grpc
 from recmesh.catalog import movielens
 from recmesh.common.heap import freeze_heap
 from recmesh.common.local import REPO
+from recmesh.extras import require
 from recmesh.replicas import Replicas
 from recmesh.v1 import common_pb2, recommendations_pb2
 
@@ -267,7 +268,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recmesh load", description=__doc__)
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    require(parser.prog, "bench")  # the plot comes last: check before the work
+    run(args)
 
 
 if __name__ == "__main__":

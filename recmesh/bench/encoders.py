@@ -25,6 +25,7 @@ from recmesh.catalog import movielens
 from recmesh.common.catalog import item_text
 from recmesh.common.local import REPO
 from recmesh.eval.zeroshot import InterestRule
+from recmesh.extras import require
 from recmesh.tritonserver import MODEL_REPOSITORY, TritonServer
 from services.encoder.textmodel import TorchTextModel, encode_with_progress, load_text_model
 
@@ -245,6 +246,7 @@ def main() -> None:
     parser.add_argument("--skip-compression", action="store_true",
                         help="keep the compression results of the last run (they take minutes)")
     args = parser.parse_args()
+    require(parser.prog, "bench")  # the plot comes last: check before the work
     previous = args.out / "encoders.json"
     results: dict = {}
     if args.skip_compression and previous.is_file():

@@ -20,6 +20,7 @@ import numpy as np
 
 from recmesh.common.local import REPO
 from recmesh.eval.live import fresh_stack
+from recmesh.extras import require
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
 
 VIEW = common_pb2.EventType.EVENT_TYPE_VIEW
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args(argv)
+    require(parser.prog, "bench")  # the plot comes last: check before the work
     run(args.out, args.seconds)
 
 

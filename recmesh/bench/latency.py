@@ -18,6 +18,7 @@ from recmesh.catalog import movielens
 from recmesh.catalog.bootstrap import DEFAULT_DATA, REPO
 from recmesh.client import RecmeshClient
 from recmesh.devstack import private_stack
+from recmesh.extras import require
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=REPO / "results")
     args = parser.parse_args()
+    require(parser.prog, "bench")  # the plot comes last: check before the work
     print(json.dumps(run(args.calls, args.out), indent=2))
 
 

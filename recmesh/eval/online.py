@@ -29,6 +29,7 @@ from recmesh.common.local import REPO
 from recmesh.eval import datasets
 from recmesh.eval.mesh import MeshScorer
 from recmesh.eval.run import item_vectors
+from recmesh.extras import require
 from services.encoder.config import SERVED_ARTIFACT
 from services.ranker.config import RankerSettings
 from services.ranker.model import load_params
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the ranker version online learning starts from, and the frozen one")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
     args = parser.parse_args(argv)
+    require(parser.prog, "bench")  # the plot comes last: check before the work
     results = run(args.out, args.candidates, args.every, args.window, args.skip, args.max_events, args.start)
     print(json.dumps({k: v for k, v in results.items() if k != "windows"}, indent=2))
 

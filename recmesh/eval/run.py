@@ -18,6 +18,7 @@ from recmesh.eval import baselines, datasets
 from recmesh.eval.mesh import MeshScorer, train_popularity
 from recmesh.eval.protocol import evaluate
 from recmesh.eval.train import ModelScorer, TrainConfig, save_artifact, train
+from recmesh.extras import require
 from services.encoder.learned import export_served
 from services.encoder.sequence_model import ModelConfig
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
     args = parser.parse_args(argv)
+    require(parser.prog, "bench")  # the plot comes last: check before the work
     command = "python -m recmesh.eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     started = time.perf_counter()

@@ -29,6 +29,7 @@ from recmesh.client import Event
 from recmesh.common.local import REPO
 from recmesh.eval.live import fresh_mesh, track_all
 from recmesh.eval.protocol import top_k_metrics
+from recmesh.extras import require
 from services.encoder.config import SERVED_ARTIFACT
 
 CONDITIONS = ("realtime", "realtime+query", "frozen", "popularity")
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
     args = parser.parse_args(argv)
+    require(parser.prog, "bench")  # the plot comes last: check before the work
     print(json.dumps(run(args.users, args.stream, args.seed, args.out), indent=2))
 
 
