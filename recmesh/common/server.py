@@ -19,6 +19,7 @@ from recmesh.common.heap import freeze_heap
 from recmesh.common.logs import setup_logging
 from recmesh.common.metrics import MetricsInterceptor, serve_metrics
 from recmesh.common.transport import InternalTokenInterceptor, server_credentials
+from recmesh.common.wire import ParseRequests
 
 # Internal messages carry up to a few hundred 384-d vectors; allow headroom.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -51,6 +52,17 @@ class Service:
     internal: bool = True
 
 
+def server_interceptors(service: Service, settings: ServiceSettings) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first: metrics and tracing see every call, refused ones included; then the
+    internal credential and the service's own (auth); ParseRequests last, so request bytes that
+    do not parse are INVALID_ARGUMENT (not grpc's UNKNOWN "Unexpected DecodeError") - counted,
+    traced and authorised like any call, and never reaching the servicer."""
+    internal = [InternalTokenInterceptor(settings.internal_token)] if service.internal and settings.internal_token \
+        else []
+    return [MetricsInterceptor(service.name), *tracing.server_interceptors(), *internal, *service.interceptors,
+            ParseRequests()]
+
+
 async def run_service(service: Service, settings: ServiceSettings) -> None:
     log = logging.getLogger(f"recmesh.{service.name}")
     # A client keeps one HTTP/2 connection to one replica behind a Kubernetes Service: a maximum
@@ -59,11 +71,9 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     # peer stayed failed for >15 s, where pick_first is back within a second.)
     age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
            ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
-    internal = [InternalTokenInterceptor(settings.internal_token)] if service.internal and settings.internal_token \
-        else []
+    internal = service.internal and bool(settings.internal_token)
     server = grpc.aio.server(options=GRPC_OPTIONS + age + service.options,
-                             interceptors=[MetricsInterceptor(service.name), *tracing.server_interceptors(),
-                                           *internal, *service.interceptors])
+                             interceptors=server_interceptors(service, settings))
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)
 
@@ -84,7 +94,7 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     await server.start()
     log.info("listening", extra={"address": f"{settings.host}:{port}", "tls": credentials is not None,
                                  "mtls": settings.tls_client_ca_file is not None,
-                                 "internal_credential": bool(internal)})
+                                 "internal_credential": internal})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

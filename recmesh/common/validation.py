@@ -1,33 +1,138 @@
-"""Field checks shared by the gateway (public edge) and the services that own the data."""
+"""Field checks shared by the gateway (public edge) and the services that own the data.
+
+Sizes come from recmesh/common/limits.py, so every stage accepts what the gateway accepts.
+Text is judged by what is visible in it (`visible_text`): a value of only invisible characters
+is empty, and free text blank in that sense is absent."""
 
 from __future__ import annotations
 
 import math
 import time
+import unicodedata
+from datetime import UTC, datetime
 
+from recmesh.common import limits
 from recmesh.common.errors import InvalidArgument
 from recmesh.v1 import common_pb2
 
 ET = common_pb2.EventType
 KNOWN_EVENT_TYPES = frozenset(v for v in ET.values() if v != ET.EVENT_TYPE_UNSPECIFIED)
-MAX_ID_CHARS = 128
-MAX_QUERY_CHARS = 1000
 # Clocks drift; a day ahead is a bug in the caller, not skew.
 MAX_FUTURE_MS = 24 * 3600 * 1000
+# The earliest event time accepted: 1980-01-01T00:00:00Z. Real interaction logs are younger
+# (MovieLens starts in 1995), and every timestamp in seconds up to the year 2286 (< 1e10) read
+# as milliseconds falls in early 1970, far below it: seconds are always caught.
+MIN_EVENT_MS = 315_532_800_000
+_MS_PER_YEAR = 365.2425 * 24 * 3600 * 1000
+
+
+def strip_invisible(value: str) -> str:
+    """The text without its invisible characters: control characters other than whitespace
+    (Unicode category Cc: NUL, ESC, ...), format characters (Cf: zero-width spaces and joiners,
+    BOM, word joiner, bidi marks, soft hyphen, ...) and lone surrogates (Cs). Decided by
+    category, not by a list of characters. Whitespace is kept."""
+    if value.isprintable():  # the common case, in C: no Cc, Cf, Cs (nor Z* other than space) at all
+        return value
+    return "".join(ch for ch in value if not _invisible(ch))
+
+
+def visible_text(value: str) -> str:
+    """strip_invisible(value) with separators (Unicode Z*, and whitespace) stripped at either
+    end; "" when nothing visible is left - only invisible characters, separators, or combining
+    marks with nothing to combine with (M*): such a text is no text."""
+    kept = strip_invisible(value)
+    start, end = 0, len(kept)
+    while start < end and _separator(kept[start]):
+        start += 1
+    while end > start and _separator(kept[end - 1]):
+        end -= 1
+    kept = kept[start:end]
+    # Stops at the first visible character: at once, for all but mark-only text.
+    return kept if any(unicodedata.category(ch)[0] not in "MZ" and not ch.isspace() for ch in kept) else ""
+
+
+def _invisible(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category in ("Cf", "Cs") or (category == "Cc" and not ch.isspace())
+
+
+def _separator(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch)[0] == "Z"
 
 
 def check_id(value: str, field: str) -> str:
-    if not value or not value.strip():
+    """An id: 1..ID_CHARS characters, not only invisible ones (such an id is empty). Returned as
+    given: ids are opaque, the caller's id stays the caller's id."""
+    if not visible_text(value):
         raise InvalidArgument(field, "must not be empty")
-    if len(value) > MAX_ID_CHARS:
-        raise InvalidArgument(field, f"longer than {MAX_ID_CHARS} characters")
+    if len(value) > limits.ID_CHARS:
+        raise InvalidArgument(field, f"longer than {limits.ID_CHARS} characters ({len(value)})")
     return value
 
 
-def check_query(value: str, field: str = "query", max_chars: int = MAX_QUERY_CHARS) -> str:
+def check_text(value: str, field: str, max_chars: int) -> str:
+    """Free text of at most max_chars characters (as sent); returns its visible_text, "" for
+    no text."""
     if len(value) > max_chars:
         raise InvalidArgument(field, f"longer than {max_chars} characters ({len(value)})")
-    return value.strip()
+    return visible_text(value)
+
+
+def check_query(value: str, field: str = "query", max_chars: int = limits.QUERY_CHARS) -> str:
+    """A typed query: its visible text ("" = no query); max_chars may narrow QUERY_CHARS."""
+    return check_text(value, field, min(max_chars, limits.QUERY_CHARS))
+
+
+def check_labels(values, field: str, max_values: int, max_chars: int = limits.LABEL_CHARS) -> list[str]:
+    """Categories, tags, filter values: at most max_values, each a non-empty id-like value."""
+    if len(values) > max_values:
+        raise InvalidArgument(field, f"at most {max_values} values, got {len(values)}")
+    for i, value in enumerate(values):
+        if not visible_text(value):
+            raise InvalidArgument(f"{field}[{i}]", "must not be empty")
+        if len(value) > max_chars:
+            raise InvalidArgument(f"{field}[{i}]", f"longer than {max_chars} characters ({len(value)})")
+    return list(values)
+
+
+def check_item(item: common_pb2.Item, field: str) -> None:
+    """One catalog item, as every stage checks it (gateway, encoder, retrieval): the id, a
+    visible title, and every field within recmesh/common/limits.py. Fields are stored whole."""
+    check_id(item.item_id, f"{field}.item_id")
+    if not check_text(item.title, f"{field}.title", limits.TITLE_CHARS):
+        raise InvalidArgument(f"{field}.title", "must not be empty")
+    check_text(item.description, f"{field}.description", limits.DESCRIPTION_CHARS)
+    check_labels(item.categories, f"{field}.categories", limits.LABELS_PER_ITEM)
+    check_labels(item.tags, f"{field}.tags", limits.LABELS_PER_ITEM)
+
+
+def check_timestamp(timestamp_ms: int, field: str, now_ms: int) -> None:
+    """Milliseconds since the Unix epoch, from MIN_EVENT_MS to a day ahead of now_ms (0 = now,
+    not checked here). A value in another unit is refused with the value it should have been."""
+    if timestamp_ms == 0:
+        return
+    unit = "timestamps are milliseconds since the Unix epoch"
+    if timestamp_ms < 0:
+        raise InvalidArgument(field, f"{timestamp_ms} is before 1970; {unit} (0 = now)")
+
+    def plausible(ms: int) -> bool:
+        return MIN_EVENT_MS <= ms <= now_ms + MAX_FUTURE_MS
+
+    if timestamp_ms < MIN_EVENT_MS:
+        hint = f"seconds? send {timestamp_ms * 1000}" if plausible(timestamp_ms * 1000) else "the earliest is 1980"
+        raise InvalidArgument(field, f"{timestamp_ms} is in {_year(timestamp_ms)}; {unit} ({hint})")
+    if timestamp_ms > now_ms + MAX_FUTURE_MS:
+        hints = [f"{name}? send {timestamp_ms // div}" for name, div in (("microseconds", 1000),
+                                                                         ("nanoseconds", 1_000_000))
+                 if plausible(timestamp_ms // div)]
+        hint = hints[0] if hints else "at most a day ahead of the server's clock"
+        raise InvalidArgument(field, f"{timestamp_ms} is in {_year(timestamp_ms)}, in the future; {unit} ({hint})")
+
+
+def _year(timestamp_ms: int) -> int:
+    if timestamp_ms < 253_402_300_800_000:  # datetime stops at the year 9999
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC).year
+    return 1970 + int(timestamp_ms / _MS_PER_YEAR)
 
 
 def check_event(event: common_pb2.Event, field: str, now_ms: int | None = None) -> None:
@@ -35,21 +140,20 @@ def check_event(event: common_pb2.Event, field: str, now_ms: int | None = None) 
     check_id(event.user_id, f"{field}.user_id")
     if event.type not in KNOWN_EVENT_TYPES:
         raise InvalidArgument(f"{field}.type", f"unknown event type {event.type}")
+    query = check_query(event.query, f"{field}.query")
     if event.type == ET.EVENT_TYPE_SEARCH:
-        if not event.query.strip():
+        if not query:
             raise InvalidArgument(f"{field}.query", "required for a SEARCH event")
     else:
         check_id(event.item_id, f"{field}.item_id")
-    check_query(event.query, f"{field}.query")
     if not math.isfinite(event.value):
         raise InvalidArgument(f"{field}.value", "must be a finite number")
     if event.type == ET.EVENT_TYPE_RATE and not 0.0 <= event.value <= 5.0:
         raise InvalidArgument(f"{field}.value", f"a rating must be in 0..5, got {event.value}")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    if event.timestamp_ms < 0 or event.timestamp_ms > now_ms + MAX_FUTURE_MS:
-        raise InvalidArgument(f"{field}.timestamp_ms", "must be >= 0 and not more than a day in the future")
-    if len(event.request_id) > MAX_ID_CHARS:
-        raise InvalidArgument(f"{field}.request_id", f"longer than {MAX_ID_CHARS} characters")
+    check_timestamp(event.timestamp_ms, f"{field}.timestamp_ms", now_ms)
+    if len(event.request_id) > limits.ID_CHARS:
+        raise InvalidArgument(f"{field}.request_id", f"longer than {limits.ID_CHARS} characters")
 
 
 def check_events(events, field: str, max_events: int) -> None:

@@ -64,12 +64,14 @@ class GetItemsRequest(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., catalog_vectors_only: _Optional[bool] = ...) -> None: ...
 
 class TopPopularRequest(_message.Message):
-    __slots__ = ("limit", "with_vectors")
+    __slots__ = ("limit", "with_vectors", "filters")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     limit: int
     with_vectors: bool
-    def __init__(self, limit: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    filters: _common_pb2.Filters
+    def __init__(self, limit: _Optional[int] = ..., with_vectors: _Optional[bool] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("items", "vectors", "popularity", "text_vectors")

@@ -42,7 +42,11 @@ class EncoderSettings(ServiceSettings):
     threads: int = Field(default=1, ge=1)
     max_batch: int = Field(default=64, ge=1)
     max_seq_len: int = Field(default=128, ge=8)
+    # EncodeTexts: texts per call, characters per text (longer ones are refused).
     max_texts: int = Field(default=1024, ge=1)
+    # Also what the language model is given of an item's text or a query: cut beyond, never
+    # refused (the model reads its first max_seq_len tokens only, about 5 characters each; the
+    # sizes accepted are recmesh/common/limits.py's, the same as the gateway's).
     max_text_chars: int = Field(default=4000, ge=1)
     query_cache_size: int = Field(default=4096, ge=0)
     # The learned interest model, in process (Triton's comes from its interest_encoder model).

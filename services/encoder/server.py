@@ -7,11 +7,13 @@ import asyncio
 import grpc
 import numpy as np
 
+from recmesh.common import limits
 from recmesh.common.catalog import item_text
 from recmesh.common.errors import InvalidArgument, rpc_method
 from recmesh.common.lru import LruCache
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
+from recmesh.common.validation import check_item, check_query, visible_text
 from recmesh.common.vectors import from_matrix, to_matrix
 from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.backends import EncoderBackend, make_backend
@@ -43,14 +45,18 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         set_version("encoder", "models", self._backend.version)
 
     def _check_texts(self, texts, field: str) -> list[str]:
+        """The texts' visible text, as the language model is given it; a text with nothing
+        visible is empty."""
         if len(texts) > self._settings.max_texts:
             raise InvalidArgument(field, f"at most {self._settings.max_texts} texts per call")
+        visible = []
         for i, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidArgument(f"{field}[{i}]", "must not be empty")
             if len(text) > self._settings.max_text_chars:
                 raise InvalidArgument(f"{field}[{i}]", f"longer than {self._settings.max_text_chars} characters")
-        return list(texts)
+            visible.append(visible_text(text))
+            if not visible[-1]:
+                raise InvalidArgument(f"{field}[{i}]", "must not be empty")
+        return visible
 
     @rpc_method
     async def EncodeTexts(self, request, context):
@@ -75,12 +81,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
     @rpc_method
     async def EncodeItems(self, request, context):
-        texts = self._check_texts([item_text(it) for it in request.items], "items")
-        if not texts:
+        if len(request.items) > limits.ITEMS_PER_CALL:
+            raise InvalidArgument("items", f"at most {limits.ITEMS_PER_CALL} per call, got {len(request.items)}")
+        if not request.items:
             return encoder_pb2.EncodeItemsResponse(model_version=self._backend.version)
         for i, item in enumerate(request.items):
-            if not item.item_id:
-                raise InvalidArgument(f"items[{i}].item_id", "must not be empty")
+            check_item(item, f"items[{i}]")  # the gateway's check: what it accepts is encoded
+        # Cut to what the model is given; the fields themselves are stored whole by retrieval.
+        texts = [item_text(item, self._settings.max_text_chars) for item in request.items]
         text_vectors = await self._backend.encode_texts(texts, _timeout(context))
         vectors = await self._backend.encode_items(text_vectors, [it.item_id for it in request.items],
                                                    _timeout(context))
@@ -98,9 +106,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         history = list(request.history)[-self._settings.max_history :]
         items = items[len(items) - len(history) :]
 
-        query = request.query.strip()
-        if query:
-            self._check_texts([query], "query")
+        # Visible text only: a query of invisible characters is no query, not a steer. The cut
+        # keeps within what the model is given (it reads max_seq_len tokens).
+        query = check_query(request.query, "query")[: self._settings.max_text_chars]
         # Independent: the query's vector and the interest are computed at the same time.
         query_vec, interest = await asyncio.gather(self._query_vector(query, _timeout(context)),
                                                    self._interest(history, items, _timeout(context)))

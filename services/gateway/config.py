@@ -2,10 +2,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
+
+# Gateway settings that narrow a limit every stage shares: (ceiling, its name in limits.py).
+_SHARED_LIMITS = {
+    "max_query_chars": (limits.QUERY_CHARS, "QUERY_CHARS"),
+    "max_events_per_call": (limits.EVENTS_PER_CALL, "EVENTS_PER_CALL"),
+    "max_items_per_upsert": (limits.ITEMS_PER_CALL, "ITEMS_PER_CALL"),
+    "max_filter_values": (limits.FILTER_VALUES, "FILTER_VALUES"),
+}
 
 
 class GatewaySettings(ServiceSettings):
@@ -61,10 +70,18 @@ class GatewaySettings(ServiceSettings):
     min_admit_ms: float = Field(default=15.0, ge=0)
     # Impressions buffered for the updater at most; beyond, they are dropped.
     impression_queue: int = Field(default=256, ge=0)
-    max_query_chars: int = Field(default=1000, ge=1)
-    max_filter_values: int = Field(default=1000, ge=0)
-    max_events_per_call: int = Field(default=1000, ge=1)
+    # Narrow recmesh/common/limits.py's (what every stage accepts), never widen: checked at start.
+    max_query_chars: int = Field(default=limits.QUERY_CHARS, ge=1)
+    max_filter_values: int = Field(default=limits.FILTER_VALUES, ge=0)
+    max_events_per_call: int = Field(default=limits.EVENTS_PER_CALL, ge=1)
     max_items_per_upsert: int = Field(default=256, ge=1)
+
+    @field_validator(*_SHARED_LIMITS)
+    @classmethod
+    def _within_shared_limits(cls, value: int, info) -> int:
+        ceiling, constant = _SHARED_LIMITS[info.field_name]
+        return limits.at_most(value, ceiling, constant)
+
     popular_pool: int = Field(default=500, ge=1)
     popular_refresh_s: float = Field(default=30.0, gt=0)
     interest_cache_users: int = Field(default=100_000, ge=0)
@@ -77,3 +94,11 @@ class GatewaySettings(ServiceSettings):
     # came from is exactly the same (same events, same item vectors) - for at most this long,
     # which bounds how stale it can be after the interest model itself changes. 0: never.
     interest_reuse_s: float = Field(default=30.0, ge=0)
+    # Each user's seen items (services/gateway/seen.py), so that answers made without the
+    # updater (shed, the anonymous fallback) still leave them out: for this many users, this
+    # many ids in all (~110 bytes each), for at most this long after the updater last said - an
+    # event tracked through another replica reaches such an answer within it. 0 users or 0 s:
+    # off (shed answers then exclude only the request's ids; a late arrival asks the updater).
+    seen_cache_users: int = Field(default=100_000, ge=0)
+    seen_cache_ids: int = Field(default=500_000, ge=0)
+    seen_cache_ttl_s: float = Field(default=60.0, ge=0)

@@ -4,11 +4,16 @@ retrieval or the encoder cannot."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Awaitable, Callable
 
 import numpy as np
 
 from recmesh.common.vectors import from_matrix
-from recmesh.v1 import retrieval_pb2
+from recmesh.v1 import common_pb2, retrieval_pb2
+from services.gateway.budget import Budget
+
+# retrieval's TopPopular: (request, timeout in seconds) -> the list.
+TopPopular = Callable[[retrieval_pb2.TopPopularRequest, float], Awaitable[retrieval_pb2.CandidateList]]
 
 
 @dataclass(frozen=True)
@@ -39,15 +44,26 @@ class CandidateSet:
 
 
 class PopularCandidates:
-    """The most popular items with their vectors, refreshed from retrieval in the background."""
+    """The most popular items with their vectors, refreshed from retrieval in the background.
+    The pool is the top of the whole catalog: a narrow filter, or a user who has seen much of
+    it, can leave fewer than a page - then `matching` asks retrieval for the filtered list."""
 
     def __init__(self) -> None:
         # Replaced whole, never mutated: readers never see items and matrices that disagree.
         self.current = CandidateSet()
         self.index_version = ""
+        # The pool holds every item of the catalog (retrieval returned fewer than asked).
+        self.whole_catalog = False
 
-    def replace(self, reply: retrieval_pb2.CandidateList) -> None:
+    def replace(self, reply: retrieval_pb2.CandidateList, asked: int | None = None) -> None:
+        """asked: the limit the reply answered (None: unknown, the pool may be a cut)."""
         self.current, self.index_version = CandidateSet.from_reply(reply), reply.index_version
+        self.whole_catalog = asked is not None and len(reply.candidates) < asked
+
+    def items_added(self) -> None:
+        """Items were upserted: the pool may no longer hold the whole catalog (until the next
+        refresh says again)."""
+        self.whole_catalog = False
 
     def forget(self, item_ids: set[str]) -> None:
         current = self.current
@@ -66,3 +82,25 @@ class PopularCandidates:
             and (not include or include.intersection(c.categories))
         ][:limit]
         return current.rows(rows)
+
+    async def matching(self, budget: Budget, top_popular: TopPopular, cap_s: float, filters: common_pb2.Filters,
+                       exclude_ids: set[str], want: int, limit: int,
+                       with_vectors: bool = True) -> tuple[CandidateSet, str]:
+        """(candidates, index version): up to `limit` popular items that pass the request's
+        category filters and leave out exclude_ids, most popular first. From the local pool when
+        it holds at least `want` of them (or is the whole catalog); else from one filtered
+        top_popular(request, timeout_s) call (retrieval's TopPopular) within the budget (stage
+        "popular", at most cap_s seconds) - failing that, what the pool has (fewer; the trace
+        says why)."""
+        include, exclude = set(filters.include_categories), set(filters.exclude_categories)
+        local = self.select(include, exclude, exclude_ids, limit)
+        if len(local.items) >= min(want, limit) or self.whole_catalog:
+            return local, self.index_version
+        request = retrieval_pb2.TopPopularRequest(
+            limit=limit, with_vectors=with_vectors,
+            filters=common_pb2.Filters(include_categories=sorted(include), exclude_categories=sorted(exclude),
+                                       exclude_item_ids=sorted(exclude_ids)))
+        reply = await budget.call("popular", cap_s, lambda t: top_popular(request, t))
+        if reply is None:
+            return local, self.index_version
+        return CandidateSet.from_reply(reply), reply.index_version

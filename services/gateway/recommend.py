@@ -27,6 +27,8 @@ from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import CandidateSet, PopularCandidates
 from services.gateway.impressions import ImpressionLog
 from services.gateway.item_cache import ItemCache
+from services.gateway.seen import SeenItems
+from services.gateway.shed import ShedAnswers, excluded_ids
 from services.gateway.shedding import FULL, RUNGS, SHED, SKIP_ENCODER, SKIP_RANKER, AdaptiveShedding
 from services.gateway.upstreams import Upstreams
 
@@ -82,6 +84,9 @@ def category_affinity(history: History, last_n: int) -> dict[str, float]:
 class Recommender:
     def __init__(self, settings: GatewaySettings, upstreams: Upstreams, popular: PopularCandidates):
         self._s = settings
+        # What each user has seen, for answers made without the updater (shed, anonymous).
+        self.seen = SeenItems(settings.seen_cache_users, settings.seen_cache_ids, settings.seen_cache_ttl_s)
+        self._shed_answers = ShedAnswers(settings, upstreams, popular, self.seen)
         self._up = upstreams
         self._popular = popular
         self._impressions = ImpressionLog(upstreams, settings.impression_queue)
@@ -93,7 +98,9 @@ class Recommender:
         SHED_PRESSURE.set_function(lambda: self.shedding.pressure)
 
     def forget_user(self, user_id: str) -> None:
+        """The user was deleted through this gateway."""
         self._interest_cache.forget(user_id)
+        self.seen.forget(user_id, time.monotonic())
 
     def forget_items(self, item_ids) -> None:
         """Items changed or deleted through this gateway: looked up afresh next time."""
@@ -101,17 +108,18 @@ class Recommender:
 
     async def recommend(self, request, k: int, query: str, client_remaining_s: float | None):
         """Admission first: past max_in_flight Recommends, with too little of the client's time
-        left to do real work, the answer is the popular list at once (degraded, saying why) -
-        shed fast rather than queued past its deadline. While the mesh is slow, adaptive
-        shedding has a share skip the ranker, the encoder, or everything (the popular list)."""
+        left to do real work, the answer is the popular list (degraded, saying why; services/
+        gateway/shed.py) - shed fast rather than queued past its deadline. While the mesh is slow,
+        adaptive shedding has a share skip the ranker, the encoder, or everything (the popular
+        list). Every answer leaves out the user's exclusions and applies the request's filters."""
         s = self._s
         if self.in_flight >= s.max_in_flight:
-            return self._shed(request, k, "shed:overload")
+            return await self._shed(request, k, "shed:overload", client_remaining_s)
         if client_remaining_s is not None and client_remaining_s < s.min_admit_ms * MS:
-            return self._shed(request, k, "shed:late_arrival")
+            return await self._shed(request, k, "shed:late_arrival", client_remaining_s)
         rung = self.shedding.rung()
         if rung == SHED:
-            return self._shed(request, k, RUNGS[SHED - 1])
+            return await self._shed(request, k, RUNGS[SHED - 1], client_remaining_s)
         self.in_flight += 1
         try:
             reply = await self._recommend(request, k, query, client_remaining_s, rung)
@@ -121,17 +129,10 @@ class Recommender:
         self.shedding.observe(used, others_in_flight=self.in_flight)
         return reply
 
-    def _shed(self, request, k: int, reason: str) -> recommendations_pb2.RecommendResponse:
-        started = time.perf_counter()
-        DEGRADED.labels(reason).inc()
-        f = request.filters
-        found = self._popular.select(set(f.include_categories), set(f.exclude_categories), set(f.exclude_item_ids), k)
-        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex, degraded=[reason])
-        for c in found.items:
-            reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.popularity,
-                            reasons=["popular right now"])
-        reply.versions["index"] = self._popular.index_version
-        reply.total_ms = (time.perf_counter() - started) * 1000
+    async def _shed(self, request, k: int, reason: str, client_remaining_s: float | None):
+        reply = await self._shed_answers.answer(request, k, reason, client_remaining_s)
+        for why in reply.degraded:
+            DEGRADED.labels(why).inc()
         return reply
 
     async def _recommend(self, request, k: int, query: str, client_remaining_s: float | None, rung: int = FULL):
@@ -149,11 +150,8 @@ class Recommender:
         interest, query_vec = await self._interest(budget, user_id, history, query, versions, rung >= SKIP_ENCODER)
         signals = Signals(interest, session, query_vec)
 
-        excluded = set(request.filters.exclude_item_ids)
-        exclude_seen = request.filters.exclude_seen if request.filters.HasField("exclude_seen") else True
-        if exclude_seen:
-            excluded |= history.seen
-        found = await self._candidates(budget, request.filters, excluded, signals, versions)
+        excluded = excluded_ids(request.filters, history.seen)
+        found = await self._candidates(budget, request.filters, excluded, signals, versions, k)
         candidates = found.items
 
         ranked = None
@@ -192,6 +190,7 @@ class Recommender:
     async def _history(self, budget: Budget, user_id: str) -> History:
         s = self._s
         empty = History([], np.zeros((0, 0), np.float32), {}, set())
+        asked = time.monotonic()
         state = await budget.call(
             "user_state",
             s.user_state_cap_ms * MS,
@@ -201,8 +200,11 @@ class Recommender:
         )
         if state is None:
             budget.trace.degrade("fallback:anonymous")
-            return empty
-        seen = set(state.seen_item_ids)
+            # Anonymous for the model, not for the exclusions: what this gateway knows they saw.
+            known = self.seen.lookup(user_id, time.monotonic())
+            return History([], empty.vectors, {}, set(known.ids) if known is not None else set())
+        seen = set(state.seen_item_ids)  # built once: thousands of ids cost ~1 ms to read
+        self.seen.replace(user_id, seen, asked)
         skipped = dict(state.skipped)
         if not state.recent:
             return History([], empty.vectors, {}, seen, skipped)
@@ -272,14 +274,15 @@ class Recommender:
         return interest, first_row(reply.query_vector, "query_vector")
 
     async def _candidates(self, budget, filters: common_pb2.Filters, excluded: set[str], signals: Signals,
-                          versions) -> CandidateSet:
+                          versions, k: int) -> CandidateSet:
         s = self._s
+        limit = max(s.candidates, k)  # a page of k is cut from these: never fewer than k per source
         if signals.any():
             search = retrieval_pb2.SearchRequest(
                 interest=to_matrix(signals.interest),
                 session=to_matrix(signals.session),
                 query=to_matrix(signals.query),
-                limit=s.candidates,
+                limit=limit,
                 filters=common_pb2.Filters(
                     include_categories=filters.include_categories,
                     exclude_categories=filters.exclude_categories,
@@ -294,10 +297,10 @@ class Recommender:
                 versions["index"] = found.index_version
                 return CandidateSet.from_reply(found, with_query=signals.query is not None)
             budget.trace.degrade("fallback:popular_candidates")
-        versions["index"] = self._popular.index_version
-        return self._popular.select(
-            set(filters.include_categories), set(filters.exclude_categories), excluded, s.candidates
-        ).for_query(signals.query)
+        found, versions["index"] = await self._popular.matching(
+            budget, lambda request, t: self._up.retrieval.TopPopular(request, timeout=t), s.retrieval_cap_ms * MS,
+            filters, excluded, want=k, limit=limit)
+        return found.for_query(signals.query)
 
     @staticmethod
     def _impression(request_id: str, user_id: str, ranked, k: int) -> updater_pb2.Impression:

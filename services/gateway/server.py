@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 
 import grpc
@@ -48,7 +49,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         reply = await self._up.retrieval.TopPopular(
             retrieval_pb2.TopPopularRequest(limit=self._s.popular_pool, with_vectors=True), timeout=5.0
         )
-        self._popular.replace(reply)
+        self._popular.replace(reply, asked=self._s.popular_pool)
 
     async def warmup(self) -> None:
         """SERVING only once the popular fallback is loaded: from then on every Recommend can be answered."""
@@ -92,6 +93,9 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 updater_pb2.IngestRequest(events=request.events), timeout=self._write_timeout(context)
             ),
         )
+        # Acknowledged (logged, or logged before: a duplicate was seen all the same): answers
+        # made without the updater leave these items out from now on.
+        self._recommender.seen.add_events(request.events, time.monotonic())
         return recommendations_pb2.TrackEventsResponse(accepted=reply.accepted, duplicates=reply.duplicates)
 
     @rpc_method
@@ -111,6 +115,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
             ),
         )
         self._recommender.forget_items(item.item_id for item in request.items)
+        self._popular.items_added()
         return recommendations_pb2.UpsertItemsResponse(upserted=reply.upserted)
 
     @rpc_method
@@ -128,10 +133,12 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
     async def GetUserProfile(self, request, context):
         user_id = check_id(request.user_id, "user_id")
         timeout = self._write_timeout(context)
+        asked = time.monotonic()
         state = await passthrough(
             context,
             self._up.updater.GetUserState(updater_pb2.GetUserStateRequest(user_id=user_id), timeout=timeout),
         )
+        self._recommender.seen.add_state(user_id, state, asked)
         profile = recommendations_pb2.UserProfile(
             user_id=user_id, event_count=state.event_count, recent_queries=state.recent_queries
         )

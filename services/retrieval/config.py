@@ -23,6 +23,5 @@ class RetrievalSettings(ServiceSettings):
     qdrant_url: str = "http://127.0.0.1:6333"
     collection: str = "recmesh-items"
     max_limit: int = Field(default=1000, ge=1)
-    max_ids: int = Field(default=10000, ge=1)
     # HNSW search breadth: higher is more exact and slower.
     hnsw_ef: int = Field(default=128, ge=1)

@@ -9,9 +9,11 @@ from typing import Callable, TypeVar
 import grpc
 import numpy as np
 
+from recmesh.common import limits
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
+from recmesh.common.validation import check_item
 from recmesh.common.vectors import from_matrix, l2_normalize, optional_row, to_matrix
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
@@ -79,8 +81,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         return reply
 
     def _check_ids(self, ids, field: str) -> list[str]:
-        if len(ids) > self._settings.max_ids:
-            raise InvalidArgument(field, f"at most {self._settings.max_ids} ids")
+        if len(ids) > limits.IDS_PER_REQUEST:  # what a gateway may send: exclusions and seen items
+            raise InvalidArgument(field, f"at most {limits.IDS_PER_REQUEST} ids")
         for i, item_id in enumerate(ids):
             if not item_id:
                 raise InvalidArgument(f"{field}[{i}]", "must not be empty")
@@ -90,6 +92,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         if not 1 <= limit <= self._settings.max_limit:
             raise InvalidArgument("limit", f"must be in 1..{self._settings.max_limit}, got {limit}")
         return limit
+
+    def _filter(self, f) -> SearchFilter:
+        return SearchFilter(list(f.include_categories), list(f.exclude_categories),
+                            self._check_ids(f.exclude_item_ids, "filters.exclude_item_ids"))
 
     @rpc_method
     async def Search(self, request, context):
@@ -104,12 +110,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         if not sources:
             raise InvalidArgument("interest", "at least one of interest, session and query must have one row")
         limit = self._check_limit(request.limit)
-        f = request.filters
-        flt = SearchFilter(
-            list(f.include_categories),
-            list(f.exclude_categories),
-            self._check_ids(f.exclude_item_ids, "filters.exclude_item_ids"),
-        )
+        flt = self._filter(request.filters)
         # A query needs the text vectors here, for every candidate's query similarity.
         found = await self._read(store.search, sources, limit, flt, request.with_vectors or query is not None)
         sims = None if query is None or not found.items else found.text_vectors @ l2_normalize(query)
@@ -126,7 +127,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     @rpc_method
     async def TopPopular(self, request, context):
         limit = self._check_limit(request.limit)
-        return self._answer(await self._read(self.store.top_popular, limit, request.with_vectors))
+        flt = self._filter(request.filters)
+        return self._answer(await self._read(self.store.top_popular, limit, request.with_vectors, flt))
 
     @rpc_method
     async def Upsert(self, request, context):
@@ -143,9 +145,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise InvalidArgument("text_vectors", f"dim {text_vectors.shape[1]}, index text dim is {store.text_dim}")
         if request.popularity and len(request.popularity) != len(request.items):
             raise InvalidArgument("popularity", "one value per item, or none")
-        self._check_ids([it.item_id for it in request.items], "items.item_id")
+        if len(request.items) > limits.ITEMS_PER_CALL:
+            raise InvalidArgument("items", f"at most {limits.ITEMS_PER_CALL} per call, got {len(request.items)}")
+        for i, item in enumerate(request.items):
+            check_item(item, f"items[{i}]")  # the gateway's and the encoder's check: one set of limits
+        # No popularity given: stored items keep theirs (the store fills it in), new ones get 0.
         payloads = [
-            item_payload(it, request.popularity[i] if request.popularity else 0.0)
+            item_payload(it, request.popularity[i] if request.popularity else None)
             for i, it in enumerate(request.items)
         ]
         count = await self._run(store.upsert, payloads, vectors, text_vectors)

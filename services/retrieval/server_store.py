@@ -21,8 +21,10 @@ from services.retrieval.store import (
     Found,
     OlderLayout,
     SearchFilter,
+    last_rows,
     point_id,
     stored_item,
+    with_popularity,
 )
 
 
@@ -88,17 +90,29 @@ class QdrantServerStore:
         return self._client.count(self._collection, exact=True).count
 
     def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
+        """As EdgeItemStore.upsert: popularity absent keeps the stored one (0 for a new item); an
+        id given twice is written once, from its last row; returns the distinct items written.
+        The stored popularity is read just before the write: a concurrent writer of the same
+        item's popularity (only a catalog publish writes it) may be overwritten."""
+        rows = last_rows(items)
+        items, vectors, text_vectors = [items[r] for r in rows], vectors[rows], text_vectors[rows]
+        keep = [item["item_id"] for item in items if "popularity" not in item]
+        stored = {it.item_id: it.popularity for it in self.get(keep).items} if keep else {}
         points = [
             qm.PointStruct(id=point_id(item["item_id"]), payload=item,
                            vector={INTEREST: vec.tolist(), SESSION: vec.tolist(), QUERY: text.tolist()})
-            for item, vec, text in zip(items, vectors, text_vectors, strict=True)
+            for item, vec, text in zip(with_popularity(items, stored), vectors, text_vectors, strict=True)
         ]
         self._client.upsert(self._collection, points, wait=True)
         return len(points)
 
     def delete(self, item_ids: list[str]) -> int:
-        existing = self.get(item_ids)
-        self._client.delete(self._collection, qm.PointIdsList(points=[point_id(i) for i in item_ids]), wait=True)
+        """Returns how many distinct items existed just before the delete (repeated and unknown
+        ids count nothing; the server reports no count, and another client deleting the same
+        item at the same moment may count it too)."""
+        ids = list(dict.fromkeys(item_ids))
+        existing = self.get(ids)
+        self._client.delete(self._collection, qm.PointIdsList(points=[point_id(i) for i in ids]), wait=True)
         return len(existing)
 
     def flush(self) -> None:
@@ -127,9 +141,11 @@ class QdrantServerStore:
         by_id = {r.payload["item_id"]: r for r in records}
         return _found([by_id[i] for i in item_ids if i in by_id], with_vectors)
 
-    def top_popular(self, limit: int, with_vectors: bool = False) -> Found:
+    def top_popular(self, limit: int, with_vectors: bool = False, flt: SearchFilter | None = None) -> Found:
+        """As EdgeItemStore.top_popular: filtered before the cut."""
         records, _ = self._client.scroll(
             self._collection, limit=limit, order_by=qm.OrderBy(key="popularity", direction=qm.Direction.DESC),
+            scroll_filter=_filter(flt) if flt is not None else None,
             with_payload=PAYLOAD_FIELDS, with_vectors=[INTEREST, QUERY] if with_vectors else False)
         return _found(records, with_vectors)
 

@@ -30,15 +30,31 @@ def point_id(item_id: str) -> int:
 PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity"]
 
 
-def item_payload(item: common_pb2.Item, popularity: float) -> dict:
-    """What the shard stores per item (the text is kept for humans and re-encoding)."""
-    return {
+def item_payload(item: common_pb2.Item, popularity: float | None) -> dict:
+    """What the shard stores per item (the text is kept for humans and re-encoding). popularity
+    None: the item carries none - the store keeps the stored one (0 for a new item)."""
+    payload = {
         "item_id": item.item_id,
         "title": item.title,
         "categories": list(item.categories),
-        "popularity": float(popularity),
         "text": item_text(item),
     }
+    if popularity is not None:
+        payload["popularity"] = float(popularity)
+    return payload
+
+
+def last_rows(items: list[dict]) -> list[int]:
+    """The rows to write, in order: an id given more than once is written from its last row."""
+    last = {item["item_id"]: row for row, item in enumerate(items)}
+    return sorted(last.values())
+
+
+def with_popularity(items: list[dict], stored: dict[str, float]) -> list[dict]:
+    """items, each with a popularity: its own, else the stored one (`stored`: item id ->
+    popularity), else 0 - a statistic the catalog build computed, not reset by an update."""
+    return [item if "popularity" in item else item | {"popularity": stored.get(item["item_id"], 0.0)}
+            for item in items]
 
 
 # Named vectors per item. Search sources name the first three; "similar" holds the catalog
@@ -137,6 +153,10 @@ class CatalogMirror:
             self._text = np.concatenate([self._text, np.zeros((extra, self._text.shape[1]), np.float32)])
         return len(self._rows) + len(self._free)
 
+    def popularity(self, item_ids: list[str]) -> dict[str, float]:
+        """The stored popularity of those of item_ids that are held."""
+        return {i: self._items[i].popularity for i in item_ids if i in self._items}
+
     def drop(self, item_ids: list[str]) -> None:
         for item_id in item_ids:
             row = self._rows.pop(item_id, None)
@@ -228,23 +248,33 @@ class EdgeItemStore:
                 return
 
     def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
-        """items: dicts with item_id, title, categories, popularity, text."""
-        points = [
-            qe.Point(id=point_id(item["item_id"]), payload=item,
-                     vector={INTEREST: vec.tolist(), SESSION: vec.tolist(), QUERY: text.tolist()})
-            for item, vec, text in zip(items, vectors, text_vectors, strict=True)
-        ]
+        """items: dicts with item_id, title, categories, text and optionally popularity (absent:
+        the stored one is kept, 0 for a new item); row i of the matrices is items[i]'s. An id
+        given twice is written once, from its last row. Returns the distinct items written."""
+        rows = last_rows(items)
+        items, vectors, text_vectors = [items[r] for r in rows], vectors[rows], text_vectors[rows]
+        # Under the write lock: the popularity kept is the one stored when this write lands.
         with self._write_lock:
             self._mirror.check_point_ids([item["item_id"] for item in items])
+            items = with_popularity(items, self._mirror.popularity([item["item_id"] for item in items]))
+            points = [
+                qe.Point(id=point_id(item["item_id"]), payload=item,
+                         vector={INTEREST: vec.tolist(), SESSION: vec.tolist(), QUERY: text.tolist()})
+                for item, vec, text in zip(items, vectors, text_vectors, strict=True)
+            ]
             self._shard.update(qe.UpdateOperation.upsert_points(points))
             self._mirror.put([stored_item(item) for item in items], vectors, text_vectors)
         return len(points)
 
     def delete(self, item_ids: list[str]) -> int:
-        existing = self.get(item_ids)
+        """Returns how many distinct items existed and are now deleted (repeated and unknown ids
+        count nothing)."""
+        ids = list(dict.fromkeys(item_ids))
+        # Counted under the write lock: two concurrent deletes of one item count it once.
         with self._write_lock:
-            self._shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in item_ids]))
-            self._mirror.drop(item_ids)
+            existing = self._mirror.popularity(ids)
+            self._shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in ids]))
+            self._mirror.drop(ids)
         return len(existing)
 
     def flush(self) -> None:
@@ -286,9 +316,13 @@ class EdgeItemStore:
         """Items in the order asked; unknown ids are left out."""
         return self._mirror.items(item_ids, with_vectors=with_vectors)
 
-    def top_popular(self, limit: int, with_vectors: bool = False) -> Found:
+    def top_popular(self, limit: int, with_vectors: bool = False, flt: SearchFilter | None = None) -> Found:
+        """The `limit` most popular items that pass flt, most popular first (filtered before
+        the cut: fewer only when fewer match)."""
         order = qe.OrderBy(key="popularity", direction=qe.Direction.Desc)
-        records, _ = self._shard.scroll(qe.ScrollRequest(limit=limit, order_by=order, with_payload=["item_id"]))
+        qfilter = flt.to_qdrant() if flt is not None else None
+        records, _ = self._shard.scroll(qe.ScrollRequest(limit=limit, order_by=order, filter=qfilter,
+                                                         with_payload=["item_id"]))
         return self._mirror.items([r.payload["item_id"] for r in records], with_vectors=with_vectors)
 
     def close(self) -> None:

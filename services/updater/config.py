@@ -3,9 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
 
 
@@ -26,10 +27,15 @@ class UpdaterSettings(ServiceSettings):
     seed_log: Path | None = None
     # Per-user state limits.
     recent_items: int = Field(default=200, ge=1)
-    seen_items: int = Field(default=5000, ge=1)
+    # Narrows limits.SEEN_ITEMS, never widens it (retrieval accepts that many excluded ids).
+    seen_items: int = Field(default=limits.SEEN_ITEMS, ge=1)
     recent_queries: int = Field(default=20, ge=1)
     default_max_recent: int = Field(default=50, ge=1)
-    max_events_per_call: int = Field(default=1000, ge=1)
+
+    @field_validator("seen_items")
+    @classmethod
+    def _within_shared_limit(cls, value: int) -> int:
+        return limits.at_most(value, limits.SEEN_ITEMS, "SEEN_ITEMS")
     # Online learning of the ranker (services/updater/learner.py).
     learn: bool = True
     # Where published versions go (the newest is served after a restart); the learner starts

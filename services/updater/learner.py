@@ -82,8 +82,10 @@ class ImpressionJoiner:
     def join(self, event: LoggedEvent, arrived_ms: int, hold: bool = True) -> LabelledList | None:
         """Any item event on a shown item is the user choosing it (a view of a recommendation
         is its click-through); each shown item is labelled once. Feedback naming a request
-        not seen yet is held for its impression (hold)."""
-        if event.type == ET.EVENT_TYPE_SEARCH or not event.item_id:
+        not seen yet is held for its impression (hold). The window runs on this clock (client
+        clocks may be skewed); an event whose own time is older than the window (a backfill, a
+        client's offline queue) arrives now but answers nothing shown now."""
+        if event.type == ET.EVENT_TYPE_SEARCH or not event.item_id or event.timestamp_ms < arrived_ms - self.window_ms:
             return None
         shown = self._by_user.get(event.user_id)
         if event.request_id and hold and not any(i.request_id == event.request_id for i, _, _ in shown or ()):

@@ -13,10 +13,11 @@ from pathlib import Path
 import grpc
 from prometheus_client import Counter, Histogram
 
+from recmesh.common import limits
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
-from recmesh.common.validation import check_events, check_id
+from recmesh.common.validation import check_events, check_id, visible_text
 from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
 from services.ranker.features import FEATURES
 from services.ranker.model import Scorer, load_params, newest_params, save_params
@@ -34,8 +35,11 @@ LABELLED = Counter("recmesh_updater_labelled_lists_total", "Impressions joined w
 
 
 def to_logged(e: common_pb2.Event, now_ms: int) -> LoggedEvent:
+    """The event as logged: a query with nothing visible in it is no query; without a time of
+    its own, the event happened when it arrived here (the state orders by this time)."""
     return LoggedEvent(
-        e.event_id, e.user_id, e.item_id, e.type, e.query.strip(), e.value, e.timestamp_ms or now_ms, e.request_id
+        e.event_id, e.user_id, e.item_id, e.type, visible_text(e.query), e.value, e.timestamp_ms or now_ms,
+        e.request_id,
     )
 
 
@@ -121,7 +125,7 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
 
     @rpc_method
     async def Ingest(self, request, context):
-        check_events(request.events, "events", self._settings.max_events_per_call)
+        check_events(request.events, "events", limits.EVENTS_PER_CALL)  # whatever the gateway let in
         now_ms = int(time.time() * 1000)
         events = [to_logged(e, now_ms) for e in request.events]
         self._check_ready()  # UNAVAILABLE while warming up, before anything is queued

@@ -1,0 +1,36 @@
+"""What every stage accepts: the one source of the sizes of ids and text fields.
+
+The gateway (public edge), the encoder and retrieval all check against these, so an item or a
+query the gateway accepts is never refused further in (with a message about a field the caller
+never sent). A service setting may narrow one of them for its own callers - never widen it:
+settings are checked against these at start-up (see `at_most`)."""
+
+from __future__ import annotations
+
+# Characters (code points), as counted by len() on the decoded string.
+ID_CHARS = 128  # user, item, event and request ids; categories, tags, filter values, context
+QUERY_CHARS = 1000  # a typed query (Recommend, SEARCH events)
+TITLE_CHARS = 1000
+DESCRIPTION_CHARS = 4000
+LABELS_PER_ITEM = 64  # categories, and tags, per item
+LABEL_CHARS = ID_CHARS  # one category or tag: a filter value names it
+
+# Per call.
+EVENTS_PER_CALL = 1000  # TrackEvents / Ingest
+ITEMS_PER_CALL = 1024  # UpsertItems / EncodeItems
+FILTER_VALUES = 1000  # per filter list of a Recommend; ids per DeleteItems
+
+# Per user: the items remembered as seen (updater), every one of which a search may exclude.
+SEEN_ITEMS = 5000
+# Ids in one internal request (retrieval): a Recommend's excluded ids and its own seen items.
+IDS_PER_REQUEST = FILTER_VALUES + SEEN_ITEMS
+
+
+def at_most(value: int, ceiling: int, constant: str) -> int:
+    """For a setting's validator, when the setting narrows a shared limit: ValueError when it
+    would widen it (the next stage would refuse what this one let in); load_settings then stops
+    the service at start-up with the setting's name."""
+    if value > ceiling:
+        raise ValueError(f"at most {ceiling}, got {value} (recmesh.common.limits.{constant}: what "
+                         "every stage of the mesh accepts; a lower value only narrows this service)")
+    return value

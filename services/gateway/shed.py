@@ -1,0 +1,84 @@
+"""Recommends answered at the door (`shed:overload`, `shed:late_arrival`, `shed:slow_mesh`): the
+popular list, under the same rules as every other answer - the request's filters, and the user's
+exclusions (the items they have seen, unless filters.exclude_seen is false, and
+filters.exclude_item_ids) - without the pipeline.
+
+The seen items come from the gateway's cache (services/gateway/seen.py); when it holds no
+complete entry for the user, the updater is asked once (GetUserState: an in-memory read, a
+fraction of a millisecond of CPU a side, against tens for the pipeline that shedding skips) -
+an answer that forgets what the user just bought is wrong, not cheap. When the local popular
+pool cannot fill the page (a narrow filter, many seen items), one filtered TopPopular call is
+made. Every call is bounded by the client's remaining time, so the answer is never late."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from recmesh.v1 import common_pb2, recommendations_pb2, updater_pb2
+from services.gateway.budget import Budget
+from services.gateway.config import GatewaySettings
+from services.gateway.fallbacks import PopularCandidates
+from services.gateway.seen import SeenItems
+from services.gateway.upstreams import Upstreams
+
+MS = 1e-3
+
+
+def excluded_ids(filters: common_pb2.Filters, seen: frozenset[str] | set[str]) -> set[str]:
+    """What an answer must leave out: the request's ids, and the user's seen items unless the
+    request opts out (filters.exclude_seen unset means true)."""
+    excluded = set(filters.exclude_item_ids)
+    if not filters.HasField("exclude_seen") or filters.exclude_seen:
+        excluded |= seen
+    return excluded
+
+
+class ShedAnswers:
+    def __init__(self, settings: GatewaySettings, upstreams: Upstreams, popular: PopularCandidates,
+                 seen: SeenItems):
+        self._s = settings
+        self._up = upstreams
+        self._popular = popular
+        self._seen = seen
+
+    async def answer(self, request, k: int, reason: str,
+                     client_remaining_s: float | None) -> recommendations_pb2.RecommendResponse:
+        """Up to k popular items for the request (k whenever k pass its filters and exclusions
+        and retrieval answers in time), degraded [reason, then any stage that failed]."""
+        s = self._s
+        budget = Budget(s.budget_ms * MS, client_remaining_s, s.reply_margin_ms * MS, s.min_stage_ms * MS)
+        seen = await self._user_seen(budget, request)
+        found, version = await self._popular.matching(
+            budget, self._top_popular, s.retrieval_cap_ms * MS, request.filters,
+            excluded_ids(request.filters, seen), want=k, limit=k, with_vectors=False)
+        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
+        for c in found.items[:k]:
+            reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.popularity,
+                            reasons=["popular right now"])
+        reply.versions["index"] = version
+        reply.degraded.append(reason)
+        reply.degraded.extend(budget.trace.degraded)
+        for stage, ms in budget.trace.latencies:
+            reply.stage_latency.add(stage=stage, ms=ms)
+        reply.total_ms = budget.elapsed_ms()
+        return reply
+
+    def _top_popular(self, request, timeout_s: float):
+        return self._up.retrieval.TopPopular(request, timeout=timeout_s)
+
+    async def _user_seen(self, budget: Budget, request) -> frozenset[str]:
+        filters = request.filters
+        if filters.HasField("exclude_seen") and not filters.exclude_seen:
+            return frozenset()
+        known = self._seen.lookup(request.user_id, time.monotonic())
+        cap = self._s.user_state_cap_ms * MS
+        # Not tried when too little time is left: that is what shedding is for, not a failure.
+        if (known is None or not known.complete) and budget.stage_timeout(cap) is not None:
+            asked = time.monotonic()
+            state = await budget.call("user_state", cap, lambda t: self._up.updater.GetUserState(
+                updater_pb2.GetUserStateRequest(user_id=request.user_id, max_recent=1), timeout=t))
+            if state is not None:
+                self._seen.add_state(request.user_id, state, asked)
+                known = self._seen.lookup(request.user_id, time.monotonic())
+        return known.ids if known is not None else frozenset()

@@ -1,0 +1,332 @@
+"""Every answer path of the gateway - in full, browned out, shed (overload, late arrival, slow
+mesh) and each fallback - applies the same rules: the user's exclusions (what they have seen,
+unless exclude_seen is false, and exclude_item_ids), the request's filters, and k items whenever
+k pass them. The mesh here is a fake of the upstreams (tests only), driven through the real
+GatewayServicer."""
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from recmesh.common.vectors import to_matrix
+from recmesh.v1 import (
+    common_pb2,
+    encoder_pb2,
+    ranker_pb2,
+    recommendations_pb2,
+    retrieval_pb2,
+    updater_pb2,
+)
+from services.gateway import server as gateway_server
+from services.gateway.config import GatewaySettings
+from services.gateway.shedding import RUNGS
+
+DIM = 4
+CATALOG = 200  # item p<i>: popularity falls with i; every tenth (7, 17, ...) a Documentary
+POOL = 50  # the gateway's popular pool: a cut of the catalog
+ET = common_pb2.EventType
+
+
+def category(i: int) -> str:
+    return "Documentary" if i % 10 == 7 else "Drama"
+
+
+def unavailable() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+
+class Mesh:
+    """The upstreams, recording every call; a method named in `down` answers UNAVAILABLE. Users
+    have no recent events the catalog knows (the model sees them cold); what they have seen is
+    `seen` (events tracked through any gateway)."""
+
+    def __init__(self):
+        self.items = [retrieval_pb2.Candidate(item_id=f"p{i}", title=f"T{i}", categories=[category(i)],
+                                              popularity=1 - i / CATALOG) for i in range(CATALOG)]
+        self.seen: dict[str, list[str]] = {}
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, object, float]] = []
+        self.updater = self.retrieval = self.encoder = self.ranker = self
+
+    def _call(self, method: str, request, timeout: float) -> None:
+        self.calls.append((method, request, timeout))
+        if method in self.down:
+            raise unavailable()
+
+    def called(self, method: str) -> list:
+        return [(request, timeout) for m, request, timeout in self.calls if m == method]
+
+    def _list(self, items, with_vectors: bool = True) -> retrieval_pb2.CandidateList:
+        n = len(items)
+        reply = retrieval_pb2.CandidateList(candidates=items, index_version="idx")
+        if with_vectors:
+            reply.vectors.CopyFrom(to_matrix(np.ones((n, DIM), np.float32)))
+            reply.text_vectors.CopyFrom(to_matrix(np.ones((n, DIM), np.float32)))
+        return reply
+
+    def _passing(self, f: common_pb2.Filters, limit: int):
+        include, exclude, ids = set(f.include_categories), set(f.exclude_categories), set(f.exclude_item_ids)
+        return [c for c in self.items if c.item_id not in ids and not exclude & set(c.categories)
+                and (not include or include & set(c.categories))][:limit]
+
+    async def Ingest(self, request, timeout):
+        self._call("Ingest", request, timeout)
+        for e in request.events:
+            if e.type != ET.EVENT_TYPE_SEARCH:
+                self.seen.setdefault(e.user_id, []).append(e.item_id)
+        return updater_pb2.IngestResponse(accepted=len(request.events))
+
+    async def GetUserState(self, request, timeout):
+        self._call("GetUserState", request, timeout)
+        return updater_pb2.UserState(user_id=request.user_id, seen_item_ids=self.seen.get(request.user_id, []))
+
+    async def DeleteUser(self, request, timeout):
+        self._call("DeleteUser", request, timeout)
+        return updater_pb2.DeleteUserStateResponse(events_deleted=len(self.seen.pop(request.user_id, [])))
+
+    async def TopPopular(self, request, timeout):
+        self._call("TopPopular", request, timeout)
+        return self._list(self._passing(request.filters, request.limit), request.with_vectors)
+
+    async def EncodeInterest(self, request, timeout):
+        self._call("EncodeInterest", request, timeout)
+        return encoder_pb2.EncodeInterestResponse(
+            query_vector=to_matrix(np.ones((1, DIM), np.float32) if request.query else None), model_version="m")
+
+    async def Search(self, request, timeout):
+        self._call("Search", request, timeout)
+        return self._list(self._passing(request.filters, request.limit))
+
+    async def Rank(self, request, timeout):
+        self._call("Rank", request, timeout)
+        return ranker_pb2.RankResponse(items=[ranker_pb2.RankedItem(item_id=c.item_id, score=1.0)
+                                              for c in request.candidates], model_version="r")
+
+    async def EncodeItems(self, request, timeout):
+        self._call("EncodeItems", request, timeout)
+        n = len(request.items)
+        return encoder_pb2.EncodeItemsResponse(vectors=to_matrix(np.ones((n, DIM), np.float32)),
+                                               text_vectors=to_matrix(np.ones((n, DIM), np.float32)))
+
+    async def Upsert(self, request, timeout):
+        self._call("Upsert", request, timeout)
+        self.items += [retrieval_pb2.Candidate(item_id=it.item_id, title=it.title, categories=it.categories)
+                       for it in request.items]
+        return retrieval_pb2.UpsertResponse(upserted=len(request.items))
+
+    async def LogImpressions(self, request, timeout):
+        return updater_pb2.LogImpressionsResponse()
+
+    async def close(self):
+        pass
+
+
+class Context:
+    def __init__(self, remaining: float | None):
+        self._deadline = None if remaining is None else time.perf_counter() + remaining
+
+    def time_remaining(self):
+        return None if self._deadline is None else self._deadline - time.perf_counter()
+
+    async def abort(self, code, details):
+        raise AssertionError(f"{code.name}: {details}")
+
+
+async def gateway(monkeypatch, mesh: Mesh, **settings) -> gateway_server.GatewayServicer:
+    monkeypatch.setattr(gateway_server.Upstreams, "connect", classmethod(lambda cls, s: mesh))
+    g = gateway_server.GatewayServicer(GatewaySettings(popular_pool=POOL, **settings))
+    await g._refresh_popular()
+    mesh.calls.clear()
+    return g
+
+
+async def track(g, user: str, items: list[str], type_=ET.EVENT_TYPE_PURCHASE) -> None:
+    events = [common_pb2.Event(event_id=f"{user}-{i}", user_id=user, item_id=i, type=type_) for i in items]
+    await g.TrackEvents(recommendations_pb2.TrackEventsRequest(events=events), Context(5.0))
+
+
+SHED = ["shed:overload", "shed:late_arrival", RUNGS[-1]]
+BROWNOUT = list(RUNGS[:-1])
+
+
+async def recommend(g, user: str, k: int, how: str = "full", remaining: float = 0.1, query: str = "",
+                    **filters) -> recommendations_pb2.RecommendResponse:
+    """Recommend along one path: "full", one of SHED or BROWNOUT (forced, not left to timing).
+    A late arrival gets `remaining` when under min_admit_ms, else 14 ms."""
+    rec = g._recommender
+    if how == "shed:overload":
+        rec.in_flight = g._s.max_in_flight
+    if how == "shed:late_arrival" and remaining >= g._s.min_admit_ms / 1000:
+        remaining = 0.014
+    if how in RUNGS:  # the mesh slow: the shedding pressure halfway into this rung
+        now = time.monotonic()
+        for _ in range(10 * (RUNGS.index(how) + 1) - 5):
+            rec.shedding.observe(1.0, others_in_flight=3, now=now)
+        rec.shedding._draw = lambda: 0.0
+    request = recommendations_pb2.RecommendRequest(user_id=user, k=k, query=query,
+                                                   filters=common_pb2.Filters(**filters))
+    try:
+        return await g.Recommend(request, Context(remaining))
+    finally:
+        rec.in_flight = 0
+        rec.shedding.pressure = 0.0
+
+
+def ids(reply) -> list[str]:
+    return [i.item_id for i in reply.items]
+
+
+@pytest.mark.parametrize("how", SHED)
+def test_a_shed_answer_leaves_out_what_the_user_just_did(monkeypatch, how):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", ["p0", "p1", "p2"])  # the three most popular
+        mesh.down = {"GetUserState"}  # what the gateway itself learned must be enough
+        reply = await recommend(g, "u", 3, how)
+        return mesh, reply
+
+    mesh, reply = asyncio.run(scenario())
+    assert reply.degraded[0] == how
+    assert ids(reply) == ["p3", "p4", "p5"]
+
+
+def test_the_anonymous_fallback_leaves_out_what_the_gateway_knows_the_user_saw(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        mesh.seen["v"] = ["p0", "p1"]  # tracked through another replica: learned from GetUserState
+        first = await recommend(g, "v", 3)
+        await track(g, "v", ["p2"])  # and one through this gateway
+        mesh.down = {"GetUserState"}
+        anonymous = await recommend(g, "v", 3)
+        return first, anonymous
+
+    first, anonymous = asyncio.run(scenario())
+    assert not first.degraded and ids(first) == ["p2", "p3", "p4"]
+    assert "fallback:anonymous" in anonymous.degraded
+    assert ids(anonymous) == ["p3", "p4", "p5"]
+
+
+@pytest.mark.parametrize("how", SHED)
+def test_a_shed_call_asks_the_updater_about_an_unknown_user_within_the_clients_time(monkeypatch, how):
+    remaining = 0.014 if how == "shed:late_arrival" else 0.05
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        mesh.seen["w"] = ["p0", "p1", "p2"]  # never seen by this gateway (tracked through another replica)
+        shed = await recommend(g, "w", 3, how, remaining=remaining)
+        asked = mesh.called("GetUserState")
+        again = await recommend(g, "w", 3, how, remaining=remaining)  # now known: not asked
+        no_time = await recommend(g, "x", 3, how, remaining=0.005)
+        return mesh, asked, shed, again, no_time
+
+    mesh, asked, shed, again, no_time = asyncio.run(scenario())
+    assert list(shed.degraded) == [how] and ids(shed) == ["p3", "p4", "p5"]
+    assert len(asked) == 1 and asked[0][1] <= remaining - GatewaySettings().reply_margin_ms / 1000
+    assert ids(again) == ["p3", "p4", "p5"]
+    assert len(mesh.called("GetUserState")) == 1  # neither the known user nor the one without time
+    assert list(no_time.degraded)[0] in SHED and len(no_time.items) == 3
+
+
+@pytest.mark.parametrize("how", ["full", *BROWNOUT, *SHED])
+def test_the_requests_exclusions_hold_and_exclude_seen_false_lets_seen_items_back(monkeypatch, how):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", ["p0", "p1"])
+        excluded = await recommend(g, "u", 3, how, exclude_item_ids=["p3"])
+        seen_back = await recommend(g, "u", 3, how, exclude_seen=False, exclude_item_ids=["p1"])
+        return excluded, seen_back
+
+    excluded, seen_back = asyncio.run(scenario())
+    assert ids(excluded) == ["p2", "p4", "p5"]
+    assert ids(seen_back) == ["p0", "p2", "p3"]
+
+
+@pytest.mark.parametrize("how", ["full", "shed:overload"])
+def test_delete_user_through_the_gateway_forgets_what_they_saw(monkeypatch, how):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", ["p0", "p1"])
+        before = await recommend(g, "u", 2, how)
+        await g.DeleteUser(recommendations_pb2.DeleteUserRequest(user_id="u"), Context(5.0))
+        after = await recommend(g, "u", 2, how)
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert ids(before) == ["p2", "p3"] and ids(after) == ["p0", "p1"]
+
+
+DOCUMENTARIES = [f"p{i}" for i in range(7, CATALOG, 10)]
+
+
+@pytest.mark.parametrize("how", ["full", *BROWNOUT, *SHED, "fallback:anonymous", "fallback:popular_candidates",
+                                  "fallback:retrieval_order"])
+def test_a_narrow_filter_gets_k_matching_items_on_every_path(monkeypatch, how):
+    """The pool holds 5 Documentaries; the catalog 20: k=10 must come back, and also after the
+    user's seen items take some of them."""
+    down = {"fallback:anonymous": {"GetUserState"}, "fallback:popular_candidates": {"Search"},
+            "fallback:retrieval_order": {"Rank"}}.get(how, set())
+    query = "a film" if how == "fallback:popular_candidates" else ""  # a query needs retrieval's Search
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", DOCUMENTARIES[:3])
+        mesh.down = down
+        return await recommend(g, "u", 10, how if how in RUNGS or how in SHED else "full", query=query,
+                               include_categories=["Documentary"])
+
+    reply = asyncio.run(scenario())
+    if how != "full":
+        assert how in reply.degraded
+    assert ids(reply) == DOCUMENTARIES[3:13]
+
+
+@pytest.mark.parametrize("how", ["full", *BROWNOUT, *SHED])
+def test_a_user_who_has_seen_the_whole_pool_still_gets_k_items(monkeypatch, how):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", [f"p{i}" for i in range(POOL + 5)], ET.EVENT_TYPE_VIEW)
+        return await recommend(g, "u", 10, how)
+
+    reply = asyncio.run(scenario())
+    assert ids(reply) == [f"p{i}" for i in range(POOL + 5, POOL + 15)]
+
+
+def test_the_pool_alone_answers_when_it_is_the_whole_catalog_or_holds_enough(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        mesh.items = mesh.items[:30]  # the pool (50 asked) holds the whole catalog
+        g = await gateway(monkeypatch, mesh)
+        whole = await recommend(g, "u", 10, "shed:overload", include_categories=["Documentary"])
+        enough = await recommend(g, "u", 3, "shed:overload", include_categories=["Documentary"])
+        asked = len(mesh.called("TopPopular"))
+        new = common_pb2.Item(item_id="new", title="A new film", categories=["Documentary"])
+        await g.UpsertItems(recommendations_pb2.UpsertItemsRequest(items=[new]), Context(5.0))
+        grown = await recommend(g, "u", 10, "shed:overload", include_categories=["Documentary"])
+        return asked, whole, enough, grown
+
+    asked, whole, enough, grown = asyncio.run(scenario())
+    assert ids(whole) == ["p7", "p17", "p27"] and ids(enough) == ["p7", "p17", "p27"]
+    assert asked == 0
+    assert ids(grown) == ["p7", "p17", "p27", "new"]  # an item added since: the pool is no longer all
+
+
+def test_every_source_is_asked_for_at_least_k_candidates(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh, candidates=5)
+        reply = await recommend(g, "u", 10, query="a film")
+        return mesh, reply
+
+    mesh, reply = asyncio.run(scenario())
+    assert not reply.degraded and len(reply.items) == 10
+    assert mesh.called("Search")[0][0].limit >= 10
