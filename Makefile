@@ -53,21 +53,21 @@ test-integration: $(INSTALLED)
 
 # Measurements, not tests: JSON + PNG under results/.
 bench: bootstrap $(BENCH_INSTALLED)
-	$(PY) -m recmesh.bench.latency --calls 1000
-	$(PY) -m recmesh.bench.encoders
-	$(PY) -m recmesh.bench.ingest
-	$(PY) -m recmesh.bench.freshness
-	$(PY) -m recmesh.bench.ranker
-	$(PY) -m recmesh.bench.stores
+	$(PY) -m recmesh.tools.bench.latency --calls 1000
+	$(PY) -m recmesh.tools.bench.encoders
+	$(PY) -m recmesh.tools.bench.ingest
+	$(PY) -m recmesh.tools.bench.freshness
+	$(PY) -m recmesh.tools.bench.ranker
+	$(PY) -m recmesh.tools.bench.stores
 
 # Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
 # the served path against its offline twin (~1 min), the streaming replay through the live
 # mesh (~5 min).
 eval: bootstrap $(BENCH_INSTALLED)
-	$(PY) -m recmesh.eval.run
-	$(PY) -m recmesh.eval.served
-	$(PY) -m recmesh.eval.streaming
-	$(PY) -m recmesh.eval.online
+	$(PY) -m recmesh.tools.eval.run
+	$(PY) -m recmesh.tools.eval.served
+	$(PY) -m recmesh.tools.eval.streaming
+	$(PY) -m recmesh.tools.eval.online
 
 # Open-loop load in steps of Recommend/s (30 % with typed text), on a local mesh: the highest
 # rate with p99 within the 100 ms budget (~3 min).
@@ -81,7 +81,7 @@ chaos: bootstrap $(BENCH_INSTALLED)
 
 # A development CA and a service certificate (TLS, mTLS between services) in var/certs.
 certs: $(INSTALLED)
-	$(PY) -m recmesh.devcerts var/certs
+	$(PY) -m recmesh.tools.devcerts var/certs
 
 # Container images (needs a Docker engine) and the Kubernetes manifests of one overlay.
 IMAGE_TAG ?= 0.1.0

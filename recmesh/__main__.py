@@ -1,3 +1,3 @@
-from recmesh.cli import main
+from recmesh.tools.cli import main
 
 main()

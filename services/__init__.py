@@ -1,4 +1,6 @@
-"""recmesh services: one package per process, talking only through recmesh.v1 protos."""
+"""recmesh services: one package per process. They share only the recmesh library (models,
+index and event stores, common) and talk only through recmesh.v1 protos: no service imports
+another (tests/unit/test_boundaries.py)."""
 
 import os
 

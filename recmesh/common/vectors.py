@@ -52,20 +52,3 @@ def optional_row(matrix: common_pb2.Matrix, field: str, dim: int) -> np.ndarray 
 def l2_normalize(array: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(array, axis=-1, keepdims=True)
     return array / np.maximum(norms, 1e-12)
-
-
-# The session direction: what the user's last few items have in common. Chosen on validation
-# NDCG (docs/results.md): the last 10 items, each event half as important as the next newer one.
-SESSION_ITEMS = 10
-SESSION_HALF_LIFE_EVENTS = 1.0
-
-
-def session_vector(item_vectors: np.ndarray, last_n: int = SESSION_ITEMS,
-                   half_life_events: float = SESSION_HALF_LIFE_EVENTS) -> np.ndarray | None:
-    """Unit, recency-weighted mean of the unit vectors of the newest last_n items (oldest first
-    in, None when empty)."""
-    recent = l2_normalize(np.asarray(item_vectors, np.float32)[-last_n:])
-    if len(recent) == 0:
-        return None
-    weights = 0.5 ** (np.arange(len(recent))[::-1] / half_life_events)
-    return l2_normalize((weights[:, None] * recent).sum(axis=0)).astype(np.float32)

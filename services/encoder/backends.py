@@ -13,8 +13,8 @@ import numpy as np
 
 from recmesh.common.errors import DependencyFailed, Unavailable
 from recmesh.common.server import FAST_RECONNECT
+from recmesh.models.text import TextModel, load_text_model
 from services.encoder.config import EncoderSettings
-from services.encoder.textmodel import TextModel, load_text_model
 
 
 class EncoderBackend(Protocol):
@@ -47,7 +47,7 @@ class InProcessBackend:
         self.version, self.text_dim, self.dim = "", 0, 0
 
     async def start(self) -> None:
-        from services.encoder.learned import ServedInterestModel
+        from recmesh.models.interest.served import ServedInterestModel
 
         s = self._s
 

@@ -7,10 +7,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from recmesh.common.config import ServiceSettings
-from recmesh.common.local import REPO
-
-# Where `recmesh train` installs the served interest model: Triton's interest_encoder version folder.
-SERVED_ARTIFACT = REPO / "deploy" / "triton" / "models" / "interest_encoder" / "1" / "interest_model.pt"
+from recmesh.models.interest import SERVED_ARTIFACT
 
 
 def _bundled_minilm() -> Path:

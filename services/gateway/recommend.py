@@ -6,14 +6,14 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import prometheus_client as prom
 
 from recmesh.common.lru import LruCache
-from recmesh.common.vectors import first_row, from_matrix, session_vector, to_matrix
+from recmesh.common.vectors import first_row, from_matrix, to_matrix
+from recmesh.models.session import History, category_affinity, session_vector
 from recmesh.v1 import (
     common_pb2,
     encoder_pb2,
@@ -52,15 +52,6 @@ class Signals:
         return self.interest is not None or self.session is not None or self.query is not None
 
 
-@dataclass
-class History:
-    entries: list[encoder_pb2.HistoryEntry]  # oldest first, only items the catalog knows
-    vectors: np.ndarray
-    items: dict[str, retrieval_pb2.Candidate]
-    seen: set[str]
-    skipped: dict[str, int] = field(default_factory=dict)  # recently shown, not chosen
-
-
 @dataclass(frozen=True)
 class KnownInterest:
     """The encoder's interest vector for one exact encoder input (the history's events and
@@ -70,15 +61,6 @@ class KnownInterest:
     vector: np.ndarray
     model_version: str
     at: float  # time.monotonic()
-
-
-def category_affinity(history: History, last_n: int) -> dict[str, float]:
-    """Share of each category among the user's last_n item events."""
-    counts: Counter[str] = Counter()
-    for entry in history.entries[-last_n:]:
-        counts.update(history.items[entry.item_id].categories)
-    total = sum(counts.values())
-    return {c: n / total for c, n in counts.items()} if total else {}
 
 
 class Recommender:

@@ -6,8 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from recmesh.common.config import ServiceSettings
-
-_SHIPPED_PARAMS = Path(__file__).parent / "params"
+from recmesh.models.ranking.scorer import SHIPPED_PARAMS
 
 
 class RankerSettings(ServiceSettings):
@@ -15,7 +14,7 @@ class RankerSettings(ServiceSettings):
 
     port: int = 50063
     # Folder of versioned parameter files (<version>.json); the newest by version name is served.
-    params_dir: Path = _SHIPPED_PARAMS
+    params_dir: Path = SHIPPED_PARAMS
     max_candidates: int = Field(default=2000, ge=1)
     max_reasons: int = Field(default=2, ge=1)
     # The updater's WatchParameters stream (online-learned versions); empty: shipped params only.

@@ -14,7 +14,7 @@ class RetrievalSettings(ServiceSettings):
 
     port: int = 50062
     # edge: a Qdrant Edge shard in this process (one node); qdrant: a Qdrant server or cluster
-    # through qdrant-client (services/retrieval/server_store.py).
+    # through qdrant-client (recmesh/index/qdrant_server.py).
     backend: Literal["edge", "qdrant"] = "edge"
     # The Qdrant Edge shard; `recmesh bootstrap` fills it.
     shard_dir: Path = Path("var/catalog/qdrant")

@@ -15,10 +15,7 @@ from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.validation import check_item
 from recmesh.common.vectors import from_matrix, l2_normalize, optional_row, to_matrix
-from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.retrieval.config import RetrievalSettings
-from services.retrieval.server_store import QdrantServerStore, connect
-from services.retrieval.store import (
+from recmesh.index.edge import (
     INTEREST,
     QUERY,
     SESSION,
@@ -27,6 +24,9 @@ from services.retrieval.store import (
     SearchFilter,
     item_payload,
 )
+from recmesh.index.qdrant_server import QdrantServerStore, connect
+from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
+from services.retrieval.config import RetrievalSettings
 
 T = TypeVar("T")
 

@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
+from recmesh.models.ranking.scorer import SHIPPED_PARAMS
 
 
 class UpdaterSettings(ServiceSettings):
@@ -16,7 +17,7 @@ class UpdaterSettings(ServiceSettings):
     port: int = 50064
     # sqlite: the log in a SQLite file in WAL mode, state in memory (rebuilt from the log at
     # start) - one replica. redis: log (a Redis Stream) and state in a Redis server shared by
-    # any number of replicas (services/updater/stores.py).
+    # any number of replicas (recmesh/events/stores.py).
     store: Literal["sqlite", "redis"] = "sqlite"
     log_path: Path = Path("var/updater/events.sqlite")
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -36,12 +37,12 @@ class UpdaterSettings(ServiceSettings):
     @classmethod
     def _within_shared_limit(cls, value: int) -> int:
         return limits.at_most(value, limits.SEEN_ITEMS, "SEEN_ITEMS")
-    # Online learning of the ranker (services/updater/learner.py).
+    # Online learning of the ranker (services/updater/joiner.py, recmesh/models/ranking/training.py).
     learn: bool = True
     # Where published versions go (the newest is served after a restart); the learner starts
     # from the newest there, else from the newest shipped one.
     params_dir: Path = Path("var/ranker/params")
-    shipped_params_dir: Path = Path(__file__).resolve().parents[1] / "ranker" / "params"
+    shipped_params_dir: Path = SHIPPED_PARAMS
     learn_interval_s: float = Field(default=0.5, gt=0)
     # Feedback joins an impression shown at most this long before it.
     join_window_s: float = Field(default=1800.0, gt=0)

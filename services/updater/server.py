@@ -18,14 +18,15 @@ from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.validation import check_events, check_id, visible_text
+from recmesh.events.eventlog import LoggedEvent
+from recmesh.events.state import UserStateStore
+from recmesh.events.stores import EventStore, LocalStore, RedisStore
+from recmesh.models.ranking.features import FEATURES
+from recmesh.models.ranking.scorer import Scorer, load_params, newest_params, save_params
+from recmesh.models.ranking.training import LabelledList, OnlineLearner, Publication, Round
 from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
-from services.ranker.features import FEATURES
-from services.ranker.model import Scorer, load_params, newest_params, save_params
 from services.updater.config import UpdaterSettings
-from services.updater.eventlog import LoggedEvent
-from services.updater.learner import ImpressionJoiner, LabelledList, OnlineLearner, Publication, Round, now_ms
-from services.updater.state import UserStateStore
-from services.updater.stores import EventStore, LocalStore, RedisStore
+from services.updater.joiner import ImpressionJoiner, now_ms
 
 log = logging.getLogger("recmesh.updater")
 COMMIT_CALLS = Histogram("recmesh_updater_commit_calls", "Ingest calls sharing one commit (group commit)",

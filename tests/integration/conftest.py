@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from recmesh.catalog import bootstrap
 from recmesh.client import RecmeshClient
-from recmesh.devstack import REPO, Stack
+from recmesh.tools.catalog import bootstrap
+from recmesh.tools.devstack import REPO, Stack
 
 
 @pytest.fixture(scope="session")

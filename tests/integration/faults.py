@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable
 
-from recmesh.devstack import Stack
+from recmesh.tools.devstack import Stack
 
 
 def sigkill_while_running(stack: Stack, service: str, work: Callable[[int], None], workers: int,

@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from recmesh.client import Event
-from recmesh.redisserver import RedisServer
+from recmesh.events.eventlog import LoggedEvent
+from recmesh.events.state import UserStateStore
+from recmesh.events.stores import LocalStore, RedisStore
+from recmesh.tools.redisserver import RedisServer
 from recmesh.v1 import common_pb2
-from services.updater.eventlog import LoggedEvent
-from services.updater.state import UserStateStore
-from services.updater.stores import LocalStore, RedisStore
 
 pytestmark = pytest.mark.integration
 CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH

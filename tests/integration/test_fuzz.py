@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recmesh.devstack import SERVICES
+from recmesh.tools.devstack import SERVICES
 from recmesh.v1 import (
     common_pb2,
     encoder_pb2,

@@ -13,11 +13,11 @@ import grpc
 import pytest
 
 from recmesh.client import Event, RecmeshClient
-from recmesh.devstack import Stack
+from recmesh.models.ranking.features import FEATURES
+from recmesh.models.ranking.scorer import load_params, newest_params
+from recmesh.tools.devstack import Stack
 from recmesh.v1 import updater_pb2, updater_pb2_grpc
 from services.ranker.config import RankerSettings
-from services.ranker.features import FEATURES
-from services.ranker.model import load_params, newest_params
 
 pytestmark = pytest.mark.integration
 

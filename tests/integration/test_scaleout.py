@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from recmesh.client import Event, RecmeshClient
-from recmesh.devstack import Stack
-from recmesh.loadtest import arrivals
 from recmesh.replicas import Replicas
+from recmesh.tools.devstack import Stack
+from recmesh.tools.loadtest import arrivals
 from recmesh.v1 import recommendations_pb2
 from tests.integration.faults import sigkill_while_running
 

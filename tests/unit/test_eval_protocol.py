@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from recmesh.eval import baselines, datasets
-from recmesh.eval.protocol import evaluate
+from recmesh.tools.eval import baselines, datasets
+from recmesh.tools.eval.protocol import evaluate
 
 
 def toy() -> datasets.Dataset:
@@ -61,7 +61,7 @@ def test_popularity_counts_train_only():
 
 
 def test_top_k_metrics_from_ranks_in_shown_lists():
-    from recmesh.eval.protocol import top_k_metrics
+    from recmesh.tools.eval.protocol import top_k_metrics
 
     m = top_k_metrics([0, -1, 2])  # hit at the top, a miss, hit at the third slot
     assert m == {"HR@10": round(2 / 3, 4), "NDCG@10": round((1 + 0.5) / 3, 4), "MRR@10": round((1 + 1 / 3) / 3, 4)}

@@ -3,11 +3,11 @@ user's events stay deleted when a client retries them; the counts it answers cou
 
 import asyncio
 
+from recmesh.events.eventlog import EventLog, LoggedEvent
+from recmesh.events.state import UserStateStore
+from recmesh.events.stores import LocalStore
 from recmesh.v1 import common_pb2
-from services.updater.eventlog import EventLog, LoggedEvent
-from services.updater.learner import ImpressionJoiner
-from services.updater.state import UserStateStore
-from services.updater.stores import LocalStore
+from services.updater.joiner import ImpressionJoiner
 from tests.unit.test_learner import impression
 
 CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH

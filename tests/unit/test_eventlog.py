@@ -1,6 +1,6 @@
+from recmesh.events.eventlog import EventLog, LoggedEvent
+from recmesh.events.state import UserStateStore
 from recmesh.v1 import common_pb2
-from services.updater.eventlog import EventLog, LoggedEvent
-from services.updater.state import UserStateStore
 
 CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH
 

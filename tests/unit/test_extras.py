@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from recmesh import cli, extras
-from recmesh.redisserver import redis_server_binary
+from recmesh.tools import cli, extras
+from recmesh.tools.redisserver import redis_server_binary
 
 
 def test_require_names_command_extra_module_and_install(monkeypatch):

@@ -333,10 +333,10 @@ def test_plausible_event_times_pass(timestamp_ms):
 def test_what_the_gateway_accepts_retrieval_stores_whole(tmp_path):
     """The third stage of an upsert: the same items, at every limit, stored with every field."""
     from recmesh.common.vectors import to_matrix
+    from recmesh.index.edge import EdgeItemStore
     from recmesh.v1 import retrieval_pb2
     from services.retrieval.config import RetrievalSettings
     from services.retrieval.server import RetrievalServicer
-    from services.retrieval.store import EdgeItemStore
 
     items = _at_the_limits()
     servicer = RetrievalServicer(RetrievalSettings())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from recmesh.models.interest.sequence_model import ModelConfig, SequenceInterestModel, encode_sequences
+from recmesh.models.interest.served import ServedInterestModel, event_ratings, export_served
 from recmesh.v1 import common_pb2
-from services.encoder.learned import ServedInterestModel, event_ratings, export_served
-from services.encoder.sequence_model import ModelConfig, SequenceInterestModel, encode_sequences
 
 ET = common_pb2.EventType
 N_ITEMS, TEXT_DIM = 30, 12

@@ -4,12 +4,10 @@ publishes only what is not worse on the held-back window, and rolls a regression
 import numpy as np
 import pytest
 
-from recmesh.v1 import common_pb2, updater_pb2
-from services.ranker.features import FEATURES
-from services.ranker.model import Scorer, scorer_from_spec
-from services.updater.eventlog import LoggedEvent
-from services.updater.learner import (
-    ImpressionJoiner,
+from recmesh.events.eventlog import LoggedEvent
+from recmesh.models.ranking.features import FEATURES
+from recmesh.models.ranking.scorer import Scorer, scorer_from_spec
+from recmesh.models.ranking.training import (
     LabelledList,
     LearnerConfig,
     OnlineLearner,
@@ -17,6 +15,8 @@ from services.updater.learner import (
     WideDeepTrainer,
     list_metrics,
 )
+from recmesh.v1 import common_pb2, updater_pb2
+from services.updater.joiner import ImpressionJoiner
 
 CLICK = common_pb2.EventType.EVENT_TYPE_CLICK
 F = len(FEATURES)
@@ -153,7 +153,7 @@ def test_a_worse_candidate_is_not_published_and_a_regression_is_rolled_back():
 
 @pytest.mark.parametrize("diversity", [0.0, 0.7])
 def test_mmr_trades_score_for_variety(diversity):
-    from services.ranker.selection import mmr
+    from recmesh.models.ranking.selection import mmr
 
     vectors = np.array([[1, 0], [1, 0.01], [1, 0.02], [0, 1]], np.float32)  # three near-copies and one other
     scores = np.array([1.0, 0.99, 0.98, 0.5])
@@ -162,7 +162,7 @@ def test_mmr_trades_score_for_variety(diversity):
 
 
 def test_exploration_fills_the_last_slot_with_its_propensity():
-    from services.ranker.selection import explore
+    from recmesh.models.ranking.selection import explore
 
     rng = np.random.default_rng(0)
     always, p = explore(np.arange(3), 10, share=1.0, rng=rng)
@@ -172,7 +172,7 @@ def test_exploration_fills_the_last_slot_with_its_propensity():
 
 
 def test_a_version_that_stops_following_the_query_is_not_published():
-    from services.updater.learner import behaviour_violations
+    from recmesh.models.ranking.training import behaviour_violations
 
     rng = np.random.default_rng(4)
     rows = rng.normal(size=(50, F)).astype(np.float32)

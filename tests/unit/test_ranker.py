@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
+from recmesh.models.ranking.features import FEATURES, RankInputs, compute
+from recmesh.models.ranking.reasons import explain
+from recmesh.models.ranking.scorer import Scorer, load_params, newest_params
 from services.ranker.config import RankerSettings
-from services.ranker.features import FEATURES, RankInputs, compute
-from services.ranker.model import Scorer, load_params, newest_params
-from services.ranker.reasons import explain
 
 
 def unit_rows(*rows):
@@ -89,7 +89,7 @@ def test_hand_set_weights_let_a_session_outvote_a_slightly_better_model_score():
 
 
 def test_session_vector_weights_the_newest_items_most():
-    from recmesh.common.vectors import session_vector
+    from recmesh.models.session import session_vector
 
     direction = session_vector(np.array([[3, 0], [0, 1]], np.float32), half_life_events=1.0)  # oldest first
     assert direction == pytest.approx(np.array([1, 2]) / np.sqrt(5))

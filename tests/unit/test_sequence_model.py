@@ -2,9 +2,9 @@
 
 import torch
 
-from recmesh.eval import datasets
-from recmesh.eval.train import TrainConfig, sampled_softmax_loss, train
-from services.encoder.sequence_model import ModelConfig, SequenceInterestModel, encode_sequences
+from recmesh.models.interest.sequence_model import ModelConfig, SequenceInterestModel, encode_sequences
+from recmesh.tools.eval import datasets
+from recmesh.tools.eval.train import TrainConfig, sampled_softmax_loss, train
 
 
 def test_left_padded_sequences_score_finitely():

@@ -4,8 +4,8 @@ through qdrant-client (here in its local mode, which runs the same client code p
 import numpy as np
 import pytest
 
-from services.retrieval.server_store import QdrantServerStore, connect
-from services.retrieval.store import INTEREST, QUERY, SESSION, EdgeItemStore, SearchFilter
+from recmesh.index.edge import INTEREST, QUERY, SESSION, EdgeItemStore, SearchFilter
+from recmesh.index.qdrant_server import QdrantServerStore, connect
 
 BACKENDS = {
     "edge": (lambda path, **kw: EdgeItemStore.create(path, **kw), EdgeItemStore.open),
@@ -97,7 +97,7 @@ def test_open_without_bootstrap_says_what_to_do(tmp_path, backend):
 
 
 def test_publish_copies_a_built_shard_into_a_server_collection_once(tmp_path):
-    from recmesh.catalog.publish import publish
+    from recmesh.tools.catalog.publish import publish
 
     s, vectors, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
     s.flush()
@@ -116,7 +116,7 @@ def test_publish_copies_a_built_shard_into_a_server_collection_once(tmp_path):
 def test_publish_replaces_an_older_layout_and_leaves_a_foreign_collection_alone(tmp_path):
     from qdrant_client import models as qm
 
-    from recmesh.catalog.publish import publish
+    from recmesh.tools.catalog.publish import publish
 
     s, _, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
     s.close()
@@ -153,7 +153,7 @@ def test_a_shard_of_an_older_layout_is_refused_with_the_fix(tmp_path):
 
 
 def test_an_item_whose_point_id_another_holds_is_refused_before_the_shard_is_written(tmp_path, monkeypatch):
-    import services.retrieval.store as store_module
+    import recmesh.index.edge as store_module
 
     monkeypatch.setattr(store_module, "point_id", lambda item_id: 7)  # every id collides
     s = EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from recmesh.common.vectors import to_matrix
+from recmesh.index.edge import EdgeItemStore, SearchFilter
+from recmesh.index.qdrant_server import QdrantServerStore, connect
 from recmesh.v1 import common_pb2, retrieval_pb2
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.server import RetrievalServicer
-from services.retrieval.server_store import QdrantServerStore, connect
-from services.retrieval.store import EdgeItemStore, SearchFilter
 
 N = 40
 

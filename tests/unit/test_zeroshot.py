@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from recmesh.eval.zeroshot import InterestRule, event_weight
+from recmesh.tools.eval.zeroshot import InterestRule, event_weight
 from recmesh.v1 import common_pb2
 
 ET = common_pb2.EventType

@@ -1,4 +1,4 @@
-"""Triton python backend for the learned interest model (services/encoder/learned.py)."""
+"""Triton python backend for the learned interest model (recmesh/models/interest/served.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _vector(value: np.ndarray | None) -> np.ndarray:
 
 class TritonPythonModel:
     def initialize(self, args):
-        from services.encoder.learned import ServedInterestModel
+        from recmesh.models.interest.served import ServedInterestModel
 
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]

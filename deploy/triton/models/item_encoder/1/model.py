@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.encoder.triton_batch import answer_each
+from recmesh.models.triton_batch import answer_each
 
 try:  # present only inside Triton; the module stays importable (and testable) without it
     import triton_python_backend_utils as pb_utils
@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover
 
 class TritonPythonModel:
     def initialize(self, args):
-        from services.encoder.learned import ServedInterestModel
+        from recmesh.models.interest.served import ServedInterestModel
 
         config = json.loads(args["model_config"])
         artifact = config["parameters"]["artifact"]["string_value"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.encoder.triton_batch import answer_each
+from recmesh.models.triton_batch import answer_each
 
 try:  # present only inside Triton; the module stays importable (and testable) without it
     import triton_python_backend_utils as pb_utils
@@ -22,7 +22,7 @@ def _param(config: dict, key: str, default: str) -> str:
 
 class TritonPythonModel:
     def initialize(self, args):
-        from services.encoder.textmodel import load_text_model
+        from recmesh.models.text import load_text_model
 
         config = json.loads(args["model_config"])
         model_dir = _param(config, "model_dir", "")

@@ -1,0 +1,166 @@
+"""Items in a Qdrant server or cluster through qdrant-client (gRPC): the scale-out backend,
+with the same layout and behaviour as EdgeItemStore (recmesh/index/edge.py).
+
+Unlike the Edge store it keeps no catalog mirror in memory - at scale the catalog does not fit
+one pod - so payloads and the candidates' vectors come back with each search. The collection's
+metadata holds the dims and the catalog version; shards and replication are set when the
+collection is created (`recmesh publish-catalog`)."""
+
+from __future__ import annotations
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from recmesh.index.edge import (
+    INTEREST,
+    LAYOUT,
+    PAYLOAD_FIELDS,
+    QUERY,
+    SESSION,
+    Found,
+    OlderLayout,
+    SearchFilter,
+    last_rows,
+    point_id,
+    stored_item,
+    with_popularity,
+)
+
+
+def connect(url: str, timeout_s: int = 10) -> QdrantClient:
+    """http(s)://host:6333 - a server or cluster, over gRPC (port 6334); path:/some/dir or
+    :memory: - qdrant-client's local mode (tests: the same client code path, no server)."""
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if url.startswith("path:"):
+        return QdrantClient(path=url.removeprefix("path:"))
+    return QdrantClient(url=url, prefer_grpc=True, timeout=timeout_s)
+
+
+def _filter(flt: SearchFilter) -> qm.Filter | None:
+    must, must_not = [], []
+    if flt.include_categories:
+        must.append(qm.FieldCondition(key="categories", match=qm.MatchAny(any=list(flt.include_categories))))
+    if flt.exclude_categories:
+        must_not.append(qm.FieldCondition(key="categories", match=qm.MatchAny(any=list(flt.exclude_categories))))
+    if flt.exclude_item_ids:
+        must_not.append(qm.HasIdCondition(has_id=[point_id(i) for i in flt.exclude_item_ids]))
+    if not must and not must_not:
+        return None
+    return qm.Filter(must=must or None, must_not=must_not or None)
+
+
+class QdrantServerStore:
+    def __init__(self, client: QdrantClient, collection: str, meta: dict, hnsw_ef: int = 128):
+        self._client, self._collection = client, collection
+        self.dim, self.text_dim = int(meta["dim"]), int(meta["text_dim"])
+        self.version = str(meta.get("version", "unversioned"))
+        self._params = qm.SearchParams(hnsw_ef=hnsw_ef)
+
+    @classmethod
+    def create(cls, client: QdrantClient, collection: str, dim: int, text_dim: int, version: str,
+               shards: int = 1, replication: int = 1, hnsw_ef: int = 128) -> "QdrantServerStore":
+        meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT}
+        client.create_collection(
+            collection,
+            vectors_config={INTEREST: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
+                            SESSION: qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
+                            QUERY: qm.VectorParams(size=text_dim, distance=qm.Distance.COSINE)},
+            shard_number=shards, replication_factor=replication, metadata=meta,
+        )
+        client.create_payload_index(collection, "categories", qm.PayloadSchemaType.KEYWORD)
+        client.create_payload_index(collection, "popularity", qm.PayloadSchemaType.FLOAT)
+        return cls(client, collection, meta, hnsw_ef)
+
+    @classmethod
+    def open(cls, client: QdrantClient, collection: str, hnsw_ef: int = 128) -> "QdrantServerStore":
+        if not client.collection_exists(collection):
+            raise FileNotFoundError(f"no collection {collection!r}: run `recmesh publish-catalog` first")
+        meta = client.get_collection(collection).config.metadata or {}
+        if "text_dim" not in meta:
+            raise ValueError(f"collection {collection!r} has no recmesh metadata: "
+                             "publish it with `recmesh publish-catalog`")
+        if meta.get("layout") != LAYOUT:
+            raise OlderLayout(f"collection {collection!r} is of an older layout: publish it again with "
+                             "`recmesh publish-catalog`")
+        return cls(client, collection, meta, hnsw_ef)
+
+    def count(self) -> int:
+        return self._client.count(self._collection, exact=True).count
+
+    def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
+        """As EdgeItemStore.upsert: popularity absent keeps the stored one (0 for a new item); an
+        id given twice is written once, from its last row; returns the distinct items written.
+        The stored popularity is read just before the write: a concurrent writer of the same
+        item's popularity (only a catalog publish writes it) may be overwritten."""
+        rows = last_rows(items)
+        items, vectors, text_vectors = [items[r] for r in rows], vectors[rows], text_vectors[rows]
+        keep = [item["item_id"] for item in items if "popularity" not in item]
+        stored = {it.item_id: it.popularity for it in self.get(keep).items} if keep else {}
+        points = [
+            qm.PointStruct(id=point_id(item["item_id"]), payload=item,
+                           vector={INTEREST: vec.tolist(), SESSION: vec.tolist(), QUERY: text.tolist()})
+            for item, vec, text in zip(with_popularity(items, stored), vectors, text_vectors, strict=True)
+        ]
+        self._client.upsert(self._collection, points, wait=True)
+        return len(points)
+
+    def delete(self, item_ids: list[str]) -> int:
+        """Returns how many distinct items existed just before the delete (repeated and unknown
+        ids count nothing; the server reports no count, and another client deleting the same
+        item at the same moment may count it too)."""
+        ids = list(dict.fromkeys(item_ids))
+        existing = self.get(ids)
+        self._client.delete(self._collection, qm.PointIdsList(points=[point_id(i) for i in ids]), wait=True)
+        return len(existing)
+
+    def flush(self) -> None:
+        """Writes are acknowledged by the server with wait=True; nothing is held here."""
+
+    def optimize(self) -> None:
+        """The server's optimizers build indexes in the background."""
+
+    def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
+               with_vectors: bool) -> Found:
+        qfilter = _filter(flt)
+        vectors = [INTEREST, QUERY] if with_vectors else False
+        requests = [qm.QueryRequest(query=vector.tolist(), using=name, limit=limit, filter=qfilter,
+                                    params=self._params, with_payload=PAYLOAD_FIELDS, with_vector=vectors)
+                    for name, vector in sources]
+        merged: dict[str, object] = {}
+        for response in self._client.query_batch_points(self._collection, requests):
+            for point in response.points:
+                merged.setdefault(point.payload["item_id"], point)
+        return _found(list(merged.values()), with_vectors)
+
+    def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
+        records = self._client.retrieve(self._collection, [point_id(i) for i in item_ids],
+                                        with_payload=PAYLOAD_FIELDS, with_vectors=[INTEREST, QUERY] if with_vectors
+                                        else False)
+        by_id = {r.payload["item_id"]: r for r in records}
+        return _found([by_id[i] for i in item_ids if i in by_id], with_vectors)
+
+    def top_popular(self, limit: int, with_vectors: bool = False, flt: SearchFilter | None = None) -> Found:
+        """As EdgeItemStore.top_popular: filtered before the cut."""
+        records, _ = self._client.scroll(
+            self._collection, limit=limit, order_by=qm.OrderBy(key="popularity", direction=qm.Direction.DESC),
+            scroll_filter=_filter(flt) if flt is not None else None,
+            with_payload=PAYLOAD_FIELDS, with_vectors=[INTEREST, QUERY] if with_vectors else False)
+        return _found(records, with_vectors)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _found(points: list, with_vectors: bool) -> Found:
+    """Search hits or records (in order) as items, with their vectors as matrices when asked."""
+    items = []
+    for point in points:
+        item = stored_item(point.payload)
+        item.score = float(getattr(point, "score", 0.0) or 0.0)
+        items.append(item)
+    if not with_vectors:
+        return Found(items)
+    return Found(items, np.array([p.vector[INTEREST] for p in points], np.float32).reshape(len(points), -1),
+                 np.array([p.vector[QUERY] for p in points], np.float32).reshape(len(points), -1))

@@ -1,0 +1,178 @@
+"""The learned interest model as the mesh serves it.
+
+One artifact (deploy/triton/models/interest_encoder/1/interest_model.pt, written by
+`recmesh train`) serves three callers the same way:
+  - the catalog bootstrap turns every item's LLM text vector into its catalog vector (the
+    model's item table row: projection of the text vector + the item's ID embedding);
+  - Triton's item_encoder does the same for items upserted live (new items: text only);
+  - Triton's interest_encoder runs the causal transformer over the catalog vectors of the
+    user's recent items (with event strength and time gaps).
+Interest and item vectors live in the model's space and are scored by dot product, exactly
+as in training, so the served path reproduces the offline metric. (A typed query is matched
+in the language model's own space: projected into this one it steers badly - measured in
+docs/results.md.)"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmesh.models.interest import SERVED_ARTIFACT
+from recmesh.models.interest.sequence_model import (
+    ModelConfig,
+    SequenceInterestModel,
+    encode_sequences,
+)
+from recmesh.models.text import DEFAULT_CACHE
+from recmesh.v1 import common_pb2
+
+log = logging.getLogger("recmesh.encoder.learned")
+# onnx: ONNX Runtime over the exported transformer (same vectors, ~4x less CPU per history
+# than torch's per-op dispatch on a model this small); torch: the reference.
+RUNTIMES = ("onnx", "torch")
+
+ET = common_pb2.EventType
+# The model learned from ratings; other events enter as the rating they most resemble.
+EVENT_AS_RATING = {
+    ET.EVENT_TYPE_VIEW: 3.0,
+    ET.EVENT_TYPE_CLICK: 3.5,
+    ET.EVENT_TYPE_ADD_TO_CART: 4.0,
+    ET.EVENT_TYPE_PURCHASE: 4.5,
+}
+UNRATED = 3.5  # a RATE event without a value
+
+
+def event_ratings(event_types, values) -> list[float]:
+    return [
+        (float(v) if v > 0 else UNRATED) if t == ET.EVENT_TYPE_RATE else EVENT_AS_RATING.get(t, UNRATED)
+        for t, v in zip(event_types, values, strict=True)
+    ]
+
+
+def export_served(model: SequenceInterestModel, item_ids: list[str], holdout_users: list[str], version: str,
+                  path: Path) -> None:
+    """Weights without the frozen text table (the catalog holds the item vectors), plus what
+    the ID rows mean and who was held out; the Triton config beside it is stamped with the
+    version (Triton reports it, and the model refuses to load a mismatch)."""
+    state = {k: v for k, v in model.state_dict().items() if k != "text"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": asdict(model.config), "state": state, "item_ids": list(item_ids),
+                "holdout_users": list(holdout_users), "version": version}, path)
+    config = path.parent.parent / "config.pbtxt"
+    if config.is_file():
+        stamp_version(config, version)
+
+
+def stamp_version(config: Path, version: str) -> None:
+    pattern = r'(key: "version", value: \{ string_value: )"[^"]*"'
+    stamped, n = re.subn(pattern, rf'\1"{version}"', config.read_text())
+    if n != 1:
+        raise ValueError(f"{config}: no version parameter to stamp")
+    config.write_text(stamped)
+
+
+class _LastHiddenState(torch.nn.Module):
+    def __init__(self, model: SequenceInterestModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, vectors, padding, strength, gaps):
+        return self.model.forward_vectors(vectors, padding, strength, gaps)[:, -1]
+
+
+def interest_onnx_file(model: SequenceInterestModel, artifact: Path, cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """The cached ONNX export of the artifact's transformer (exported on first use, ~1 s). One
+    history of exactly max_len positions, left-padded: the tracer bakes the sequence length
+    into attention's reshapes, and padding is what the model was trained with."""
+    key = hashlib.sha256(Path(artifact).read_bytes()).hexdigest()[:12]
+    path = cache_dir / f"interest-{key}.onnx"
+    if path.is_file():
+        return path
+    log.info("exporting ONNX", extra={"path": str(path)})
+    n, d = model.config.max_len, model.config.d
+    sample = (torch.zeros(1, n, d), torch.arange(n)[None] < n // 2, torch.ones(1, n, dtype=torch.long),
+              torch.zeros(1, n, dtype=torch.long))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent exporters never share a temp file
+    with warnings.catch_warnings():  # the shape-dependent branches it warns of are fixed by the fixed shape
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(_LastHiddenState(model).eval(), sample, str(tmp), opset_version=17, dynamo=False,
+                          input_names=["vectors", "padding", "strength", "gaps"], output_names=["interest"])
+    tmp.rename(path)
+    return path
+
+
+class ServedInterestModel:
+    def __init__(self, path: Path = SERVED_ARTIFACT, threads: int = 1, runtime: str = "onnx",
+                 cache_dir: Path = DEFAULT_CACHE):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no interest model at {path}: run `recmesh train`")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        self.config = ModelConfig(**blob["config"])
+        if not self.config.text_dim:
+            raise ValueError(f"{path}: an ID-only model cannot encode new items; serve a text model")
+        self.model = SequenceInterestModel(self.config, None)
+        self.model.load_state_dict(blob["state"])
+        self.model.eval()
+        self.version = f"llm-seq/{blob['version']}"
+        self.dim = self.config.d
+        self.text_dim = self.config.text_dim
+        self.item_index = {item: i for i, item in enumerate(blob["item_ids"])}
+        self.holdout_users: list[str] = list(blob["holdout_users"])
+        torch.set_num_threads(threads)
+        # torch modules are not re-entrant across threads for the same module on every build.
+        self._lock = threading.Lock()
+        self.runtime = runtime
+        self._session = None
+        if runtime == "onnx":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
+            self._session = ort.InferenceSession(str(interest_onnx_file(self.model, path, cache_dir)), options,
+                                                 providers=["CPUExecutionProvider"])
+
+    @torch.no_grad()
+    def item_vectors(self, text_vectors: np.ndarray, item_ids: list[str]) -> np.ndarray:
+        """Catalog vectors: the projected text vector, plus the ID embedding for items the model
+        was trained on (new items still work from their text)."""
+        with self._lock:
+            out = self.model.text_proj(torch.as_tensor(np.asarray(text_vectors, np.float32)))
+            if self.config.use_ids:
+                rows = torch.tensor([self.item_index.get(i, -1) + 1 for i in item_ids])  # 0: unknown
+                out = out + self.model.ids.weight[rows] * (rows > 0).unsqueeze(1)
+        return out.numpy()
+
+    @torch.no_grad()
+    def interest(self, item_vectors: np.ndarray, event_types, values, timestamps_ms) -> np.ndarray | None:
+        """The transformer's output at the newest event (None without history): scored against
+        the catalog vectors by dot product, as in training."""
+        if len(item_vectors) == 0:
+            return None
+        n = min(len(item_vectors), self.config.max_len)
+        ratings = event_ratings(list(event_types)[-n:], list(values)[-n:])
+        seconds = (np.asarray(timestamps_ms, np.int64)[-n:] // 1000).tolist()
+        if self._session is not None:
+            length = self.config.max_len
+            _, strength, gaps = encode_sequences([list(range(n))], [ratings], [seconds], length)
+            vectors = np.zeros((1, length, self.dim), np.float32)
+            vectors[0, length - n:] = item_vectors[-n:]
+            padding = np.arange(length)[None] < length - n
+            return self._session.run(None, {"vectors": vectors, "padding": padding, "strength": strength.numpy(),
+                                            "gaps": gaps.numpy()})[0][0]
+        _, strength, gaps = encode_sequences([list(range(n))], [ratings], [seconds], n)
+        vectors = torch.as_tensor(np.asarray(item_vectors[-n:], np.float32))[None]
+        with self._lock:
+            h = self.model.forward_vectors(vectors, torch.zeros((1, n), dtype=torch.bool), strength, gaps)[0, -1]
+        return h.numpy()

@@ -1,0 +1,243 @@
+"""`recmesh`: bootstrap the catalog, run the local mesh, and call the API from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+
+DEFAULT_TARGET = "localhost:50060"
+# Subcommands that hand all their arguments to a module's main().
+PASS_THROUGH = {"eval": "recmesh.tools.eval.run", "train": "recmesh.tools.eval.release",
+                "load": "recmesh.tools.loadtest", "chaos": "recmesh.tools.chaos"}
+# The extras (recmesh.tools.extras) each subcommand needs; the others need only the client's dependencies.
+NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "load": ("serve", "bench"), "chaos": ("serve", "bench"),
+         "bootstrap": ("serve",), "run": ("serve",), "publish-catalog": ("serve",)}
+
+
+def _print_message(message) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2, ensure_ascii=False))
+
+
+def _client(args):
+    from recmesh.client import RecmeshClient
+
+    return RecmeshClient(args.target, timeout_s=args.timeout, token=os.environ.get("RECMESH_TOKEN") or None)
+
+
+def cmd_make_key(args) -> None:
+    from recmesh.common.auth import make_key
+
+    token, line = make_key(args.scopes.split(","), args.name)
+    print(json.dumps({"token": token, "key_file_line": line}, indent=2))
+
+
+def cmd_bootstrap(args) -> None:
+    from recmesh.tools.catalog import bootstrap
+
+    bootstrap.run(args)
+
+
+def cmd_run(args) -> None:
+    from recmesh.tools.demo import run_demo
+    from recmesh.tools.devstack import Stack
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Explicit: a shell may start us with SIGINT ignored, and SIGTERM should stop cleanly too.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    ports = {"gateway": args.port} if args.port else {}
+    started = time.perf_counter()
+    print("starting tritonserver, updater, retrieval, ranker, encoder, gateway ...", flush=True)
+    stack = Stack(ports=ports)
+    try:
+        stack.start()
+        print(f"Triton and all five services ready after {time.perf_counter() - started:.1f} s "
+              f"(logs in {stack.var / 'logs'})")
+        for name in stack.ports:
+            print(f"   {name:9} {stack.address(name)}")
+        if not args.no_demo:
+            run_demo(stack.address("gateway"))
+        if args.exit_after_demo:
+            return
+        print(f"\nrecmesh is up: try `recmesh --target {stack.address('gateway')} recommend --user 42 "
+              f"--query \"space opera\"` in another shell. Ctrl-C stops everything.", flush=True)
+        supervisor = stack.supervise()  # a crashed service is started again, and said so
+        reported = 0
+        while True:
+            time.sleep(0.5)
+            for name, exited, back in supervisor.restarts[reported:]:
+                print(f"{name} exited and was restarted ({back - exited:.1f} s)", file=sys.stderr, flush=True)
+            reported = len(supervisor.restarts)
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+    finally:
+        stack.stop()
+        print("stopped")
+
+
+def cmd_demo(args) -> None:
+    from recmesh.tools.demo import run_demo
+
+    run_demo(args.target, args.user)
+
+
+def cmd_recommend(args) -> None:
+    with _client(args) as rm:
+        reply = rm.recommend(
+            args.user, query=args.query or "", k=args.k, include_categories=args.include or (),
+            exclude_categories=args.exclude or (), exclude_seen=not args.include_seen, diversity=args.diversity,
+        )
+    if args.json:
+        _print_message(reply)
+        return
+    for i, item in enumerate(reply.items, start=1):
+        print(f"{i:2}. [{item.item_id}] {item.title} ({'|'.join(item.categories)}) {item.score:.3f} - "
+              f"{'; '.join(item.reasons)}")
+    print(f"-- {reply.total_ms:.1f} ms, versions {dict(reply.versions)}"
+          + (f", degraded: {list(reply.degraded)}" if reply.degraded else ""))
+
+
+def cmd_track(args) -> None:
+    from recmesh.client import Event
+
+    event = Event(args.user, args.item or "", args.type, query=args.query or "", value=args.value,
+                  event_id=args.event_id or "")
+    with _client(args) as rm:
+        _print_message(rm.track_events([event]))
+
+
+def cmd_upsert(args) -> None:
+    with _client(args) as rm:
+        item = {"item_id": args.item, "title": args.title, "categories": args.category or [],
+                "description": args.description or "", "tags": args.tag or []}
+        _print_message(rm.upsert_items([item]))
+
+
+def cmd_delete_items(args) -> None:
+    with _client(args) as rm:
+        _print_message(rm.delete_items(args.items))
+
+
+def cmd_profile(args) -> None:
+    with _client(args) as rm:
+        _print_message(rm.profile(args.user))
+
+
+def cmd_delete_user(args) -> None:
+    with _client(args) as rm:
+        _print_message(rm.delete_user(args.user))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recmesh.client import EVENT_TYPES
+
+    parser = argparse.ArgumentParser(prog="recmesh", description=__doc__)
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="gateway address (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per call")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bootstrap", help="build the catalog, vectors and Qdrant shard (cached)")
+    from recmesh.tools.catalog.bootstrap import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("make-key", help="a new API key: prints the token (give it to the client) and its hashed "
+                                         "line (append it to the gateway's key file)")
+    p.add_argument("--scopes", required=True, help="comma-separated: recommend,track,catalog:write,admin")
+    p.add_argument("--name", required=True, help="the client's name (in logs and rate limits)")
+    p.set_defaults(func=cmd_make_key)
+
+    p = sub.add_parser("publish-catalog", help="copy the bootstrapped catalog into a Qdrant server/cluster collection")
+    from recmesh.tools.catalog import publish
+
+    publish.add_arguments(p)
+    p.set_defaults(func=lambda args: print(json.dumps(publish.run(args))))
+
+    p = sub.add_parser("run", help="start all services locally, play the scripted session, serve until Ctrl-C")
+    p.add_argument("--port", type=int, default=50060, help="gateway port (0: any free port)")
+    p.add_argument("--no-demo", action="store_true")
+    p.add_argument("--exit-after-demo", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    # Listed for --help; main() hands these to their modules with all their flags (PASS_THROUGH).
+    sub.add_parser("eval", help="offline evaluation, as `make eval` (recmesh eval --help for its flags)")
+    sub.add_parser("train", help="train the served interest model and install it for Triton (recmesh train --help)")
+    sub.add_parser("load", help="open-loop load test through the gateway, as `make load` (recmesh load --help)")
+    sub.add_parser("chaos", help="kill and stop each service under load, as `make chaos` (recmesh chaos --help)")
+
+    p = sub.add_parser("demo", help="play the scripted session against a running gateway")
+    p.add_argument("--user", default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("recommend", help="ask for recommendations")
+    p.add_argument("--user", required=True)
+    p.add_argument("--query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--include", action="append", help="only these categories (repeatable)")
+    p.add_argument("--exclude", action="append", help="no items in these categories (repeatable)")
+    p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--diversity", type=float, default=0.0, help="0..1: trade relevance for variety")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("track", help="report one event")
+    p.add_argument("--user", required=True)
+    p.add_argument("--item")
+    p.add_argument("--type", required=True, choices=sorted(EVENT_TYPES))
+    p.add_argument("--query")
+    p.add_argument("--value", type=float, default=0.0)
+    p.add_argument("--event-id")
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("upsert", help="add or update one catalog item")
+    p.add_argument("--item", required=True)
+    p.add_argument("--title", required=True)
+    p.add_argument("--category", action="append")
+    p.add_argument("--tag", action="append")
+    p.add_argument("--description")
+    p.set_defaults(func=cmd_upsert)
+
+    p = sub.add_parser("delete-items", help="remove catalog items")
+    p.add_argument("items", nargs="+")
+    p.set_defaults(func=cmd_delete_items)
+
+    p = sub.add_parser("profile", help="what recmesh knows about a user")
+    p.add_argument("--user", required=True)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("delete-user", help="forget a user")
+    p.add_argument("--user", required=True)
+    p.set_defaults(func=cmd_delete_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    import grpc
+
+    from recmesh.tools.extras import require
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in NEEDS and not {"-h", "--help"} & set(argv[1:]):
+        require(f"recmesh {argv[0]}", *NEEDS[argv[0]])
+    if argv[:1] and argv[0] in PASS_THROUGH:  # commands with their own flags and --help
+        importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except grpc.RpcError as exc:
+        sys.exit(f"recmesh: {exc.code().name}: {exc.details()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Interaction datasets in one shape, whatever their source format.
+
+Loaders: MovieLens ml-latest(-small) csv, ml-100k (u.data / u.item), ml-1m (.dat), and a
+generic format: interactions (user, item, timestamp[, rating]) + items (id, text fields)
+as CSV or JSONL."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from recmesh.tools.catalog import movielens
+
+
+@dataclass(frozen=True)
+class Interaction:
+    user: str
+    item: str
+    timestamp: int  # seconds
+    rating: float = 0.0
+
+
+@dataclass
+class Dataset:
+    name: str
+    interactions: list[Interaction]  # in file order (the stable sort keeps it on ties)
+    item_ids: list[str]
+    item_texts: list[str]  # aligned with item_ids: what the text encoder reads
+
+    def item_index(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.item_ids)}
+
+
+def _text(title: str, genres: list[str], tags: list[str]) -> str:
+    return ". ".join(p for p in (title, ", ".join(genres), ", ".join(tags)) if p)
+
+
+def movielens_latest(folder: Path) -> Dataset:
+    catalog = movielens.load(folder)
+    interactions = [Interaction(r.user_id, r.item_id, r.timestamp_ms // 1000, r.rating) for r in catalog.ratings]
+    texts = [_text(it.title, list(it.categories), list(it.tags)) for it in catalog.items]
+    return Dataset(folder.name, interactions, [it.item_id for it in catalog.items], texts)
+
+
+def ml100k(folder: Path) -> Dataset:
+    genres = [line.split("|")[0] for line in (folder / "u.genre").read_text(encoding="latin-1").splitlines() if line]
+    ids, texts = [], []
+    for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
+        parts = line.split("|")
+        flags = parts[5:]
+        ids.append(parts[0])
+        texts.append(_text(parts[1], [g for g, f in zip(genres, flags, strict=False) if f == "1"], []))
+    interactions = []
+    for line in (folder / "u.data").read_text().splitlines():
+        user, item, rating, ts = line.split("\t")
+        interactions.append(Interaction(user, item, int(ts), float(rating)))
+    return Dataset(folder.name, interactions, ids, texts)
+
+
+def ml1m(folder: Path) -> Dataset:
+    ids, texts = [], []
+    for line in (folder / "movies.dat").read_text(encoding="latin-1").splitlines():
+        item, title, genres = line.split("::")
+        ids.append(item)
+        texts.append(_text(title, genres.split("|"), []))
+    interactions = []
+    for line in (folder / "ratings.dat").read_text().splitlines():
+        user, item, rating, ts = line.split("::")
+        interactions.append(Interaction(user, item, int(ts), float(rating)))
+    return Dataset(folder.name, interactions, ids, texts)
+
+
+def _records(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def generic(interactions_path: Path, items_path: Path, name: str = "generic") -> Dataset:
+    """interactions: user, item, timestamp[, rating]; items: id plus any text fields (title,
+    description, categories, tags ...), all joined into the item text."""
+    items = _records(items_path)
+    ids = [str(row["id"]) for row in items]
+    texts = [". ".join(str(v) for k, v in row.items() if k != "id" and v) for row in items]
+    interactions = [
+        Interaction(str(r["user"]), str(r["item"]), int(float(r["timestamp"])), float(r.get("rating") or 0))
+        for r in _records(interactions_path)
+    ]
+    return Dataset(interactions_path.stem, interactions, ids, texts)
+
+
+def load(source: str | Path, items: str | Path | None = None) -> Dataset:
+    """A folder in any MovieLens format, or an interactions file plus an items file."""
+    path = Path(source)
+    if items is not None:
+        return generic(path, Path(items))
+    if (path / "ratings.csv").is_file():
+        return movielens_latest(path)
+    if (path / "u.data").is_file():
+        return ml100k(path)
+    if (path / "ratings.dat").is_file():
+        return ml1m(path)
+    raise ValueError(f"{path}: no known dataset format (ratings.csv, u.data, ratings.dat or --items)")
+
+
+@dataclass
+class Split:
+    """Time-ordered leave-one-out over users with >= 5 interactions: last = test,
+    second-last = validation, the rest = train (item indices)."""
+
+    train: dict[str, list[int]]
+    valid: dict[str, int]
+    test: dict[str, int]
+    n_items: int
+    # Aligned with train[user] (+ the valid item at the end, for test-time history).
+    timestamps: dict[str, list[int]]
+    ratings: dict[str, list[float]]
+
+    def history(self, user: str, stage: str) -> list[int]:
+        return self.train[user] + ([self.valid[user]] if stage == "test" else [])
+
+    def without(self, users: list[str]) -> "Split":
+        """The same split with these users left out entirely."""
+        drop = set(users)
+
+        def keep(d: dict) -> dict:
+            return {u: v for u, v in d.items() if u not in drop}
+
+        return Split(keep(self.train), keep(self.valid), keep(self.test), self.n_items, keep(self.timestamps),
+                     keep(self.ratings))
+
+    def stats(self) -> dict[str, int]:
+        return {"users": len(self.train), "items": self.n_items,
+                "interactions": sum(len(t) + 2 for t in self.train.values())}
+
+
+def split(dataset: Dataset, min_interactions: int = 5) -> Split:
+    index = dataset.item_index()
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for x in dataset.interactions:
+        if x.item in index:
+            by_user[x.user].append(x)
+    train, valid, test, stamps, ratings = {}, {}, {}, {}, {}
+    for user, events in by_user.items():
+        if len(events) < min_interactions:
+            continue
+        events = sorted(events, key=lambda e: e.timestamp)  # stable: ties keep file order
+        items = [index[e.item] for e in events]
+        train[user], valid[user], test[user] = items[:-2], items[-2], items[-1]
+        stamps[user] = [e.timestamp for e in events[:-1]]
+        ratings[user] = [e.rating for e in events[:-1]]
+    return Split(train, valid, test, len(dataset.item_ids), stamps, ratings)
+
+
+def popularity_counts(s: Split) -> Counter:
+    return Counter(i for items in s.train.values() for i in items)

@@ -1,0 +1,33 @@
+"""Evaluations through the live mesh: a fresh local stack over the built catalog with an empty
+event log, so that only the events an evaluation sends are known."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from recmesh.client import Event, RecmeshClient
+from recmesh.common.local import REPO
+from recmesh.tools.devstack import Stack, private_stack
+
+# The gateway takes up to 1,000 events per call; 500 keeps each call short.
+TRACK_BATCH = 500
+
+
+@contextmanager
+def fresh_stack(catalog: Path = REPO / "var" / "catalog", env: dict[str, str] | None = None) -> Iterator[Stack]:
+    with private_stack(catalog, env=env or {}) as stack:  # no event log: an empty one
+        yield stack
+
+
+@contextmanager
+def fresh_mesh(catalog: Path = REPO / "var" / "catalog", timeout_s: float = 1.0,
+               env: dict[str, str] | None = None) -> Iterator[RecmeshClient]:
+    with fresh_stack(catalog, env) as stack, RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
+        yield client
+
+
+def track_all(client: RecmeshClient, events: list[Event]) -> None:
+    for i in range(0, len(events), TRACK_BATCH):
+        client.track_events(events[i : i + TRACK_BATCH])
