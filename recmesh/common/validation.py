@@ -17,6 +17,15 @@ from recmesh.v1 import common_pb2
 
 ET = common_pb2.EventType
 KNOWN_EVENT_TYPES = frozenset(v for v in ET.values() if v != ET.EVENT_TYPE_UNSPECIFIED)
+
+
+def is_item_event(event) -> bool:
+    """An event about an item (view, click, purchase, rating...): it enters the user's history
+    and seen items. A SEARCH names no item (its query is what it carries). `event`: anything
+    with `type` and `item_id` (common_pb2.Event, a logged event)."""
+    return event.type != ET.EVENT_TYPE_SEARCH and bool(event.item_id)
+
+
 # Clocks drift; a day ahead is a bug in the caller, not skew.
 MAX_FUTURE_MS = 24 * 3600 * 1000
 # The earliest event time accepted: 1980-01-01T00:00:00Z. Real interaction logs are younger
