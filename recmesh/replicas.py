@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from recmesh.common.server import FAST_RECONNECT
+from recmesh.common.channels import FAST_RECONNECT
 from recmesh.v1 import recommendations_pb2_grpc
 
 MAX_TOKENS = 10.0

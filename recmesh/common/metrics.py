@@ -4,10 +4,14 @@ reasons, commit sizes, published versions). Exposed over HTTP on `metrics_port` 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from recmesh.common.handlers import behaviour_of, is_asyncio, with_behaviour
 
 # Milliseconds matter here: a Recommend's budget is 100 ms.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
@@ -46,32 +50,56 @@ def _code_name(context) -> str:
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times unary calls; streams are counted when they end."""
+    """Counts and times every call, unary and streaming (a stream such as
+    Updater.WatchParameters is counted, with its status, and timed when it ends), and keeps the
+    in-flight gauge."""
 
     def __init__(self, service: str):
         self._service = service
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
+        inner = behaviour_of(handler)
+        if not is_asyncio(inner):
+            return handler  # not an asyncio handler: left as it is
+        generator = inspect.isasyncgenfunction(inner)
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        inner, service = handler.unary_unary, self._service
+        service = self._service
 
-        async def timed(request, context):
-            started = time.perf_counter()
+        def begin() -> float:
             IN_FLIGHT.labels(service).inc()
-            failed = None
-            try:
-                return await inner(request, context)
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                IN_FLIGHT.labels(service).dec()
-                code = _code_name(context) if failed is None or context.code() is not None else "UNKNOWN"
-                RPCS.labels(service, method, code).inc()
-                RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+            return time.perf_counter()
 
-        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        def end(started: float, context, failed: BaseException | None) -> None:
+            IN_FLIGHT.labels(service).dec()
+            code = _code_name(context) if failed is None or context.code() is not None else "UNKNOWN"
+            if isinstance(failed, (asyncio.CancelledError, GeneratorExit)) and context.code() is None:
+                code = "CANCELLED"  # the client went away (a watcher disconnecting)
+            RPCS.labels(service, method, code).inc()
+            RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+
+        if generator:
+            async def behaviour(request, context):
+                started, failed = begin(), None
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                except BaseException as exc:
+                    failed = exc
+                    raise
+                finally:
+                    end(started, context, failed)
+        else:
+            async def behaviour(request, context):
+                started, failed = begin(), None
+                try:
+                    return await inner(request, context)
+                except BaseException as exc:
+                    failed = exc
+                    raise
+                finally:
+                    end(started, context, failed)
+
+        return with_behaviour(handler, behaviour, handler.request_deserializer)

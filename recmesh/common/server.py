@@ -14,26 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recmesh.common import tracing
+from recmesh.common.channels import GRPC_OPTIONS
 from recmesh.common.config import ServiceSettings, load_settings
 from recmesh.common.heap import freeze_heap
 from recmesh.common.logs import setup_logging
 from recmesh.common.metrics import MetricsInterceptor, serve_metrics
 from recmesh.common.transport import InternalTokenInterceptor, server_credentials
 from recmesh.common.wire import ParseRequests
-
-# Internal messages carry up to a few hundred 384-d vectors; allow headroom.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
-# For client channels to a dependency: a restarted peer is back in use within about a second,
-# not after gRPC's default reconnect backoff (1 s growing to 120 s).
-FAST_RECONNECT = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 
 
 @dataclass
@@ -45,7 +32,6 @@ class Service:
     register: Callable[[grpc.aio.Server], list[str]]
     warmup: Callable[[], Awaitable[None]] | None = None
     shutdown: Callable[[], Awaitable[None]] | None = None
-    options: list[tuple[str, int]] = field(default_factory=list)
     # Run after metrics and tracing (so refused calls are counted and traced), e.g. auth.
     interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
     # Internal services refuse calls without the internal credential when one is configured.
@@ -72,7 +58,7 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
            ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
     internal = service.internal and bool(settings.internal_token)
-    server = grpc.aio.server(options=GRPC_OPTIONS + age + service.options,
+    server = grpc.aio.server(options=GRPC_OPTIONS + age,
                              interceptors=server_interceptors(service, settings))
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)

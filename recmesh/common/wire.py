@@ -20,6 +20,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from recmesh.common.errors import InvalidArgument
+from recmesh.common.handlers import behaviour_of, is_asyncio, with_behaviour
 
 # upb's default nesting limit: deeper is malformed for the parser too.
 MAX_DEPTH = 100
@@ -197,14 +198,10 @@ def _parsing(handler: grpc.RpcMethodHandler, parse: Callable[[bytes], Any]) -> g
     """The same handler taking raw bytes (request_deserializer None) and parsing them itself.
     A request stream is parsed message by message as the handler reads it through its iterator
     (the reader API, context.read(), would see raw bytes: no handler here uses it)."""
-    out = handler.response_serializer
-    if not handler.request_streaming:
-        inner = handler.unary_stream if handler.response_streaming else handler.unary_unary
-    else:
-        inner = handler.stream_stream if handler.response_streaming else handler.stream_unary
-    generator = inspect.isasyncgenfunction(inner)
-    if not generator and not inspect.iscoroutinefunction(inner):
+    inner = behaviour_of(handler)
+    if not is_asyncio(inner):
         return handler
+    generator = inspect.isasyncgenfunction(inner)
 
     if handler.request_streaming:
         async def requests(raw_stream, context):
@@ -225,7 +222,4 @@ def _parsing(handler: grpc.RpcMethodHandler, parse: Callable[[bytes], Any]) -> g
         async def behaviour(raw, context):
             return await inner(await prepare(raw, context), context)
 
-    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
-    return make[handler.request_streaming, handler.response_streaming](behaviour, request_deserializer=None,
-                                                                       response_serializer=out)
+    return with_behaviour(handler, behaviour, request_deserializer=None)

@@ -18,12 +18,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("matplotlib", "hdrh", "locust"),
 }
 
-# How each extra is installed, from a checkout (the Makefile's targets do the same).
-INSTALL = {
-    "serve": "make install  (or: pip install -c constraints.txt torch==2.13.0 && "
-             "pip install -c constraints.txt -e '.[serve]')",
-    "bench": "pip install -c constraints.txt -e '.[bench]'  (make eval / make load / make bench do it)",
-}
+# How each extra is installed from a checkout, into this interpreter's environment.
+def install_command(extra: str) -> str:
+    pip = f"{sys.executable} -m pip install -c constraints.txt"
+    if extra == "serve":
+        return f"make install  (or: {pip} torch==2.13.0 && {pip} -e '.[serve]')"
+    return f"{pip} -e '.[{extra}]'  (make bench / eval / load / chaos do it)"
 
 
 def missing(extra: str) -> list[str]:
@@ -39,4 +39,4 @@ def require(command: str, *extras: str) -> None:
         absent = missing(extra)
         if absent:
             sys.exit(f"{command}: needs the '{extra}' extra ({', '.join(absent)} not installed): "
-                     f"{INSTALL[extra]}")
+                     f"{install_command(extra)}")

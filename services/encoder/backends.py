@@ -11,8 +11,8 @@ from typing import Protocol
 import grpc
 import numpy as np
 
+from recmesh.common.channels import FAST_RECONNECT
 from recmesh.common.errors import DependencyFailed, Unavailable
-from recmesh.common.server import FAST_RECONNECT
 from recmesh.models.text import TextModel, load_text_model
 from services.encoder.config import EncoderSettings
 

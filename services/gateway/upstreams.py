@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from recmesh.common import tracing
-from recmesh.common.server import FAST_RECONNECT, GRPC_OPTIONS
+from recmesh.common.channels import FAST_RECONNECT, GRPC_OPTIONS
 from recmesh.common.transport import aio_channel
 from recmesh.v1 import encoder_pb2_grpc, ranker_pb2_grpc, retrieval_pb2_grpc, updater_pb2_grpc
 from services.gateway.config import GatewaySettings

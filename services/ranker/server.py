@@ -9,9 +9,10 @@ import logging
 import grpc
 import numpy as np
 
+from recmesh.common.channels import FAST_RECONNECT
 from recmesh.common.errors import rpc_method
 from recmesh.common.metrics import set_version
-from recmesh.common.server import FAST_RECONNECT, Service
+from recmesh.common.server import Service
 from recmesh.common.transport import aio_channel
 from recmesh.models.ranking.rank import rank
 from recmesh.models.ranking.scorer import Scorer, load_params, newest_params, scorer_from_spec

@@ -11,7 +11,7 @@ With text_vectors=None and use_ids=True it is an ID-only SASRec-style baseline (
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -107,16 +107,6 @@ class SequenceInterestModel(nn.Module):
         """B x n_items: next-item scores from the last position."""
         h = self.forward(items, strength, gaps)[:, -1]
         return h @ self.item_table()[1:].T
-
-    def save(self, path) -> None:
-        torch.save({"config": asdict(self.config), "state": self.state_dict()}, path)
-
-    @classmethod
-    def load(cls, path, text_vectors: np.ndarray | None = None) -> "SequenceInterestModel":
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = cls(ModelConfig(**blob["config"]), text_vectors)
-        model.load_state_dict(blob["state"])
-        return model.eval()
 
 
 def encode_sequences(histories: list[list[int]], ratings: list[list[float]], stamps: list[list[int]],

@@ -20,7 +20,7 @@ from recmesh.models.interest.sequence_model import ModelConfig
 from recmesh.models.interest.served import export_served
 from recmesh.tools.eval import datasets
 from recmesh.tools.eval.run import item_vectors
-from recmesh.tools.eval.train import TrainConfig, save_artifact, train
+from recmesh.tools.eval.train import TrainConfig, save_report, train
 
 # Users eligible for the streaming replay: enough events for a prefix and a stream.
 HOLDOUT_MIN_EVENTS, HOLDOUT_MAX_EVENTS = 30, 600
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> Path:
     model, report = train(s.without(held), ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True), vectors,
                           TrainConfig(time_cap_s=args.time_cap, seed=args.seed), "LLM-Seq-served")
     report["holdout_users"] = held
-    folder = save_artifact(model, report, args.models_dir, "LLM-Seq-served")
+    folder = save_report(report, args.models_dir, "LLM-Seq-served")
     export_served(model, dataset.item_ids, held, folder.name, args.install)
     shutil.copy2(args.install, folder / args.install.name)
     print(json.dumps({"artifact": str(folder), "installed": str(args.install), "version": folder.name,

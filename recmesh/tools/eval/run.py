@@ -19,7 +19,7 @@ from recmesh.models.interest.served import export_served
 from recmesh.tools.eval import baselines, datasets
 from recmesh.tools.eval.mesh import MeshScorer, train_popularity
 from recmesh.tools.eval.protocol import evaluate
-from recmesh.tools.eval.train import ModelScorer, TrainConfig, save_artifact, train
+from recmesh.tools.eval.train import ModelScorer, TrainConfig, save_report, train
 from recmesh.tools.extras import require
 
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name in args.skip:
             continue
         model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name)
-        folder = save_artifact(model, report, args.models_dir, name)
+        folder = save_report(report, args.models_dir, name)
         record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
         if model_config.text_dim:  # and as the mesh ranks with it: + the session direction, shipped weights
             export_served(model, dataset.item_ids, [], folder.name, folder / "interest_model.pt")

@@ -130,11 +130,11 @@ def train(s: Split, model_config: ModelConfig, text_vectors: np.ndarray | None, 
                    "train_config": asdict(cfg), "model_config": asdict(model_config)}
 
 
-def save_artifact(model: SequenceInterestModel, report: dict, root: Path, name: str) -> Path:
-    """var/models/<name>/<version>/: weights + the report; version = UTC time of training."""
+def save_report(report: dict, root: Path, name: str) -> Path:
+    """var/models/<name>/<version>/report.json; version = UTC time of training. The served
+    artifact (interest_model.pt, export_served) goes beside it where one is exported."""
     version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = root / name / version
     folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.pt")
     (folder / "report.json").write_text(json.dumps(report, indent=2))
     return folder
