@@ -12,11 +12,23 @@ import logging
 
 from prometheus_client import Counter
 
-from recmesh.v1 import updater_pb2
+from recmesh.common.clock import now_ms
+from recmesh.v1 import ranker_pb2, updater_pb2
 from services.gateway.upstreams import Upstreams
 
 log = logging.getLogger("recmesh.gateway.impressions")
 DROPPED = Counter("recmesh_impressions_dropped_total", "Impressions not delivered to the updater")
+
+
+def impression(request_id: str, user_id: str, ranking: ranker_pb2.RankResponse, k: int) -> updater_pb2.Impression:
+    """What one ranked answer showed: its top k in order (position from 0) with the features and
+    propensity the ranker saw them with, stamped now (ms since the Unix epoch)."""
+    return updater_pb2.Impression(
+        request_id=request_id, user_id=user_id, timestamp_ms=now_ms(),
+        ranker_version=ranking.model_version, feature_names=ranking.feature_names,
+        items=[updater_pb2.ImpressedItem(item_id=item.item_id, position=i, features=item.features,
+                                         propensity=item.propensity) for i, item in enumerate(ranking.items[:k])],
+    )
 
 
 class ImpressionLog:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 
 from recmesh.v1 import common_pb2, recommendations_pb2, updater_pb2
-from services.gateway.budget import Budget
+from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import PopularCandidates
 from services.gateway.seen import SeenItems
 from services.gateway.upstreams import Upstreams
-
-MS = 1e-3
 
 
 def excluded_ids(filters: common_pb2.Filters, seen: frozenset[str] | set[str]) -> set[str]:
@@ -42,12 +41,13 @@ class ShedAnswers:
         self._popular = popular
         self._seen = seen
 
-    async def answer(self, request, k: int, reason: str,
-                     client_remaining_s: float | None) -> recommendations_pb2.RecommendResponse:
+    async def answer(self, request, k: int, reasons: Sequence[str],
+                     budget: Budget) -> recommendations_pb2.RecommendResponse:
         """Up to k popular items for the request (k whenever k pass its filters and exclusions
-        and retrieval answers in time), degraded [reason, then any stage that failed]."""
+        and retrieval answers in time), within the budget (the client's remaining time),
+        degraded [reasons (why it was shed: its Plan's), then any stage that failed]: an
+        upstream failing or late is no error."""
         s = self._s
-        budget = Budget(s.budget_ms * MS, client_remaining_s, s.reply_margin_ms * MS, s.min_stage_ms * MS)
         seen = await self._user_seen(budget, request)
         found, version = await self._popular.matching(
             budget, self._top_popular, s.retrieval_cap_ms * MS, request.filters,
@@ -57,11 +57,8 @@ class ShedAnswers:
             reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.popularity,
                             reasons=["popular right now"])
         reply.versions["index"] = version
-        reply.degraded.append(reason)
-        reply.degraded.extend(budget.trace.degraded)
-        for stage, ms in budget.trace.latencies:
-            reply.stage_latency.add(stage=stage, ms=ms)
-        reply.total_ms = budget.elapsed_ms()
+        reply.degraded.extend(reasons)
+        budget.report(reply)
         return reply
 
     def _top_popular(self, request, timeout_s: float):

@@ -23,11 +23,39 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 # The ladder: rung() returns one of these; RUNGS[r - 1] is the degraded reason rung r adds.
 FULL, SKIP_RANKER, SKIP_ENCODER, SHED = 0, 1, 2, 3
 RUNGS = ("brownout:ranker", "brownout:encoder", "shed:slow_mesh")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one Recommend is answered: in full, skipping the ranker and/or the encoder, or shed
+    (the popular list at once, no pipeline). `reasons` are the degraded reasons the answer
+    names first, in order: for a shed call, why it was shed; else each rung it skipped."""
+
+    skip_ranker: bool = False
+    skip_encoder: bool = False
+    shed: bool = False
+    reasons: tuple[str, ...] = ()
+
+    @classmethod
+    def shed_at_door(cls, reason: str) -> "Plan":
+        """Shed for `reason` (e.g. "shed:overload"): nothing of the pipeline runs."""
+        return cls(skip_ranker=True, skip_encoder=True, shed=True, reasons=(reason,))
+
+    @classmethod
+    def for_rung(cls, rung: int) -> "Plan":
+        """The plan of a rung of the ladder (FULL..SHED): the one place rung numbers are read."""
+        if rung >= SHED:
+            return cls.shed_at_door(RUNGS[SHED - 1])
+        return cls(skip_ranker=rung >= SKIP_RANKER, skip_encoder=rung >= SKIP_ENCODER, reasons=RUNGS[:rung])
+
+
+IN_FULL = Plan()
 
 
 class AdaptiveShedding:
@@ -51,6 +79,10 @@ class AdaptiveShedding:
             return FULL
         u = self._draw()
         return sum(u < self.pressure - r for r in range(len(RUNGS)))
+
+    def plan(self, now: float | None = None) -> Plan:
+        """This call's plan: its rung (see rung()) decoded."""
+        return Plan.for_rung(self.rung(now))
 
     def observe(self, budget_used: float, others_in_flight: int = 1, now: float | None = None) -> None:
         """One answered (not shed) Recommend: its time from arrival to answer / its budget, and how

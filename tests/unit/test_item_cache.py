@@ -42,7 +42,7 @@ class Upstreams:
 
 
 def history(rec: Recommender):
-    return asyncio.run(rec._history(Budget(1.0, None, 0.0, 0.0), "u"))
+    return asyncio.run(rec.pipeline.history.load(Budget(1.0, None, 0.0, 0.0), "u"))
 
 
 def test_a_returning_users_history_is_not_looked_up_again_until_an_item_changes():

@@ -1,0 +1,95 @@
+"""Stage 3 of Recommend: the encoder turns the user's history into an interest vector and the
+typed query into a text vector. The gateway keeps each user's last interest: reused while the
+history it came from is exactly the same, and standing in when the encoder is late, down or
+browned out."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from recmesh.common.lru import LruCache
+from recmesh.common.vectors import first_row, to_matrix
+from recmesh.models.session import History
+from recmesh.v1 import encoder_pb2
+from services.gateway.budget import MS, Budget
+from services.gateway.config import GatewaySettings
+from services.gateway.results import NOTHING_ENCODED, Encoded
+from services.gateway.upstreams import Upstreams
+
+
+@dataclass(frozen=True)
+class KnownInterest:
+    """The encoder's interest vector for one exact encoder input (the history's events and
+    their item vectors), under one model version."""
+
+    fingerprint: bytes
+    vector: np.ndarray
+    model_version: str
+    at: float  # time.monotonic()
+
+
+class InterestStage:
+    """Encodes a user's interest and query; holds each user's last interest (KnownInterest)."""
+
+    def __init__(self, settings: GatewaySettings, upstreams: Upstreams):
+        self._s = settings
+        self._up = upstreams
+        self._known: LruCache[str, KnownInterest] = LruCache(settings.interest_cache_users)
+
+    def forget(self, user_id: str) -> None:
+        """The user was deleted: their last interest is gone."""
+        self._known.forget(user_id)
+
+    async def encode(self, budget: Budget, user_id: str, history: History, query: str,
+                     skip_encoder: bool = False) -> Encoded:
+        """The interest and the query's vector. Browned out (skip_encoder), the encoder is asked
+        for the query's vector only (the interest the user had last stands in, or none: the
+        session direction still steers). The encoder failing or late (stage "encoder") is no
+        error: the last interest stands in (`fallback:cached_interest`), else none
+        (`fallback:session` with history, `fallback:popular` without). Raises InvalidArgument
+        for a malformed matrix in the encoder's reply."""
+        if not history.entries and not query:
+            return NOTHING_ENCODED  # a cold user with no query: popularity is the right answer, not a degradation
+        request = encoder_pb2.EncodeInterestRequest(history=history.entries, item_vectors=to_matrix(history.vectors))
+        fingerprint = hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=16).digest()
+        known = self._known.get(user_id)
+        # The interest is a function of exactly this input: the same input gives it again.
+        reuse = (known is not None and bool(history.entries) and known.fingerprint == fingerprint
+                 and time.monotonic() - known.at < self._s.interest_reuse_s)
+        if reuse or skip_encoder:
+            return await self._query_only(budget, user_id, known, query)
+        request.query = query
+        reply = await self._call(budget, request)
+        if reply is None:
+            cached = known.vector if known is not None else None
+            if cached is not None:
+                budget.trace.degrade("fallback:cached_interest")
+            else:  # the session direction (computed by the pipeline) still steers when there is history
+                budget.trace.degrade("fallback:session" if history.entries else "fallback:popular")
+            return Encoded(cached, None)
+        interest = first_row(reply.interest, "interest")
+        if interest is not None and history.entries:
+            self._known.put(user_id, KnownInterest(fingerprint, interest, reply.model_version, time.monotonic()))
+        return Encoded(interest, first_row(reply.query_vector, "query_vector"), reply.model_version)
+
+    async def _query_only(self, budget: Budget, user_id: str, known: KnownInterest | None, query: str) -> Encoded:
+        """The known interest (or none), and the query's vector from the encoder when there is a query."""
+        interest = known.vector if known is not None else None
+        version = known.model_version if known is not None else None
+        if not query:
+            return Encoded(interest, None, version)
+        reply = await self._call(budget, encoder_pb2.EncodeInterestRequest(query=query))  # only the query's vector
+        if reply is None:
+            return Encoded(interest, None, version)
+        if known is not None and reply.model_version != known.model_version:
+            self._known.forget(user_id)  # a new model: the next call recomputes the interest
+        return Encoded(interest, first_row(reply.query_vector, "query_vector"), version)
+
+    async def _call(self, budget: Budget, request: encoder_pb2.EncodeInterestRequest):
+        return await budget.call(
+            "encoder", self._s.encoder_cap_ms * MS, lambda t: self._up.encoder.EncodeInterest(request, timeout=t)
+        )

@@ -1,0 +1,55 @@
+"""Stage 5 of Recommend: the ranker orders the candidates from their features (the candidates'
+vectors and query similarity, the user's interest, session direction, category affinity, recent
+items and skipped ones)."""
+
+from __future__ import annotations
+
+from recmesh.common.vectors import to_matrix
+from recmesh.models.session import History, category_affinity
+from recmesh.v1 import ranker_pb2
+from services.gateway.budget import MS, Budget
+from services.gateway.config import GatewaySettings
+from services.gateway.fallbacks import CandidateSet
+from services.gateway.results import Ranked, Signals
+from services.gateway.upstreams import Upstreams
+
+RECENT_ITEMS = 10  # the user's newest distinct items the ranker compares candidates with
+
+
+class RankingStage:
+    """Asks the ranker to order a request's candidates."""
+
+    def __init__(self, settings: GatewaySettings, upstreams: Upstreams):
+        self._s = settings
+        self._up = upstreams
+
+    async def rank(self, budget: Budget, candidates: CandidateSet, signals: Signals, history: History, k: int,
+                   diversity: float) -> Ranked | None:
+        """The ranker's top k of the candidates (diversity in 0..1), or None when it failed or
+        was late (stage "ranker"; the trace says why)."""
+        ranking = await budget.call(
+            "ranker",
+            self._s.ranker_cap_ms * MS,
+            # Built only when the ranker is called: not when too little time is left for it.
+            lambda t: self._up.ranker.Rank(self._request(candidates, signals, history, k, diversity), timeout=t),
+        )
+        return None if ranking is None else Ranked(ranking, ranking.model_version)
+
+    def _request(self, found: CandidateSet, signals: Signals, history: History, k: int,
+                 diversity: float) -> ranker_pb2.RankRequest:
+        last = {e.item_id: i for i, e in enumerate(history.entries)}  # later events win
+        recent_ids = sorted(last, key=last.__getitem__, reverse=True)[:RECENT_ITEMS]
+        recent_rows = [last[i] for i in recent_ids]
+        return ranker_pb2.RankRequest(
+            candidates=found.items,
+            candidate_vectors=to_matrix(found.vectors),
+            query_similarity=found.query_similarity,
+            interest=to_matrix(signals.interest),
+            session=to_matrix(signals.session),
+            category_affinity=category_affinity(history, self._s.affinity_items),
+            recent=[ranker_pb2.RecentItem(item_id=i, title=history.items[i].title) for i in recent_ids],
+            recent_vectors=to_matrix(history.vectors[recent_rows] if recent_rows else None),
+            k=k,
+            diversity=diversity,
+            skipped={c.item_id: history.skipped[c.item_id] for c in found.items if c.item_id in history.skipped},
+        )
