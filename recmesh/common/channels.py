@@ -9,6 +9,10 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# For servers: compressed requests are refused (UNIMPLEMENTED "Compression algorithm 'gzip' is
+# disabled") before grpc core inflates them - it inflates a whole message before checking the
+# size limit, so a 0.5 MB gzip body cost the gateway 0.5 GB. recmesh's clients never compress.
+IDENTITY_ONLY = [("grpc.compression_enabled_algorithms_bitset", 1)]
 # For client channels to a dependency: a restarted peer is back in use within about a second,
 # not after gRPC's default reconnect backoff (1 s growing to 120 s).
 FAST_RECONNECT = [

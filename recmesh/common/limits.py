@@ -19,6 +19,9 @@ LABEL_CHARS = ID_CHARS  # one category or tag: a filter value names it
 EVENTS_PER_CALL = 1000  # TrackEvents / Ingest
 ITEMS_PER_CALL = 1024  # UpsertItems / EncodeItems
 FILTER_VALUES = 1000  # per filter list of a Recommend; ids per DeleteItems
+# Bytes of items per upsert (UTF-8, as sent): the internal calls carry them again with their
+# vectors, within the 16 MiB message limit (recmesh.common.channels.MAX_MESSAGE_BYTES).
+UPSERT_BYTES = 8 * 1024 * 1024
 
 # Per user: the items remembered as seen (updater), every one of which a search may exclude.
 SEEN_ITEMS = 5000

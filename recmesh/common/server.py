@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recmesh.common import tracing
-from recmesh.common.channels import GRPC_OPTIONS
+from recmesh.common.channels import GRPC_OPTIONS, IDENTITY_ONLY
 from recmesh.common.config import ServiceSettings, load_settings
 from recmesh.common.heap import freeze_heap
 from recmesh.common.logs import setup_logging
@@ -58,7 +58,7 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
            ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
     internal = service.internal and bool(settings.internal_token)
-    server = grpc.aio.server(options=GRPC_OPTIONS + age,
+    server = grpc.aio.server(options=GRPC_OPTIONS + IDENTITY_ONLY + age,
                              interceptors=server_interceptors(service, settings))
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)

@@ -14,7 +14,7 @@ from recmesh.v1 import encoder_pb2, retrieval_pb2, updater_pb2
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.item_cache import ItemCache
-from services.gateway.seen import SeenItems
+from services.gateway.seen import SEEN_UNKNOWN, SeenItems
 from services.gateway.upstreams import Upstreams
 
 
@@ -49,9 +49,12 @@ class HistoryStage:
             budget.trace.degrade("fallback:anonymous")
             # Anonymous for the model, not for the exclusions: what this gateway knows they saw.
             known = self._seen.lookup(user_id, time.monotonic())
+            if known is None or not known.complete:  # exclusions of older history may not hold: say so
+                budget.trace.degrade(SEEN_UNKNOWN)
             return History([], no_vectors, {}, set(known.ids) if known is not None else set())
-        seen = set(state.seen_item_ids)  # built once: thousands of ids cost ~1 ms to read
-        self._seen.replace(user_id, seen, asked)
+        seen_ids = state.seen_item_ids  # read once: thousands of ids cost ~1 ms to read
+        seen = set(seen_ids)
+        self._seen.replace(user_id, seen_ids, asked)
         skipped = dict(state.skipped)
         if not state.recent:
             return History([], no_vectors, {}, seen, skipped)

@@ -20,9 +20,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from recmesh.common import limits
 from recmesh.v1 import common_pb2, updater_pb2
 
 SEARCH = common_pb2.EventType.EVENT_TYPE_SEARCH
+# The degraded reason of an answer made without knowing all the items the user has seen (the
+# updater not reachable in time, and this gateway holding no complete entry): the exclusion of
+# seen items may not hold, and the reply says so.
+SEEN_UNKNOWN = "seen_items:unknown"
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,9 @@ class Seen:
 
 @dataclass
 class _Entry:
-    ids: set[str]
+    # Oldest first (the updater's order, then what was tracked here): past limits.SEEN_ITEMS,
+    # the oldest go, as in the updater - and no more are sent to retrieval than it accepts.
+    ids: dict[str, None]
     complete: bool
     # time.monotonic(): when the updater was asked for this snapshot (complete), or when the
     # first event was tracked (incomplete). The entry expires ttl_s after it.
@@ -66,19 +73,24 @@ class SeenItems:
         if old is not None and old.complete and old.as_of > asked_at:
             return
         tracked = {i: t for i, t in old.tracked.items() if t >= asked_at} if old is not None else {}
-        ids = set(item_ids) | tracked.keys()  # from a set: a copy, ~0.1 ms for 5000 ids
-        self._put(user_id, _Entry(ids, True, asked_at, tracked))
+        ids = dict.fromkeys(item_ids)  # ~0.15 ms for 5000 ids
+        for item_id in tracked:  # in the order tracked: the newest last
+            ids.pop(item_id, None)
+            ids[item_id] = None
+        self._put(user_id, _Entry(_newest(ids), True, asked_at, tracked))
 
     def add(self, user_id: str, item_ids: Iterable[str], now: float) -> None:
         """Items the user just interacted with (events acknowledged through this gateway)."""
         entry = self._live(user_id, now)
         if entry is None:
-            entry = _Entry(set(), False, now)
+            entry = _Entry({}, False, now)
         else:
             self._drop(user_id)
         for item_id in item_ids:
-            entry.ids.add(item_id)
+            entry.ids.pop(item_id, None)
+            entry.ids[item_id] = None
             entry.tracked[item_id] = now
+        entry.ids = _newest(entry.ids)
         self._put(user_id, entry)
 
     def add_events(self, events: Iterable[common_pb2.Event], now: float) -> None:
@@ -95,7 +107,14 @@ class SeenItems:
 
     def forget(self, user_id: str, now: float) -> None:
         """The user was deleted: nothing seen, and no snapshot asked before now comes back."""
-        self._put(user_id, _Entry(set(), True, now))
+        self._put(user_id, _Entry({}, True, now))
+
+    def invalidate(self, user_ids: Iterable[str]) -> None:
+        """What this gateway holds of these users may be wrong (e.g. events acknowledged as
+        duplicates: already applied, or retries of a deleted user's events, which are not):
+        the next answer that needs them asks the updater."""
+        for user_id in set(user_ids):
+            self._drop(user_id)
 
     def _live(self, user_id: str, now: float) -> _Entry | None:
         entry = self._entries.get(user_id)
@@ -124,3 +143,9 @@ class SeenItems:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _newest(ids: dict[str, None]) -> dict[str, None]:
+    """The newest limits.SEEN_ITEMS of an oldest-first ordered set."""
+    extra = len(ids) - limits.SEEN_ITEMS
+    return dict.fromkeys(list(ids)[extra:]) if extra > 0 else ids

@@ -44,6 +44,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         self._popular = PopularCandidates()
         self._recommender = Recommender(settings, self._up, self._popular)
         self._refresher: asyncio.Task | None = None
+        self._soon: asyncio.Task | None = None
 
     async def _refresh_popular(self) -> None:
         reply = await self._up.retrieval.TopPopular(
@@ -62,6 +63,17 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 await asyncio.sleep(0.5)
         self._refresher = asyncio.create_task(self._refresh_loop())
 
+    def _refresh_soon(self) -> None:
+        """A pool refresh now, in the background (one at a time)."""
+        if self._soon is None or self._soon.done():
+            self._soon = asyncio.create_task(self._refresh_once())
+
+    async def _refresh_once(self) -> None:
+        try:
+            await self._refresh_popular()
+        except grpc.aio.AioRpcError as exc:
+            log.warning("popular refresh failed; the next one is on schedule", extra={"status": exc.code().name})
+
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self._s.popular_refresh_s)
@@ -71,13 +83,16 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 log.warning("popular refresh failed; keeping the last list", extra={"status": exc.code().name})
 
     async def close(self) -> None:
-        if self._refresher:
-            self._refresher.cancel()
+        for task in (self._refresher, self._soon):
+            if task is not None:
+                task.cancel()
         await self._up.close()
 
     def _write_timeout(self, context) -> float:
+        """The client's deadline when it set one (an upsert of many long items takes seconds to
+        encode on a CPU: the caller decides how long it waits), else write_timeout_s."""
         remaining = context.time_remaining()
-        return self._s.write_timeout_s if remaining is None else min(remaining, self._s.write_timeout_s)
+        return self._s.write_timeout_s if remaining is None else remaining
 
     @rpc_method
     async def Recommend(self, request, context):
@@ -93,9 +108,13 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 updater_pb2.IngestRequest(events=request.events), timeout=self._write_timeout(context)
             ),
         )
-        # Acknowledged (logged, or logged before: a duplicate was seen all the same): answers
-        # made without the updater leave these items out from now on.
-        self._recommender.seen.add_events(request.events, time.monotonic())
+        # Applied: answers made without the updater leave these items out from now on. With
+        # duplicates among them - already applied, or retries of a deleted user's events, which
+        # are not - what this gateway holds of these users is asked afresh next time.
+        if reply.duplicates:
+            self._recommender.seen.invalidate(event.user_id for event in request.events)
+        else:
+            self._recommender.seen.add_events(request.events, time.monotonic())
         return recommendations_pb2.TrackEventsResponse(accepted=reply.accepted, duplicates=reply.duplicates)
 
     @rpc_method
@@ -114,8 +133,13 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 timeout=self._write_timeout(context),
             ),
         )
-        self._recommender.forget_items(item.item_id for item in request.items)
+        ids = [item.item_id for item in request.items]
+        self._recommender.forget_items(ids)
+        # The pool holds these items' old titles and categories: they leave it now, and come
+        # back with the refresh started here (other gateway replicas: at their next refresh).
+        self._popular.forget(set(ids))
         self._popular.items_added()
+        self._refresh_soon()
         return recommendations_pb2.UpsertItemsResponse(upserted=reply.upserted)
 
     @rpc_method

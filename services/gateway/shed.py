@@ -20,7 +20,7 @@ from recmesh.v1 import common_pb2, recommendations_pb2, updater_pb2
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import PopularCandidates
-from services.gateway.seen import SeenItems
+from services.gateway.seen import SEEN_UNKNOWN, SeenItems
 from services.gateway.upstreams import Upstreams
 
 
@@ -48,7 +48,9 @@ class ShedAnswers:
         degraded [reasons (why it was shed: its Plan's), then any stage that failed]: an
         upstream failing or late is no error."""
         s = self._s
-        seen = await self._user_seen(budget, request)
+        seen, complete = await self._user_seen(budget, request)
+        if not complete:  # what this gateway knows is left out; the reply says the rest may not be
+            budget.trace.degrade(SEEN_UNKNOWN)
         found, version = await self._popular.matching(
             budget, self._top_popular, s.retrieval_cap_ms * MS, request.filters,
             excluded_ids(request.filters, seen), want=k, limit=k, with_vectors=False)
@@ -64,10 +66,13 @@ class ShedAnswers:
     def _top_popular(self, request, timeout_s: float):
         return self._up.retrieval.TopPopular(request, timeout=timeout_s)
 
-    async def _user_seen(self, budget: Budget, request) -> frozenset[str]:
+    async def _user_seen(self, budget: Budget, request) -> tuple[frozenset[str], bool]:
+        """(the user's seen items as far as known, whether that is all of them): all when the
+        request lets them back, or this gateway holds a complete entry, or the updater answered
+        in time."""
         filters = request.filters
         if filters.HasField("exclude_seen") and not filters.exclude_seen:
-            return frozenset()
+            return frozenset(), True
         known = self._seen.lookup(request.user_id, time.monotonic())
         cap = self._s.user_state_cap_ms * MS
         # Not tried when too little time is left: that is what shedding is for, not a failure.
@@ -78,4 +83,6 @@ class ShedAnswers:
             if state is not None:
                 self._seen.add_state(request.user_id, state, asked)
                 known = self._seen.lookup(request.user_id, time.monotonic())
-        return known.ids if known is not None else frozenset()
+        if known is None:
+            return frozenset(), False
+        return known.ids, known.complete

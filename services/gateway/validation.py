@@ -33,6 +33,9 @@ def check_items(items, settings: GatewaySettings) -> None:
         raise InvalidArgument("items", "at least one item is required")
     if len(items) > settings.max_items_per_upsert:
         raise InvalidArgument("items", f"at most {settings.max_items_per_upsert} per call, got {len(items)}")
+    size = sum(item.ByteSize() for item in items)
+    if size > limits.UPSERT_BYTES:
+        raise InvalidArgument("items", f"at most {limits.UPSERT_BYTES} bytes per call, got {size}: send fewer items")
     seen: set[str] = set()
     for i, item in enumerate(items):
         check_item(item, f"items[{i}]")  # the same check as the encoder's and retrieval's

@@ -47,6 +47,7 @@ class Mesh:
         self.items = [retrieval_pb2.Candidate(item_id=f"p{i}", title=f"T{i}", categories=[category(i)],
                                               popularity=1 - i / CATALOG) for i in range(CATALOG)]
         self.seen: dict[str, list[str]] = {}
+        self.logged: set[str] = set()  # event ids ever applied: kept after a user is deleted, as the updater does
         self.down: set[str] = set()
         self.calls: list[tuple[str, object, float]] = []
         self.updater = self.retrieval = self.encoder = self.ranker = self
@@ -74,10 +75,15 @@ class Mesh:
 
     async def Ingest(self, request, timeout):
         self._call("Ingest", request, timeout)
+        accepted = 0
         for e in request.events:
+            if e.event_id in self.logged:
+                continue
+            self.logged.add(e.event_id)
+            accepted += 1
             if e.type != ET.EVENT_TYPE_SEARCH:
                 self.seen.setdefault(e.user_id, []).append(e.item_id)
-        return updater_pb2.IngestResponse(accepted=len(request.events))
+        return updater_pb2.IngestResponse(accepted=accepted, duplicates=len(request.events) - accepted)
 
     async def GetUserState(self, request, timeout):
         self._call("GetUserState", request, timeout)
@@ -113,8 +119,13 @@ class Mesh:
 
     async def Upsert(self, request, timeout):
         self._call("Upsert", request, timeout)
-        self.items += [retrieval_pb2.Candidate(item_id=it.item_id, title=it.title, categories=it.categories)
-                       for it in request.items]
+        known = {c.item_id: c for c in self.items}
+        for it in request.items:  # an existing item keeps its place (popularity); a new one comes last
+            if it.item_id in known:
+                known[it.item_id].title, known[it.item_id].categories[:] = it.title, it.categories
+            else:
+                self.items.append(retrieval_pb2.Candidate(item_id=it.item_id, title=it.title,
+                                                          categories=it.categories))
         return retrieval_pb2.UpsertResponse(upserted=len(request.items))
 
     async def LogImpressions(self, request, timeout):
@@ -330,3 +341,100 @@ def test_every_source_is_asked_for_at_least_k_candidates(monkeypatch):
     mesh, reply = asyncio.run(scenario())
     assert not reply.degraded and len(reply.items) == 10
     assert mesh.called("Search")[0][0].limit >= 10
+
+
+# Found by the attack on the first fix (same kinds: exclusions on every path, k on every path,
+# limits that agree, counts of effects).
+
+def test_an_answer_that_cannot_learn_what_the_user_saw_says_so(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        mesh.seen["s"] = ["p0", "p1"]  # tracked through another replica
+        no_time = await recommend(g, "s", 3, "shed:late_arrival", remaining=0.005)  # no time to ask
+        mesh.down = {"GetUserState"}
+        anonymous = await recommend(g, "s", 3)
+        mesh.down = set()
+        await recommend(g, "s", 3)  # a full answer: this gateway now holds all the user saw
+        mesh.down = {"GetUserState"}
+        known = await recommend(g, "s", 3, "shed:late_arrival", remaining=0.005)
+        known_anonymous = await recommend(g, "s", 3)
+        return no_time, anonymous, known, known_anonymous
+
+    no_time, anonymous, known, known_anonymous = asyncio.run(scenario())
+    assert no_time.degraded[0] == "shed:late_arrival" and "seen_items:unknown" in no_time.degraded
+    assert "fallback:anonymous" in anonymous.degraded and "seen_items:unknown" in anonymous.degraded
+    for reply in (known, known_anonymous):
+        assert "seen_items:unknown" not in reply.degraded and ids(reply) == ["p2", "p3", "p4"]
+
+
+def test_a_retry_after_delete_user_does_not_bring_the_users_items_back_into_the_gateway(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "d", ["p0", "p1", "p2"])
+        await g.DeleteUser(recommendations_pb2.DeleteUserRequest(user_id="d"), Context(5.0))
+        events = [common_pb2.Event(event_id=f"d-p{i}", user_id="d", item_id=f"p{i}",
+                                   type=ET.EVENT_TYPE_PURCHASE) for i in range(3)]
+        retry = await g.TrackEvents(recommendations_pb2.TrackEventsRequest(events=events), Context(5.0))
+        shed = await recommend(g, "d", 3, "shed:late_arrival", remaining=0.014)
+        return retry, shed
+
+    retry, shed = asyncio.run(scenario())
+    assert retry.accepted == 0 and retry.duplicates == 3
+    assert ids(shed) == ["p0", "p1", "p2"] and "seen_items:unknown" not in shed.degraded  # a fresh user
+
+
+def test_the_gateway_holds_no_more_seen_items_than_retrieval_accepts_as_exclusions(monkeypatch):
+    from recmesh.common import limits
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        many = [f"x{i}" for i in range(limits.SEEN_ITEMS + 1500)]
+        for start in range(0, len(many), 1000):
+            await track(g, "h", many[start:start + 1000])
+        mesh.down = {"GetUserState"}
+        reply = await recommend(g, "h", 10, "shed:overload", include_categories=["Documentary"])
+        return mesh, reply
+
+    mesh, reply = asyncio.run(scenario())
+    assert len(reply.items) == 10  # the pool holds 5 Documentaries: the rest came from retrieval
+    sent = [request for request, _ in mesh.called("TopPopular")]
+    assert sent and all(len(r.filters.exclude_item_ids) <= limits.IDS_PER_REQUEST for r in sent)
+
+
+def test_an_item_upserted_with_new_categories_is_not_answered_with_its_old_ones(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        item = common_pb2.Item(item_id="p0", title="T0 (re-cut)", categories=["Documentary"])
+        await g.UpsertItems(recommendations_pb2.UpsertItemsRequest(items=[item]), Context(5.0))
+        paths = {how: await recommend(g, "cold", 3, how, exclude_categories=["Documentary"])
+                 for how in ("full", "shed:overload")}
+        await asyncio.sleep(0.01)  # the pool refresh the upsert started
+        back = await recommend(g, "cold", 3, include_categories=["Documentary"])
+        return paths, back
+
+    paths, back = asyncio.run(scenario())
+    for reply in paths.values():
+        assert "p0" not in ids(reply) and len(reply.items) == 3
+    assert ids(back)[0] == "p0" and list(back.items[0].categories) == ["Documentary"]
+
+
+def test_an_upsert_larger_than_the_stages_accept_is_refused_at_the_door(monkeypatch):
+    from recmesh.common import limits
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        wide = "\U0001f3ac" * limits.DESCRIPTION_CHARS  # 4 bytes a character in UTF-8
+        items = [common_pb2.Item(item_id=f"big{i}", title="Big", description=wide,
+                                 tags=["\U0001f3ac" * limits.LABEL_CHARS] * limits.LABELS_PER_ITEM)
+                 for i in range(200)]
+        with pytest.raises(AssertionError, match="INVALID_ARGUMENT: items: at most"):
+            await g.UpsertItems(recommendations_pb2.UpsertItemsRequest(items=items), Context(5.0))
+        return mesh
+
+    mesh = asyncio.run(scenario())
+    assert not mesh.called("EncodeItems")
