@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 
+from recmesh.common.clock import now_ms
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
 
 EVENT_TYPES = {
@@ -48,7 +48,7 @@ class Event:
             type=EVENT_TYPES[self.type],
             query=self.query,
             value=self.value,
-            timestamp_ms=self.timestamp_ms or int(time.time() * 1000),
+            timestamp_ms=self.timestamp_ms or now_ms(),
             request_id=self.request_id,
         )
 

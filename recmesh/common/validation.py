@@ -7,11 +7,10 @@ is empty, and free text blank in that sense is absent."""
 from __future__ import annotations
 
 import math
-import time
 import unicodedata
 from datetime import UTC, datetime
 
-from recmesh.common import limits
+from recmesh.common import clock, limits
 from recmesh.common.errors import InvalidArgument
 from recmesh.v1 import common_pb2
 
@@ -159,7 +158,7 @@ def check_event(event: common_pb2.Event, field: str, now_ms: int | None = None) 
         raise InvalidArgument(f"{field}.value", "must be a finite number")
     if event.type == ET.EVENT_TYPE_RATE and not 0.0 <= event.value <= 5.0:
         raise InvalidArgument(f"{field}.value", f"a rating must be in 0..5, got {event.value}")
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    now_ms = clock.now_ms() if now_ms is None else now_ms
     check_timestamp(event.timestamp_ms, f"{field}.timestamp_ms", now_ms)
     if len(event.request_id) > limits.ID_CHARS:
         raise InvalidArgument(f"{field}.request_id", f"longer than {limits.ID_CHARS} characters")
@@ -170,6 +169,6 @@ def check_events(events, field: str, max_events: int) -> None:
         raise InvalidArgument(field, "at least one event is required")
     if len(events) > max_events:
         raise InvalidArgument(field, f"at most {max_events} events per call, got {len(events)}")
-    now_ms = int(time.time() * 1000)
+    now_ms = clock.now_ms()
     for i, event in enumerate(events):
         check_event(event, f"{field}[{i}]", now_ms)

@@ -9,10 +9,8 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 
+from recmesh.common.validation import is_item_event
 from recmesh.events.eventlog import LoggedEvent
-from recmesh.v1 import common_pb2
-
-SEARCH = common_pb2.EventType.EVENT_TYPE_SEARCH
 
 
 @dataclass
@@ -62,7 +60,7 @@ class UserStateStore:
         ts = event.timestamp_ms
         if event.query:
             _insert_bounded(state.query_times, (ts, state.arrivals, event.query), self.recent_queries)
-        if event.type == SEARCH or not event.item_id:
+        if not is_item_event(event):
             return
         _insert_bounded(state.timeline, (ts, state.arrivals, event), self.recent_items)
         self._see(state, event.item_id, ts)

@@ -26,6 +26,7 @@ from recmesh.events.state import UserStateStore
 from recmesh.v1 import common_pb2
 
 T = TypeVar("T")
+# For _APPEND's copy of recmesh.common.validation.is_item_event (the script runs inside Redis).
 SEARCH = common_pb2.EventType.EVENT_TYPE_SEARCH
 
 
@@ -172,6 +173,8 @@ for i = 0, n - 1 do
     redis.call('RPUSH', u .. ':log', sid .. ' ' .. eid)
     redis.call('HINCRBY', u, 'count', 1)
     if query ~= '' then insert_query(u, query, ts, t) end
+    -- An item event: recmesh.common.validation.is_item_event, copied here because this runs
+    -- inside Redis. Keep the two in step.
     if typ ~= search and item ~= '' then
       insert_recent(u .. ':recent', cjson.encode({eid, uid, item, typ, query, value, ts, rid}), t)
       see(u .. ':seen', item, ts, t)

@@ -25,6 +25,7 @@ from typing import Callable
 
 import grpc
 
+from recmesh.common.clock import now_ms
 from recmesh.common.heap import freeze_heap
 from recmesh.common.local import REPO
 from recmesh.replicas import Replicas
@@ -68,7 +69,7 @@ class Sessions:
         r = self.rng.choice(self.next_ratings[user])
         return recommendations_pb2.TrackEventsRequest(events=[common_pb2.Event(
             event_id=uuid.uuid4().hex, user_id=user, item_id=r.item_id, type=RATE, value=r.rating,
-            timestamp_ms=int(time.time() * 1000))])
+            timestamp_ms=now_ms())])
 
 
 class Tally:

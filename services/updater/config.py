@@ -37,7 +37,8 @@ class UpdaterSettings(ServiceSettings):
     @classmethod
     def _within_shared_limit(cls, value: int) -> int:
         return limits.at_most(value, limits.SEEN_ITEMS, "SEEN_ITEMS")
-    # Online learning of the ranker (services/updater/joiner.py, recmesh/models/ranking/training.py).
+    # Online learning of the ranker (services/updater/learning.py and joiner.py,
+    # recmesh/models/ranking/training.py).
     learn: bool = True
     # Where published versions go (the newest is served after a restart); the learner starts
     # from the newest there, else from the newest shipped one.

@@ -6,16 +6,14 @@ item against the others shown with it. Training on those lists is the model laye
 
 from __future__ import annotations
 
-import time
 from collections import deque
 
 import numpy as np
 
+from recmesh.common.validation import is_item_event
 from recmesh.events.eventlog import LoggedEvent
 from recmesh.models.ranking.training import LabelledList
-from recmesh.v1 import common_pb2, updater_pb2
-
-ET = common_pb2.EventType
+from recmesh.v1 import updater_pb2
 
 
 class ImpressionJoiner:
@@ -65,7 +63,7 @@ class ImpressionJoiner:
         not seen yet is held for its impression (hold). The window runs on this clock (client
         clocks may be skewed); an event whose own time is older than the window (a backfill, a
         client's offline queue) arrives now but answers nothing shown now."""
-        if event.type == ET.EVENT_TYPE_SEARCH or not event.item_id or event.timestamp_ms < arrived_ms - self.window_ms:
+        if not is_item_event(event) or event.timestamp_ms < arrived_ms - self.window_ms:
             return None
         shown = self._by_user.get(event.user_id)
         if event.request_id and hold and not any(i.request_id == event.request_id for i, _, _ in shown or ()):
@@ -104,7 +102,3 @@ class ImpressionJoiner:
         self._deleted[user_id] = now_ms
         for request_id in [r for r, held in self._early.items() if held[0][0].user_id == user_id]:
             self._release(request_id)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from recmesh.client import Event
+from recmesh.common.clock import now_ms
 from recmesh.events.eventlog import LoggedEvent
 from recmesh.events.state import UserStateStore
 from recmesh.events.stores import LocalStore, RedisStore
@@ -176,7 +177,7 @@ def _wait_for_aof_rewrite(r, timeout_s: float = 20.0) -> None:
 # The live mesh, through the gateway.
 
 def test_profile_lists_events_by_their_time_not_their_arrival(client, user):
-    now = int(time.time() * 1000)
+    now = now_ms()
     reply = client.track_events([Event(user, "2", "click", timestamp_ms=now),
                                  Event(user, "1", "click", timestamp_ms=now - HOUR)])
     assert reply.accepted == 2

@@ -126,10 +126,33 @@ def test_feedback_from_before_the_join_window_labels_nothing():
 
 
 def test_a_logged_event_keeps_only_visible_query_text_and_gets_a_time():
-    from services.updater.server import to_logged
+    from services.updater.events import to_logged
 
     typed = common_pb2.Event(event_id="e", user_id="u", type=SEARCH, query="\u200b\u2060 caf\u00e9 \u00a0\ufeff")
     assert (to_logged(typed, now_ms=T).query, to_logged(typed, now_ms=T).timestamp_ms) == ("caf\u00e9", T)
     invisible = common_pb2.Event(event_id="e", user_id="u", item_id="1", type=CLICK, query="\u200b\u200d",
                                  timestamp_ms=T - HOUR)
     assert (to_logged(invisible, now_ms=T).query, to_logged(invisible, now_ms=T).timestamp_ms) == ("", T - HOUR)
+
+
+def test_a_failing_consumer_of_committed_events_does_not_strand_the_callers():
+    """The events are durable once committed: every caller is answered even when the callback
+    for new events (the learner's feedback) raises."""
+    import asyncio
+
+    from services.updater.events import GroupCommitter
+
+    class Store:
+        async def append_groups(self, groups):
+            return groups
+
+    def broken(event):
+        raise RuntimeError("learner bug")
+
+    async def run():
+        committer = GroupCommitter(Store(), broken)
+        return await asyncio.wait_for(asyncio.gather(committer.append([ev("a", "1", 1)]),
+                                                     committer.append([ev("b", "2", 2)])), timeout=2)
+
+    answered = asyncio.run(run())
+    assert [[e.event_id for e in group] for group in answered] == [["a"], ["b"]]

@@ -19,16 +19,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from recmesh.common.clock import now_ms
 from recmesh.common.local import REPO
 from recmesh.tools.eval.live import fresh_stack
 from recmesh.tools.extras import require
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
 
 ET = common_pb2.EventType
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def background(stub, rate: int, seconds: float, sent: list[int]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from recmesh.common.clock import now_ms
 from recmesh.common.local import REPO
 from recmesh.tools.eval.live import fresh_stack
 from recmesh.tools.extras import require
@@ -37,7 +38,7 @@ async def measure(target: str, concurrency: int, batch: int, seconds: float) -> 
             nonlocal acked
             n = 0
             while time.monotonic() < deadline:
-                now = int(time.time() * 1000)
+                now = now_ms()
                 events = [common_pb2.Event(event_id=uuid.uuid4().hex, user_id=f"bench-{w}-{n % 50}",
                                            item_id=str(1 + (n + i) % 2000), type=VIEW, timestamp_ms=now)
                           for i in range(batch)]
