@@ -14,6 +14,7 @@ the write reached the disk."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -168,7 +169,7 @@ for i = 0, n - 1 do
     local sid = redis.call('XADD', p .. ':events', '*', 'event_id', eid, 'user_id', uid, 'item_id', item,
       'type', typ, 'query', query, 'value', value, 'timestamp_ms', ts, 'request_id', rid)
     redis.call('SET', key, sid, 'EX', ttl)
-    local u = p .. ':user:' .. uid
+    local u = p .. ':user:' .. redis.sha1hex(uid)  -- hashed: no user id can name another's keys
     local t = tonumber(ts)
     redis.call('RPUSH', u .. ':log', sid .. ' ' .. eid)
     redis.call('HINCRBY', u, 'count', 1)
@@ -192,7 +193,7 @@ return out
 # the user or the event. Returns how many events were deleted.
 _DELETE_USER = """
 local p, uid, candidate, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local u = p .. ':user:' .. uid
+local u = p .. ':user:' .. redis.sha1hex(uid)
 local entries = redis.call('LRANGE', u .. ':log', 0, -1)
 local salt = redis.call('GET', p .. ':deleted_salt')
 if not salt and #entries > 0 then
@@ -276,8 +277,13 @@ class RedisStore:
         flags = iter(await self._append(args=args)) if flat else iter(())
         return [[e for e in events if next(flags) == 1] for events in groups]
 
+    def _user_key(self, user_id: str) -> str:
+        """The prefix of a user's keys: the id's SHA-1, as the scripts make it (redis.sha1hex),
+        so that no user id - "alice:recent", say - can name another user's keys."""
+        return f"{self._p}:user:{hashlib.sha1(user_id.encode()).hexdigest()}"
+
     async def user_view(self, user_id: str, max_recent: int) -> UserView | None:
-        u = f"{self._p}:user:{user_id}"
+        u = self._user_key(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
             pipe.hget(u, "count").lrange(f"{u}:recent", -max_recent, -1).zrange(f"{u}:seen", 0, -1)
             pipe.lrange(f"{u}:queries", 0, -1)

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 from prometheus_client import Histogram
 
 from recmesh.common import clock, limits
-from recmesh.common.errors import Unavailable
+from recmesh.common.errors import InvalidArgument, Unavailable
 from recmesh.common.validation import check_events, check_id, visible_text
 from recmesh.events.eventlog import LoggedEvent
 from recmesh.events.state import UserStateStore
@@ -135,6 +135,8 @@ class EventsRole:
         default), `skipped` left empty; None when the store holds nothing of the user.
         InvalidArgument for a bad user_id; Unavailable while warming up."""
         check_id(user_id, "user_id")
+        if max_recent < 0:  # a negative count sliced the history from the wrong end
+            raise InvalidArgument("max_recent", f"must be >= 0 (0 = the default), got {max_recent}")
         self._check_ready()
         view = await self.store.user_view(user_id, max_recent or self._settings.default_max_recent)
         if view is None:

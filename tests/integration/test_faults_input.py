@@ -146,3 +146,15 @@ def test_a_compressed_request_is_refused_before_it_is_inflated(stack):
             assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED, (name, exc.value.details())
             assert "gzip" in exc.value.details()
             assert check(b"", timeout=5) is not None  # an empty HealthCheckRequest: still answered
+
+
+def test_a_negative_count_is_invalid_argument_not_a_wrong_slice(stack):
+    """Found by attack: Updater.GetUserState(max_recent=-5) answered the wrong end of the history."""
+    from recmesh.v1 import updater_pb2_grpc
+
+    with grpc.insecure_channel(stack.address("updater")) as channel:
+        with pytest.raises(grpc.RpcError) as exc:
+            updater_pb2_grpc.UpdaterStub(channel).GetUserState(
+                updater_pb2.GetUserStateRequest(user_id="1", max_recent=-5), timeout=5)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.details().startswith("max_recent:")

@@ -193,3 +193,29 @@ def test_a_retry_after_delete_user_does_not_bring_the_user_back(client, user):
     assert (retry.accepted, retry.duplicates) == (0, 2)
     profile = client.profile(user)
     assert profile.event_count == 0 and not profile.recent_events
+
+
+def test_no_user_id_names_another_users_state(make_store):
+    """Found by attack: Redis keys joined the user id into strings, so user "alice:recent"
+    could wipe alice's history (DeleteUser) or break her ingest (WRONGTYPE), and "bob:log"
+    existing first made every event of "bob" fail - then be lost to a retry counted as a
+    duplicate. Ids that look like key suffixes are just ids."""
+    suffixes = [":recent", ":seen", ":queries", ":query_ts", ":log", ""]
+
+    async def go():
+        store = await _opened(make_store)
+        await store.append_groups([[ev("b0", "9", T, user="bob:log")]])  # before bob exists
+        await store.append_groups([[ev(f"a{i}", str(i), T + i, user="alice", query=f"q{i}") for i in range(2)],
+                                   [ev("b1", "1", T, user="bob")]])
+        others = [await store.append_groups([[ev(f"x{s}", "5", T, user=f"alice{s}")]]) for s in suffixes[:-1]]
+        deleted = [await store.delete_user(f"alice{s}") for s in suffixes[:-1]]
+        alice, bob = await store.user_view("alice", 5), await store.user_view("bob", 5)
+        await store.close()
+        return others, deleted, alice, bob
+
+    others, deleted, alice, bob = asyncio.run(go())
+    assert all(ids(groups) == [[f"x{s}"]] for groups, s in zip(others, suffixes, strict=False))
+    assert deleted == [1] * (len(suffixes) - 1)
+    assert [e.event_id for e in alice.recent] == ["a0", "a1"] and alice.event_count == 2
+    assert alice.queries == ["q1", "q0"] and sorted(alice.seen) == ["0", "1"]
+    assert [e.event_id for e in bob.recent] == ["b1"]
