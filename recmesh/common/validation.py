@@ -10,6 +10,8 @@ import math
 import unicodedata
 from datetime import UTC, datetime
 
+import regex
+
 from recmesh.common import clock, limits
 from recmesh.common.errors import InvalidArgument
 from recmesh.v1 import common_pb2
@@ -35,13 +37,17 @@ _MS_PER_YEAR = 365.2425 * 24 * 3600 * 1000
 
 
 def strip_invisible(value: str) -> str:
-    """The text without its invisible characters: control characters other than whitespace
-    (Unicode category Cc: NUL, ESC, ...), format characters (Cf: zero-width spaces and joiners,
-    BOM, word joiner, bidi marks, soft hyphen, ...) and lone surrogates (Cs). Decided by
-    category, not by a list of characters. Whitespace is kept."""
-    if value.isprintable():  # the common case, in C: no Cc, Cf, Cs (nor Z* other than space) at all
-        return value
-    return "".join(ch for ch in value if not _invisible(ch))
+    """The text without its invisible characters, decided by Unicode property, not by a list:
+    control characters other than whitespace (category Cc: NUL, ESC, ...), format characters
+    (Cf: zero-width spaces and joiners, BOM, word joiner, bidi marks, soft hyphen, ...), lone
+    surrogates (Cs), unassigned code points and noncharacters (Cn), and whatever Unicode
+    declares Default_Ignorable_Code_Point (Hangul fillers, variation selectors, tag
+    characters, ...: rendered as nothing). The `regex` library's Unicode tables are used: they
+    know that property, and newer characters than Python's own. Whitespace is kept."""
+    return _INVISIBLE.sub("", value) if _INVISIBLE.search(value) else value
+
+
+_INVISIBLE = regex.compile(r"[\p{Cf}\p{Cs}\p{Cn}\p{Default_Ignorable_Code_Point}]|(?!\s)\p{Cc}")
 
 
 def visible_text(value: str) -> str:
@@ -57,11 +63,6 @@ def visible_text(value: str) -> str:
     kept = kept[start:end]
     # Stops at the first visible character: at once, for all but mark-only text.
     return kept if any(unicodedata.category(ch)[0] not in "MZ" and not ch.isspace() for ch in kept) else ""
-
-
-def _invisible(ch: str) -> bool:
-    category = unicodedata.category(ch)
-    return category in ("Cf", "Cs") or (category == "Cc" and not ch.isspace())
 
 
 def _separator(ch: str) -> bool:

@@ -364,3 +364,14 @@ def test_the_updater_remembers_no_more_seen_items_than_retrieval_accepts_as_excl
     with pytest.raises(SystemExit, match=f"seen_items: .*at most {limits.SEEN_ITEMS}"):
         load_settings(UpdaterSettings, ["--seen-items", str(limits.SEEN_ITEMS + 1)])
     assert limits.IDS_PER_REQUEST >= limits.FILTER_VALUES + limits.SEEN_ITEMS
+
+
+@pytest.mark.parametrize("blank", ["\u3164", "\u115f\u1160", "\uffa0", "\U000e0000", "\U000e0041\U000e007f",
+                                   "\uffff", "\U0010ffff", "\ufe0f\ufe0e", "\u034f", "\u00ad"])
+def test_default_ignorable_and_unassigned_characters_are_no_text(blank):
+    """Found by attack: Hangul fillers, tag characters, noncharacters and variation selectors
+    (Unicode's Default_Ignorable_Code_Point, and Cn) passed as text, as queries, ids and titles."""
+    assert visible_text(blank) == "" and visible_text(f" {blank} ") == ""
+    with pytest.raises(InvalidArgument, match="must not be empty"):
+        check_id(blank, "user_id")
+    assert visible_text(f"space{blank} opera") == "space opera"
