@@ -1,116 +1,43 @@
-"""Item vectors and payload in a Qdrant Edge shard (the Qdrant engine in-process, on disk)."""
+"""Item vectors and payload in a Qdrant Edge shard (the Qdrant engine in-process, on disk):
+the single-node backend of `recmesh.index.base.ItemIndex`, with a catalog mirror in memory."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import qdrant_edge as qe
 
-from recmesh.common.catalog import item_text
-from recmesh.v1 import common_pb2
+from recmesh.index.base import (
+    AnyOf,
+    Condition,
+    Conditions,
+    Found,
+    ItemIndex,
+    SearchFilter,
+    StoredItem,
+    last_rows,
+    stored_item,
+    with_popularity,
+)
+from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
 
 
-@functools.lru_cache(maxsize=1 << 16)  # seen-item exclusions resend the same ids every call
-def point_id(item_id: str) -> int:
-    """The item's Qdrant point id (ints or UUIDs; item ids are the backend's strings): 63 bits
-    of a hash. Ints, because hits come back as Python objects of the id's type, and turning
-    hundreds of UUIDs into Python objects per search cost more than the search. Collisions
-    (expected at ~3e9 items) are refused when an item is stored."""
-    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big") >> 1
+def _condition(c: Condition) -> qe.FieldCondition | qe.HasIdCondition:
+    if isinstance(c, AnyOf):
+        return qe.FieldCondition(key=c.key, match=qe.MatchAny(any=list(c.values)))
+    return qe.HasIdCondition(point_ids=set(c.point_ids))
 
 
-# The text is stored for humans and re-encoding, not needed to serve.
-PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity"]
-
-
-def item_payload(item: common_pb2.Item, popularity: float | None) -> dict:
-    """What the shard stores per item (the text is kept for humans and re-encoding). popularity
-    None: the item carries none - the store keeps the stored one (0 for a new item)."""
-    payload = {
-        "item_id": item.item_id,
-        "title": item.title,
-        "categories": list(item.categories),
-        "text": item_text(item),
-    }
-    if popularity is not None:
-        payload["popularity"] = float(popularity)
-    return payload
-
-
-def last_rows(items: list[dict]) -> list[int]:
-    """The rows to write, in order: an id given more than once is written from its last row."""
-    last = {item["item_id"]: row for row, item in enumerate(items)}
-    return sorted(last.values())
-
-
-def with_popularity(items: list[dict], stored: dict[str, float]) -> list[dict]:
-    """items, each with a popularity: its own, else the stored one (`stored`: item id ->
-    popularity), else 0 - a statistic the catalog build computed, not reset by an update."""
-    return [item if "popularity" in item else item | {"popularity": stored.get(item["item_id"], 0.0)}
-            for item in items]
-
-
-# Named vectors per item. Search sources name the first three; "similar" holds the catalog
-# vector again, which Qdrant normalises, so that item-to-item search is by cosine.
-INTEREST, SESSION, QUERY = "interest", "similar", "text"
-# Bump when what a shard holds changes: cached catalog builds are keyed on it.
-LAYOUT = "interest.similar.text/v2"  # v2: 63-bit int point ids (v1: UUIDv5)
-
-
-class OlderLayout(ValueError):
-    """A catalog recmesh built with another LAYOUT: rebuild (or republish) it."""
-
-
-@dataclass
-class StoredItem:
-    item_id: str
-    title: str
-    categories: list[str]
-    popularity: float
-    score: float = 0.0
-
-
-@dataclass
-class Found:
-    """Items and, when asked for, their vectors as matrices with one row per item (columnar:
-    the reply carries matrices, and per-item arrays cost more to build than the search)."""
-
-    items: list[StoredItem]
-    vectors: np.ndarray | None = None  # the catalog's space
-    text_vectors: np.ndarray | None = None  # the language model's
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def ids(self) -> list[str]:
-        return [it.item_id for it in self.items]
-
-
-@dataclass
-class SearchFilter:
-    include_categories: list[str] = field(default_factory=list)
-    exclude_categories: list[str] = field(default_factory=list)
-    exclude_item_ids: list[str] = field(default_factory=list)
-
-    def to_qdrant(self, with_ids: bool = True) -> qe.Filter | None:
-        """with_ids=False leaves the excluded ids out (the caller drops them from the hits)."""
-        must, must_not = [], []
-        if self.include_categories:
-            must.append(qe.FieldCondition(key="categories", match=qe.MatchAny(any=list(self.include_categories))))
-        if self.exclude_categories:
-            must_not.append(qe.FieldCondition(key="categories", match=qe.MatchAny(any=list(self.exclude_categories))))
-        if with_ids and self.exclude_item_ids:
-            must_not.append(qe.HasIdCondition(point_ids={point_id(i) for i in self.exclude_item_ids}))
-        if not must and not must_not:
-            return None
-        return qe.Filter(must=must or None, must_not=must_not or None)
+def edge_filter(conditions: Conditions | None) -> qe.Filter | None:
+    """The conditions (`SearchFilter.conditions`) in qdrant_edge's types."""
+    if conditions is None:
+        return None
+    return qe.Filter(must=[_condition(c) for c in conditions.must] or None,
+                     must_not=[_condition(c) for c in conditions.must_not] or None)
 
 
 class CatalogMirror:
@@ -176,10 +103,13 @@ class CatalogMirror:
         return Found(found, self._vectors[rows], self._text[rows])
 
 
-class EdgeItemStore:
+class EdgeItemStore(ItemIndex):
     """One Qdrant Edge shard of items: three named vectors (INTEREST: the catalog vector, dot
     product; SESSION: the same, cosine; QUERY: the language-model text vector, cosine) and the
-    payload {item_id, title, categories, popularity, text}."""
+    payload {item_id, title, categories, popularity, text}. Reads are answered from the
+    CatalogMirror and the shard's search, in this process."""
+
+    reads_in_process = True
 
     # Excluded ids (mostly what the user has seen) are dropped from over-fetched hits up to this
     # many: cheaper than Qdrant's id filter (building it alone cost ~0.2 ms for 150 ids).
@@ -193,6 +123,7 @@ class EdgeItemStore:
         self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
         # Writes are few; serialising them keeps upsert+flush atomic with respect to each other.
         self._write_lock = threading.Lock()
+        self._closed = False
         self._mirror = CatalogMirror(self.dim, self.text_dim)
         self._load_mirror()
 
@@ -207,6 +138,7 @@ class EdgeItemStore:
 
     @classmethod
     def create(cls, path: Path, dim: int, text_dim: int, version: str, hnsw_ef: int = 128) -> "EdgeItemStore":
+        """A new shard in the directory `path`; its metadata (dims, version, layout) beside it."""
         path.mkdir(parents=True, exist_ok=True)
         config = qe.EdgeConfig(vectors={
             INTEREST: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),
@@ -222,6 +154,8 @@ class EdgeItemStore:
 
     @classmethod
     def open(cls, path: Path, hnsw_ef: int = 128) -> "EdgeItemStore":
+        """The shard in `path`, its items loaded into the mirror (FileNotFoundError: none there,
+        run `recmesh bootstrap`; OlderLayout: rebuild it with `--force`)."""
         meta_path = cls._meta_path(path)
         if not path.is_dir() or not meta_path.is_file():
             raise FileNotFoundError(f"no item shard at {path}: run `recmesh bootstrap` first")
@@ -235,8 +169,7 @@ class EdgeItemStore:
 
     def export(self, batch: int = 512, payload: list[str] | bool = True
                ) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray]]:
-        """Every item as (payloads: all fields, or those named; catalog vectors; text vectors),
-        batch by batch."""
+        """As ItemIndex.export."""
         offset = None
         while True:
             records, offset = self._shard.scroll(
@@ -248,9 +181,8 @@ class EdgeItemStore:
                 return
 
     def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
-        """items: dicts with item_id, title, categories, text and optionally popularity (absent:
-        the stored one is kept, 0 for a new item); row i of the matrices is items[i]'s. An id
-        given twice is written once, from its last row. Returns the distinct items written."""
+        """As ItemIndex.upsert. An id whose point id another item holds is refused (ValueError)
+        before the shard is written; the popularity kept is the one stored when the write lands."""
         rows = last_rows(items)
         items, vectors, text_vectors = [items[r] for r in rows], vectors[rows], text_vectors[rows]
         # Under the write lock: the popularity kept is the one stored when this write lands.
@@ -267,8 +199,7 @@ class EdgeItemStore:
         return len(points)
 
     def delete(self, item_ids: list[str]) -> int:
-        """Returns how many distinct items existed and are now deleted (repeated and unknown ids
-        count nothing)."""
+        """As ItemIndex.delete; exact also under concurrent deletes."""
         ids = list(dict.fromkeys(item_ids))
         # Counted under the write lock: two concurrent deletes of one item count it once.
         with self._write_lock:
@@ -278,21 +209,23 @@ class EdgeItemStore:
         return len(existing)
 
     def flush(self) -> None:
+        """Writes the shard's pending changes to disk (close does too)."""
         with self._write_lock:
             self._shard.flush()
 
     def optimize(self) -> None:
-        """Build indexes after a bulk load."""
+        """Build indexes after a bulk load (Edge only: a Qdrant server's optimizers build them in
+        the background)."""
         with self._write_lock:
             self._shard.optimize()
 
     def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
                with_vectors: bool) -> Found:
-        """Up to `limit` items from each (vector name, query vector) source, merged in order
-        without duplicates; the score is the first source's that found the item."""
+        """As ItemIndex.search: the shard finds point ids and scores, the mirror turns them into
+        items (and vectors)."""
         excluded = set(flt.exclude_item_ids)
         overfetch = len(excluded) <= self.MAX_OVERFETCH
-        qfilter = flt.to_qdrant(with_ids=not overfetch)
+        qfilter = edge_filter(flt.conditions(with_ids=not overfetch))
         # Over-fetching by the number excluded still leaves `limit` hits after dropping them.
         fetch = limit + len(excluded) if overfetch else limit
         requests = [qe.QueryRequest(query=qe.Query.Nearest(vector.tolist(), using=name), limit=fetch,
@@ -313,26 +246,22 @@ class EdgeItemStore:
         return self._mirror.items(list(scores), list(scores.values()), with_vectors)
 
     def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
-        """Items in the order asked; unknown ids are left out."""
+        """As ItemIndex.get, from the mirror."""
         return self._mirror.items(item_ids, with_vectors=with_vectors)
 
     def top_popular(self, limit: int, with_vectors: bool = False, flt: SearchFilter | None = None) -> Found:
-        """The `limit` most popular items that pass flt, most popular first (filtered before
-        the cut: fewer only when fewer match)."""
+        """As ItemIndex.top_popular: the shard orders and filters, the mirror answers."""
         order = qe.OrderBy(key="popularity", direction=qe.Direction.Desc)
-        qfilter = flt.to_qdrant() if flt is not None else None
+        qfilter = edge_filter(flt.conditions()) if flt is not None else None
         records, _ = self._shard.scroll(qe.ScrollRequest(limit=limit, order_by=order, filter=qfilter,
                                                          with_payload=["item_id"]))
         return self._mirror.items([r.payload["item_id"] for r in records], with_vectors=with_vectors)
 
     def close(self) -> None:
-        self._shard.close()
-
-
-def stored_item(payload: dict) -> StoredItem:
-    return StoredItem(
-        item_id=payload["item_id"],
-        title=payload.get("title", ""),
-        categories=list(payload.get("categories", [])),
-        popularity=float(payload.get("popularity", 0.0)),
-    )
+        """Flushes, then closes the shard (closing again does nothing: a closed shard cannot flush)."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._shard.flush()
+            self._shard.close()

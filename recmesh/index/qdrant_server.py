@@ -1,5 +1,6 @@
-"""Items in a Qdrant server or cluster through qdrant-client (gRPC): the scale-out backend,
-with the same layout and behaviour as EdgeItemStore (recmesh/index/edge.py).
+"""Items in a Qdrant server or cluster through qdrant-client (gRPC): the scale-out backend of
+`recmesh.index.base.ItemIndex`, with the same layout and behaviour as EdgeItemStore
+(recmesh/index/edge.py).
 
 Unlike the Edge store it keeps no catalog mirror in memory - at scale the catalog does not fit
 one pod - so payloads and the candidates' vectors come back with each search. The collection's
@@ -8,24 +9,24 @@ collection is created (`recmesh publish-catalog`)."""
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from recmesh.index.edge import (
-    INTEREST,
-    LAYOUT,
-    PAYLOAD_FIELDS,
-    QUERY,
-    SESSION,
+from recmesh.index.base import (
+    AnyOf,
+    Condition,
+    Conditions,
     Found,
-    OlderLayout,
+    ItemIndex,
     SearchFilter,
     last_rows,
-    point_id,
     stored_item,
     with_popularity,
 )
+from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
 
 
 def connect(url: str, timeout_s: int = 10) -> QdrantClient:
@@ -38,20 +39,29 @@ def connect(url: str, timeout_s: int = 10) -> QdrantClient:
     return QdrantClient(url=url, prefer_grpc=True, timeout=timeout_s)
 
 
-def _filter(flt: SearchFilter) -> qm.Filter | None:
-    must, must_not = [], []
-    if flt.include_categories:
-        must.append(qm.FieldCondition(key="categories", match=qm.MatchAny(any=list(flt.include_categories))))
-    if flt.exclude_categories:
-        must_not.append(qm.FieldCondition(key="categories", match=qm.MatchAny(any=list(flt.exclude_categories))))
-    if flt.exclude_item_ids:
-        must_not.append(qm.HasIdCondition(has_id=[point_id(i) for i in flt.exclude_item_ids]))
-    if not must and not must_not:
+def _condition(c: Condition) -> qm.FieldCondition | qm.HasIdCondition:
+    if isinstance(c, AnyOf):
+        return qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values)))
+    return qm.HasIdCondition(has_id=list(c.point_ids))
+
+
+def client_filter(conditions: Conditions | None) -> qm.Filter | None:
+    """The conditions (`SearchFilter.conditions`) in qdrant-client's types."""
+    if conditions is None:
         return None
-    return qm.Filter(must=must or None, must_not=must_not or None)
+    return qm.Filter(must=[_condition(c) for c in conditions.must] or None,
+                     must_not=[_condition(c) for c in conditions.must_not] or None)
 
 
-class QdrantServerStore:
+def _filter(flt: SearchFilter | None) -> qm.Filter | None:
+    # Every exclusion, ids included, is the server's to filter: no mirror here to drop them from.
+    return client_filter(flt.conditions()) if flt is not None else None
+
+
+class QdrantServerStore(ItemIndex):
+    """One Qdrant collection of items (on a server or a cluster, sharded and replicated as it
+    was created). Every read is a call to the server: `reads_in_process` is False."""
+
     def __init__(self, client: QdrantClient, collection: str, meta: dict, hnsw_ef: int = 128):
         self._client, self._collection = client, collection
         self.dim, self.text_dim = int(meta["dim"]), int(meta["text_dim"])
@@ -61,6 +71,8 @@ class QdrantServerStore:
     @classmethod
     def create(cls, client: QdrantClient, collection: str, dim: int, text_dim: int, version: str,
                shards: int = 1, replication: int = 1, hnsw_ef: int = 128) -> "QdrantServerStore":
+        """A new collection `collection` through `client`, spread over `shards` shards of
+        `replication` copies each; its metadata (dims, version, layout) in the collection's."""
         meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT}
         client.create_collection(
             collection,
@@ -75,6 +87,8 @@ class QdrantServerStore:
 
     @classmethod
     def open(cls, client: QdrantClient, collection: str, hnsw_ef: int = 128) -> "QdrantServerStore":
+        """The collection `collection` through `client` (FileNotFoundError: none, run `recmesh
+        publish-catalog`; ValueError: not recmesh's; OlderLayout: publish it again)."""
         if not client.collection_exists(collection):
             raise FileNotFoundError(f"no collection {collection!r}: run `recmesh publish-catalog` first")
         meta = client.get_collection(collection).config.metadata or {}
@@ -90,10 +104,11 @@ class QdrantServerStore:
         return self._client.count(self._collection, exact=True).count
 
     def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
-        """As EdgeItemStore.upsert: popularity absent keeps the stored one (0 for a new item); an
+        """As ItemIndex.upsert: popularity absent keeps the stored one (0 for a new item); an
         id given twice is written once, from its last row; returns the distinct items written.
         The stored popularity is read just before the write: a concurrent writer of the same
-        item's popularity (only a catalog publish writes it) may be overwritten."""
+        item's popularity (only a catalog publish writes it) may be overwritten. Point-id
+        collisions are not checked here (no mirror knows every point id held)."""
         rows = last_rows(items)
         items, vectors, text_vectors = [items[r] for r in rows], vectors[rows], text_vectors[rows]
         keep = [item["item_id"] for item in items if "popularity" not in item]
@@ -115,14 +130,24 @@ class QdrantServerStore:
         self._client.delete(self._collection, qm.PointIdsList(points=[point_id(i) for i in ids]), wait=True)
         return len(existing)
 
-    def flush(self) -> None:
-        """Writes are acknowledged by the server with wait=True; nothing is held here."""
-
-    def optimize(self) -> None:
-        """The server's optimizers build indexes in the background."""
+    def export(self, batch: int = 512, payload: list[str] | bool = True
+               ) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray]]:
+        """As ItemIndex.export, scrolled from the server."""
+        offset = None
+        while True:
+            records, offset = self._client.scroll(self._collection, limit=batch, offset=offset, with_payload=payload,
+                                                  with_vectors=[INTEREST, QUERY])
+            if records:
+                yield ([dict(r.payload) for r in records],
+                       np.array([r.vector[INTEREST] for r in records], np.float32).reshape(len(records), -1),
+                       np.array([r.vector[QUERY] for r in records], np.float32).reshape(len(records), -1))
+            if offset is None:
+                return
 
     def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
                with_vectors: bool) -> Found:
+        """As ItemIndex.search: the server filters every exclusion and returns the payloads
+        (and vectors) with the hits."""
         qfilter = _filter(flt)
         vectors = [INTEREST, QUERY] if with_vectors else False
         requests = [qm.QueryRequest(query=vector.tolist(), using=name, limit=limit, filter=qfilter,
@@ -135,6 +160,7 @@ class QdrantServerStore:
         return _found(list(merged.values()), with_vectors)
 
     def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
+        """As ItemIndex.get."""
         records = self._client.retrieve(self._collection, [point_id(i) for i in item_ids],
                                         with_payload=PAYLOAD_FIELDS, with_vectors=[INTEREST, QUERY] if with_vectors
                                         else False)
@@ -142,14 +168,15 @@ class QdrantServerStore:
         return _found([by_id[i] for i in item_ids if i in by_id], with_vectors)
 
     def top_popular(self, limit: int, with_vectors: bool = False, flt: SearchFilter | None = None) -> Found:
-        """As EdgeItemStore.top_popular: filtered before the cut."""
+        """As ItemIndex.top_popular: filtered before the cut."""
         records, _ = self._client.scroll(
             self._collection, limit=limit, order_by=qm.OrderBy(key="popularity", direction=qm.Direction.DESC),
-            scroll_filter=_filter(flt) if flt is not None else None,
+            scroll_filter=_filter(flt),
             with_payload=PAYLOAD_FIELDS, with_vectors=[INTEREST, QUERY] if with_vectors else False)
         return _found(records, with_vectors)
 
     def close(self) -> None:
+        """Closes the client; writes were acknowledged by the server (wait=True), nothing is held here."""
         self._client.close()
 
 

@@ -1,4 +1,5 @@
-"""recmesh.v1.Retrieval over an EdgeItemStore or a QdrantServerStore (same behaviour)."""
+"""recmesh.v1.Retrieval over an item index (recmesh.index.base.ItemIndex): an EdgeItemStore or a
+QdrantServerStore (same behaviour)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,9 @@ from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.validation import check_item
 from recmesh.common.vectors import from_matrix, l2_normalize, optional_row, to_matrix
-from recmesh.index.edge import (
-    INTEREST,
-    QUERY,
-    SESSION,
-    EdgeItemStore,
-    Found,
-    SearchFilter,
-    item_payload,
-)
+from recmesh.index.base import Found, ItemIndex, SearchFilter
+from recmesh.index.edge import EdgeItemStore
+from recmesh.index.layout import INTEREST, QUERY, SESSION, item_payload
 from recmesh.index.qdrant_server import QdrantServerStore, connect
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
@@ -31,24 +26,22 @@ from services.retrieval.config import RetrievalSettings
 T = TypeVar("T")
 
 
+def open_index(settings: RetrievalSettings) -> ItemIndex:
+    """The index the settings name (blocks: disk or network)."""
+    if settings.backend == "qdrant":
+        return QdrantServerStore.open(connect(settings.qdrant_url), settings.collection, settings.hnsw_ef)
+    return EdgeItemStore.open(settings.shard_dir, settings.hnsw_ef)
+
+
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     def __init__(self, settings: RetrievalSettings):
         self._settings = settings
-        self._store: EdgeItemStore | QdrantServerStore | None = None
+        self._store: ItemIndex | None = None
         # Writes, and every call to a Qdrant server, block: they run off the event loop.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qdrant")
-        # Edge reads are CPU work of a millisecond or two: on the loop they cost less than the
-        # hand-off to a thread and back (measured: ~1 ms CPU per Search).
-        self._inline_reads = settings.backend != "qdrant"
 
     async def load(self) -> None:
-        s = self._settings
-        if s.backend == "qdrant":
-            client = await self._run(connect, s.qdrant_url)
-            self._store = await self._run(QdrantServerStore.open, client, s.collection, s.hnsw_ef)
-        else:
-            self._store = await self._run(EdgeItemStore.open, s.shard_dir, s.hnsw_ef)
-        store = self._store
+        self._store = store = await self._run(open_index, self._settings)
         set_version("retrieval", "index", store.version)
         warm = [(INTEREST, np.ones(store.dim, np.float32)), (SESSION, np.ones(store.dim, np.float32)),
                 (QUERY, np.ones(store.text_dim, np.float32))]
@@ -58,10 +51,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _read(self, fn: Callable[..., T], *args) -> T:
-        return fn(*args) if self._inline_reads else await self._run(fn, *args)
+        # Edge reads are CPU work of a millisecond or two: on the loop they cost less than the
+        # hand-off to a thread and back (measured: ~1 ms CPU per Search).
+        return fn(*args) if self.store.reads_in_process else await self._run(fn, *args)
 
     @property
-    def store(self) -> EdgeItemStore | QdrantServerStore:
+    def store(self) -> ItemIndex:
         if self._store is None:
             raise Unavailable("retrieval is warming up")
         return self._store
@@ -164,8 +159,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
 
     async def close(self) -> None:
         if self._store is not None:
-            await self._run(self._store.flush)
-            self._store.close()
+            await self._run(self._store.close)  # flushes what the backend holds
         self._pool.shutdown(wait=True)
 
 

@@ -53,3 +53,39 @@ def gateway_channel(stack: Stack):
 @pytest.fixture
 def user() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A durable redis-server on loopback (the dev extra brings the binary), shared: each test
+    keeps to its own key prefix."""
+    from recmesh.tools.redisserver import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def event_stores(request, tmp_path, redis_server):
+    """Both event stores, one per test run: call it with the per-user limits (recent_items,
+    seen_items, recent_queries) for a new, unopened store of this run's kind (`.kind`), over
+    the same data each time (`.prefix`: its Redis keys)."""
+    from recmesh.events.state import UserStateStore
+    from recmesh.events.stores import LocalStore, RedisStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+
+    def make(**limits):
+        if request.param == "redis":
+            return RedisStore(redis_server.url, prefix, dedupe_ttl_s=3600, **limits)
+        return LocalStore(tmp_path / "events.sqlite", UserStateStore(**limits))
+
+    make.kind, make.prefix = request.param, prefix
+    return make
+
+
+async def opened(make):
+    """A store from a no-argument factory, opened."""
+    store = make()
+    await store.open()
+    return store

@@ -14,10 +14,9 @@ import redis
 from recmesh.client import Event
 from recmesh.common.clock import now_ms
 from recmesh.events.eventlog import LoggedEvent
-from recmesh.events.state import UserStateStore
-from recmesh.events.stores import LocalStore, RedisStore
-from recmesh.tools.redisserver import RedisServer
+from recmesh.events.stores import RedisStore
 from recmesh.v1 import common_pb2
+from tests.integration.conftest import opened
 
 pytestmark = pytest.mark.integration
 CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH
@@ -34,34 +33,18 @@ def ids(groups):
     return [[e.event_id for e in group] for group in groups]
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def make_store(request, tmp_path, redis_server):
-    prefix = f"f{uuid.uuid4().hex[:8]}"  # each test its own keys in the shared server
-
+@pytest.fixture
+def make_store(event_stores):
     def make():
-        if request.param == "redis":
-            return RedisStore(redis_server.url, prefix, dedupe_ttl_s=3600, **LIMITS)
-        return LocalStore(tmp_path / "events.sqlite", UserStateStore(*LIMITS.values()))
+        return event_stores(**LIMITS)
 
-    make.kind, make.prefix = request.param, prefix
+    make.kind, make.prefix = event_stores.kind, event_stores.prefix
     return make
-
-
-async def _opened(make):
-    store = make()
-    await store.open()
-    return store
 
 
 def test_state_follows_event_time_not_arrival(make_store):
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         await store.append_groups([[ev("a", "2", T), ev("b", "1", T - HOUR)]])
         first = await store.user_view("u1", 10)
         # A tie with "b" keeps arrival order; "0" is late and older than all: a full window drops it.
@@ -73,7 +56,7 @@ def test_state_follows_event_time_not_arrival(make_store):
                                     ev("q3", "", T - HOUR, type=SEARCH, query="mid")]])
         queries = (await store.user_view("u1", 10)).queries
         await store.close()
-        again = await _opened(make_store)  # a restarted (or another) replica
+        again = await opened(make_store)  # a restarted (or another) replica
         after = await again.user_view("u1", 10)
         await again.close()
         return first, second, two, queries, after
@@ -94,7 +77,7 @@ def test_a_retry_after_delete_user_is_a_duplicate_and_does_not_recreate_the_user
     e1, e2 = ev(f"{gone}-e1", "1", T, user=gone), ev(f"{gone}-e2", "2", T, user=gone)
 
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         assert ids(await store.append_groups([[e1, e2, ev("k1", "1", T, user="kept")]])) == [[e1.event_id,
                                                                                              e2.event_id, "k1"]]
         deleted = [await store.delete_user(gone), await store.delete_user(gone)]
@@ -103,7 +86,7 @@ def test_a_retry_after_delete_user_is_a_duplicate_and_does_not_recreate_the_user
         retried = await store.append_groups([[e1, e1], [e2, new]])
         view = await store.user_view(gone, 5)
         await store.close()
-        store = await _opened(make_store)  # still a duplicate for a restarted (or another) replica
+        store = await opened(make_store)  # still a duplicate for a restarted (or another) replica
         again = await store.append_groups([[e1, e2]])
         deleted.append(await store.delete_user(gone))
         after = await store.user_view(gone, 5), await store.user_view("kept", 5)
@@ -151,7 +134,7 @@ def test_redis_delete_user_leaves_no_bytes_of_their_events_on_disk(redis_server)
 
 def test_counts_count_effects_within_a_call_and_a_group_commit(make_store):
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         one_call = await store.append_groups([[ev("x", "1", T), ev("x", "1", T), ev("y", "2", T)]])
         commit = await store.append_groups([[ev("y", "2", T), ev("z", "3", T)], [ev("z", "3", T)], [ev("x", "1", T)]])
         view = await store.user_view("u1", 10)
@@ -203,7 +186,7 @@ def test_no_user_id_names_another_users_state(make_store):
     suffixes = [":recent", ":seen", ":queries", ":query_ts", ":log", ""]
 
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         await store.append_groups([[ev("b0", "9", T, user="bob:log")]])  # before bob exists
         await store.append_groups([[ev(f"a{i}", str(i), T + i, user="alice", query=f"q{i}") for i in range(2)],
                                    [ev("b1", "1", T, user="bob")]])

@@ -11,10 +11,9 @@ import pytest
 import redis
 
 from recmesh.events.eventlog import LoggedEvent
-from recmesh.events.state import UserStateStore
-from recmesh.events.stores import LocalStore, RedisStore
-from recmesh.tools.redisserver import RedisServer
+from recmesh.events.stores import RedisStore
 from recmesh.v1 import common_pb2
+from tests.integration.conftest import opened
 
 pytestmark = pytest.mark.integration
 CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH
@@ -25,46 +24,25 @@ def ev(event_id, user="u1", item="1", type=CLICK, query="", value=0.5, request_i
     return LoggedEvent(event_id, user, item, type, query, value, 1000, request_id)
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def make_store(request, tmp_path, redis_server):
-    prefix = f"t{abs(hash(tmp_path)) % 10**9}"  # each test its own keys in the shared server
-
+@pytest.fixture
+def make_store(event_stores):
     def make():
-        if request.param == "redis":
-            return RedisStore(redis_server.url, prefix, dedupe_ttl_s=3600, **LIMITS)
-        return LocalStore(tmp_path / "events.sqlite", UserStateStore(*LIMITS.values()))
+        return event_stores(**LIMITS)
 
-    make.kind = request.param
-    make.prefix = prefix
+    make.kind, make.prefix = event_stores.kind, event_stores.prefix
     return make
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-async def _opened(make):
-    store = make()
-    await store.open()
-    return store
 
 
 def test_append_is_atomic_per_batch_and_idempotent_by_event_id(make_store):
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         first = await store.append_groups([[ev("a"), ev("b")], [ev("b"), ev("c")]])
         again = await store.append_groups([[ev("c"), ev("d"), ev("d")]])
         view = await store.user_view("u1", 10)
         await store.close()
         return first, again, view
 
-    first, again, view = run(go())
+    first, again, view = asyncio.run(go())
     assert [[e.event_id for e in g] for g in first] == [["a", "b"], ["c"]]
     assert [[e.event_id for e in g] for g in again] == [["d"]]
     assert view.event_count == 4
@@ -72,7 +50,7 @@ def test_append_is_atomic_per_batch_and_idempotent_by_event_id(make_store):
 
 def test_user_view_keeps_recent_seen_and_queries_within_limits(make_store):
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         events = [ev(f"e{i}", item=str(i), value=i / 2, request_id=f"r{i}") for i in range(6)]
         events.insert(2, ev("s", item="", type=SEARCH, query="space opera"))
         events.append(ev("q", item="9", query="funny dogs"))
@@ -82,7 +60,7 @@ def test_user_view_keeps_recent_seen_and_queries_within_limits(make_store):
         await store.close()
         return view, none
 
-    view, none = run(go())
+    view, none = asyncio.run(go())
     assert none is None
     assert [e.item_id for e in view.recent] == ["5", "9"]  # oldest first, at most max_recent
     assert view.recent[0] == ev("e5", item="5", value=2.5, request_id="r5")  # every field kept
@@ -93,16 +71,16 @@ def test_user_view_keeps_recent_seen_and_queries_within_limits(make_store):
 
 def test_state_survives_a_new_store_instance(make_store):
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         await store.append_groups([[ev("a", item="7"), ev("b", user="u2")]])
         await store.close()
-        store = await _opened(make_store)  # a restarted (or another) replica
+        store = await opened(make_store)  # a restarted (or another) replica
         view = await store.user_view("u1", 5)
         dup = await store.append_groups([[ev("a", item="7")]])
         await store.close()
         return view, dup
 
-    view, dup = run(go())
+    view, dup = asyncio.run(go())
     assert [e.event_id for e in view.recent] == ["a"] and dup == [[]]
 
 
@@ -110,7 +88,7 @@ def test_delete_user_leaves_nothing_of_them(make_store, redis_server, tmp_path):
     gone = f"gone-{tmp_path.name}"
 
     async def go():
-        store = await _opened(make_store)
+        store = await opened(make_store)
         await store.append_groups([[ev("a", user=gone, item="1", query="secret"), ev("b", user=gone, item="2"),
                                     ev("c", user="kept", item="1")]])
         deleted = await store.delete_user(gone)
@@ -121,7 +99,7 @@ def test_delete_user_leaves_nothing_of_them(make_store, redis_server, tmp_path):
         await store.close()
         return deleted, views, readded
 
-    deleted, (gone_view, kept), readded = run(go())
+    deleted, (gone_view, kept), readded = asyncio.run(go())
     assert deleted == 2 and gone_view is None and kept.event_count == 1
     assert [e.event_id for g in readded for e in g] == ["n"]
     if make_store.kind == "redis":
@@ -152,6 +130,6 @@ def test_redis_store_refuses_a_server_that_could_lose_acknowledged_events(redis_
     r.config_set("appendfsync", "everysec")
     try:
         with pytest.raises(RuntimeError, match="appendfsync always"):
-            run(RedisStore(redis_server.url, "x", dedupe_ttl_s=60, **LIMITS).open())
+            asyncio.run(RedisStore(redis_server.url, "x", dedupe_ttl_s=60, **LIMITS).open())
     finally:
         r.config_set("appendfsync", "always")

@@ -4,7 +4,9 @@ through qdrant-client (here in its local mode, which runs the same client code p
 import numpy as np
 import pytest
 
-from recmesh.index.edge import INTEREST, QUERY, SESSION, EdgeItemStore, SearchFilter
+from recmesh.index.base import ItemIndex, SearchFilter
+from recmesh.index.edge import EdgeItemStore
+from recmesh.index.layout import INTEREST, QUERY, SESSION
 from recmesh.index.qdrant_server import QdrantServerStore, connect
 
 BACKENDS = {
@@ -81,7 +83,6 @@ def test_popular_get_delete_and_reopen(store, tmp_path, backend):
     assert s.delete(["i19", "missing"]) == 1
     assert s.top_popular(1).ids() == ["i18"]
     s.upsert([items(20)[5] | {"title": "renamed"}], vectors[6:7], texts[6:7])
-    s.flush()
     s.close()
     reopened = backend[1](tmp_path / "shard")
     assert reopened.count() == 19 and reopened.version == "test"
@@ -163,3 +164,39 @@ def test_an_item_whose_point_id_another_holds_is_refused_before_the_shard_is_wri
         s.upsert(items(2)[1:], vectors[1:], texts[1:])
     assert s.get(["i0", "i1"]).ids() == ["i0"] and s.count() == 1
     s.close()
+
+
+@pytest.mark.parametrize("cls", [EdgeItemStore, QdrantServerStore], ids=["edge", "server"])
+def test_both_backends_implement_the_declared_interface(cls):
+    assert issubclass(cls, ItemIndex) and not cls.__abstractmethods__
+    assert cls.reads_in_process is (cls is EdgeItemStore)  # what the servicer runs inline
+
+
+def test_export_gives_back_every_item_as_upsert_takes_it(store):
+    s, vectors, texts = store
+    exported = list(s.export(batch=7))
+    assert [len(payloads) for payloads, _, _ in exported] == [7, 7, 6]
+    rows = {p["item_id"]: (p, v, t)
+            for payloads, vs, ts in exported for p, v, t in zip(payloads, vs, ts, strict=True)}
+    assert sorted(rows) == sorted(it["item_id"] for it in items(20))
+    for i, item in enumerate(items(20)):
+        payload, vector, text = rows[item["item_id"]]
+        assert payload == item and np.allclose(vector, vectors[i]) and np.allclose(text, texts[i], atol=1e-6)
+    assert all(set(p) == {"item_id", "title"} for payloads, _, _ in s.export(payload=["item_id", "title"])
+               for p in payloads)
+
+
+def test_the_filter_rule_is_written_once_for_both_backends():
+    from recmesh.index.base import AnyOf, HasPoint
+    from recmesh.index.edge import edge_filter
+    from recmesh.index.layout import point_id
+    from recmesh.index.qdrant_server import client_filter
+
+    flt = SearchFilter(include_categories=["a"], exclude_categories=["b", "c"], exclude_item_ids=["x"])
+    conditions = flt.conditions()
+    assert conditions.must == (AnyOf("categories", ("a",)),)
+    assert conditions.must_not == (AnyOf("categories", ("b", "c")), HasPoint((point_id("x"),)))
+    assert flt.conditions(with_ids=False).must_not == (AnyOf("categories", ("b", "c")),)
+    assert SearchFilter().conditions() is None and SearchFilter(exclude_item_ids=["x"]).conditions(False) is None
+    assert edge_filter(None) is None and client_filter(None) is None
+    assert len(client_filter(conditions).must_not) == 2 and edge_filter(conditions) is not None

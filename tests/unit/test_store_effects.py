@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from recmesh.common.vectors import to_matrix
-from recmesh.index.edge import EdgeItemStore, SearchFilter
+from recmesh.index.base import SearchFilter
+from recmesh.index.edge import EdgeItemStore
 from recmesh.index.qdrant_server import QdrantServerStore, connect
 from recmesh.v1 import common_pb2, retrieval_pb2
 from services.retrieval.config import RetrievalSettings

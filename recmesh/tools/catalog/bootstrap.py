@@ -39,7 +39,7 @@ def text_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str:
 
 def build_key(text: str, interest_model: Path) -> str:
     """... and the catalog, also on the interest model that places the items and the shard layout."""
-    from recmesh.index.edge import LAYOUT
+    from recmesh.index.layout import LAYOUT
 
     return hashlib.sha256(f"{text}|{LAYOUT}".encode() + interest_model.read_bytes()).hexdigest()[:16]
 
@@ -64,7 +64,8 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
               variant: str = "onnx-fp32", interest_model: Path = SERVED_ARTIFACT) -> dict:
     # Imported here: they pull in torch and Qdrant, which `recmesh --help` should not pay for.
     from recmesh.events.eventlog import EventLog, LoggedEvent
-    from recmesh.index.edge import EdgeItemStore, item_payload
+    from recmesh.index.edge import EdgeItemStore
+    from recmesh.index.layout import item_payload
     from recmesh.models.interest.served import ServedInterestModel
 
     shard_dir = var / "catalog" / "qdrant"
@@ -101,8 +102,7 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
             ]
             bar.update(store.upsert(payloads, vectors[i : i + chunk], texts[i : i + chunk]))
     store.optimize()
-    store.flush()
-    store.close()
+    store.close()  # flushes
     for suffix in ("", ".meta.json"):
         live = shard_dir.parent / f"{shard_dir.name}{suffix}"
         shutil.rmtree(live, ignore_errors=True) if live.is_dir() else live.unlink(missing_ok=True)

@@ -16,7 +16,8 @@ from recmesh.tools.catalog.bootstrap import DEFAULT_VAR
 def publish(shard_dir: Path, url: str, collection: str, shards: int, replication: int, batch: int = 256) -> dict:
     from tqdm import tqdm
 
-    from recmesh.index.edge import EdgeItemStore, OlderLayout
+    from recmesh.index.edge import EdgeItemStore
+    from recmesh.index.layout import OlderLayout
     from recmesh.index.qdrant_server import QdrantServerStore, connect
 
     edge = EdgeItemStore.open(shard_dir)

@@ -1,0 +1,205 @@
+"""The item index's declared interface: what retrieval serves from and what the catalog tooling
+writes to, whichever backend holds the items.
+
+- `ItemIndex`: the abstract base every backend subclasses (one module per backend:
+  `recmesh.index.edge.EdgeItemStore`, `recmesh.index.qdrant_server.QdrantServerStore`);
+- the result types `StoredItem`, `Found`, and the request's `SearchFilter`;
+- the filter's meaning, written once (`SearchFilter.conditions`): each backend only translates
+  the conditions into its client's types;
+- the write rules every backend's `upsert` follows (`last_rows`, `with_popularity`).
+
+Vectors are float32 numpy arrays; `dim` is the catalog space's size (INTEREST, SESSION),
+`text_dim` the language model's (QUERY). Vector names and the payload are in
+`recmesh.index.layout`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Self
+
+import numpy as np
+
+from recmesh.index.layout import point_id
+
+
+@dataclass
+class StoredItem:
+    item_id: str
+    title: str
+    categories: list[str]
+    popularity: float
+    score: float = 0.0
+
+
+def stored_item(payload: dict) -> StoredItem:
+    """A stored payload (all fields, or at least PAYLOAD_FIELDS) as an item, score 0."""
+    return StoredItem(
+        item_id=payload["item_id"],
+        title=payload.get("title", ""),
+        categories=list(payload.get("categories", [])),
+        popularity=float(payload.get("popularity", 0.0)),
+    )
+
+
+@dataclass
+class Found:
+    """Items and, when asked for, their vectors as matrices with one row per item (columnar:
+    the reply carries matrices, and per-item arrays cost more to build than the search)."""
+
+    items: list[StoredItem]
+    vectors: np.ndarray | None = None  # the catalog's space
+    text_vectors: np.ndarray | None = None  # the language model's
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def ids(self) -> list[str]:
+        return [it.item_id for it in self.items]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """The payload field `key` (a list of keywords) holds at least one of `values`."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HasPoint:
+    """The item's point id (`layout.point_id`) is one of `point_ids`."""
+
+    point_ids: tuple[int, ...]
+
+
+Condition = AnyOf | HasPoint
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """A filter, backend-neutral: an item passes when it meets every `must` condition and none
+    of the `must_not` ones. Backends translate it into their client's filter type."""
+
+    must: tuple[Condition, ...]
+    must_not: tuple[Condition, ...]
+
+
+@dataclass
+class SearchFilter:
+    include_categories: list[str] = field(default_factory=list)
+    exclude_categories: list[str] = field(default_factory=list)
+    exclude_item_ids: list[str] = field(default_factory=list)
+
+    def conditions(self, with_ids: bool = True) -> Conditions | None:
+        """The filter's rule, the one place it is written: an item passes when it has any of
+        include_categories (none given: every item), none of exclude_categories, and is not
+        one of exclude_item_ids. None: nothing to filter. with_ids=False leaves the excluded
+        ids out (the caller drops them from the hits)."""
+        must, must_not = [], []
+        if self.include_categories:
+            must.append(AnyOf("categories", tuple(self.include_categories)))
+        if self.exclude_categories:
+            must_not.append(AnyOf("categories", tuple(self.exclude_categories)))
+        if with_ids and self.exclude_item_ids:
+            must_not.append(HasPoint(tuple(point_id(i) for i in self.exclude_item_ids)))
+        if not must and not must_not:
+            return None
+        return Conditions(tuple(must), tuple(must_not))
+
+
+def last_rows(items: list[dict]) -> list[int]:
+    """The rows to write, in order: an id given more than once is written from its last row."""
+    last = {item["item_id"]: row for row, item in enumerate(items)}
+    return sorted(last.values())
+
+
+def with_popularity(items: list[dict], stored: dict[str, float]) -> list[dict]:
+    """items, each with a popularity: its own, else the stored one (`stored`: item id ->
+    popularity), else 0 - a statistic the catalog build computed, not reset by an update."""
+    return [item if "popularity" in item else item | {"popularity": stored.get(item["item_id"], 0.0)}
+            for item in items]
+
+
+class ItemIndex(ABC):
+    """Items with three named vectors (layout.INTEREST: the catalog vector, dot product;
+    layout.SESSION: the same vector, cosine; layout.QUERY: the language-model text vector,
+    cosine) and the payload {item_id, title, categories, popularity, text}
+    (`layout.item_payload`), addressed by `layout.point_id(item_id)`.
+
+    Methods block (disk or network); they may be called from several threads. Backends
+    differ in where the items live (the arguments `create` and `open` begin with), in what a
+    read costs (`reads_in_process`) and in what they can promise under concurrent writers
+    (see each backend's `upsert` and `delete`)."""
+
+    dim: int  # catalog vectors' size (INTEREST, SESSION)
+    text_dim: int  # text vectors' size (QUERY)
+    version: str  # the catalog build the items came from ("unversioned" when it said none)
+
+    # True: search, get and top_popular are in-process CPU work of a millisecond or two, with no
+    # I/O - an event loop may call them inline rather than hand them to a thread.
+    reads_in_process: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def create(cls, *where: Any, dim: int, text_dim: int, version: str, hnsw_ef: int = 128) -> Self:
+        """A new, empty index at `where` (the backend's own: a shard directory; a client and a
+        collection name), with the layout's vectors of sizes dim and text_dim, payload indexes
+        on categories and popularity, and `version` recorded. hnsw_ef: search breadth (higher is
+        more exact and slower). Backends may take more options by keyword (shards, replication)."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, *where: Any, hnsw_ef: int = 128) -> Self:
+        """The index at `where`. Raises FileNotFoundError when there is none (the message names
+        the command that builds it), OlderLayout (a ValueError) when it was built with another
+        layout.LAYOUT, ValueError when it is not one recmesh wrote."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """The number of items held (exact)."""
+
+    @abstractmethod
+    def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
+               with_vectors: bool) -> Found:
+        """Up to `limit` items from each (vector name, query vector) source, merged in order
+        without duplicates; the score is the first source's that found the item (INTEREST: dot
+        product, SESSION and QUERY: cosine). Names are layout.INTEREST/SESSION (vectors of
+        `dim`) and layout.QUERY (`text_dim`); query vectors need not be unit. Only items that
+        pass flt; excluded ids never take a place in a source's `limit`. with_vectors: the
+        items' catalog and text vectors come back as (n, dim) and (n, text_dim) matrices."""
+
+    @abstractmethod
+    def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
+        """Items in the order asked; unknown ids are left out (a repeated id comes back as often
+        as asked). Scores are 0."""
+
+    @abstractmethod
+    def top_popular(self, limit: int, with_vectors: bool = False, flt: SearchFilter | None = None) -> Found:
+        """The `limit` most popular items that pass flt, most popular first (filtered before
+        the cut: fewer only when fewer match). Scores are 0."""
+
+    @abstractmethod
+    def upsert(self, items: list[dict], vectors: np.ndarray, text_vectors: np.ndarray) -> int:
+        """items: payloads (`layout.item_payload`: item_id, title, categories, text and
+        optionally popularity - absent: the stored one is kept, 0 for a new item); row i of
+        vectors (n, dim) and text_vectors (n, text_dim) is items[i]'s. An id given twice is
+        written once, from its last row (`last_rows`, `with_popularity`). Returns the distinct
+        items written. Raises ValueError, writing nothing, when an item's point id is held by
+        another item and the backend knows it (EdgeItemStore)."""
+
+    @abstractmethod
+    def delete(self, item_ids: list[str]) -> int:
+        """Deletes the items; returns how many distinct items existed and are now deleted
+        (repeated and unknown ids count nothing)."""
+
+    @abstractmethod
+    def export(self, batch: int = 512, payload: list[str] | bool = True
+               ) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray]]:
+        """Every item, batch by batch (up to `batch` items each, in no promised order), as
+        (payloads: every field, or the fields named; catalog vectors (n, dim); text vectors
+        (n, text_dim)) - what `upsert` takes, to copy an index into another."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Makes every acknowledged write durable and releases the index; it is not used after."""

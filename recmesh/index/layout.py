@@ -1,0 +1,48 @@
+"""What every item index holds and how it addresses items, whichever backend: the named vectors,
+the layout version, the payload and the point id. A catalog built by one backend is published
+to the other (`recmesh publish-catalog`) unchanged because both read and write this."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+from recmesh.common.catalog import item_text
+from recmesh.v1 import common_pb2
+
+# Named vectors per item. Search sources name the first three; "similar" holds the catalog
+# vector again, which Qdrant normalises, so that item-to-item search is by cosine.
+INTEREST, SESSION, QUERY = "interest", "similar", "text"
+# Bump when what a shard holds changes: cached catalog builds are keyed on it.
+LAYOUT = "interest.similar.text/v2"  # v2: 63-bit int point ids (v1: UUIDv5)
+
+
+class OlderLayout(ValueError):
+    """A catalog recmesh built with another LAYOUT: rebuild (or republish) it."""
+
+
+@functools.lru_cache(maxsize=1 << 16)  # seen-item exclusions resend the same ids every call
+def point_id(item_id: str) -> int:
+    """The item's Qdrant point id (ints or UUIDs; item ids are the backend's strings): 63 bits
+    of a hash. Ints, because hits come back as Python objects of the id's type, and turning
+    hundreds of UUIDs into Python objects per search cost more than the search. Collisions
+    (expected at ~3e9 items) are refused when an item is stored."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+# The text is stored for humans and re-encoding, not needed to serve.
+PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity"]
+
+
+def item_payload(item: common_pb2.Item, popularity: float | None) -> dict:
+    """What the shard stores per item (the text is kept for humans and re-encoding). popularity
+    None: the item carries none - the store keeps the stored one (0 for a new item)."""
+    payload = {
+        "item_id": item.item_id,
+        "title": item.title,
+        "categories": list(item.categories),
+        "text": item_text(item),
+    }
+    if popularity is not None:
+        payload["popularity"] = float(popularity)
+    return payload
