@@ -4,6 +4,7 @@ QdrantServerStore (same behaviour)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
@@ -140,6 +141,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise InvalidArgument("text_vectors", f"dim {text_vectors.shape[1]}, index text dim is {store.text_dim}")
         if request.popularity and len(request.popularity) != len(request.items):
             raise InvalidArgument("popularity", "one value per item, or none")
+        for i, value in enumerate(request.popularity):
+            if not math.isfinite(value):  # Qdrant refuses NaN in a payload: the caller's error, not ours
+                raise InvalidArgument(f"popularity[{i}]", f"must be a finite number, got {value}")
         if len(request.items) > limits.ITEMS_PER_CALL:
             raise InvalidArgument("items", f"at most {limits.ITEMS_PER_CALL} per call, got {len(request.items)}")
         for i, item in enumerate(request.items):

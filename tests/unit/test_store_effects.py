@@ -119,3 +119,13 @@ def test_the_retrieval_service_keeps_popularity_counts_effects_and_filters_top_p
     assert [c.item_id for c in docs.candidates] == ["i23", "i13", "i3"]
     assert deleted.deleted == 1
     s.store.close()
+
+
+def test_a_non_finite_popularity_is_invalid_argument_naming_it(tmp_path):
+    """Found by attack: Upsert(popularity=[NaN]) answered INTERNAL (Qdrant refused the payload)."""
+    s = servicer(tmp_path)
+    request = retrieval_pb2.UpsertRequest(items=[common_pb2.Item(item_id="n", title="N")], popularity=[float("nan")],
+                                          vectors=to_matrix(vectors(1, 8)), text_vectors=to_matrix(vectors(1, 6)))
+    with pytest.raises(AssertionError, match="INVALID_ARGUMENT: popularity\\[0\\]: must be a finite number"):
+        asyncio.run(s.Upsert(request, Context()))
+    s.store.close()
