@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from recmesh.common import limits
+from recmesh.common.validation import is_item_event
 from recmesh.v1 import common_pb2, updater_pb2
 
-SEARCH = common_pb2.EventType.EVENT_TYPE_SEARCH
 # The degraded reason of an answer made without knowing all the items the user has seen (the
 # updater not reachable in time, and this gateway holding no complete entry): the exclusion of
 # seen items may not hold, and the reply says so.
@@ -97,7 +97,7 @@ class SeenItems:
         """The item events among acknowledged events (a search names no item)."""
         by_user: dict[str, list[str]] = {}
         for event in events:
-            if event.type != SEARCH and event.item_id:
+            if is_item_event(event):
                 by_user.setdefault(event.user_id, []).append(event.item_id)
         for user_id, item_ids in by_user.items():
             self.add(user_id, item_ids, now)
