@@ -66,16 +66,17 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def event_stores(request, tmp_path, redis_server):
-    """Both event stores, one per test run: call it with the per-user limits (recent_items,
-    seen_items, recent_queries) for a new, unopened store of this run's kind (`.kind`), over
-    the same data each time (`.prefix`: its Redis keys)."""
+def make_store(request, tmp_path, redis_server):
+    """Both event stores, one per test run: a factory of new, unopened stores of this run's kind
+    (`.kind`) over the same data each time (`.prefix`: its Redis keys), with the test module's
+    per-user LIMITS (recent_items, seen_items, recent_queries)."""
     from recmesh.events.state import UserStateStore
     from recmesh.events.stores import LocalStore, RedisStore
 
     prefix = f"t{uuid.uuid4().hex[:8]}"
+    limits = getattr(request.module, "LIMITS", {})
 
-    def make(**limits):
+    def make():
         if request.param == "redis":
             return RedisStore(redis_server.url, prefix, dedupe_ttl_s=3600, **limits)
         return LocalStore(tmp_path / "events.sqlite", UserStateStore(**limits))

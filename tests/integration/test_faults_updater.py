@@ -33,15 +33,6 @@ def ids(groups):
     return [[e.event_id for e in group] for group in groups]
 
 
-@pytest.fixture
-def make_store(event_stores):
-    def make():
-        return event_stores(**LIMITS)
-
-    make.kind, make.prefix = event_stores.kind, event_stores.prefix
-    return make
-
-
 def test_state_follows_event_time_not_arrival(make_store):
     async def go():
         store = await opened(make_store)

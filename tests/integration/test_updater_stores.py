@@ -24,15 +24,6 @@ def ev(event_id, user="u1", item="1", type=CLICK, query="", value=0.5, request_i
     return LoggedEvent(event_id, user, item, type, query, value, 1000, request_id)
 
 
-@pytest.fixture
-def make_store(event_stores):
-    def make():
-        return event_stores(**LIMITS)
-
-    make.kind, make.prefix = event_stores.kind, event_stores.prefix
-    return make
-
-
 def test_append_is_atomic_per_batch_and_idempotent_by_event_id(make_store):
     async def go():
         store = await opened(make_store)
