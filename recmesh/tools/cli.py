@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     # Listed for --help; main() hands these to their modules with all their flags (PASS_THROUGH).
-    sub.add_parser("eval", help="offline evaluation, as `make eval` (recmesh eval --help for its flags)")
+    sub.add_parser("eval", help="offline evaluation of the baselines and the interest model, the first part of `make "
+                              "eval` (which then checks the served path and replays through a live mesh); "
+                              "recmesh eval --help for its flags")
     sub.add_parser("train", help="train the served interest model and install it for Triton (recmesh train --help)")
     sub.add_parser("load", help="open-loop load test through the gateway, as `make load` (recmesh load --help)")
     sub.add_parser("chaos", help="kill and stop each service under load, as `make chaos` (recmesh chaos --help)")
