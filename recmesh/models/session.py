@@ -39,6 +39,9 @@ class History:
     items: dict[str, retrieval_pb2.Candidate]
     seen: set[str]
     skipped: dict[str, int] = field(default_factory=dict)  # recently shown, not chosen
+    # Every event the user has (the updater's count; None: unknown). It only grows - unless the
+    # user was deleted and started afresh.
+    event_count: int | None = None
 
 
 def category_affinity(history: History, last_n: int) -> dict[str, float]:

@@ -94,6 +94,9 @@ class GatewaySettings(ServiceSettings):
     # came from is exactly the same (same events, same item vectors) - for at most this long,
     # which bounds how stale it can be after the interest model itself changes. 0: never.
     interest_reuse_s: float = Field(default=30.0, ge=0)
+    # How old a user's last interest may be to stand in when the encoder is late, down or browned
+    # out (also bounds how long it survives a deletion through another gateway replica).
+    interest_standin_s: float = Field(default=600.0, ge=0)
     # Each user's seen items (services/gateway/seen.py), so that answers made without the
     # updater (shed, the anonymous fallback) still leave them out: for this many users, this
     # many ids in all (~110 bytes each), for at most this long after the updater last said - an

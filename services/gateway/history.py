@@ -56,8 +56,9 @@ class HistoryStage:
         seen = set(seen_ids)
         self._seen.replace(user_id, seen_ids, asked)
         skipped = dict(state.skipped)
+        count = state.event_count
         if not state.recent:
-            return History([], no_vectors, {}, seen, skipped)
+            return History([], no_vectors, {}, seen, skipped, count)
         ids = list(dict.fromkeys(e.item_id for e in state.recent))
         now = time.monotonic()
         known, missing = self._items.lookup(ids, now)
@@ -79,6 +80,6 @@ class HistoryStage:
             if e.item_id in known
         ]
         if not entries:
-            return History([], no_vectors, {}, seen, skipped)
+            return History([], no_vectors, {}, seen, skipped, count)
         vectors = np.stack([known[e.item_id].vector for e in entries])
-        return History(entries, vectors, {i: c.candidate for i, c in known.items()}, seen, skipped)
+        return History(entries, vectors, {i: c.candidate for i, c in known.items()}, seen, skipped, count)

@@ -30,6 +30,15 @@ class KnownInterest:
     vector: np.ndarray
     model_version: str
     at: float  # time.monotonic()
+    event_count: int | None  # the user's, when it was computed
+
+    def stands_in_for(self, history: History, now: float, max_age_s: float) -> bool:
+        """Whether this interest may stand in for the user's now (encoder late, down or browned
+        out): not older than max_age_s, and not from before a deletion - a user deleted through
+        another gateway replica and started afresh has fewer events than when it was computed."""
+        if now - self.at >= max_age_s:
+            return False
+        return history.event_count is None or self.event_count is None or history.event_count >= self.event_count
 
 
 class InterestStage:
@@ -57,6 +66,9 @@ class InterestStage:
         request = encoder_pb2.EncodeInterestRequest(history=history.entries, item_vectors=to_matrix(history.vectors))
         fingerprint = hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=16).digest()
         known = self._known.get(user_id)
+        if known is not None and not known.stands_in_for(history, time.monotonic(), self._s.interest_standin_s):
+            self._known.forget(user_id)
+            known = None
         # The interest is a function of exactly this input: the same input gives it again.
         reuse = (known is not None and bool(history.entries) and known.fingerprint == fingerprint
                  and time.monotonic() - known.at < self._s.interest_reuse_s)
@@ -73,7 +85,8 @@ class InterestStage:
             return Encoded(cached, None)
         interest = first_row(reply.interest, "interest")
         if interest is not None and history.entries:
-            self._known.put(user_id, KnownInterest(fingerprint, interest, reply.model_version, time.monotonic()))
+            self._known.put(user_id, KnownInterest(fingerprint, interest, reply.model_version, time.monotonic(),
+                                                   history.event_count))
         return Encoded(interest, first_row(reply.query_vector, "query_vector"), reply.model_version)
 
     async def _query_only(self, budget: Budget, user_id: str, known: KnownInterest | None, query: str) -> Encoded:

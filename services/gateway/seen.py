@@ -39,8 +39,9 @@ class Seen:
 
 @dataclass
 class _Entry:
-    # Oldest first (the updater's order, then what was tracked here): past limits.SEEN_ITEMS,
-    # the oldest go, as in the updater - and no more are sent to retrieval than it accepts.
+    # Oldest first (the updater's order, then what was tracked here). At most
+    # limits.SEEN_ITEMS: past it, which items the updater keeps depends on event times this
+    # cache does not have - such a user is not held here (asked of the updater instead).
     ids: dict[str, None]
     complete: bool
     # time.monotonic(): when the updater was asked for this snapshot (complete), or when the
@@ -77,7 +78,7 @@ class SeenItems:
         for item_id in tracked:  # in the order tracked: the newest last
             ids.pop(item_id, None)
             ids[item_id] = None
-        self._put(user_id, _Entry(_newest(ids), True, asked_at, tracked))
+        self._put(user_id, _Entry(ids, True, asked_at, tracked))
 
     def add(self, user_id: str, item_ids: Iterable[str], now: float) -> None:
         """Items the user just interacted with (events acknowledged through this gateway)."""
@@ -90,7 +91,6 @@ class SeenItems:
             entry.ids.pop(item_id, None)
             entry.ids[item_id] = None
             entry.tracked[item_id] = now
-        entry.ids = _newest(entry.ids)
         self._put(user_id, entry)
 
     def add_events(self, events: Iterable[common_pb2.Event], now: float) -> None:
@@ -128,8 +128,8 @@ class SeenItems:
 
     def _put(self, user_id: str, entry: _Entry) -> None:
         self._drop(user_id)
-        if self._users == 0 or len(entry.ids) > self._max_ids:
-            return  # too large to hold: such a user is looked up every time
+        if self._users == 0 or len(entry.ids) > min(self._max_ids, limits.SEEN_ITEMS):
+            return  # too large to hold (or to mirror the updater's choice of): asked every time
         self._entries[user_id] = entry
         self._held += len(entry.ids)
         while len(self._entries) > self._users or self._held > self._max_ids:
@@ -143,9 +143,3 @@ class SeenItems:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _newest(ids: dict[str, None]) -> dict[str, None]:
-    """The newest limits.SEEN_ITEMS of an oldest-first ordered set."""
-    extra = len(ids) - limits.SEEN_ITEMS
-    return dict.fromkeys(list(ids)[extra:]) if extra > 0 else ids

@@ -82,7 +82,7 @@ class ShedAnswers:
                 updater_pb2.GetUserStateRequest(user_id=request.user_id, max_recent=1), timeout=t))
             if state is not None:
                 self._seen.add_state(request.user_id, state, asked)
-                known = self._seen.lookup(request.user_id, time.monotonic())
+                return frozenset(state.seen_item_ids), True  # all of them, held here or not
         if known is None:
             return frozenset(), False
         return known.ids, known.complete

@@ -155,3 +155,34 @@ def test_browned_out_the_users_last_interest_stands_in_for_the_encoder():
     search = stages.calls[0][1]
     assert search.interest.rows == 1 and search.session.rows == 1
     assert list(reply.degraded) == ["brownout:ranker", "brownout:encoder"]
+
+
+def test_a_deleted_users_last_interest_does_not_stand_in_on_another_replica():
+    """Found by attack: deleted through gateway B, the user started afresh; gateway A, with the
+    encoder late, answered from the interest it had computed from the deleted events. It stands
+    in only for a user with at least as many events as when it was computed (counts only grow,
+    but for a deletion), and not past interest_standin_s."""
+    def state(count: int, items: tuple[str, ...]):
+        reply = updater_pb2.UserState(event_count=count, recent=[
+            common_pb2.Event(item_id=i, type=common_pb2.EventType.EVENT_TYPE_VIEW) for i in items])
+        return lambda request, timeout: asyncio.sleep(0, reply)
+
+    def browned_out(rec: Recommender, stages: Stages):
+        slow_answers(rec, 18)
+        rec.shedding._draw = lambda: 0.5
+        stages.calls.clear()
+        asyncio.run(rec.recommend(recommendations_pb2.RecommendRequest(user_id="u", k=3), 3, "", 0.1))
+        rec.shedding.pressure = 0.0
+        return stages.calls[0][1]
+
+    for later, stands_in in (((40, ("1", "2", "3", "4")), True), ((2, ("5", "6")), False)):
+        stages = Stages()
+        stages.GetUserState = state(30, ("1", "2", "3"))
+        rec = Recommender(GatewaySettings(), stages, PopularCandidates())
+        asyncio.run(rec.recommend(recommendations_pb2.RecommendRequest(user_id="u", k=3), 3, "", 0.1))
+        stages.GetUserState = state(*later)  # grown (a new event), or deleted elsewhere and started afresh
+        assert (browned_out(rec, stages).interest.rows == 1) == stands_in
+    expired = Recommender(GatewaySettings(interest_standin_s=0), (stages := Stages()), PopularCandidates())
+    stages.GetUserState = state(30, ("1", "2", "3"))
+    asyncio.run(expired.recommend(recommendations_pb2.RecommendRequest(user_id="u", k=3), 3, "", 0.1))
+    assert browned_out(expired, stages).interest.rows == 0

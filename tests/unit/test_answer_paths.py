@@ -438,3 +438,24 @@ def test_an_upsert_larger_than_the_stages_accept_is_refused_at_the_door(monkeypa
 
     mesh = asyncio.run(scenario())
     assert not mesh.called("EncodeItems")
+
+
+def test_a_user_past_the_seen_bound_is_asked_of_the_updater_not_guessed(monkeypatch):
+    """Found by attack: past 5000 seen items the cache dropped the oldest by arrival, the
+    updater drops the oldest by event time - a late event for a new item made the cache drop
+    (and shed answers show) a seen item the updater still held."""
+    from recmesh.common import limits
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        mesh.seen["big"] = ["p0"] + [f"x{i}" for i in range(limits.SEEN_ITEMS - 1)]  # p0 seen longest ago
+        await recommend(g, "big", 3)  # a full answer: the whole set read
+        late = common_pb2.Event(event_id="late", user_id="big", item_id="y", type=ET.EVENT_TYPE_VIEW,
+                                timestamp_ms=1_000_000_000_000)  # older than everything: the updater drops it
+        await g.TrackEvents(recommendations_pb2.TrackEventsRequest(events=[late]), Context(5.0))
+        mesh.seen["big"] = mesh.seen["big"][:limits.SEEN_ITEMS]  # as the updater keeps it
+        return await recommend(g, "big", 3, "shed:late_arrival", remaining=0.014)
+
+    shed = asyncio.run(scenario())
+    assert "p0" not in ids(shed) and "seen_items:unknown" not in shed.degraded

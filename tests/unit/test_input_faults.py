@@ -375,3 +375,18 @@ def test_default_ignorable_and_unassigned_characters_are_no_text(blank):
     with pytest.raises(InvalidArgument, match="must not be empty"):
         check_id(blank, "user_id")
     assert visible_text(f"space{blank} opera") == "space opera"
+
+
+def test_a_large_malformed_message_is_refused_without_stalling_the_event_loop():
+    """Found by attack: 16 MB of repeated fields and one cut field kept the walker (Python, on
+    the event loop) busy for 6 s, during which the gateway answered nothing."""
+    import time
+
+    field = recommendations_pb2.RecommendRequest(k=0).SerializeToString() or b"\x18\x00"
+    data = field * (16 * 1024 * 1024 // len(field)) + b"\x0a\x05ab"  # user_id cut short
+    started = time.perf_counter()
+    fault = find_fault(data, recommendations_pb2.RecommendRequest.DESCRIPTOR)
+    assert time.perf_counter() - started < 0.05
+    assert fault == ("request", "not a valid recmesh.v1.RecommendRequest (truncated or malformed)")
+    small = b"\x18\x00" * 100 + b"\x0a\x05ab"
+    assert find_fault(small, recommendations_pb2.RecommendRequest.DESCRIPTOR)[0] == "request"

@@ -108,3 +108,25 @@ def test_query_similarity_from_retrieval_stands_in_for_the_text_vectors():
     from_retrieval = compute(inputs(candidate_text_vectors=np.zeros((0, 0), np.float32),
                                     query_similarity=np.array([0.6, 0.0, 0.8], np.float32)))
     assert np.allclose(from_vectors.values, from_retrieval.values)
+
+
+@pytest.mark.parametrize("field, change", [
+    ("candidates.popularity", lambda r: setattr(r.candidates[0], "popularity", float("nan"))),
+    ("candidates.popularity", lambda r: setattr(r.candidates[1], "popularity", float("inf"))),
+    ("category_affinity", lambda r: r.category_affinity.update({"Drama": float("nan")})),
+    ("skipped", lambda r: r.skipped.update({"a": -1})),
+])
+def test_non_finite_or_negative_inputs_are_invalid_argument_naming_them(field, change):
+    """Found by attack: Rank answered NaN/Inf scores for NaN popularity or affinity."""
+    from recmesh.common.errors import InvalidArgument
+    from recmesh.common.vectors import to_matrix
+    from recmesh.models.ranking.rank import rank
+    from recmesh.v1 import ranker_pb2, retrieval_pb2
+
+    request = ranker_pb2.RankRequest(
+        candidates=[retrieval_pb2.Candidate(item_id=i, categories=["Drama"], popularity=0.5) for i in "ab"],
+        candidate_vectors=to_matrix(unit_rows([1, 0, 0], [0, 1, 0])), k=2)
+    change(request)
+    with pytest.raises(InvalidArgument, match=f"^{field}:"):
+        rank(request, shipped(), np.random.default_rng(0), max_candidates=100, exploration=0.0,
+             mmr_pool_factor=3, max_reasons=2)

@@ -5,6 +5,8 @@ times it in process."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from recmesh.common.errors import InvalidArgument
@@ -48,13 +50,19 @@ def rank(request: ranker_pb2.RankRequest, scorer: Scorer, rng: np.random.Generat
     if recent.shape[0] and recent.shape[1] != dim:
         raise InvalidArgument("recent_vectors", f"dim {recent.shape[1]}, candidates have {dim}")
     affinity = dict(request.category_affinity)
+    if not all(math.isfinite(v) for v in affinity.values()):
+        raise InvalidArgument("category_affinity", "values must be finite numbers")
     # One pass over the candidate messages: each field read from them costs a Python object.
     ids, categories, popularity = [], [], []
     for c in request.candidates:
         ids.append(c.item_id)
         categories.append(list(c.categories))
         popularity.append(c.popularity)
+    if not np.isfinite(popularity).all():
+        raise InvalidArgument("candidates.popularity", "must be finite numbers")
     skipped = dict(request.skipped)
+    if any(v < 0 for v in skipped.values()):
+        raise InvalidArgument("skipped", "counts must be >= 0")
     features = feats.compute(
         feats.RankInputs(
             candidate_vectors=cand,
