@@ -32,8 +32,9 @@ protos: $(INSTALLED)
 bootstrap: $(INSTALLED)
 	$(PY) -m recmesh bootstrap
 
-# Retrain the served interest model (~5 min) and install it for Triton; the next bootstrap
-# re-places the catalog with it (the text vectors are cached).
+# Retrain the served interest model (~5 min) and install it in the var (var/models/served/, or
+# $RECMESH_VAR's), served from then on; the next bootstrap re-places the catalog with it (the
+# text vectors are cached).
 train: $(INSTALLED)
 	$(PY) -m recmesh train
 
@@ -79,9 +80,9 @@ load: bootstrap $(BENCH_INSTALLED)
 chaos: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh chaos
 
-# A development CA and a service certificate (TLS, mTLS between services) in var/certs.
+# A development CA and a service certificate (TLS, mTLS between services) in the var's certs/ (var/certs).
 certs: $(INSTALLED)
-	$(PY) -m recmesh.tools.devcerts var/certs
+	$(PY) -m recmesh.tools.devcerts
 
 # Container images (needs a Docker engine) and the Kubernetes manifests of one overlay.
 IMAGE_TAG ?= 0.1.0

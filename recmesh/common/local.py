@@ -6,9 +6,8 @@ import shutil
 import signal
 import socket
 import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from recmesh.common.paths import REPO  # noqa: F401  (re-exported: the tools' name for the source tree)
 
 
 def free_port() -> int:

@@ -1,13 +1,15 @@
-"""`make certs` / `python -m recmesh.tools.devcerts DIR`: a development certificate authority and one
-certificate for the services (server and client use: mTLS between services) valid for
-localhost, 127.0.0.1 and the Kubernetes Service names - with openssl. Never for production:
-there, certificates come from the cluster's issuer (cert-manager, a mesh)."""
+"""`make certs` / `python -m recmesh.tools.devcerts [DIR]` (default: $RECMESH_VAR/certs): a
+development certificate authority and one certificate for the services (server and client use:
+mTLS between services) valid for localhost, 127.0.0.1 and the Kubernetes Service names - with
+openssl. Never for production: there, certificates come from the cluster's issuer (cert-manager, a mesh)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+from recmesh.common.paths import var_paths
 
 NAMES = ["localhost", "gateway", "encoder", "retrieval", "ranker", "updater", "*.svc", "*.svc.cluster.local"]
 
@@ -37,5 +39,5 @@ def make(folder: Path, days: int = 365) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    out = make(Path(sys.argv[1] if len(sys.argv) > 1 else "var/certs"))
+    out = make(Path(sys.argv[1]) if len(sys.argv) > 1 else var_paths().certs)
     print("\n".join(str(p) for p in out.values()))

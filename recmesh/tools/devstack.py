@@ -21,13 +21,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recmesh.common.local import REPO, die_with_parent, free_port
+from recmesh.common.paths import VAR_ENV, served_artifact, var_dir, var_paths
 from recmesh.tools.redisserver import RedisServer
 from recmesh.tools.tritonserver import TritonServer
 
 # Leaves first: the gateway waits for retrieval before it reports SERVING.
 SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
-# What `recmesh bootstrap` builds under var/: the catalog (Qdrant shard, vectors) and the event log.
-BOOTSTRAPPED = (REPO / "var" / "catalog", REPO / "var" / "updater")
+
+
+def bootstrapped(var: Path | None = None) -> tuple[Path, Path]:
+    """What `recmesh bootstrap` builds in a var (default: $RECMESH_VAR's): the catalog (Qdrant
+    shard, vectors) and the event log."""
+    paths = var_paths(var)
+    return paths.catalog, paths.updater
 
 
 def process_tree_cpu_s(pids: dict[str, int]) -> dict[str, float]:
@@ -73,8 +79,12 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None =
 
 @dataclass
 class Stack:
-    var: Path = REPO / "var"
+    # Where this stack's state lives (default: $RECMESH_VAR, else var/ in the repo).
+    var: Path = field(default_factory=var_dir)
     env: dict[str, str] = field(default_factory=dict)
+    # The interest model Triton (or the in-process encoder) serves; None: the var's own if it
+    # has one, else the shipped one (recmesh/common/paths.py served_artifact).
+    interest_model: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -96,9 +106,12 @@ class Stack:
         for name in SERVICES:
             self.ports.setdefault(name, free_port())
             self.metrics_ports.setdefault(name, free_port())
+        self.var = Path(self.var)
+        if self.interest_model is None:
+            self.interest_model = served_artifact(self.var)
         (self.var / "logs").mkdir(parents=True, exist_ok=True)
         if self.encoder_backend == "triton" and self.triton is None:
-            self.triton = TritonServer(self.var / "triton")
+            self.triton = TritonServer(var_paths(self.var).triton, interest_model=self.interest_model)
         if self.updater_store == "redis" and self.redis is None:
             self.redis = RedisServer(self.var / "redis")
 
@@ -115,15 +128,17 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
+            VAR_ENV: str(self.var),
             f"{prefix}HOST": self.host,
             f"{prefix}PORT": str(self.ports[name]),
             f"{prefix}METRICS_PORT": str(self.metrics_ports[name]),
         }
+        paths = var_paths(self.var)
         if name == "retrieval":
-            env[f"{prefix}SHARD_DIR"] = str(self.var / "catalog" / "qdrant")
+            env[f"{prefix}SHARD_DIR"] = str(paths.shard_dir)
         if name == "updater":
-            env[f"{prefix}LOG_PATH"] = str(self.var / "updater" / "events.sqlite")
-            env[f"{prefix}PARAMS_DIR"] = str(self.var / "ranker" / "params")
+            env[f"{prefix}LOG_PATH"] = str(paths.event_log)
+            env[f"{prefix}PARAMS_DIR"] = str(paths.ranker_params)
             if self.redis is not None:
                 env[f"{prefix}STORE"] = "redis"
                 env[f"{prefix}REDIS_URL"] = self.redis.url
@@ -132,6 +147,7 @@ class Stack:
             env[f"{prefix}UPDATER_ADDR"] = self.address("updater")
         if name == "encoder":
             env[f"{prefix}BACKEND"] = self.encoder_backend
+            env.setdefault(f"{prefix}INTEREST_MODEL", str(self.interest_model))  # one set in the shell wins
             if self.triton is not None:
                 env[f"{prefix}TRITON_URL"] = self.triton.grpc_url
         if name == "gateway":
@@ -247,11 +263,14 @@ class Stack:
 @contextmanager
 def private_stack(*folders: Path, **settings) -> Iterator["Stack"]:
     """A running local mesh over a temporary copy of `folders` (each becomes var/<its name>;
-    default: the bootstrapped catalog and event log): what the run writes is thrown away.
+    default: the bootstrapped catalog and event log of $RECMESH_VAR), serving the interest model
+    of the var they come from (the first folder's parent): what the run writes is thrown away.
     settings: Stack's fields (env, encoder_backend, ...)."""
+    folders = folders or bootstrapped()
+    settings.setdefault("interest_model", served_artifact(Path(folders[0]).parent))
     var = Path(tempfile.mkdtemp(prefix="recmesh-"))
     try:
-        for folder in folders or BOOTSTRAPPED:
+        for folder in folders:
             shutil.copytree(folder, var / folder.name)
         with Stack(var=var, **settings) as stack:
             yield stack

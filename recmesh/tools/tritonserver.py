@@ -3,7 +3,13 @@ python backend wired to this interpreter, and wait until the models are ready.
 
 The python backend's stub links against libpython, so LD_LIBRARY_PATH gets this interpreter's
 lib dir; the models import this project and its dependencies, so PYTHONPATH gets the repo and
-the venv's site-packages, and PATH starts with the venv's bin (the stub's Python is found there)."""
+the venv's site-packages, and PATH starts with the venv's bin (the stub's Python is found there).
+
+Which interest model Triton serves: the checked-in repository (deploy/triton/models) carries the
+shipped one; given another artifact (a var's own, from `recmesh train`), a copy of that
+repository is assembled in the working folder with the artifact in interest_encoder's version
+folder (where interest_encoder and item_encoder load it) and its version stamped in
+interest_encoder's config. Nothing under deploy/ is written."""
 
 from __future__ import annotations
 
@@ -18,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recmesh.common.local import REPO, die_with_parent, free_port, stop_process
+from recmesh.common.paths import SHIPPED_ARTIFACT, SHIPPED_MODEL_REPOSITORY
 
-MODEL_REPOSITORY = REPO / "deploy" / "triton" / "models"
+MODEL_REPOSITORY = SHIPPED_MODEL_REPOSITORY
 GPU_PROFILE = REPO / "deploy" / "triton" / "gpu"
 MODELS = ("text_encoder", "interest_encoder", "item_encoder")
 
@@ -57,6 +64,29 @@ def gpu_repository(workdir: Path, source: Path = MODEL_REPOSITORY) -> Path:
     return repo
 
 
+def interest_artifact_in(repository: Path) -> Path:
+    """Where the interest model's weights sit in a model repository: interest_encoder's version
+    folder (item_encoder's config names the same file)."""
+    return repository / SHIPPED_ARTIFACT.relative_to(SHIPPED_MODEL_REPOSITORY)
+
+
+def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSITORY) -> Path:
+    """A copy of `source` at `dest` serving `artifact`: the artifact in interest_encoder's version
+    folder, its version stamped in interest_encoder's config (the model refuses a mismatch).
+    Built beside `dest` and swapped in, so a failed build leaves no half repository."""
+    from recmesh.models.interest.served import artifact_version, stamp_version
+
+    staging = dest.with_name(f"{dest.name}.building")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", SHIPPED_ARTIFACT.name))
+    weights = interest_artifact_in(staging)  # <model>/<version>/<file>
+    shutil.copy2(artifact, weights)
+    stamp_version(weights.parent.parent / "config.pbtxt", artifact_version(artifact))
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return dest
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     libdirs = [sysconfig.get_config_var("LIBDIR"), str(pytriton_dist().parent.parent / "nvidia_pytriton.libs")]
@@ -66,6 +96,7 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # The stub finds its Python through PATH (as pytriton does it): put this venv's first.
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = sys.prefix
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")  # no __pycache__ in the model repository (deploy/ stays unwritten)
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per model instance; more collapse under contention
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -78,6 +109,9 @@ class TritonServer:
     workdir: Path
     model_repository: Path = MODEL_REPOSITORY
     models: tuple[str, ...] = MODELS
+    # The interest model to serve; None or the shipped one: model_repository as it is; another
+    # (a var's own): a copy of model_repository serving it, assembled in workdir/models.
+    interest_model: Path | None = None
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -94,8 +128,15 @@ class TritonServer:
     def log_path(self) -> Path:
         return self.workdir / "tritonserver.log"
 
+    def repository(self) -> Path:
+        """The model repository to serve (assembled here when it has to be)."""
+        repo, artifact = self.model_repository, self.interest_model
+        if artifact is not None and Path(artifact).resolve() != interest_artifact_in(repo).resolve():
+            repo = assemble_repository(self.workdir / "models", artifact, repo)
+        return gpu_repository(self.workdir, repo) if self.profile == "gpu" else repo
+
     def command(self) -> list[str]:
-        repo = gpu_repository(self.workdir, self.model_repository) if self.profile == "gpu" else self.model_repository
+        repo = self.repository()
         return [
             str(pytriton_dist() / "bin" / "tritonserver"),
             f"--model-repository={repo}",

@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from recmesh.common.config import ServiceSettings
-from recmesh.models.interest import SERVED_ARTIFACT
+from recmesh.models.interest import served_artifact
 
 
 def _bundled_minilm() -> Path:
@@ -46,8 +46,9 @@ class EncoderSettings(ServiceSettings):
     # sizes accepted are recmesh/common/limits.py's, the same as the gateway's).
     max_text_chars: int = Field(default=4000, ge=1)
     query_cache_size: int = Field(default=4096, ge=0)
-    # The learned interest model, in process (Triton's comes from its interest_encoder model).
-    interest_model: Path = SERVED_ARTIFACT
+    # The learned interest model, in process (Triton's comes from its interest_encoder model):
+    # by default the var's own ($RECMESH_VAR/models/served/interest_model.pt), else the shipped one.
+    interest_model: Path = Field(default_factory=served_artifact)
     max_history: int = Field(default=50, ge=1)
 
     @field_validator("model_dir")

@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from recmesh.common.config import ServiceSettings
+from recmesh.common.paths import var_paths
 
 
 class RetrievalSettings(ServiceSettings):
@@ -16,8 +17,8 @@ class RetrievalSettings(ServiceSettings):
     # edge: a Qdrant Edge shard in this process (one node); qdrant: a Qdrant server or cluster
     # through qdrant-client (recmesh/index/qdrant_server.py).
     backend: Literal["edge", "qdrant"] = "edge"
-    # The Qdrant Edge shard; `recmesh bootstrap` fills it.
-    shard_dir: Path = Path("var/catalog/qdrant")
+    # The Qdrant Edge shard; `recmesh bootstrap` fills it (default: the var's, $RECMESH_VAR/catalog/qdrant).
+    shard_dir: Path = Field(default_factory=lambda: var_paths().shard_dir)
     # The server backend: http://host:6333 (spoken to over gRPC on 6334); `recmesh
     # publish-catalog` creates and fills the collection.
     qdrant_url: str = "http://127.0.0.1:6333"

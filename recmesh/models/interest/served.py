@@ -1,7 +1,8 @@
 """The learned interest model as the mesh serves it.
 
-One artifact (deploy/triton/models/interest_encoder/1/interest_model.pt, written by
-`recmesh train`) serves three callers the same way:
+One artifact (the var's own, $RECMESH_VAR/models/served/interest_model.pt, installed by
+`recmesh train`, else the shipped deploy/triton/models/interest_encoder/1/interest_model.pt:
+recmesh/common/paths.py's `served_artifact`) serves three callers the same way:
   - the catalog bootstrap turns every item's LLM text vector into its catalog vector (the
     model's item table row: projection of the text vector + the item's ID embedding);
   - Triton's item_encoder does the same for items upserted live (new items: text only);
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recmesh.models.interest import SERVED_ARTIFACT
+from recmesh.models.interest import served_artifact
 from recmesh.models.interest.sequence_model import (
     ModelConfig,
     SequenceInterestModel,
@@ -72,6 +73,11 @@ def export_served(model: SequenceInterestModel, item_ids: list[str], holdout_use
         stamp_version(config, version)
 
 
+def artifact_version(path: Path) -> str:
+    """The version `recmesh train` gave the artifact (what the Triton config must name)."""
+    return str(torch.load(path, map_location="cpu", weights_only=True)["version"])
+
+
 def stamp_version(config: Path, version: str) -> None:
     pattern = r'(key: "version", value: \{ string_value: )"[^"]*"'
     stamped, n = re.subn(pattern, rf'\1"{version}"', config.read_text())
@@ -112,8 +118,9 @@ def interest_onnx_file(model: SequenceInterestModel, artifact: Path, cache_dir: 
 
 
 class ServedInterestModel:
-    def __init__(self, path: Path = SERVED_ARTIFACT, threads: int = 1, runtime: str = "onnx",
+    def __init__(self, path: Path | None = None, threads: int = 1, runtime: str = "onnx",
                  cache_dir: Path = DEFAULT_CACHE):
+        path = served_artifact() if path is None else path  # the var's own, else the shipped one
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if not Path(path).is_file():

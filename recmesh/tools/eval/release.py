@@ -1,6 +1,7 @@
-"""`recmesh train`: train the interest model that the mesh serves and install it in Triton's
-model repository (deploy/triton/models/interest_encoder/1/), where the encoder, the catalog
-bootstrap and Triton all read it.
+"""`recmesh train`: train the interest model that the mesh serves and install it in the var
+($RECMESH_VAR/models/served/interest_model.pt), where the encoder, the catalog bootstrap, the
+evaluations and Triton (a model repository assembled in the var) all read it. The source tree is
+not written: the shipped model stays the default of any var without its own.
 
 Same model, loss and selection as `make eval`'s LLM-Seq, with one difference: a set of users
 is held out of training entirely (none of their events is seen), so that the streaming replay
@@ -15,8 +16,8 @@ import shutil
 from pathlib import Path
 
 from recmesh.common.local import REPO
-from recmesh.models.interest import SERVED_ARTIFACT
-from recmesh.models.interest.sequence_model import ModelConfig
+from recmesh.common.paths import var_paths
+from recmesh.models.interest.sequence_model import ModelConfig, SequenceInterestModel
 from recmesh.models.interest.served import export_served
 from recmesh.tools.eval import datasets
 from recmesh.tools.eval.run import item_vectors
@@ -31,27 +32,40 @@ def holdout_users(s: datasets.Split, n: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(eligible, min(n, len(eligible))))
 
 
-def main(argv: list[str] | None = None) -> Path:
+def install(model: SequenceInterestModel, item_ids: list[str], holdout: list[str], folder: Path,
+            target: Path) -> Path:
+    """The served artifact at `target` (a Triton config two folders up is stamped with its
+    version) and a copy beside the training report in `folder`."""
+    export_served(model, item_ids, holdout, folder.name, target)
+    shutil.copy2(target, folder / target.name)
+    return target
+
+
+def parser() -> argparse.ArgumentParser:
+    var = var_paths()
     parser = argparse.ArgumentParser(prog="recmesh train", description=__doc__)
     parser.add_argument("--data", default=str(REPO / "data" / "ml-latest-small"))
-    parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
-    parser.add_argument("--install", type=Path, default=SERVED_ARTIFACT,
-                        help="where the served artifact goes (Triton's interest_encoder version folder)")
+    parser.add_argument("--models-dir", type=Path, default=var.models)
+    parser.add_argument("--install", type=Path, default=var.own_artifact,
+                        help="where the served artifact goes (default: the var's, served from then on)")
     parser.add_argument("--holdout", type=int, default=100, help="users kept out of training entirely")
     parser.add_argument("--time-cap", type=float, default=280.0, help="seconds of training")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parser().parse_args(argv)
 
     dataset = datasets.load(args.data)
     s = datasets.split(dataset)
     held = holdout_users(s, args.holdout, args.seed)
-    vectors = item_vectors(dataset, REPO / "var" / "eval")
+    vectors = item_vectors(dataset, var_paths().eval_cache)
     model, report = train(s.without(held), ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True), vectors,
                           TrainConfig(time_cap_s=args.time_cap, seed=args.seed), "LLM-Seq-served")
     report["holdout_users"] = held
     folder = save_report(report, args.models_dir, "LLM-Seq-served")
-    export_served(model, dataset.item_ids, held, folder.name, args.install)
-    shutil.copy2(args.install, folder / args.install.name)
+    install(model, dataset.item_ids, held, folder, args.install)
     print(json.dumps({"artifact": str(folder), "installed": str(args.install), "version": folder.name,
                       "valid_ndcg": report["valid_ndcg"], "holdout_users": len(held)}, indent=2))
     return args.install

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from recmesh.common.local import REPO
+from recmesh.common.paths import var_paths
 from recmesh.models.interest.sequence_model import ModelConfig
 from recmesh.models.interest.served import export_served
 from recmesh.tools.eval import baselines, datasets
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="MovieLens folder (latest csv, 100k, 1m) or an interactions CSV/JSONL")
     parser.add_argument("--items", default=None, help="items CSV/JSONL for the generic format")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
-    parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    parser.add_argument("--models-dir", type=Path, default=var_paths().models)
     parser.add_argument("--time-cap", type=float, default=280.0, help="seconds of training per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     dataset = datasets.load(args.data, args.items)
     s = datasets.split(dataset)
-    vectors = item_vectors(dataset, REPO / "var" / "eval")
+    vectors = item_vectors(dataset, var_paths().eval_cache)
     results: dict = {"dataset": dataset.name, "protocol": "time-ordered leave-one-out, full ranking, history "
                      "excluded, users with >= 5 interactions", "split": s.stats(), "models": {}}
 

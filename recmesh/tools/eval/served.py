@@ -24,7 +24,7 @@ import torch
 
 from recmesh.client import Event
 from recmesh.common.local import REPO
-from recmesh.models.interest import SERVED_ARTIFACT
+from recmesh.common.paths import served_artifact, var_paths
 from recmesh.models.interest.sequence_model import ModelConfig, SequenceInterestModel
 from recmesh.tools.catalog import movielens
 from recmesh.tools.eval import datasets
@@ -69,10 +69,11 @@ def served_ranks(s: datasets.Split, dataset: datasets.Dataset, users: list[str])
                    "p99_ms": round(float(np.percentile(latencies, 99)), 1), "degraded": degraded}
 
 
-def run(users_n: int, out: Path, artifact: Path = SERVED_ARTIFACT) -> dict:
+def run(users_n: int, out: Path, artifact: Path | None = None) -> dict:
+    artifact = served_artifact() if artifact is None else artifact  # what the mesh serves for this var
     dataset = datasets.load(REPO / "data" / "ml-latest-small")
     full = datasets.split(dataset)
-    text = item_vectors(dataset, REPO / "var" / "eval")
+    text = item_vectors(dataset, var_paths().eval_cache)
     model, holdout = offline_model(artifact, text)
     # Users the model trained on (their test item never was) - the held-out ones are the streaming replay's.
     trained = sorted(set(full.train) - set(holdout))

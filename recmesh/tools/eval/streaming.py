@@ -26,7 +26,7 @@ import torch
 
 from recmesh.client import Event
 from recmesh.common.local import REPO
-from recmesh.models.interest import SERVED_ARTIFACT
+from recmesh.common.paths import served_artifact
 from recmesh.tools.catalog import movielens
 from recmesh.tools.eval.live import fresh_mesh, track_all
 from recmesh.tools.eval.protocol import top_k_metrics
@@ -53,7 +53,7 @@ def rate_event(user: str, r: movielens.Rating) -> Event:
 def run(n_users: int, stream: int, seed: int, out: Path) -> dict:
     catalog = movielens.load(REPO / "data" / "ml-latest-small")
     items = {it.item_id: it for it in catalog.items}
-    held_out = torch.load(SERVED_ARTIFACT, map_location="cpu", weights_only=True)["holdout_users"]
+    held_out = torch.load(served_artifact(), map_location="cpu", weights_only=True)["holdout_users"]
     users = pick_users(catalog, held_out, n_users, stream, seed)
     outcome: dict[str, list[int]] = {c: [] for c in CONDITIONS}  # rank of the next item, or -1
     latency: dict[str, list[float]] = {c: [] for c in CONDITIONS}

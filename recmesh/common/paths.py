@@ -1,0 +1,100 @@
+"""Where state lives: one folder, the var, holds everything recmesh writes at run time.
+
+`RECMESH_VAR` names it (default `var/` in the repository root): the catalog (Qdrant Edge
+shard, its vectors), the updater's event log, published ranker versions, trained models and
+evaluation caches, the var's own served interest model and the Triton model repository that
+serves it. Several catalogs sit side by side as several vars; the source tree is never written
+at run time. A var without its own interest model serves the shipped one (MovieLens,
+deploy/triton/models/interest_encoder/1/interest_model.pt, checked in).
+
+No heavy imports here: services' settings and the CLI name these paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VAR_ENV = "RECMESH_VAR"
+# The checked-in Triton model repository and the interest model it ships (the bundled catalog's).
+SHIPPED_MODEL_REPOSITORY = REPO / "deploy" / "triton" / "models"
+SHIPPED_ARTIFACT = SHIPPED_MODEL_REPOSITORY / "interest_encoder" / "1" / "interest_model.pt"
+
+
+def var_dir() -> Path:
+    """The var: $RECMESH_VAR (a relative one from the working directory), else REPO/var."""
+    value = os.environ.get(VAR_ENV, "").strip()
+    return Path(value).expanduser().absolute() if value else REPO / "var"
+
+
+@dataclass(frozen=True)
+class VarPaths:
+    """The well-known places inside one var."""
+
+    root: Path
+
+    @property
+    def catalog(self) -> Path:
+        """What `recmesh bootstrap` builds: the shard, its manifest, the text-vector cache."""
+        return self.root / "catalog"
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.catalog / "qdrant"
+
+    @property
+    def updater(self) -> Path:
+        return self.root / "updater"
+
+    @property
+    def event_log(self) -> Path:
+        return self.updater / "events.sqlite"
+
+    @property
+    def ranker_params(self) -> Path:
+        """Ranker versions the updater publishes."""
+        return self.root / "ranker" / "params"
+
+    @property
+    def models(self) -> Path:
+        """Trained models and their reports (var/models/<name>/<version>/)."""
+        return self.root / "models"
+
+    @property
+    def eval_cache(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def own_artifact(self) -> Path:
+        """Where `recmesh train` installs this var's interest model (whether or not it is there)."""
+        return self.models / "served" / SHIPPED_ARTIFACT.name
+
+    @property
+    def triton(self) -> Path:
+        """Triton's working folder: backends, log, and the model repository assembled for this var."""
+        return self.root / "triton"
+
+    @property
+    def triton_models(self) -> Path:
+        return self.triton / "models"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+
+def var_paths(root: Path | None = None) -> VarPaths:
+    """The places in `root`, by default in the var $RECMESH_VAR names."""
+    return VarPaths(var_dir() if root is None else Path(root))
+
+
+def served_artifact(var: Path | None = None) -> Path:
+    """The interest model this var serves, bootstraps and evaluates with: its own (installed by
+    `recmesh train`) if it has one, else the shipped one."""
+    own = var_paths(var).own_artifact
+    return own if own.is_file() else SHIPPED_ARTIFACT

@@ -1,0 +1,48 @@
+"""A var with its own interest model: a local mesh over it serves that model through Triton
+(from a model repository assembled in the var), and the checked-in repository is not written."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from recmesh.client import Event, RecmeshClient
+from recmesh.common.paths import REPO, SHIPPED_ARTIFACT, var_paths
+from recmesh.tools.devstack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def deploy_hashes() -> dict[str, str]:
+    return {str(p.relative_to(REPO)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (REPO / "deploy").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_a_stack_over_a_var_serves_the_vars_own_model(catalog: Path, tmp_path, user):
+    var = tmp_path / "shop"
+    shutil.copytree(catalog / "catalog", var / "catalog")
+    shutil.copytree(catalog / "updater", var / "updater")
+    # The shipped weights under a version of this var's own: which one Triton serves is visible.
+    blob = torch.load(SHIPPED_ARTIFACT, map_location="cpu", weights_only=True)
+    own = var_paths(var).own_artifact
+    own.parent.mkdir(parents=True)
+    torch.save({**blob, "version": "var-own-test"}, own)
+    before = deploy_hashes()
+
+    with Stack(var=var, env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as stack, \
+            RecmeshClient(stack.address("gateway"), timeout_s=2.0) as client:
+        assert stack.triton.interest_model == own
+        client.track_events([Event(user, "260", "click"), Event(user, "1196", "purchase")])
+        for _ in range(5):  # the full path: a call degraded on a busy 2-core host is asked again
+            reply = client.recommend(user, k=5)
+            if not reply.degraded:
+                break
+        assert len(reply.items) == 5 and not reply.degraded, list(reply.degraded)
+        assert "llm-seq/var-own-test@triton" in reply.versions["encoder"]
+
+    assert (var / "triton" / "models" / "interest_encoder" / "1" / "interest_model.pt").read_bytes() == own.read_bytes()
+    assert deploy_hashes() == before
