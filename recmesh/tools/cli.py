@@ -6,9 +6,11 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 DEFAULT_TARGET = "localhost:50060"
 # Subcommands that hand all their arguments to a module's main().
@@ -44,6 +46,15 @@ def cmd_bootstrap(args) -> None:
     bootstrap.run(args)
 
 
+def _cli_name() -> str:
+    """How to call this CLI from another shell: `recmesh` when it is on PATH, else its path in
+    this interpreter's environment (a venv that is not activated)."""
+    beside = Path(sys.executable).parent / "recmesh"
+    if shutil.which("recmesh") or not beside.exists():
+        return "recmesh"
+    return str(beside.relative_to(Path.cwd()) if beside.is_relative_to(Path.cwd()) else beside)
+
+
 def cmd_run(args) -> None:
     from recmesh.tools.demo import run_demo
     from recmesh.tools.devstack import Stack
@@ -68,7 +79,7 @@ def cmd_run(args) -> None:
             run_demo(stack.address("gateway"))
         if args.exit_after_demo:
             return
-        print(f"\nrecmesh is up: try `recmesh --target {stack.address('gateway')} recommend --user 42 "
+        print(f"\nrecmesh is up: try `{_cli_name()} --target {stack.address('gateway')} recommend --user 42 "
               f"--query \"space opera\"` in another shell. Ctrl-C stops everything.", flush=True)
         supervisor = stack.supervise()  # a crashed service is started again, and said so
         reported = 0
