@@ -13,6 +13,9 @@ GRPC_OPTIONS = [
 # disabled") before grpc core inflates them - it inflates a whole message before checking the
 # size limit, so a 0.5 MB gzip body cost the gateway 0.5 GB. recmesh's clients never compress.
 IDENTITY_ONLY = [("grpc.compression_enabled_algorithms_bitset", 1)]
+# For servers: a port already in use is an error at start, not shared. gRPC sets SO_REUSEPORT by
+# default, and a second local mesh on the same port silently took half of the first's calls.
+EXCLUSIVE_PORT = [("grpc.so_reuseport", 0)]
 # For client channels to a dependency: a restarted peer is back in use within about a second,
 # not after gRPC's default reconnect backoff (1 s growing to 120 s).
 FAST_RECONNECT = [

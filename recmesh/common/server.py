@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recmesh.common import tracing
-from recmesh.common.channels import GRPC_OPTIONS, IDENTITY_ONLY
+from recmesh.common.channels import EXCLUSIVE_PORT, GRPC_OPTIONS, IDENTITY_ONLY
 from recmesh.common.config import ServiceSettings, load_settings
 from recmesh.common.heap import freeze_heap
 from recmesh.common.logs import setup_logging
@@ -58,7 +58,7 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     age = [("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
            ("grpc.max_connection_age_grace_ms", 5000)] if settings.max_connection_age_s > 0 else []
     internal = service.internal and bool(settings.internal_token)
-    server = grpc.aio.server(options=GRPC_OPTIONS + IDENTITY_ONLY + age,
+    server = grpc.aio.server(options=GRPC_OPTIONS + IDENTITY_ONLY + EXCLUSIVE_PORT + age,
                              interceptors=server_interceptors(service, settings))
     service_names = service.register(server)
     serve_metrics(settings.metrics_port)
@@ -76,7 +76,12 @@ async def run_service(service: Service, settings: ServiceSettings) -> None:
     await set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
     credentials = server_credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:  # in use (or not an address of this host): say which setting names it
+        prefix = type(settings).model_config.get("env_prefix", "")
+        raise SystemExit(f"{service.name}: cannot listen on {address} ({exc}): another process has it? "
+                         f"set {prefix}PORT (or --port)") from None
     await server.start()
     log.info("listening", extra={"address": f"{settings.host}:{port}", "tls": credentials is not None,
                                  "mtls": settings.tls_client_ca_file is not None,

@@ -16,6 +16,8 @@ DEFAULT_TARGET = "localhost:50060"
 # Subcommands that hand all their arguments to a module's main().
 PASS_THROUGH = {"eval": "recmesh.tools.eval.run", "train": "recmesh.tools.eval.release",
                 "load": "recmesh.tools.loadtest", "chaos": "recmesh.tools.chaos"}
+# Subcommands that write into the var (RECMESH_VAR): checked before they start.
+WRITES_VAR = {"eval", "train", "load", "chaos", "bootstrap", "run"}
 # The extras (recmesh.tools.extras) each subcommand needs; the others need only the client's dependencies.
 NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "load": ("serve", "bench"), "chaos": ("serve", "bench"),
          "bootstrap": ("serve",), "run": ("serve",), "publish-catalog": ("serve",)}
@@ -65,6 +67,11 @@ def cmd_run(args) -> None:
     # Explicit: a shell may start us with SIGINT ignored, and SIGTERM should stop cleanly too.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    from recmesh.common.paths import var_dir
+    from recmesh.tools.preflight import check_catalog, check_port
+
+    check_catalog(var_dir())  # before minutes of start-up, not after
+    check_port(args.port)
     ports = {"gateway": args.port} if args.port else {}
     started = time.perf_counter()
     print("starting tritonserver, updater, retrieval, ranker, encoder, gateway ...", flush=True)
@@ -237,11 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     import grpc
 
+    from recmesh.common.paths import var_dir
     from recmesh.tools.extras import require
+    from recmesh.tools.preflight import check_var
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in NEEDS and not {"-h", "--help"} & set(argv[1:]):
         require(f"recmesh {argv[0]}", *NEEDS[argv[0]])
+        if argv[0] in WRITES_VAR:
+            check_var(var_dir())
     if argv[:1] and argv[0] in PASS_THROUGH:  # commands with their own flags and --help
         importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
         return

@@ -109,8 +109,8 @@ class TritonServer:
     workdir: Path
     model_repository: Path = MODEL_REPOSITORY
     models: tuple[str, ...] = MODELS
-    # The interest model to serve; None or the shipped one: model_repository as it is; another
-    # (a var's own): a copy of model_repository serving it, assembled in workdir/models.
+    # The interest model to serve (None: the one model_repository ships), from a copy of
+    # model_repository assembled in workdir/models.
     interest_model: Path | None = None
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
@@ -129,10 +129,14 @@ class TritonServer:
         return self.workdir / "tritonserver.log"
 
     def repository(self) -> Path:
-        """The model repository to serve (assembled here when it has to be)."""
-        repo, artifact = self.model_repository, self.interest_model
-        if artifact is not None and Path(artifact).resolve() != interest_artifact_in(repo).resolve():
-            repo = assemble_repository(self.workdir / "models", artifact, repo)
+        """The model repository to serve: always a copy in workdir/models (3 MB, milliseconds),
+        serving interest_model (default: the one model_repository ships). Never model_repository
+        itself: Triton's python backend writes __pycache__ beside each model.py (its embedded
+        interpreter ignores PYTHONDONTWRITEBYTECODE), and the source tree is not written at run
+        time."""
+        repo = self.model_repository
+        artifact = self.interest_model if self.interest_model is not None else interest_artifact_in(repo)
+        repo = assemble_repository(self.workdir / "models", Path(artifact), repo)
         return gpu_repository(self.workdir, repo) if self.profile == "gpu" else repo
 
     def command(self) -> list[str]:

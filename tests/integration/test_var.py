@@ -46,3 +46,25 @@ def test_a_stack_over_a_var_serves_the_vars_own_model(catalog: Path, tmp_path, u
 
     assert (var / "triton" / "models" / "interest_encoder" / "1" / "interest_model.pt").read_bytes() == own.read_bytes()
     assert deploy_hashes() == before
+
+
+def test_a_service_refuses_a_port_already_in_use_naming_the_setting(stack):
+    """gRPC shares ports by default (SO_REUSEPORT): a second local mesh on 50060 silently took
+    the first one's calls. Now a second process on a taken port stops at once, saying which
+    setting to change - and the first keeps serving."""
+    import os
+    import subprocess
+    import sys
+
+    port = stack.ports["ranker"]
+    env = {**os.environ, "RECMESH_RANKER_PORT": str(port), "RECMESH_RANKER_UPDATER_ADDR": ""}
+    out = subprocess.run([sys.executable, "-m", "services.ranker"], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"ranker: cannot listen on 127.0.0.1:{port}" in out.stderr and "set RECMESH_RANKER_PORT" in out.stderr
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(stack.address("ranker")) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
