@@ -52,6 +52,6 @@ class CandidateStage:
                                  found.index_version)
             budget.trace.degrade("fallback:popular_candidates")
         popular, version = await self._popular.matching(
-            budget, lambda request, t: self._up.retrieval.TopPopular(request, timeout=t), s.retrieval_cap_ms * MS,
+            budget, self._up, s.retrieval_cap_ms * MS,
             filters, excluded, want=k, limit=limit)
         return Retrieved(popular.for_query(signals.query), version)

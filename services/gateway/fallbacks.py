@@ -4,16 +4,12 @@ retrieval or the encoder cannot."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
 
 import numpy as np
 
 from recmesh.common.vectors import from_matrix
 from recmesh.v1 import common_pb2, retrieval_pb2
 from services.gateway.budget import Budget
-
-# retrieval's TopPopular: (request, timeout in seconds) -> the list.
-TopPopular = Callable[[retrieval_pb2.TopPopularRequest, float], Awaitable[retrieval_pb2.CandidateList]]
 
 
 @dataclass(frozen=True)
@@ -83,13 +79,13 @@ class PopularCandidates:
         ][:limit]
         return current.rows(rows)
 
-    async def matching(self, budget: Budget, top_popular: TopPopular, cap_s: float, filters: common_pb2.Filters,
+    async def matching(self, budget: Budget, upstreams, cap_s: float, filters: common_pb2.Filters,
                        exclude_ids: set[str], want: int, limit: int,
                        with_vectors: bool = True) -> tuple[CandidateSet, str]:
         """(candidates, index version): up to `limit` popular items that pass the request's
         category filters and leave out exclude_ids, most popular first. From the local pool when
         it holds at least `want` of them (or is the whole catalog); else from one filtered
-        top_popular(request, timeout_s) call (retrieval's TopPopular) within the budget (stage
+        `upstreams.retrieval.TopPopular` call within the budget (stage
         "popular", at most cap_s seconds) - failing that, what the pool has (fewer; the trace
         says why)."""
         include, exclude = set(filters.include_categories), set(filters.exclude_categories)
@@ -100,7 +96,7 @@ class PopularCandidates:
             limit=limit, with_vectors=with_vectors,
             filters=common_pb2.Filters(include_categories=sorted(include), exclude_categories=sorted(exclude),
                                        exclude_item_ids=sorted(exclude_ids)))
-        reply = await budget.call("popular", cap_s, lambda t: top_popular(request, t))
+        reply = await budget.call("popular", cap_s, lambda t: upstreams.retrieval.TopPopular(request, timeout=t))
         if reply is None:
             return local, self.index_version
         return CandidateSet.from_reply(reply), reply.index_version

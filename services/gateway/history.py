@@ -52,9 +52,8 @@ class HistoryStage:
             if known is None or not known.complete:  # exclusions of older history may not hold: say so
                 budget.trace.degrade(SEEN_UNKNOWN)
             return History([], no_vectors, {}, set(known.ids) if known is not None else set())
-        seen_ids = state.seen_item_ids  # read once: thousands of ids cost ~1 ms to read
-        seen = set(seen_ids)
-        self._seen.replace(user_id, seen_ids, asked)
+        seen = set(state.seen_item_ids)  # read once: thousands of ids cost ~1 ms to read
+        self._seen.replace(user_id, seen, asked)
         skipped = dict(state.skipped)
         count = state.event_count
         if not state.recent:

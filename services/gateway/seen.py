@@ -39,10 +39,9 @@ class Seen:
 
 @dataclass
 class _Entry:
-    # Oldest first (the updater's order, then what was tracked here). At most
-    # limits.SEEN_ITEMS: past it, which items the updater keeps depends on event times this
-    # cache does not have - such a user is not held here (asked of the updater instead).
-    ids: dict[str, None]
+    # At most limits.SEEN_ITEMS: past it, which items the updater keeps depends on event times
+    # this cache does not have - such a user is not held here (asked of the updater instead).
+    ids: set[str]
     complete: bool
     # time.monotonic(): when the updater was asked for this snapshot (complete), or when the
     # first event was tracked (incomplete). The entry expires ttl_s after it.
@@ -74,22 +73,18 @@ class SeenItems:
         if old is not None and old.complete and old.as_of > asked_at:
             return
         tracked = {i: t for i, t in old.tracked.items() if t >= asked_at} if old is not None else {}
-        ids = dict.fromkeys(item_ids)  # ~0.15 ms for 5000 ids
-        for item_id in tracked:  # in the order tracked: the newest last
-            ids.pop(item_id, None)
-            ids[item_id] = None
+        ids = set(item_ids) | tracked.keys()  # from a set: a copy, ~0.1 ms for 5000 ids
         self._put(user_id, _Entry(ids, True, asked_at, tracked))
 
     def add(self, user_id: str, item_ids: Iterable[str], now: float) -> None:
         """Items the user just interacted with (events acknowledged through this gateway)."""
         entry = self._live(user_id, now)
         if entry is None:
-            entry = _Entry({}, False, now)
+            entry = _Entry(set(), False, now)
         else:
             self._drop(user_id)
         for item_id in item_ids:
-            entry.ids.pop(item_id, None)
-            entry.ids[item_id] = None
+            entry.ids.add(item_id)
             entry.tracked[item_id] = now
         self._put(user_id, entry)
 
@@ -107,7 +102,7 @@ class SeenItems:
 
     def forget(self, user_id: str, now: float) -> None:
         """The user was deleted: nothing seen, and no snapshot asked before now comes back."""
-        self._put(user_id, _Entry({}, True, now))
+        self._put(user_id, _Entry(set(), True, now))
 
     def invalidate(self, user_ids: Iterable[str]) -> None:
         """What this gateway holds of these users may be wrong (e.g. events acknowledged as

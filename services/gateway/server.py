@@ -72,15 +72,12 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         try:
             await self._refresh_popular()
         except grpc.aio.AioRpcError as exc:
-            log.warning("popular refresh failed; the next one is on schedule", extra={"status": exc.code().name})
+            log.warning("popular refresh failed; keeping the last list", extra={"status": exc.code().name})
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self._s.popular_refresh_s)
-            try:
-                await self._refresh_popular()
-            except grpc.aio.AioRpcError as exc:
-                log.warning("popular refresh failed; keeping the last list", extra={"status": exc.code().name})
+            await self._refresh_once()
 
     async def close(self) -> None:
         for task in (self._refresher, self._soon):

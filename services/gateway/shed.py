@@ -52,7 +52,7 @@ class ShedAnswers:
         if not complete:  # what this gateway knows is left out; the reply says the rest may not be
             budget.trace.degrade(SEEN_UNKNOWN)
         found, version = await self._popular.matching(
-            budget, self._top_popular, s.retrieval_cap_ms * MS, request.filters,
+            budget, self._up, s.retrieval_cap_ms * MS, request.filters,
             excluded_ids(request.filters, seen), want=k, limit=k, with_vectors=False)
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
         for c in found.items[:k]:
@@ -62,9 +62,6 @@ class ShedAnswers:
         reply.degraded.extend(reasons)
         budget.report(reply)
         return reply
-
-    def _top_popular(self, request, timeout_s: float):
-        return self._up.retrieval.TopPopular(request, timeout=timeout_s)
 
     async def _user_seen(self, budget: Budget, request) -> tuple[frozenset[str], bool]:
         """(the user's seen items as far as known, whether that is all of them): all when the

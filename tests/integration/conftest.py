@@ -4,6 +4,7 @@ MiniLM and a Qdrant Edge shard. Built once per session; each test uses its own u
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -93,3 +94,14 @@ async def opened(make):
     store = make()
     await store.open()
     return store
+
+
+def wait_for_aof_rewrite(r, timeout_s: float = 20.0) -> None:
+    """Until Redis (a redis.Redis client) has no append-only-file rewrite running or scheduled."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = r.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("Redis did not finish rewriting its append-only file")

@@ -5,7 +5,6 @@ memory, and Redis against a real redis-server on loopback), then the live mesh."
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import pytest
@@ -16,7 +15,7 @@ from recmesh.common.clock import now_ms
 from recmesh.events.eventlog import LoggedEvent
 from recmesh.events.stores import RedisStore
 from recmesh.v1 import common_pb2
-from tests.integration.conftest import opened
+from tests.integration.conftest import opened, wait_for_aof_rewrite
 
 pytestmark = pytest.mark.integration
 CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH
@@ -117,7 +116,7 @@ def test_redis_delete_user_leaves_no_bytes_of_their_events_on_disk(redis_server)
     r.config_set("rdbcompression", "no")  # else LZF splits literals and a grep proves nothing
     try:
         asyncio.run(go())
-        _wait_for_aof_rewrite(r)
+        wait_for_aof_rewrite(r)
         assert not [f for f in redis_server.workdir.rglob("*") if f.is_file() and gone.encode() in f.read_bytes()]
     finally:
         r.config_set("rdbcompression", "yes")
@@ -138,14 +137,6 @@ def test_counts_count_effects_within_a_call_and_a_group_commit(make_store):
     assert view.event_count == 3 and deleted == 3
 
 
-def _wait_for_aof_rewrite(r, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = r.info("persistence")
-        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-            return
-        time.sleep(0.05)
-    raise TimeoutError("Redis did not finish rewriting its append-only file")
 
 
 # The live mesh, through the gateway.

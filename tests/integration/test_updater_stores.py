@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 
 import pytest
 import redis
@@ -13,7 +12,7 @@ import redis
 from recmesh.events.eventlog import LoggedEvent
 from recmesh.events.stores import RedisStore
 from recmesh.v1 import common_pb2
-from tests.integration.conftest import opened
+from tests.integration.conftest import opened, wait_for_aof_rewrite
 
 pytestmark = pytest.mark.integration
 CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH
@@ -99,21 +98,13 @@ def test_delete_user_leaves_nothing_of_them(make_store, redis_server, tmp_path):
         assert not r.keys(f"{p}:user:{hashlib.sha1(gone.encode()).hexdigest()}*")
         assert not [k for k in r.keys(f"{p}:event:*") if r.get(k) == gone]
         assert all(fields["user_id"] != gone for _, fields in r.xrange(f"{p}:events"))
-        _wait_for_aof_rewrite(r)
+        wait_for_aof_rewrite(r)
         on_disk = [f for f in redis_server.workdir.rglob("*") if f.is_file() and gone.encode() in f.read_bytes()]
         assert not on_disk  # the append-only file was rewritten without them
     else:
         assert not [f for f in tmp_path.glob("events.sqlite*") if gone.encode() in f.read_bytes()]
 
 
-def _wait_for_aof_rewrite(r, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = r.info("persistence")
-        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-            return
-        time.sleep(0.05)
-    raise TimeoutError("Redis did not finish rewriting its append-only file")
 
 
 def test_redis_store_refuses_a_server_that_could_lose_acknowledged_events(redis_server):
