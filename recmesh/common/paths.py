@@ -40,6 +40,12 @@ class VarPaths:
         return self.root / "catalog"
 
     @property
+    def catalog_items(self) -> Path:
+        """The catalog as imported (`recmesh.tools.catalog.snapshot`): what a re-import is diffed
+        against, what the shard is built from and `recmesh train` reads."""
+        return self.catalog / "items.jsonl"
+
+    @property
     def shard_dir(self) -> Path:
         return self.catalog / "qdrant"
 
@@ -69,6 +75,12 @@ class VarPaths:
     def own_artifact(self) -> Path:
         """Where `recmesh train` installs this var's interest model (whether or not it is there)."""
         return self.models / "served" / SHIPPED_ARTIFACT.name
+
+    @property
+    def own_params(self) -> Path:
+        """Where `recmesh train` puts the ranking blend it chose on this var's validation split
+        (the ranker's start version; a var without one starts from the shipped params)."""
+        return self.models / "served" / "params"
 
     @property
     def triton(self) -> Path:

@@ -14,7 +14,7 @@ from recmesh.v1 import common_pb2
 # vector again, which Qdrant normalises, so that item-to-item search is by cosine.
 INTEREST, SESSION, QUERY = "interest", "similar", "text"
 # Bump when what a shard holds changes: cached catalog builds are keyed on it.
-LAYOUT = "interest.similar.text/v2"  # v2: 63-bit int point ids (v1: UUIDv5)
+LAYOUT = "interest.similar.text/v3"  # v3: attributes in the payload; v2: 63-bit int point ids (v1: UUIDv5)
 
 
 class OlderLayout(ValueError):
@@ -31,16 +31,29 @@ def point_id(item_id: str) -> int:
 
 
 # The text is stored for humans and re-encoding, not needed to serve.
-PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity"]
+PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity", "attributes"]
+
+
+def attribute_values(item: common_pb2.Item) -> dict[str, str | float | bool]:
+    """The item's filterable attributes as plain values (text: str, number: float, flag: bool);
+    attributes set to no kind are left out."""
+    values: dict[str, str | float | bool] = {}
+    for name, value in item.attributes.items():
+        kind = value.WhichOneof("kind")
+        if kind is not None:
+            values[name] = getattr(value, kind)
+    return values
 
 
 def item_payload(item: common_pb2.Item, popularity: float | None) -> dict:
     """What the shard stores per item (the text is kept for humans and re-encoding). popularity
-    None: the item carries none - the store keeps the stored one (0 for a new item)."""
+    None: the item carries none - the store keeps the stored one (0 for a new item).
+    attributes: {name: str | float | bool}, filtered on as `attributes.<name>`."""
     payload = {
         "item_id": item.item_id,
         "title": item.title,
         "categories": list(item.categories),
+        "attributes": attribute_values(item),
         "text": item_text(item),
     }
     if popularity is not None:

@@ -24,25 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recmesh/v1/common.proto\x12\nrecmesh.v1\"\xa8\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12#\n\x04type\x18\x04 \x01(\x0e\x32\x15.recmesh.v1.EventType\x12\r\n\x05query\x18\x05 \x01(\t\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"]\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\"\x87\x01\n\x07\x46ilters\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0f\n\r_exclude_seen\"*\n\x07\x43ontext\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x0e\n\x06locale\x18\x02 \x01(\t\"1\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\")\n\x0cStageLatency\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01*\xb3\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_RATE\x10\x05\x12\x15\n\x11\x45VENT_TYPE_SEARCH\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recmesh/v1/common.proto\x12\nrecmesh.v1\"\xa8\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12#\n\x04type\x18\x04 \x01(\x0e\x32\x15.recmesh.v1.EventType\x12\r\n\x05query\x18\x05 \x01(\t\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\xe2\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x34\n\nattributes\x18\x06 \x03(\x0b\x32 .recmesh.v1.Item.AttributesEntry\x1aM\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.recmesh.v1.AttributeValue:\x02\x38\x01\"J\n\x0e\x41ttributeValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x42\x06\n\x04kind\"\x9d\x01\n\x0f\x41ttributeFilter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06\x61ny_of\x18\x02 \x01(\x0b\x32\x15.recmesh.v1.StringSetH\x00\x12(\n\x05range\x18\x03 \x01(\x0b\x32\x17.recmesh.v1.NumberRangeH\x00\x12\x10\n\x06\x65quals\x18\x04 \x01(\x08H\x00\x12\x0f\n\x07\x65xclude\x18\x05 \x01(\x08\x42\x06\n\x04test\"\x1b\n\tStringSet\x12\x0e\n\x06values\x18\x01 \x03(\t\"A\n\x0bNumberRange\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xb8\x01\n\x07\x46ilters\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12/\n\nattributes\x18\x05 \x03(\x0b\x32\x1b.recmesh.v1.AttributeFilterB\x0f\n\r_exclude_seen\"*\n\x07\x43ontext\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x0e\n\x06locale\x18\x02 \x01(\t\"1\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\")\n\x0cStageLatency\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01*\xb3\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_RATE\x10\x05\x12\x15\n\x11\x45VENT_TYPE_SEARCH\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recmesh.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=582
-  _globals['_EVENTTYPE']._serialized_end=761
+  _globals['_ITEM_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTTYPE']._serialized_start=1097
+  _globals['_EVENTTYPE']._serialized_end=1276
   _globals['_EVENT']._serialized_start=40
   _globals['_EVENT']._serialized_end=208
-  _globals['_ITEM']._serialized_start=210
-  _globals['_ITEM']._serialized_end=303
-  _globals['_FILTERS']._serialized_start=306
-  _globals['_FILTERS']._serialized_end=441
-  _globals['_CONTEXT']._serialized_start=443
-  _globals['_CONTEXT']._serialized_end=485
-  _globals['_MATRIX']._serialized_start=487
-  _globals['_MATRIX']._serialized_end=536
-  _globals['_STAGELATENCY']._serialized_start=538
-  _globals['_STAGELATENCY']._serialized_end=579
+  _globals['_ITEM']._serialized_start=211
+  _globals['_ITEM']._serialized_end=437
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_start=360
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_end=437
+  _globals['_ATTRIBUTEVALUE']._serialized_start=439
+  _globals['_ATTRIBUTEVALUE']._serialized_end=513
+  _globals['_ATTRIBUTEFILTER']._serialized_start=516
+  _globals['_ATTRIBUTEFILTER']._serialized_end=673
+  _globals['_STRINGSET']._serialized_start=675
+  _globals['_STRINGSET']._serialized_end=702
+  _globals['_NUMBERRANGE']._serialized_start=704
+  _globals['_NUMBERRANGE']._serialized_end=769
+  _globals['_FILTERS']._serialized_start=772
+  _globals['_FILTERS']._serialized_end=956
+  _globals['_CONTEXT']._serialized_start=958
+  _globals['_CONTEXT']._serialized_end=1000
+  _globals['_MATRIX']._serialized_start=1002
+  _globals['_MATRIX']._serialized_end=1051
+  _globals['_STAGELATENCY']._serialized_start=1053
+  _globals['_STAGELATENCY']._serialized_end=1094
 # @@protoc_insertion_point(module_scope)

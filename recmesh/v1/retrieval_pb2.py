@@ -25,31 +25,35 @@ _sym_db = _symbol_database.Default()
 from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arecmesh/v1/retrieval.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"|\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x12\n\npopularity\x18\x05 \x01(\x02\x12\x18\n\x10query_similarity\x18\x06 \x01(\x02\"\xa0\x01\n\rCandidateList\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.recmesh.v1.Candidate\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rindex_version\x18\x03 \x01(\t\x12(\n\x0ctext_vectors\x18\x04 \x01(\x0b\x32\x12.recmesh.v1.Matrix\"\xe3\x01\n\rSearchRequest\x12$\n\x08interest\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\r\n\x05limit\x18\x02 \x01(\x05\x12$\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x13.recmesh.v1.Filters\x12\x14\n\x0cwith_vectors\x18\x04 \x01(\x08\x12#\n\x07session\x18\x05 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12!\n\x05query\x18\x06 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x19\n\x11with_text_vectors\x18\x07 \x01(\x08\"W\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x14\n\x0cwith_vectors\x18\x02 \x01(\x08\x12\x1c\n\x14\x63\x61talog_vectors_only\x18\x03 \x01(\x08\"^\n\x11TopPopularRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x14\n\x0cwith_vectors\x18\x02 \x01(\x08\x12$\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x13.recmesh.v1.Filters\"\x93\x01\n\rUpsertRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.recmesh.v1.Item\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x12\n\npopularity\x18\x03 \x03(\x02\x12(\n\x0ctext_vectors\x18\x04 \x01(\x0b\x32\x12.recmesh.v1.Matrix\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"!\n\rDeleteRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x32\xd9\x02\n\tRetrieval\x12>\n\x06Search\x12\x19.recmesh.v1.SearchRequest\x1a\x19.recmesh.v1.CandidateList\x12\x42\n\x08GetItems\x12\x1b.recmesh.v1.GetItemsRequest\x1a\x19.recmesh.v1.CandidateList\x12\x46\n\nTopPopular\x12\x1d.recmesh.v1.TopPopularRequest\x1a\x19.recmesh.v1.CandidateList\x12?\n\x06Upsert\x12\x19.recmesh.v1.UpsertRequest\x1a\x1a.recmesh.v1.UpsertResponse\x12?\n\x06\x44\x65lete\x12\x19.recmesh.v1.DeleteRequest\x1a\x1a.recmesh.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arecmesh/v1/retrieval.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"\x86\x02\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x12\n\npopularity\x18\x05 \x01(\x02\x12\x18\n\x10query_similarity\x18\x06 \x01(\x02\x12\x39\n\nattributes\x18\x07 \x03(\x0b\x32%.recmesh.v1.Candidate.AttributesEntry\x1aM\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.recmesh.v1.AttributeValue:\x02\x38\x01\"\xa0\x01\n\rCandidateList\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.recmesh.v1.Candidate\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rindex_version\x18\x03 \x01(\t\x12(\n\x0ctext_vectors\x18\x04 \x01(\x0b\x32\x12.recmesh.v1.Matrix\"\xe3\x01\n\rSearchRequest\x12$\n\x08interest\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\r\n\x05limit\x18\x02 \x01(\x05\x12$\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x13.recmesh.v1.Filters\x12\x14\n\x0cwith_vectors\x18\x04 \x01(\x08\x12#\n\x07session\x18\x05 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12!\n\x05query\x18\x06 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x19\n\x11with_text_vectors\x18\x07 \x01(\x08\"W\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x14\n\x0cwith_vectors\x18\x02 \x01(\x08\x12\x1c\n\x14\x63\x61talog_vectors_only\x18\x03 \x01(\x08\"^\n\x11TopPopularRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x14\n\x0cwith_vectors\x18\x02 \x01(\x08\x12$\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x13.recmesh.v1.Filters\"\x93\x01\n\rUpsertRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.recmesh.v1.Item\x12#\n\x07vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x12\n\npopularity\x18\x03 \x03(\x02\x12(\n\x0ctext_vectors\x18\x04 \x01(\x0b\x32\x12.recmesh.v1.Matrix\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"!\n\rDeleteRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x32\xd9\x02\n\tRetrieval\x12>\n\x06Search\x12\x19.recmesh.v1.SearchRequest\x1a\x19.recmesh.v1.CandidateList\x12\x42\n\x08GetItems\x12\x1b.recmesh.v1.GetItemsRequest\x1a\x19.recmesh.v1.CandidateList\x12\x46\n\nTopPopular\x12\x1d.recmesh.v1.TopPopularRequest\x1a\x19.recmesh.v1.CandidateList\x12?\n\x06Upsert\x12\x19.recmesh.v1.UpsertRequest\x1a\x1a.recmesh.v1.UpsertResponse\x12?\n\x06\x44\x65lete\x12\x19.recmesh.v1.DeleteRequest\x1a\x1a.recmesh.v1.DeleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recmesh.v1.retrieval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CANDIDATE']._serialized_start=67
-  _globals['_CANDIDATE']._serialized_end=191
-  _globals['_CANDIDATELIST']._serialized_start=194
-  _globals['_CANDIDATELIST']._serialized_end=354
-  _globals['_SEARCHREQUEST']._serialized_start=357
-  _globals['_SEARCHREQUEST']._serialized_end=584
-  _globals['_GETITEMSREQUEST']._serialized_start=586
-  _globals['_GETITEMSREQUEST']._serialized_end=673
-  _globals['_TOPPOPULARREQUEST']._serialized_start=675
-  _globals['_TOPPOPULARREQUEST']._serialized_end=769
-  _globals['_UPSERTREQUEST']._serialized_start=772
-  _globals['_UPSERTREQUEST']._serialized_end=919
-  _globals['_UPSERTRESPONSE']._serialized_start=921
-  _globals['_UPSERTRESPONSE']._serialized_end=955
-  _globals['_DELETEREQUEST']._serialized_start=957
-  _globals['_DELETEREQUEST']._serialized_end=990
-  _globals['_DELETERESPONSE']._serialized_start=992
-  _globals['_DELETERESPONSE']._serialized_end=1025
-  _globals['_RETRIEVAL']._serialized_start=1028
-  _globals['_RETRIEVAL']._serialized_end=1373
+  _globals['_CANDIDATE_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_CANDIDATE_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_CANDIDATE']._serialized_start=68
+  _globals['_CANDIDATE']._serialized_end=330
+  _globals['_CANDIDATE_ATTRIBUTESENTRY']._serialized_start=253
+  _globals['_CANDIDATE_ATTRIBUTESENTRY']._serialized_end=330
+  _globals['_CANDIDATELIST']._serialized_start=333
+  _globals['_CANDIDATELIST']._serialized_end=493
+  _globals['_SEARCHREQUEST']._serialized_start=496
+  _globals['_SEARCHREQUEST']._serialized_end=723
+  _globals['_GETITEMSREQUEST']._serialized_start=725
+  _globals['_GETITEMSREQUEST']._serialized_end=812
+  _globals['_TOPPOPULARREQUEST']._serialized_start=814
+  _globals['_TOPPOPULARREQUEST']._serialized_end=908
+  _globals['_UPSERTREQUEST']._serialized_start=911
+  _globals['_UPSERTREQUEST']._serialized_end=1058
+  _globals['_UPSERTRESPONSE']._serialized_start=1060
+  _globals['_UPSERTRESPONSE']._serialized_end=1094
+  _globals['_DELETEREQUEST']._serialized_start=1096
+  _globals['_DELETEREQUEST']._serialized_end=1129
+  _globals['_DELETERESPONSE']._serialized_start=1131
+  _globals['_DELETERESPONSE']._serialized_end=1164
+  _globals['_RETRIEVAL']._serialized_start=1167
+  _globals['_RETRIEVAL']._serialized_end=1512
 # @@protoc_insertion_point(module_scope)
