@@ -6,13 +6,19 @@
         reply = rm.recommend("u42", query="space opera", k=10)
         for item in reply.items:
             print(item.title, item.reasons)
+        # Filter by the items' attributes: a text in a set, a number in a range, a flag.
+        rm.recommend("u42", attributes={"brand": ["HP", "Canon"], "price": (10, 50), "in_stock": True})
+        rm.recommend("u42", attributes=[where("brand", "HP", exclude=True), in_range("price", max=50)])
+        rm.upsert_items([{"item_id": "p1", "title": "Printer", "attributes": {"brand": "HP", "price": 89.0}}])
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -53,6 +59,95 @@ class Event:
         )
 
 
+def where(name: str, *values: str, exclude: bool = False) -> common_pb2.AttributeFilter:
+    """The text attribute `name` equals one of values (exclude: leave those items out)."""
+    return common_pb2.AttributeFilter(name=name, any_of=common_pb2.StringSet(values=values), exclude=exclude)
+
+
+def in_range(name: str, min: float | None = None, max: float | None = None,
+             exclude: bool = False) -> common_pb2.AttributeFilter:
+    """The number attribute `name` lies in [min, max], bounds included; None leaves that side open."""
+    bounds = {bound: float(value) for bound, value in (("min", min), ("max", max)) if value is not None}
+    return common_pb2.AttributeFilter(name=name, range=common_pb2.NumberRange(**bounds), exclude=exclude)
+
+
+def flag(name: str, value: bool = True, exclude: bool = False) -> common_pb2.AttributeFilter:
+    """The flag attribute `name` is `value`."""
+    return common_pb2.AttributeFilter(name=name, equals=value, exclude=exclude)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def attribute_filter(name: str, test: Any, exclude: bool = False) -> common_pb2.AttributeFilter:
+    """One attribute filter from a plain value: a bool - the flag equals it; a str - the text
+    equals it; a number - the number equals it; a 2-tuple of numbers or None - the number lies in
+    [min, max] (None: open); any other iterable of str - the text is one of them. Raises
+    ValueError for anything else (the gateway checks the rest: names, sizes, bounds)."""
+    if isinstance(test, bool):
+        return flag(name, test, exclude)
+    if isinstance(test, str):
+        return where(name, test, exclude=exclude)
+    if _is_number(test):
+        return in_range(name, test, test, exclude)
+    if isinstance(test, tuple) and len(test) == 2 and all(b is None or _is_number(b) for b in test):
+        return in_range(name, test[0], test[1], exclude)
+    if isinstance(test, Iterable) and not isinstance(test, Mapping):
+        values = list(test)
+        if values and all(isinstance(v, str) for v in values):
+            return where(name, *values, exclude=exclude)
+    raise ValueError(f"attribute {name!r}: {test!r} is no filter; give a bool, a text or texts, a number, "
+                     "or a (min, max) tuple")
+
+
+def attribute_filters(attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]]
+                      ) -> list[common_pb2.AttributeFilter]:
+    """Recommend's attribute filters (all must hold), from either form:
+    - a mapping {name: test}, each test as `attribute_filter` reads it - e.g. {"brand": ["HP",
+      "Canon"], "price": (10, 50), "in_stock": True};
+    - an iterable of common_pb2.AttributeFilter (see where, in_range, flag) or of dicts
+      {"name": ..., "test": <as attribute_filter>, "exclude": bool}."""
+    if isinstance(attributes, Mapping):
+        return [attribute_filter(name, test) for name, test in attributes.items()]
+    filters = []
+    for spec in attributes:
+        if isinstance(spec, common_pb2.AttributeFilter):
+            filters.append(spec)
+        elif isinstance(spec, Mapping) and {"name", "test"} <= spec.keys() <= {"name", "test", "exclude"}:
+            filters.append(attribute_filter(spec["name"], spec["test"], bool(spec.get("exclude", False))))
+        else:
+            raise ValueError(f"{spec!r} is no attribute filter: give an AttributeFilter, or a dict with name, test "
+                             "and optionally exclude")
+    return filters
+
+
+def attribute_value(value: str | float | bool | common_pb2.AttributeValue) -> common_pb2.AttributeValue:
+    """An item attribute's value: bool - a flag, int/float - a number, str - a text (or an
+    AttributeValue as is). Raises ValueError for other types and for NaN or infinity."""
+    if isinstance(value, common_pb2.AttributeValue):
+        return value
+    if isinstance(value, bool):
+        return common_pb2.AttributeValue(flag=value)
+    if _is_number(value):
+        if not math.isfinite(value):
+            raise ValueError(f"attribute value {value!r}: numbers must be finite")
+        return common_pb2.AttributeValue(number=float(value))
+    if isinstance(value, str):
+        return common_pb2.AttributeValue(text=value)
+    raise ValueError(f"attribute value {value!r}: give a str, a number or a bool")
+
+
+def item_proto(item: common_pb2.Item | Mapping[str, Any]) -> common_pb2.Item:
+    """An item from a proto or a dict of Item's fields, whose "attributes" may hold plain values
+    ({"price": 89.0, "brand": "HP", "in_stock": True}: see attribute_value)."""
+    if isinstance(item, common_pb2.Item):
+        return item
+    fields = dict(item)
+    attributes = {name: attribute_value(value) for name, value in (fields.pop("attributes", None) or {}).items()}
+    return common_pb2.Item(**fields, attributes=attributes)
+
+
 class RecmeshClient:
     def __init__(self, target: str = "localhost:50060", timeout_s: float = 1.0, channel: grpc.Channel | None = None,
                  token: str | None = None):
@@ -75,7 +170,11 @@ class RecmeshClient:
         locale: str = "",
         diversity: float = 0.0,
         timeout_s: float | None = None,
+        attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]] = (),
     ) -> recommendations_pb2.RecommendResponse:
+        """Up to k items for the user. attributes: filters on the items' attributes, every one
+        must hold - {name: test} or a list (see `attribute_filters`; ValueError for a form it
+        cannot read). A bad request raises grpc.RpcError INVALID_ARGUMENT naming the field."""
         request = recommendations_pb2.RecommendRequest(
             user_id=user_id,
             query=query,
@@ -85,6 +184,7 @@ class RecmeshClient:
                 exclude_categories=exclude_categories,
                 exclude_item_ids=exclude_item_ids,
                 exclude_seen=exclude_seen,
+                attributes=attribute_filters(attributes),
             ),
             context=common_pb2.Context(surface=surface, locale=locale),
         )
@@ -100,8 +200,9 @@ class RecmeshClient:
         return self._stub.TrackEvents(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
 
     def upsert_items(self, items: Iterable[common_pb2.Item | dict], timeout_s: float | None = None):
-        protos = [it if isinstance(it, common_pb2.Item) else common_pb2.Item(**it) for it in items]
-        request = recommendations_pb2.UpsertItemsRequest(items=protos)
+        """Adds or replaces items: protos, or dicts of Item's fields with plain attribute values
+        (`item_proto`). An item is stored whole: attributes left out are gone."""
+        request = recommendations_pb2.UpsertItemsRequest(items=[item_proto(it) for it in items])
         return self._stub.UpsertItems(request, timeout=timeout_s or max(self.timeout_s, 10.0), metadata=self._metadata)
 
     def delete_items(self, item_ids: Iterable[str], timeout_s: float | None = None):

@@ -14,11 +14,16 @@ TITLE_CHARS = 1000
 DESCRIPTION_CHARS = 4000
 LABELS_PER_ITEM = 64  # categories, and tags, per item
 LABEL_CHARS = ID_CHARS  # one category or tag: a filter value names it
+# Item attributes (common.proto Item.attributes): names are 1..ATTRIBUTE_NAME_CHARS of [A-Za-z0-9_];
+# a text value is at most LABEL_CHARS (an any_of filter value names it).
+ATTRIBUTE_NAME_CHARS = 64
+ATTRIBUTES_PER_ITEM = 64
 
 # Per call.
 EVENTS_PER_CALL = 1000  # TrackEvents / Ingest
 ITEMS_PER_CALL = 1024  # UpsertItems / EncodeItems
-FILTER_VALUES = 1000  # per filter list of a Recommend; ids per DeleteItems
+FILTER_VALUES = 1000  # per filter list of a Recommend (and per attribute filter's any_of); ids per DeleteItems
+ATTRIBUTE_FILTERS = 32  # attribute filters in one Recommend (filters.attributes)
 # Bytes of items per upsert (UTF-8, as sent): the internal calls carry them again with their
 # vectors, within the 16 MiB message limit (recmesh.common.channels.MAX_MESSAGE_BYTES).
 UPSERT_BYTES = 8 * 1024 * 1024

@@ -6,7 +6,9 @@ is empty, and free text blank in that sense is absent."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import unicodedata
 from datetime import UTC, datetime
 
@@ -113,6 +115,79 @@ def check_item(item: common_pb2.Item, field: str) -> None:
     check_text(item.description, f"{field}.description", limits.DESCRIPTION_CHARS)
     check_labels(item.categories, f"{field}.categories", limits.LABELS_PER_ITEM)
     check_labels(item.tags, f"{field}.tags", limits.LABELS_PER_ITEM)
+    check_attributes(item.attributes, f"{field}.attributes")
+
+
+_ATTRIBUTE_NAME = re.compile(f"[A-Za-z0-9_]{{1,{limits.ATTRIBUTE_NAME_CHARS}}}")
+
+
+def check_attribute_name(name: str, field: str) -> str:
+    """An attribute's name: 1..ATTRIBUTE_NAME_CHARS of A-Z, a-z, 0-9 and _ (filters address it
+    as a payload path, "attributes.<name>": no dot or bracket may reshape that path)."""
+    if _ATTRIBUTE_NAME.fullmatch(name):
+        return name
+    if not name:
+        raise InvalidArgument(field, "must not be empty")
+    if len(name) > limits.ATTRIBUTE_NAME_CHARS:
+        raise InvalidArgument(field, f"longer than {limits.ATTRIBUTE_NAME_CHARS} characters ({len(name)})")
+    raise InvalidArgument(field, f"{_quoted(name)} may hold only A-Z, a-z, 0-9 and _")
+
+
+def _quoted(name: str) -> str:
+    """A name as an error shows it: quoted, invisible characters escaped, cut when very long."""
+    shown = name if len(name) <= 2 * limits.ATTRIBUTE_NAME_CHARS else name[:limits.ATTRIBUTE_NAME_CHARS] + "..."
+    return json.dumps(shown)
+
+
+def check_attributes(attributes, field: str) -> None:
+    """An item's attributes (map of name -> common_pb2.AttributeValue; `field` names the map,
+    errors name the entry: `items[3].attributes["price"]`): at most ATTRIBUTES_PER_ITEM, each
+    named by the name rule (check_attribute_name) and set to one kind - a visible text of at most
+    LABEL_CHARS characters, a finite number, or a flag."""
+    if len(attributes) > limits.ATTRIBUTES_PER_ITEM:
+        raise InvalidArgument(field, f"at most {limits.ATTRIBUTES_PER_ITEM} attributes, got {len(attributes)}")
+    for name in sorted(attributes):  # the first bad one in name order: the same error every time
+        entry = f"{field}[{_quoted(name)}]"
+        check_attribute_name(name, entry)
+        value = attributes[name]
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument(entry, "no value set: one of text, number or flag")
+        if kind == "text":
+            if not visible_text(value.text):
+                raise InvalidArgument(entry, "a text value must not be empty")
+            if len(value.text) > limits.LABEL_CHARS:
+                raise InvalidArgument(entry, f"text longer than {limits.LABEL_CHARS} characters ({len(value.text)})")
+        elif kind == "number" and not math.isfinite(value.number):
+            raise InvalidArgument(entry, f"must be a finite number, got {value.number}")
+
+
+def check_attribute_filters(filters, field: str, max_values: int = limits.FILTER_VALUES) -> None:
+    """Recommend's filters.attributes (common_pb2.AttributeFilter each; `field` names the list):
+    at most ATTRIBUTE_FILTERS; each names an attribute (check_attribute_name) and sets one test -
+    any_of: 1..max_values values (check_labels: visible, at most LABEL_CHARS); range: min, max or
+    both, finite, min <= max; equals: a flag."""
+    if len(filters) > limits.ATTRIBUTE_FILTERS:
+        raise InvalidArgument(field, f"at most {limits.ATTRIBUTE_FILTERS} attribute filters, got {len(filters)}")
+    for i, f in enumerate(filters):
+        where = f"{field}[{i}]"
+        check_attribute_name(f.name, f"{where}.name")
+        test = f.WhichOneof("test")
+        if test is None:
+            raise InvalidArgument(where, "set one test: any_of, range or equals")
+        if test == "any_of":
+            if not f.any_of.values:
+                raise InvalidArgument(f"{where}.any_of.values", "at least one value is required")
+            check_labels(f.any_of.values, f"{where}.any_of.values", max_values)
+        elif test == "range":
+            bounds = {b: getattr(f.range, b) for b in ("min", "max") if f.range.HasField(b)}
+            if not bounds:
+                raise InvalidArgument(f"{where}.range", "set min, max or both (a bound left out is open)")
+            for bound, value in bounds.items():
+                if not math.isfinite(value):
+                    raise InvalidArgument(f"{where}.range.{bound}", f"must be a finite number, got {value}")
+            if len(bounds) == 2 and bounds["min"] > bounds["max"]:
+                raise InvalidArgument(f"{where}.range", f"min {bounds['min']} is greater than max {bounds['max']}")
 
 
 def check_timestamp(timestamp_ms: int, field: str, now_ms: int) -> None:

@@ -12,24 +12,56 @@ import numpy as np
 import qdrant_edge as qe
 
 from recmesh.index.base import (
+    ATTRIBUTES,
     AnyOf,
     Condition,
     Conditions,
+    FlagIs,
     Found,
+    HasPoint,
+    InRange,
     ItemIndex,
     SearchFilter,
     StoredItem,
+    attribute_key,
     last_rows,
     stored_item,
     with_popularity,
 )
 from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
 
+# qdrant-edge-py (0.9) reads MatchValue(True) as the integer 1, which no boolean payload value
+# matches: a flag cannot be tested directly. So the shard also holds, per item, each boolean
+# attribute as a keyword "attributes.<name>=true|false" in this field (Edge's own: written by
+# upsert, left out of export, so the payload others see is the layout's).
+FLAG_TERMS = "flag_terms"
+# Attribute keys given a payload index as upsert first meets them (beyond: filtered all the same,
+# by reading payloads; an index lets Qdrant plan a narrow filter so that it still fills a page).
+INDEXED_ATTRIBUTES = 64
+
+
+def flag_term(key: str, value: bool) -> str:
+    """The FLAG_TERMS keyword of a boolean `value` at payload key `key`."""
+    return f"{key}={'true' if value else 'false'}"
+
+
+def _with_flag_terms(item: dict) -> dict:
+    """The payload the shard stores: item, plus FLAG_TERMS when it has boolean attributes."""
+    terms = [flag_term(attribute_key(name), value) for name, value in (item.get(ATTRIBUTES) or {}).items()
+             if isinstance(value, bool)]
+    return item | {FLAG_TERMS: terms} if terms else item
+
 
 def _condition(c: Condition) -> qe.FieldCondition | qe.HasIdCondition:
     if isinstance(c, AnyOf):
         return qe.FieldCondition(key=c.key, match=qe.MatchAny(any=list(c.values)))
-    return qe.HasIdCondition(point_ids=set(c.point_ids))
+    if isinstance(c, InRange):
+        return qe.FieldCondition(key=c.key, range=qe.RangeFloat(gte=c.min, lte=c.max))
+    if isinstance(c, FlagIs):
+        return qe.FieldCondition(key=FLAG_TERMS, match=qe.MatchAny(any=[flag_term(c.key, c.value)]))
+    if isinstance(c, HasPoint):
+        return qe.HasIdCondition(point_ids=set(c.point_ids))
+    raise TypeError(f"not a filter condition: {c!r}")
 
 
 def edge_filter(conditions: Conditions | None) -> qe.Filter | None:
@@ -95,7 +127,8 @@ class CatalogMirror:
     def items(self, item_ids: list[str], scores: list[float] | None = None, with_vectors: bool = False) -> Found:
         """Copies of the known items among item_ids, in order (one deleted meanwhile drops out)."""
         by_id = self._items
-        found = [StoredItem(m.item_id, m.title, m.categories, m.popularity, scores[n] if scores else 0.0)
+        found = [StoredItem(m.item_id, m.title, m.categories, m.popularity, scores[n] if scores else 0.0,
+                            m.attributes)
                  for n, m in enumerate(by_id.get(i) for i in item_ids) if m is not None]
         if not with_vectors:
             return Found(found)
@@ -106,8 +139,8 @@ class CatalogMirror:
 class EdgeItemStore(ItemIndex):
     """One Qdrant Edge shard of items: three named vectors (INTEREST: the catalog vector, dot
     product; SESSION: the same, cosine; QUERY: the language-model text vector, cosine) and the
-    payload {item_id, title, categories, popularity, text}. Reads are answered from the
-    CatalogMirror and the shard's search, in this process."""
+    payload {item_id, title, categories, popularity, attributes, text} (and FLAG_TERMS). Reads
+    are answered from the CatalogMirror and the shard's search, in this process."""
 
     reads_in_process = True
 
@@ -125,6 +158,7 @@ class EdgeItemStore(ItemIndex):
         self._write_lock = threading.Lock()
         self._closed = False
         self._mirror = CatalogMirror(self.dim, self.text_dim)
+        self._indexed = set(shard.info().payload_schema)  # payload keys with an index
         self._load_mirror()
 
     def _load_mirror(self) -> None:
@@ -148,6 +182,7 @@ class EdgeItemStore(ItemIndex):
         shard = qe.EdgeShard.create(str(path), config)
         shard.update(qe.UpdateOperation.create_field_index("categories", qe.PayloadSchemaType.Keyword))
         shard.update(qe.UpdateOperation.create_field_index("popularity", qe.PayloadSchemaType.Float))
+        shard.update(qe.UpdateOperation.create_field_index(FLAG_TERMS, qe.PayloadSchemaType.Keyword))
         meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT}
         cls._meta_path(path).write_text(json.dumps(meta))
         return cls(shard, meta, hnsw_ef)
@@ -175,7 +210,10 @@ class EdgeItemStore(ItemIndex):
             records, offset = self._shard.scroll(
                 qe.ScrollRequest(offset=offset, limit=batch, with_payload=payload, with_vector=[INTEREST, QUERY]))
             if records:
-                yield ([dict(r.payload) for r in records], np.array([r.vector[INTEREST] for r in records], np.float32),
+                payloads = [dict(r.payload) for r in records]
+                for p in payloads:
+                    p.pop(FLAG_TERMS, None)  # the shard's own (see FLAG_TERMS): not the layout's payload
+                yield (payloads, np.array([r.vector[INTEREST] for r in records], np.float32),
                        np.array([r.vector[QUERY] for r in records], np.float32))
             if offset is None:
                 return
@@ -189,14 +227,31 @@ class EdgeItemStore(ItemIndex):
         with self._write_lock:
             self._mirror.check_point_ids([item["item_id"] for item in items])
             items = with_popularity(items, self._mirror.popularity([item["item_id"] for item in items]))
+            self._index_attributes(items)
             points = [
-                qe.Point(id=point_id(item["item_id"]), payload=item,
+                qe.Point(id=point_id(item["item_id"]), payload=_with_flag_terms(item),
                          vector={INTEREST: vec.tolist(), SESSION: vec.tolist(), QUERY: text.tolist()})
                 for item, vec, text in zip(items, vectors, text_vectors, strict=True)
             ]
             self._shard.update(qe.UpdateOperation.upsert_points(points))
             self._mirror.put([stored_item(item) for item in items], vectors, text_vectors)
         return len(points)
+
+    def _index_attributes(self, items: list[dict]) -> None:
+        """A payload index on each attribute key first met here (up to INDEXED_ATTRIBUTES), of
+        the kind of its first value: text keyword, number float (flags: FLAG_TERMS' index). A
+        value of another kind under an indexed key is still filtered right, from the payload.
+        Called under the write lock."""
+        indexed = sum(key.startswith(f"{ATTRIBUTES}.") for key in self._indexed)
+        for item in items:
+            for name, value in (item.get(ATTRIBUTES) or {}).items():
+                key = attribute_key(name)
+                if key in self._indexed or isinstance(value, bool) or indexed >= INDEXED_ATTRIBUTES:
+                    continue
+                kind = qe.PayloadSchemaType.Keyword if isinstance(value, str) else qe.PayloadSchemaType.Float
+                self._shard.update(qe.UpdateOperation.create_field_index(key, kind))
+                self._indexed.add(key)
+                indexed += 1
 
     def delete(self, item_ids: list[str]) -> int:
         """As ItemIndex.delete; exact also under concurrent deletes."""

@@ -36,13 +36,29 @@ PAYLOAD_FIELDS = ["item_id", "title", "categories", "popularity", "attributes"]
 
 def attribute_values(item: common_pb2.Item) -> dict[str, str | float | bool]:
     """The item's filterable attributes as plain values (text: str, number: float, flag: bool);
-    attributes set to no kind are left out."""
+    attributes set to no kind are left out. `item`: anything with an `attributes` map of
+    AttributeValue (Item, retrieval's Candidate, RecommendedItem)."""
     values: dict[str, str | float | bool] = {}
     for name, value in item.attributes.items():
         kind = value.WhichOneof("kind")
         if kind is not None:
             values[name] = getattr(value, kind)
     return values
+
+
+def attribute_protos(values: dict[str, str | float | bool]) -> dict[str, common_pb2.AttributeValue]:
+    """Stored attribute values ({name: str | float | bool}, as a payload holds them) as the
+    protos' map of AttributeValue (bool is a flag, not a number: tested first); a value of
+    another type (none recmesh writes) is left out."""
+    protos = {}
+    for name, value in values.items():
+        if isinstance(value, bool):
+            protos[name] = common_pb2.AttributeValue(flag=value)
+        elif isinstance(value, (int, float)):
+            protos[name] = common_pb2.AttributeValue(number=float(value))
+        elif isinstance(value, str):
+            protos[name] = common_pb2.AttributeValue(text=value)
+    return protos
 
 
 def item_payload(item: common_pb2.Item, popularity: float | None) -> dict:

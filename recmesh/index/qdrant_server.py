@@ -16,17 +16,26 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from recmesh.index.base import (
+    ATTRIBUTES,
     AnyOf,
     Condition,
     Conditions,
+    FlagIs,
     Found,
+    HasPoint,
+    InRange,
     ItemIndex,
     SearchFilter,
+    attribute_key,
     last_rows,
     stored_item,
     with_popularity,
 )
 from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
+
+# Attribute keys given a payload index as upsert first meets them (as EdgeItemStore: beyond these,
+# filtered all the same from the payloads).
+INDEXED_ATTRIBUTES = 64
 
 
 def connect(url: str, timeout_s: int = 10) -> QdrantClient:
@@ -42,7 +51,13 @@ def connect(url: str, timeout_s: int = 10) -> QdrantClient:
 def _condition(c: Condition) -> qm.FieldCondition | qm.HasIdCondition:
     if isinstance(c, AnyOf):
         return qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values)))
-    return qm.HasIdCondition(has_id=list(c.point_ids))
+    if isinstance(c, InRange):
+        return qm.FieldCondition(key=c.key, range=qm.Range(gte=c.min, lte=c.max))
+    if isinstance(c, FlagIs):
+        return qm.FieldCondition(key=c.key, match=qm.MatchValue(value=c.value))
+    if isinstance(c, HasPoint):
+        return qm.HasIdCondition(has_id=list(c.point_ids))
+    raise TypeError(f"not a filter condition: {c!r}")
 
 
 def client_filter(conditions: Conditions | None) -> qm.Filter | None:
@@ -67,6 +82,8 @@ class QdrantServerStore(ItemIndex):
         self.dim, self.text_dim = int(meta["dim"]), int(meta["text_dim"])
         self.version = str(meta.get("version", "unversioned"))
         self._params = qm.SearchParams(hnsw_ef=hnsw_ef)
+        # Attribute keys this store has met in an upsert: indexed, or passed over (see _index_attributes).
+        self._attribute_keys: set[str] = set()
 
     @classmethod
     def create(cls, client: QdrantClient, collection: str, dim: int, text_dim: int, version: str,
@@ -111,6 +128,7 @@ class QdrantServerStore(ItemIndex):
         collisions are not checked here (no mirror knows every point id held)."""
         rows = last_rows(items)
         items, vectors, text_vectors = [items[r] for r in rows], vectors[rows], text_vectors[rows]
+        self._index_attributes(items)
         keep = [item["item_id"] for item in items if "popularity" not in item]
         stored = {it.item_id: it.popularity for it in self.get(keep).items} if keep else {}
         points = [
@@ -120,6 +138,30 @@ class QdrantServerStore(ItemIndex):
         ]
         self._client.upsert(self._collection, points, wait=True)
         return len(points)
+
+    def _index_attributes(self, items: list[dict]) -> None:
+        """A payload index on each attribute key first met (up to INDEXED_ATTRIBUTES), of the
+        kind of its first value (text keyword, number float, flag bool). The server's list is
+        read when a key is new to this store: another writer may have indexed it (re-creating it
+        with another kind would replace that index). qdrant-client's local mode keeps none."""
+        new = {}
+        for item in items:
+            for name, value in (item.get(ATTRIBUTES) or {}).items():
+                key = attribute_key(name)
+                if key not in self._attribute_keys:
+                    new.setdefault(key, value)
+        if not new:
+            return
+        indexed = set(self._client.get_collection(self._collection).payload_schema or {})
+        count = sum(key.startswith(f"{ATTRIBUTES}.") for key in indexed)
+        for key, value in new.items():
+            self._attribute_keys.add(key)
+            if key in indexed or count >= INDEXED_ATTRIBUTES:
+                continue
+            kind = (qm.PayloadSchemaType.BOOL if isinstance(value, bool) else
+                    qm.PayloadSchemaType.KEYWORD if isinstance(value, str) else qm.PayloadSchemaType.FLOAT)
+            self._client.create_payload_index(self._collection, key, kind, wait=True)
+            count += 1
 
     def delete(self, item_ids: list[str]) -> int:
         """Returns how many distinct items existed just before the delete (repeated and unknown

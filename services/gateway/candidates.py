@@ -23,9 +23,9 @@ class CandidateStage:
 
     async def retrieve(self, budget: Budget, filters: common_pb2.Filters, excluded: set[str], signals: Signals,
                        k: int) -> Retrieved:
-        """Candidates that pass the request's category filters and leave out `excluded` (the
-        user's exclusions: shed.excluded_ids), in retrieval order: up to max(settings.candidates,
-        k) per source. Retrieval failing or late is no error: without signals, or with Search
+        """Candidates that pass the request's filters (categories, attributes) and leave out
+        `excluded` (the user's exclusions: shed.excluded_ids), in retrieval order: up to
+        max(settings.candidates, k) per source. Retrieval failing or late is no error: without signals, or with Search
         failed or late (stage "retrieval": `fallback:popular_candidates`), the popular ones
         (services/gateway/fallbacks.py), with their query similarity when there is a query.
         Raises InvalidArgument for a malformed matrix in retrieval's reply."""
@@ -41,6 +41,7 @@ class CandidateStage:
                     include_categories=filters.include_categories,
                     exclude_categories=filters.exclude_categories,
                     exclude_item_ids=sorted(excluded),
+                    attributes=filters.attributes,
                 ),
                 with_vectors=True,  # with a query, each candidate also carries its query similarity
             )

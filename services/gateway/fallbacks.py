@@ -8,8 +8,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from recmesh.common.vectors import from_matrix
+from recmesh.index.base import ATTRIBUTES, SearchFilter
+from recmesh.index.layout import attribute_values
 from recmesh.v1 import common_pb2, retrieval_pb2
 from services.gateway.budget import Budget
+
+
+def candidate_payload(candidate: retrieval_pb2.Candidate) -> dict:
+    """What a filter reads of a candidate, shaped as the index's payload: {item_id, categories,
+    attributes: {name: str | float | bool}} - for `Conditions.admits`, the filter rule the
+    index applies (recmesh.index.base), so that the gateway decides it the same way."""
+    return {"item_id": candidate.item_id, "categories": list(candidate.categories),
+            ATTRIBUTES: attribute_values(candidate)}
 
 
 @dataclass(frozen=True)
@@ -19,12 +29,18 @@ class CandidateSet:
     text_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     # Each candidate's text . query when the list answers a query (None: no query).
     query_similarity: list[float] | None = None
+    # candidate_payload of each item, when the list is filtered more than once (the popular pool):
+    # read from the protos once per refresh, not per request. None: not made.
+    payloads: list[dict] | None = None
 
     @classmethod
-    def from_reply(cls, reply: retrieval_pb2.CandidateList, with_query: bool = False) -> "CandidateSet":
-        return cls(list(reply.candidates), from_matrix(reply.vectors, "vectors"),
+    def from_reply(cls, reply: retrieval_pb2.CandidateList, with_query: bool = False,
+                   with_payloads: bool = False) -> "CandidateSet":
+        items = list(reply.candidates)
+        return cls(items, from_matrix(reply.vectors, "vectors"),
                    from_matrix(reply.text_vectors, "text_vectors"),
-                   [c.query_similarity for c in reply.candidates] if with_query else None)
+                   [c.query_similarity for c in reply.candidates] if with_query else None,
+                   [candidate_payload(c) for c in items] if with_payloads else None)
 
     def for_query(self, query: np.ndarray | None) -> "CandidateSet":
         """This list with each candidate's similarity to the query, from the text vectors."""
@@ -36,7 +52,8 @@ class CandidateSet:
         def pick(matrix: np.ndarray) -> np.ndarray:  # a list without vectors stays without
             return matrix[rows] if len(matrix) else matrix
 
-        return CandidateSet([self.items[i] for i in rows], pick(self.vectors), pick(self.text_vectors))
+        return CandidateSet([self.items[i] for i in rows], pick(self.vectors), pick(self.text_vectors),
+                            payloads=None if self.payloads is None else [self.payloads[i] for i in rows])
 
 
 class PopularCandidates:
@@ -53,7 +70,8 @@ class PopularCandidates:
 
     def replace(self, reply: retrieval_pb2.CandidateList, asked: int | None = None) -> None:
         """asked: the limit the reply answered (None: unknown, the pool may be a cut)."""
-        self.current, self.index_version = CandidateSet.from_reply(reply), reply.index_version
+        self.current = CandidateSet.from_reply(reply, with_payloads=True)
+        self.index_version = reply.index_version
         self.whole_catalog = asked is not None and len(reply.candidates) < asked
 
     def items_added(self) -> None:
@@ -67,35 +85,42 @@ class PopularCandidates:
         if len(keep) != len(current.items):
             self.current = current.rows(keep)
 
-    def select(self, include: set[str], exclude: set[str], exclude_ids: set[str], limit: int) -> CandidateSet:
-        """Popular candidates that pass the request's filters, most popular first."""
+    def select(self, flt: SearchFilter, exclude_ids: set[str], limit: int) -> CandidateSet:
+        """Up to `limit` popular candidates that pass flt (its rule, SearchFilter.conditions,
+        decided on each candidate's categories and attributes: as retrieval would), and are none
+        of exclude_ids nor of flt.exclude_item_ids, most popular first."""
         current = self.current
-        rows = [
-            i
-            for i, c in enumerate(current.items)
-            if c.item_id not in exclude_ids
-            and not exclude.intersection(c.categories)
-            and (not include or include.intersection(c.categories))
-        ][:limit]
+        conditions = flt.conditions(with_ids=False)
+        excluded = exclude_ids.union(flt.exclude_item_ids) if flt.exclude_item_ids else exclude_ids
+        payloads = current.payloads
+        rows = []
+        for i, c in enumerate(current.items):
+            if len(rows) == limit:
+                break
+            if c.item_id in excluded:
+                continue
+            if conditions is None or conditions.admits(payloads[i] if payloads is not None else candidate_payload(c)):
+                rows.append(i)
         return current.rows(rows)
 
     async def matching(self, budget: Budget, upstreams, cap_s: float, filters: common_pb2.Filters,
                        exclude_ids: set[str], want: int, limit: int,
                        with_vectors: bool = True) -> tuple[CandidateSet, str]:
         """(candidates, index version): up to `limit` popular items that pass the request's
-        category filters and leave out exclude_ids, most popular first. From the local pool when
-        it holds at least `want` of them (or is the whole catalog); else from one filtered
-        `upstreams.retrieval.TopPopular` call within the budget (stage
-        "popular", at most cap_s seconds) - failing that, what the pool has (fewer; the trace
-        says why)."""
-        include, exclude = set(filters.include_categories), set(filters.exclude_categories)
-        local = self.select(include, exclude, exclude_ids, limit)
+        filters (categories and attributes; checked) and leave out exclude_ids, most popular
+        first. From the local pool when it holds at least `want` of them (or is the whole
+        catalog); else from one `upstreams.retrieval.TopPopular` call with the same filters
+        within the budget (stage "popular", at most cap_s seconds) - failing that, what the pool
+        has (fewer; the trace says why)."""
+        flt = SearchFilter.from_proto(filters, exclude_item_ids=())  # the ids: exclude_ids, a set already
+        local = self.select(flt, exclude_ids, limit)
         if len(local.items) >= min(want, limit) or self.whole_catalog:
             return local, self.index_version
         request = retrieval_pb2.TopPopularRequest(
             limit=limit, with_vectors=with_vectors,
-            filters=common_pb2.Filters(include_categories=sorted(include), exclude_categories=sorted(exclude),
-                                       exclude_item_ids=sorted(exclude_ids)))
+            filters=common_pb2.Filters(include_categories=filters.include_categories,
+                                       exclude_categories=filters.exclude_categories,
+                                       exclude_item_ids=sorted(exclude_ids), attributes=filters.attributes))
         reply = await budget.call("popular", cap_s, lambda t: upstreams.retrieval.TopPopular(request, timeout=t))
         if reply is None:
             return local, self.index_version

@@ -74,13 +74,13 @@ class Pipeline:
             for item in ranked.ranking.items[:k]:
                 c = by_id[item.item_id]
                 reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories,
-                                score=item.score, reasons=item.reasons)
+                                score=item.score, reasons=item.reasons, attributes=c.attributes)
             self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k))
         else:
             reasons = ["fits your recent activity"] if signals.any() else ["popular right now"]
             for c in candidates[:k]:
                 reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.score,
-                                reasons=reasons)
+                                reasons=reasons, attributes=c.attributes)
         versions = {"encoder": encoded.version, "index": retrieved.version,
                     "ranker": ranked.version if ranked is not None else None}
         reply.versions.update({name: version for name, version in versions.items() if version is not None})

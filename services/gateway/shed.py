@@ -57,7 +57,7 @@ class ShedAnswers:
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
         for c in found.items[:k]:
             reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.popularity,
-                            reasons=["popular right now"])
+                            reasons=["popular right now"], attributes=c.attributes)
         reply.versions["index"] = version
         reply.degraded.extend(reasons)
         budget.report(reply)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from recmesh.common import limits
 from recmesh.common.errors import InvalidArgument
-from recmesh.common.validation import check_id, check_item, check_labels, check_query
+from recmesh.common.validation import check_attribute_filters, check_id, check_item, check_labels, check_query
 from services.gateway.config import GatewaySettings
 
 
@@ -20,6 +20,7 @@ def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
     check_labels(f.include_categories, "filters.include_categories", settings.max_filter_values)
     check_labels(f.exclude_categories, "filters.exclude_categories", settings.max_filter_values)
     check_labels(f.exclude_item_ids, "filters.exclude_item_ids", settings.max_filter_values, limits.ID_CHARS)
+    check_attribute_filters(f.attributes, "filters.attributes", settings.max_filter_values)
     for name in ("surface", "locale"):
         if len(getattr(request.context, name)) > limits.ID_CHARS:
             raise InvalidArgument(f"context.{name}", f"longer than {limits.ID_CHARS} characters")

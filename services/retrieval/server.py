@@ -4,6 +4,7 @@ QdrantServerStore (same behaviour)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
@@ -15,16 +16,26 @@ from recmesh.common import limits
 from recmesh.common.errors import InvalidArgument, Unavailable, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
-from recmesh.common.validation import check_item
+from recmesh.common.validation import check_attribute_filters, check_item
 from recmesh.common.vectors import from_matrix, l2_normalize, optional_row, to_matrix
 from recmesh.index.base import Found, ItemIndex, SearchFilter
 from recmesh.index.edge import EdgeItemStore
-from recmesh.index.layout import INTEREST, QUERY, SESSION, item_payload
+from recmesh.index.layout import INTEREST, QUERY, SESSION, attribute_protos, item_payload
 from recmesh.index.qdrant_server import QdrantServerStore, connect
 from recmesh.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.config import RetrievalSettings
 
 T = TypeVar("T")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _attributes_wire(attributes: tuple[tuple[str, type, str | float | bool], ...]) -> bytes:
+    """A Candidate holding only these attributes ((name, type, value) each: the type keeps True
+    and 1.0 apart, which compare equal), serialised - merged into a reply's candidate, it costs
+    ~2 us where building the map's messages anew cost ~15 us for 10 attributes (a Search answers
+    hundreds of candidates)."""
+    return retrieval_pb2.Candidate(attributes=attribute_protos({name: value for name, _, value in attributes})
+                                   ).SerializeToString()
 
 
 def open_index(settings: RetrievalSettings) -> ItemIndex:
@@ -68,8 +79,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         add = reply.candidates.add
         sims = [0.0] * len(found.items) if query_similarity is None else query_similarity.tolist()
         for it, sim in zip(found.items, sims, strict=True):
-            add(item_id=it.item_id, title=it.title, categories=it.categories, score=it.score,
-                popularity=it.popularity, query_similarity=sim)
+            candidate = add(item_id=it.item_id, title=it.title, categories=it.categories, score=it.score,
+                            popularity=it.popularity, query_similarity=sim)
+            if it.attributes:
+                candidate.MergeFromString(_attributes_wire(tuple((k, type(v), v) for k, v in it.attributes.items())))
         if found.vectors is not None and found.items:
             reply.vectors.CopyFrom(to_matrix(found.vectors))
             if with_text:
@@ -90,8 +103,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         return limit
 
     def _filter(self, f) -> SearchFilter:
-        return SearchFilter(list(f.include_categories), list(f.exclude_categories),
-                            self._check_ids(f.exclude_item_ids, "filters.exclude_item_ids"))
+        """The request's filters (common_pb2.Filters: categories, attributes, excluded ids),
+        checked as the gateway checks them; raises InvalidArgument naming the field."""
+        check_attribute_filters(f.attributes, "filters.attributes")
+        return SearchFilter.from_proto(f, self._check_ids(f.exclude_item_ids, "filters.exclude_item_ids"))
 
     @rpc_method
     async def Search(self, request, context):

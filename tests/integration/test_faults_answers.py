@@ -94,3 +94,34 @@ def test_an_upsert_keeps_the_popularity_it_does_not_carry(retrieval):
     assert reply.upserted == 1
     again = top_popular(retrieval, 1)[0]
     assert again.item_id == top.item_id and again.popularity == pytest.approx(top.popularity)
+
+
+def test_a_brand_and_a_price_range_hold_on_the_full_the_popular_and_the_shed_path(client, user):
+    """Items upserted with attributes through the gateway (encoder, retrieval, the Edge shard),
+    then asked for by brand and an inclusive price range: with a query (retrieval's Search), cold
+    (the popular list, filtered by retrieval: the gateway's pool holds none of them) and shed."""
+    brand = f"Brand-{user}"  # this test's own: other tests' items never match
+    catalog = {
+        f"{user}-a": {"brand": brand, "price": 10.0, "in_stock": True},  # both bounds are in
+        f"{user}-b": {"brand": brand, "price": 50.0},
+        f"{user}-c": {"brand": brand, "price": 50.5},
+        f"{user}-d": {"brand": brand},
+        f"{user}-e": {"brand": "Other", "price": 20.0},
+        f"{user}-f": {"brand": brand, "price": "20"},  # a text: no number for a range
+    }
+    client.upsert_items([{"item_id": item_id, "title": f"Laser printer {item_id[-1]}", "categories": ["Printers"],
+                          "attributes": attributes} for item_id, attributes in catalog.items()])
+    wanted = {"brand": [brand], "price": (10, 50)}
+    try:
+        searched = client.recommend(user, query="laser printer", k=10, attributes=wanted, timeout_s=5)
+        cold = complete(lambda: client.recommend(user, k=10, attributes=wanted))
+        shed = complete(lambda: client.recommend(user, k=10, attributes=wanted, timeout_s=LATE_S))
+    finally:
+        client.delete_items(catalog)
+    assert "shed:late_arrival" in shed.degraded
+    for reply in (searched, cold, shed):
+        assert sorted(ids(reply)) == [f"{user}-a", f"{user}-b"], (list(reply.degraded), ids(reply))
+        by_id = {item.item_id: item for item in reply.items}
+        assert by_id[f"{user}-a"].attributes["in_stock"].flag is True
+        assert by_id[f"{user}-b"].attributes["price"].number == 50.0
+        assert all(item.attributes["brand"].text == brand for item in reply.items)

@@ -34,6 +34,34 @@ def category(i: int) -> str:
     return "Documentary" if i % 10 == 7 else "Drama"
 
 
+def attributes(i: int) -> dict[str, common_pb2.AttributeValue]:
+    """Item p<i>'s: brand Acme, Bolt or Core in turn; price i % 20 (a text price when i % 11 == 5,
+    none when i % 23 == 0); in_stock false every 7th, true the next, else unset."""
+    values = {"brand": common_pb2.AttributeValue(text=["Acme", "Bolt", "Core"][i % 3])}
+    if i % 11 == 5:
+        values["price"] = common_pb2.AttributeValue(text=str(i % 20))
+    elif i % 23:
+        values["price"] = common_pb2.AttributeValue(number=i % 20)
+    if i % 7 in (0, 1):
+        values["in_stock"] = common_pb2.AttributeValue(flag=i % 7 == 1)
+    return values
+
+
+def passes(candidate, f: common_pb2.AttributeFilter) -> bool:
+    """The fake retrieval's own reading of one attribute filter (common.proto's words)."""
+    value = candidate.attributes.get(f.name)
+    kind = value.WhichOneof("kind") if value is not None else None
+    test = f.WhichOneof("test")
+    if test == "any_of":
+        met = kind == "text" and value.text in f.any_of.values
+    elif test == "range":
+        met = (kind == "number" and (not f.range.HasField("min") or value.number >= f.range.min)
+               and (not f.range.HasField("max") or value.number <= f.range.max))
+    else:
+        met = kind == "flag" and value.flag == f.equals
+    return met != f.exclude
+
+
 def unavailable() -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
 
@@ -45,7 +73,8 @@ class Mesh:
 
     def __init__(self):
         self.items = [retrieval_pb2.Candidate(item_id=f"p{i}", title=f"T{i}", categories=[category(i)],
-                                              popularity=1 - i / CATALOG) for i in range(CATALOG)]
+                                              popularity=1 - i / CATALOG, attributes=attributes(i))
+                      for i in range(CATALOG)]
         self.seen: dict[str, list[str]] = {}
         self.logged: set[str] = set()  # event ids ever applied: kept after a user is deleted, as the updater does
         self.down: set[str] = set()
@@ -71,7 +100,8 @@ class Mesh:
     def _passing(self, f: common_pb2.Filters, limit: int):
         include, exclude, ids = set(f.include_categories), set(f.exclude_categories), set(f.exclude_item_ids)
         return [c for c in self.items if c.item_id not in ids and not exclude & set(c.categories)
-                and (not include or include & set(c.categories))][:limit]
+                and (not include or include & set(c.categories))
+                and all(passes(c, a) for a in f.attributes)][:limit]
 
     async def Ingest(self, request, timeout):
         self._call("Ingest", request, timeout)
@@ -123,9 +153,12 @@ class Mesh:
         for it in request.items:  # an existing item keeps its place (popularity); a new one comes last
             if it.item_id in known:
                 known[it.item_id].title, known[it.item_id].categories[:] = it.title, it.categories
+                known[it.item_id].attributes.clear()
+                for name, value in it.attributes.items():
+                    known[it.item_id].attributes[name].CopyFrom(value)
             else:
                 self.items.append(retrieval_pb2.Candidate(item_id=it.item_id, title=it.title,
-                                                          categories=it.categories))
+                                                          categories=it.categories, attributes=it.attributes))
         return retrieval_pb2.UpsertResponse(upserted=len(request.items))
 
     async def LogImpressions(self, request, timeout):
@@ -298,6 +331,100 @@ def test_a_narrow_filter_gets_k_matching_items_on_every_path(monkeypatch, how):
     if how != "full":
         assert how in reply.degraded
     assert ids(reply) == DOCUMENTARIES[3:13]
+
+
+ACME_5_TO_9 = [common_pb2.AttributeFilter(name="brand", any_of=common_pb2.StringSet(values=["Acme"])),
+               common_pb2.AttributeFilter(name="price", range=common_pb2.NumberRange(min=5, max=9))]
+# Worked out from the catalog's definition, not by the rule under test: Acme (i % 3 == 0), a number
+# price in [5, 9] - bounds included; a text price or none fails.
+ACME_5_TO_9_IDS = [f"p{i}" for i in range(CATALOG) if i % 3 == 0 and 5 <= i % 20 <= 9 and i % 11 != 5 and i % 23]
+NOT_OUT_OF_STOCK = common_pb2.AttributeFilter(name="in_stock", equals=False, exclude=True)
+
+
+def test_the_attribute_catalog_is_what_the_paths_test_needs():
+    # Both bounds met (p45: 5, p9: 9); p27 (price "7", a text) and p69 (no price) left out.
+    assert ACME_5_TO_9_IDS[:6] == ["p6", "p9", "p45", "p48", "p66", "p87"]
+    assert attributes(27)["price"].text == "7" and "price" not in attributes(69)
+    assert len([i for i in ACME_5_TO_9_IDS if int(i[1:]) < POOL]) == 4 and len(ACME_5_TO_9_IDS) >= 13
+
+
+@pytest.mark.parametrize("how", ["full", "full+query", *BROWNOUT, *[f"{b}+query" for b in BROWNOUT], *SHED,
+                                 "fallback:anonymous", "fallback:popular_candidates", "fallback:retrieval_order"])
+def test_a_brand_and_a_price_range_hold_on_every_path(monkeypatch, how):
+    """The pool holds 4 items of brand Acme priced 5..9; the catalog more: k=10 must come back,
+    each passing both tests, with its attributes, also after the user's seen items take some.
+    "+query": the user types a query, so retrieval's Search finds the candidates (without one,
+    this user has no signal: the popular candidates answer)."""
+    how, _, typed = how.partition("+")
+    down = {"fallback:anonymous": {"GetUserState"}, "fallback:popular_candidates": {"Search"},
+            "fallback:retrieval_order": {"Rank"}}.get(how, set())
+    query = "a printer" if typed or how == "fallback:popular_candidates" else ""
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", ACME_5_TO_9_IDS[:3])
+        mesh.down = down
+        return mesh, await recommend(g, "u", 10, how if how in RUNGS or how in SHED else "full", query=query,
+                                     attributes=ACME_5_TO_9)
+
+    mesh, reply = asyncio.run(scenario())
+    if how != "full":
+        assert how in reply.degraded
+    assert bool(mesh.called("Search")) == bool(query)
+    assert ids(reply) == ACME_5_TO_9_IDS[3:13]
+    for item in reply.items:
+        assert item.attributes["brand"].text == "Acme" and 5 <= item.attributes["price"].number <= 9
+    sent = [request.filters.attributes for m in ("Search", "TopPopular") for request, _ in mesh.called(m)]
+    assert sent and all(list(attributes) == ACME_5_TO_9 for attributes in sent)  # retrieval asked with them
+
+
+@pytest.mark.parametrize("how", ["full", "shed:overload", "fallback:popular_candidates"])
+def test_an_exclusion_leaves_out_those_that_pass_and_keeps_those_without_the_attribute(monkeypatch, how):
+    down = {"fallback:popular_candidates": {"Search"}}.get(how, set())
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        mesh.down = down
+        return await recommend(g, "u", 12, "shed:overload" if how == "shed:overload" else "full",
+                               query="a printer" if down else "", attributes=[NOT_OUT_OF_STOCK])
+
+    reply = asyncio.run(scenario())
+    # p0, p7 are out of stock; p1, p8 in stock; the rest say nothing and pass.
+    assert ids(reply) == [f"p{i}" for i in range(14) if i % 7]
+
+
+def test_the_whole_catalog_in_the_pool_answers_attribute_filters_alone(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        mesh.items = mesh.items[:30]  # the pool (50 asked) holds the whole catalog
+        g = await gateway(monkeypatch, mesh)
+        whole = await recommend(g, "u", 10, "shed:overload", attributes=ACME_5_TO_9)
+        return mesh, whole
+
+    mesh, whole = asyncio.run(scenario())
+    assert ids(whole) == ["p6", "p9"] and not mesh.called("TopPopular")
+
+
+def test_an_item_upserted_with_new_attributes_is_not_answered_with_its_old_ones(monkeypatch):
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        changed = common_pb2.Item(item_id="p6", title="T6", categories=["Drama"],
+                                  attributes={"brand": common_pb2.AttributeValue(text="Bolt")})
+        await g.UpsertItems(recommendations_pb2.UpsertItemsRequest(items=[changed]), Context(5.0))
+        paths = {how: await recommend(g, "cold", 3, how, attributes=ACME_5_TO_9) for how in ("full", "shed:overload")}
+        await asyncio.sleep(0.01)  # the pool refresh the upsert started
+        bolt = await recommend(g, "cold", 1, "shed:overload", attributes=[
+            common_pb2.AttributeFilter(name="brand", any_of=common_pb2.StringSet(values=["Bolt"]))])
+        return mesh, paths, bolt
+
+    mesh, paths, bolt = asyncio.run(scenario())
+    assert [request.items[0].attributes["brand"].text for request, _ in mesh.called("Upsert")] == ["Bolt"]
+    for reply in paths.values():
+        assert ids(reply) == ["p9", "p45", "p48"]
+    assert ids(bolt) == ["p1"]
 
 
 @pytest.mark.parametrize("how", ["full", *BROWNOUT, *SHED])
