@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -17,10 +18,10 @@ DEFAULT_TARGET = "localhost:50060"
 PASS_THROUGH = {"eval": "recmesh.tools.eval.run", "train": "recmesh.tools.eval.release",
                 "load": "recmesh.tools.loadtest", "chaos": "recmesh.tools.chaos"}
 # Subcommands that write into the var (RECMESH_VAR): checked before they start.
-WRITES_VAR = {"eval", "train", "load", "chaos", "bootstrap", "run"}
+WRITES_VAR = {"eval", "train", "load", "chaos", "bootstrap", "import", "run"}
 # The extras (recmesh.tools.extras) each subcommand needs; the others need only the client's dependencies.
 NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "load": ("serve", "bench"), "chaos": ("serve", "bench"),
-         "bootstrap": ("serve",), "run": ("serve",), "publish-catalog": ("serve",)}
+         "bootstrap": ("serve",), "import": ("serve",), "run": ("serve",), "publish-catalog": ("serve",)}
 
 
 def _print_message(message) -> None:
@@ -46,6 +47,12 @@ def cmd_bootstrap(args) -> None:
     from recmesh.tools.catalog import bootstrap
 
     bootstrap.run(args)
+
+
+def cmd_import(args) -> None:
+    from recmesh.tools.catalog import importer
+
+    importer.run(args)
 
 
 def _cli_name() -> str:
@@ -108,18 +115,101 @@ def cmd_demo(args) -> None:
     run_demo(args.target, args.user)
 
 
+def _name_and_value(text: str, form: str) -> tuple[str, str]:
+    """NAME=VALUE split at the first "=" (argparse type helper: a bad one is a usage error)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {form}")
+    return name, value
+
+
+def _text_set(text: str) -> tuple[str, list[str]]:
+    """--where/--not NAME=V1,V2: the text attribute is one of the values."""
+    name, values = _name_and_value(text, "NAME=VALUE[,VALUE...], e.g. brand=HP,Canon")
+    return name, values.split(",")
+
+
+def _number_range(text: str) -> tuple[str, float | None, float | None]:
+    """--range NAME=MIN:MAX, either bound left empty for an open side (price=10:50, price=:50)."""
+    name, bounds = _name_and_value(text, "NAME=MIN:MAX, e.g. price=10:50 or price=:50")
+    low, sep, high = bounds.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return name, float(low) if low.strip() else None, float(high) if high.strip() else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=MIN:MAX with numbers, e.g. price=10:50") from None
+
+
+def _flag_value(text: str) -> tuple[str, bool]:
+    """--flag NAME=true|false."""
+    name, value = _name_and_value(text, "NAME=true|false, e.g. in_stock=true")
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=true or NAME=false")
+    return name, value.lower() == "true"
+
+
+def _attribute(text: str) -> tuple[str, str | float | bool]:
+    """--attr NAME=VALUE (true/false: a flag; a finite number: a number; else a text), or typed:
+    NAME:text=VALUE, NAME:number=VALUE, NAME:flag=true|false."""
+    key, value = _name_and_value(text, "NAME=VALUE or NAME:text|number|flag=VALUE, e.g. price=89.5")
+    name, _, kind = key.partition(":")
+    if kind == "text":
+        return name, value
+    if kind == "flag":
+        return _flag_value(f"{name}={value}")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if kind == "number":
+        if number is None or not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"{text!r}: not a finite number")
+        return name, number
+    if kind:
+        raise argparse.ArgumentTypeError(f"{text!r}: the kind after ':' is text, number or flag")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    return name, number if number is not None and math.isfinite(number) else value
+
+
+def _attribute_filters(args) -> list:
+    """The recommend subcommand's --where, --not, --range, --not-range and --flag as filters."""
+    from recmesh.client import flag, in_range, where
+
+    return ([where(name, *values) for name, values in args.where or ()]
+            + [where(name, *values, exclude=True) for name, values in args.not_ or ()]
+            + [in_range(name, low, high) for name, low, high in args.range or ()]
+            + [in_range(name, low, high, exclude=True) for name, low, high in args.not_range or ()]
+            + [flag(name, value) for name, value in args.flag or ()])
+
+
+def _shown_attributes(attributes) -> str:
+    """An answer's item attributes for a terminal: " {brand=HP, price=89}"; "" for none."""
+    shown = []
+    for name in sorted(attributes):
+        value = getattr(attributes[name], attributes[name].WhichOneof("kind") or "text")
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        shown.append(f"{name}={value}")
+    return f" {{{', '.join(shown)}}}" if shown else ""
+
+
 def cmd_recommend(args) -> None:
     with _client(args) as rm:
         reply = rm.recommend(
             args.user, query=args.query or "", k=args.k, include_categories=args.include or (),
             exclude_categories=args.exclude or (), exclude_seen=not args.include_seen, diversity=args.diversity,
+            attributes=_attribute_filters(args),
         )
     if args.json:
         _print_message(reply)
         return
     for i, item in enumerate(reply.items, start=1):
-        print(f"{i:2}. [{item.item_id}] {item.title} ({'|'.join(item.categories)}) {item.score:.3f} - "
-              f"{'; '.join(item.reasons)}")
+        print(f"{i:2}. [{item.item_id}] {item.title} ({'|'.join(item.categories)}){_shown_attributes(item.attributes)} "
+              f"{item.score:.3f} - {'; '.join(item.reasons)}")
     print(f"-- {reply.total_ms:.1f} ms, versions {dict(reply.versions)}"
           + (f", degraded: {list(reply.degraded)}" if reply.degraded else ""))
 
@@ -136,7 +226,7 @@ def cmd_track(args) -> None:
 def cmd_upsert(args) -> None:
     with _client(args) as rm:
         item = {"item_id": args.item, "title": args.title, "categories": args.category or [],
-                "description": args.description or "", "tags": args.tag or []}
+                "description": args.description or "", "tags": args.tag or [], "attributes": dict(args.attr or ())}
         _print_message(rm.upsert_items([item]))
 
 
@@ -168,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("import", help="your catalog and events (CSV, JSONL or Parquet) into the var: checked row by "
+                                       "row, re-imports apply the difference (recmesh import --help)")
+    from recmesh.tools.catalog import importer
+
+    importer.add_arguments(p)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("make-key", help="a new API key: prints the token (give it to the client) and its hashed "
                                          "line (append it to the gateway's key file)")
@@ -207,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", help="no items in these categories (repeatable)")
     p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
     p.add_argument("--diversity", type=float, default=0.0, help="0..1: trade relevance for variety")
+    p.add_argument("--where", action="append", type=_text_set, metavar="NAME=V[,V...]",
+                   help="only items whose text attribute is one of the values, e.g. brand=HP,Canon (repeatable)")
+    p.add_argument("--not", dest="not_", action="append", type=_text_set, metavar="NAME=V[,V...]",
+                   help="no items whose text attribute is one of the values (repeatable)")
+    p.add_argument("--range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
+                   help="only items whose number attribute is in [MIN, MAX]; a bound may be left out: price=:50 "
+                        "(repeatable)")
+    p.add_argument("--not-range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
+                   help="no items whose number attribute is in [MIN, MAX] (repeatable)")
+    p.add_argument("--flag", action="append", type=_flag_value, metavar="NAME=true|false",
+                   help="only items whose flag attribute is this, e.g. in_stock=true (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
 
@@ -225,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", action="append")
     p.add_argument("--tag", action="append")
     p.add_argument("--description")
+    p.add_argument("--attr", action="append", type=_attribute, metavar="NAME=VALUE",
+                   help="a filterable attribute: true/false is a flag, a number a number, else a text; or typed, "
+                        "NAME:text=VALUE, NAME:number=VALUE, NAME:flag=true (repeatable)")
     p.set_defaults(func=cmd_upsert)
 
     p = sub.add_parser("delete-items", help="remove catalog items")
