@@ -193,10 +193,11 @@ class EdgeItemStore(ItemIndex):
         run `recmesh bootstrap`; OlderLayout: rebuild it with `--force`)."""
         meta_path = cls._meta_path(path)
         if not path.is_dir() or not meta_path.is_file():
-            raise FileNotFoundError(f"no item shard at {path}: run `recmesh bootstrap` first")
+            raise FileNotFoundError(f"no item shard at {path}: run `recmesh import` or `recmesh bootstrap` first")
         meta = json.loads(meta_path.read_text())
         if meta.get("layout") != LAYOUT:
-            raise OlderLayout(f"{path} is a catalog of an older layout: rebuild it with `recmesh bootstrap --force`")
+            raise OlderLayout(f"{path} is a catalog of an older layout: rebuild it (`recmesh import` "
+                              "with your files, or `recmesh bootstrap --force`)")
         return cls(qe.EdgeShard.load(str(path)), meta, hnsw_ef)
 
     def count(self) -> int:

@@ -36,14 +36,16 @@ def check_catalog(var: Path) -> None:
     naming the command that fixes it."""
     build = var_paths(var).catalog / "BUILD.json"
     if not build.is_file():
-        raise SystemExit(f"no catalog in {build.parent} ({VAR_ENV}={var}): run `recmesh bootstrap` first")
+        raise SystemExit(f"no catalog in {build.parent} ({VAR_ENV}={var}): run `recmesh import` (your files) or "
+                         f"`recmesh bootstrap` (the bundled MovieLens) first")
     placed_with = json.loads(build.read_text()).get("interest_model", "")
     from recmesh.models.interest.served import artifact_version
 
     serving = artifact_version(served_artifact(var))
     if not placed_with.endswith(f"/{serving}"):
         raise SystemExit(f"the catalog in {build.parent} was placed with interest model {placed_with}, but this var "
-                         f"serves {serving} (installed by `recmesh train`): run `recmesh bootstrap` to place it again")
+                         f"serves {serving} (installed by `recmesh train`): place it again with the command that "
+                         f"built it (your `recmesh import`, or `recmesh bootstrap`)")
 
 
 def check_port(port: int, host: str = "127.0.0.1") -> None:

@@ -35,13 +35,13 @@ def test_an_unusable_var_is_refused_in_one_line_naming_recmesh_var(tmp_path, mak
 
 
 def test_run_needs_a_catalog_placed_with_the_model_the_var_serves(tmp_path):
-    with pytest.raises(SystemExit, match="no catalog in .*run `recmesh bootstrap` first"):
+    with pytest.raises(SystemExit, match="no catalog in .*run `recmesh import`.* or `recmesh bootstrap`"):
         check_catalog(tmp_path)
     catalog = tmp_path / "catalog"
     catalog.mkdir()
     (catalog / "BUILD.json").write_text(json.dumps({"interest_model": "llm-seq/19990101T000000Z"}))
-    with pytest.raises(SystemExit, match="placed with interest model llm-seq/19990101T000000Z.*run `recmesh "
-                                         "bootstrap` to place it again"):
+    with pytest.raises(SystemExit, match="placed with interest model llm-seq/19990101T000000Z.*place it "
+                                         "again .*`recmesh import`, or `recmesh bootstrap`"):
         check_catalog(tmp_path)
     shipped = artifact_version(SHIPPED_ARTIFACT)  # this var has no model of its own: the shipped one
     (catalog / "BUILD.json").write_text(json.dumps({"interest_model": f"llm-seq/{shipped}"}))
