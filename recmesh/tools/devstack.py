@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recmesh.common.local import REPO, die_with_parent, free_port
 from recmesh.common.paths import VAR_ENV, served_artifact, var_dir, var_paths
+from recmesh.models.ranking.scorer import start_params_dir
 from recmesh.tools.redisserver import RedisServer
 from recmesh.tools.tritonserver import TritonServer
 
@@ -85,6 +86,9 @@ class Stack:
     # The interest model Triton (or the in-process encoder) serves; None: the var's own if it
     # has one, else the shipped one (recmesh/common/paths.py served_artifact).
     interest_model: Path | None = None
+    # The ranker versions the ranker and the updater's learner start from; None: the var's own
+    # blend from `recmesh train` if it has one, else the shipped ones (scorer.start_params_dir).
+    start_params: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -109,6 +113,8 @@ class Stack:
         self.var = Path(self.var)
         if self.interest_model is None:
             self.interest_model = served_artifact(self.var)
+        if self.start_params is None:
+            self.start_params = start_params_dir(self.var)
         (self.var / "logs").mkdir(parents=True, exist_ok=True)
         if self.encoder_backend == "triton" and self.triton is None:
             self.triton = TritonServer(var_paths(self.var).triton, interest_model=self.interest_model)
@@ -139,12 +145,14 @@ class Stack:
         if name == "updater":
             env[f"{prefix}LOG_PATH"] = str(paths.event_log)
             env[f"{prefix}PARAMS_DIR"] = str(paths.ranker_params)
+            env.setdefault(f"{prefix}SHIPPED_PARAMS_DIR", str(self.start_params))
             if self.redis is not None:
                 env[f"{prefix}STORE"] = "redis"
                 env[f"{prefix}REDIS_URL"] = self.redis.url
                 env[f"{prefix}SEED_LOG"] = env[f"{prefix}LOG_PATH"]
         if name == "ranker":
             env[f"{prefix}UPDATER_ADDR"] = self.address("updater")
+            env.setdefault(f"{prefix}PARAMS_DIR", str(self.start_params))
         if name == "encoder":
             env[f"{prefix}BACKEND"] = self.encoder_backend
             env.setdefault(f"{prefix}INTEREST_MODEL", str(self.interest_model))  # one set in the shell wins
@@ -264,10 +272,12 @@ class Stack:
 def private_stack(*folders: Path, **settings) -> Iterator["Stack"]:
     """A running local mesh over a temporary copy of `folders` (each becomes var/<its name>;
     default: the bootstrapped catalog and event log of $RECMESH_VAR), serving the interest model
-    of the var they come from (the first folder's parent): what the run writes is thrown away.
+    and the ranker start versions of the var they come from (the first folder's parent): what
+    the run writes is thrown away.
     settings: Stack's fields (env, encoder_backend, ...)."""
     folders = folders or bootstrapped()
     settings.setdefault("interest_model", served_artifact(Path(folders[0]).parent))
+    settings.setdefault("start_params", start_params_dir(Path(folders[0]).parent))
     var = Path(tempfile.mkdtemp(prefix="recmesh-"))
     try:
         for folder in folders:

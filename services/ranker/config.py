@@ -6,15 +6,17 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from recmesh.common.config import ServiceSettings
-from recmesh.models.ranking.scorer import SHIPPED_PARAMS
+from recmesh.models.ranking.scorer import start_params_dir
 
 
 class RankerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RECMESH_RANKER_")
 
     port: int = 50063
-    # Folder of versioned parameter files (<version>.json); the newest by version name is served.
-    params_dir: Path = SHIPPED_PARAMS
+    # Folder of versioned parameter files (<version>.json); the newest by version name is served
+    # until the updater streams another. Default: the var's own blend from `recmesh train`
+    # ($RECMESH_VAR/models/served/params) when it has one, else the shipped versions.
+    params_dir: Path = Field(default_factory=lambda: start_params_dir())
     max_candidates: int = Field(default=2000, ge=1)
     max_reasons: int = Field(default=2, ge=1)
     # The updater's WatchParameters stream (online-learned versions); empty: shipped params only.

@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
 from recmesh.common.paths import var_paths
-from recmesh.models.ranking.scorer import SHIPPED_PARAMS
+from recmesh.models.ranking.scorer import start_params_dir
 
 
 class UpdaterSettings(ServiceSettings):
@@ -43,9 +43,11 @@ class UpdaterSettings(ServiceSettings):
     # recmesh/models/ranking/training.py).
     learn: bool = True
     # Where published versions go (the newest is served after a restart); the learner starts
-    # from the newest there, else from the newest shipped one.
+    # from the newest there, else from the newest start version: the var's own blend from
+    # `recmesh train` ($RECMESH_VAR/models/served/params) when it has one, else the shipped ones.
+    # (`recmesh train` retires the versions learned online for the model it replaces.)
     params_dir: Path = Field(default_factory=lambda: var_paths().ranker_params)  # $RECMESH_VAR/ranker/params
-    shipped_params_dir: Path = SHIPPED_PARAMS
+    shipped_params_dir: Path = Field(default_factory=lambda: start_params_dir())
     learn_interval_s: float = Field(default=0.5, gt=0)
     # Feedback joins an impression shown at most this long before it.
     join_window_s: float = Field(default=1800.0, gt=0)

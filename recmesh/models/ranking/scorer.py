@@ -14,11 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
+from recmesh.common.paths import var_paths
 from recmesh.models.ranking.features import FEATURES
 
-# The versions that ship with recmesh (package data): the ranker serves the newest until the
-# updater streams a newer one, and the updater's learner starts from it.
+# The versions that ship with recmesh (package data, chosen for the bundled MovieLens catalog
+# and the shipped interest model): the start of a var without its own (start_params_dir).
 SHIPPED_PARAMS = Path(__file__).resolve().parent / "params"
+
+
+def start_params_dir(var: Path | None = None) -> Path:
+    """The ranker versions a var's mesh starts from - the ranker serves the newest there until
+    the updater streams another, and the updater's learner starts from it: the blend `recmesh
+    train` chose on this var's own validation split for the interest model it installed
+    ($RECMESH_VAR/models/served/params) when that folder holds a version, else the shipped ones.
+    One function decides (as recmesh.common.paths.served_artifact does for the interest model)."""
+    own = var_paths(var).own_params
+    return own if own.is_dir() and any(own.glob("*.json")) else SHIPPED_PARAMS
 
 
 @dataclass(frozen=True)

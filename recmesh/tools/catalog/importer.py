@@ -537,6 +537,18 @@ def apply(var: Path, items: list[common_pb2.Item] | None, staging: EventStaging 
 # --- The command ---------------------------------------------------------------------------
 
 
+def zero_shot_for(var: Path, item_ids: list[str]) -> dict:
+    """A var's first import of its own catalog installs the zero-shot text model (the catalog's
+    space is the language model's), so that it serves from the item text at once, with or
+    without events, until `recmesh train` learns from them. Not the shipped MovieLens model: its
+    ID embeddings would be added to any item whose id a film had ("1", "2" ...)."""
+    from recmesh.tools.eval.release import install_zero_shot
+
+    paths = var_paths(var)
+    return install_zero_shot(item_ids, paths.root.name, "a catalog imported before `recmesh train`", paths.models,
+                             paths.own_artifact, paths.own_params)
+
+
 def import_files(var: Path, items_path: Path | None, events_path: Path | None, item_mapping: ItemMapping,
                  event_mapping: EventMapping, spec: TextModelSpec, interest_model: Path | None = None,
                  dry_run: bool = False, skip_bad_rows: bool = False) -> dict:
@@ -583,6 +595,8 @@ def import_files(var: Path, items_path: Path | None, events_path: Path | None, i
                 if staging is not None:
                     report["events"] = staging.summary()
             else:
+                if interest_model is None and items is not None and not paths.own_artifact.is_file():
+                    report["interest_model"] = zero_shot_for(var, [it.item_id for it in items])
                 report = apply(var, items, staging, spec, interest_model, report,
                                build_extra={"source": {k: v["path"] for k, v in report["files"].items()}})
         finally:

@@ -1,15 +1,16 @@
 """Interaction datasets in one shape, whatever their source format.
 
-Loaders: MovieLens ml-latest(-small) csv, ml-100k (u.data / u.item), ml-1m (.dat), and a
-generic format: interactions (user, item, timestamp[, rating]) + items (id, text fields)
-as CSV or JSONL."""
+Loaders: MovieLens ml-latest(-small) csv, ml-100k (u.data / u.item), ml-1m (.dat), a generic
+format: interactions (user, item, timestamp[, rating]) + items (id, text fields) as CSV or
+JSONL, and a var's own data (`from_var`: the catalog `recmesh import` wrote and the updater's
+event log) - what `recmesh train` learns from by default."""
 
 from __future__ import annotations
 
 import csv
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from recmesh.tools.catalog import movielens
@@ -29,9 +30,18 @@ class Dataset:
     interactions: list[Interaction]  # in file order (the stable sort keeps it on ties)
     item_ids: list[str]
     item_texts: list[str]  # aligned with item_ids: what the text encoder reads
+    # Aligned with item_ids when the source has them (empty lists otherwise): what the ranker's
+    # category affinity reads and what the typed-query scenario builds its queries from.
+    item_titles: list[str] = field(default_factory=list)
+    item_categories: list[list[str]] = field(default_factory=list)
+    item_tags: list[list[str]] = field(default_factory=list)
 
     def item_index(self) -> dict[str, int]:
         return {item: i for i, item in enumerate(self.item_ids)}
+
+    def categories(self) -> list[list[str]]:
+        """Each item's categories (empty lists when the source has none), aligned with item_ids."""
+        return self.item_categories or [[] for _ in self.item_ids]
 
 
 def _text(title: str, genres: list[str], tags: list[str]) -> str:
@@ -42,35 +52,41 @@ def movielens_latest(folder: Path) -> Dataset:
     catalog = movielens.load(folder)
     interactions = [Interaction(r.user_id, r.item_id, r.timestamp_ms // 1000, r.rating) for r in catalog.ratings]
     texts = [_text(it.title, list(it.categories), list(it.tags)) for it in catalog.items]
-    return Dataset(folder.name, interactions, [it.item_id for it in catalog.items], texts)
+    return Dataset(folder.name, interactions, [it.item_id for it in catalog.items], texts,
+                   [it.title for it in catalog.items], [list(it.categories) for it in catalog.items],
+                   [list(it.tags) for it in catalog.items])
 
 
 def ml100k(folder: Path) -> Dataset:
     genres = [line.split("|")[0] for line in (folder / "u.genre").read_text(encoding="latin-1").splitlines() if line]
-    ids, texts = [], []
+    ids, texts, titles, categories = [], [], [], []
     for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
         parts = line.split("|")
         flags = parts[5:]
         ids.append(parts[0])
-        texts.append(_text(parts[1], [g for g, f in zip(genres, flags, strict=False) if f == "1"], []))
+        titles.append(parts[1])
+        categories.append([g for g, f in zip(genres, flags, strict=False) if f == "1"])
+        texts.append(_text(parts[1], categories[-1], []))
     interactions = []
     for line in (folder / "u.data").read_text().splitlines():
         user, item, rating, ts = line.split("\t")
         interactions.append(Interaction(user, item, int(ts), float(rating)))
-    return Dataset(folder.name, interactions, ids, texts)
+    return Dataset(folder.name, interactions, ids, texts, titles, categories, [[] for _ in ids])
 
 
 def ml1m(folder: Path) -> Dataset:
-    ids, texts = [], []
+    ids, texts, titles, categories = [], [], [], []
     for line in (folder / "movies.dat").read_text(encoding="latin-1").splitlines():
         item, title, genres = line.split("::")
         ids.append(item)
-        texts.append(_text(title, genres.split("|"), []))
+        titles.append(title)
+        categories.append(genres.split("|"))
+        texts.append(_text(title, categories[-1], []))
     interactions = []
     for line in (folder / "ratings.dat").read_text().splitlines():
         user, item, rating, ts = line.split("::")
         interactions.append(Interaction(user, item, int(ts), float(rating)))
-    return Dataset(folder.name, interactions, ids, texts)
+    return Dataset(folder.name, interactions, ids, texts, titles, categories, [[] for _ in ids])
 
 
 def _records(path: Path) -> list[dict]:
@@ -78,6 +94,13 @@ def _records(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def _labels(value) -> list[str]:
+    """A list field of the generic format: a JSON list, or one CSV cell split on '|'."""
+    if isinstance(value, list):
+        return [str(v) for v in value if str(v)]
+    return [v.strip() for v in str(value or "").split("|") if v.strip()]
 
 
 def generic(interactions_path: Path, items_path: Path, name: str = "generic") -> Dataset:
@@ -90,7 +113,45 @@ def generic(interactions_path: Path, items_path: Path, name: str = "generic") ->
         Interaction(str(r["user"]), str(r["item"]), int(float(r["timestamp"])), float(r.get("rating") or 0))
         for r in _records(interactions_path)
     ]
-    return Dataset(interactions_path.stem, interactions, ids, texts)
+    return Dataset(interactions_path.stem, interactions, ids, texts, [str(row.get("title") or "") for row in items],
+                   [_labels(row.get("categories")) for row in items], [_labels(row.get("tags")) for row in items])
+
+
+def from_var(var: Path | None = None) -> Dataset:
+    """A var's own data: the items of its imported catalog ($RECMESH_VAR/catalog/items.jsonl,
+    recmesh.tools.catalog.snapshot) with the text the catalog encodes (recmesh.common.catalog.
+    item_text), and the interactions of its event log ($RECMESH_VAR/updater/events.sqlite) in log
+    order - the split's stable sort keeps that order on equal timestamps.
+
+    Each event becomes one interaction: timestamp_ms // 1000 seconds, strength = the rating the
+    served model reads for its type and value (recmesh.models.interest.served.event_ratings: a
+    RATE's value, a PURCHASE 4.5, ...) - the model trains on what it will be given. SEARCH events
+    (no item) and events of items the catalog does not hold are skipped. A var without events is
+    a dataset without interactions (cold start; `recmesh train` then installs the zero-shot
+    model). FileNotFoundError when the var has no imported catalog."""
+    from recmesh.common.catalog import item_text
+    from recmesh.common.paths import var_paths
+    from recmesh.common.validation import is_item_event
+    from recmesh.events.eventlog import EventLog
+    from recmesh.models.interest.served import event_ratings
+    from recmesh.tools.catalog.snapshot import read_items
+
+    paths = var_paths(var)
+    items = list(read_items(paths.catalog_items))
+    known = {it.item_id for it in items}
+    interactions = []
+    if paths.event_log.is_file():
+        log = EventLog(paths.event_log)
+        try:
+            for e in log.replay():
+                if not is_item_event(e) or e.item_id not in known:
+                    continue
+                strength = event_ratings([e.type], [e.value])[0]
+                interactions.append(Interaction(e.user_id, e.item_id, e.timestamp_ms // 1000, strength))
+        finally:
+            log.close()
+    return Dataset(paths.root.name, interactions, [it.item_id for it in items], [item_text(it) for it in items],
+                   [it.title for it in items], [list(it.categories) for it in items], [list(it.tags) for it in items])
 
 
 def load(source: str | Path, items: str | Path | None = None) -> Dataset:

@@ -1,7 +1,8 @@
 """The mesh's ranking function, in process over the whole catalog (full ranking), built from
 the model layer the services run: the installed interest model's interest, the session
 direction and category affinity (as the gateway computes them), the ranker's features and
-shipped weights; the gateway's and the ranker's settings. What Recommend would answer if
+weights (the ranker's start version unless given: the var's own blend from `recmesh train`,
+else the shipped one); the gateway's and the ranker's settings. What Recommend would answer if
 retrieval returned every item - the offline twin of the served path."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 from recmesh.models.interest.served import ServedInterestModel
 from recmesh.models.ranking.features import RankInputs, compute
-from recmesh.models.ranking.scorer import load_params, newest_params
+from recmesh.models.ranking.scorer import Scorer, load_params, newest_params
 from recmesh.models.session import History, category_affinity, session_vector
 from recmesh.tools.eval import datasets
 from recmesh.v1 import common_pb2, encoder_pb2, retrieval_pb2
@@ -28,13 +29,14 @@ class MeshScorer:
     name = "LLM-Seq+session"
 
     def __init__(self, s: datasets.Split, item_ids: list[str], text_vectors: np.ndarray, artifact: Path,
-                 popularity: np.ndarray, categories: list[list[str]]):
-        """popularity in [0, 1] and categories per item, aligned with item_ids (as the catalog has them)."""
+                 popularity: np.ndarray, categories: list[list[str]], scorer: Scorer | None = None):
+        """popularity in [0, 1] and categories per item, aligned with item_ids (as the catalog has
+        them); scorer: the ranker's weights (default: the version the ranker starts from)."""
         self.s, self.text = s, text_vectors
         self.model = ServedInterestModel(artifact)
         self.vectors = self.model.item_vectors(text_vectors, item_ids)
         self.gateway = GatewaySettings()
-        self.scorer = load_params(newest_params(RankerSettings().params_dir))
+        self.scorer = scorer if scorer is not None else load_params(newest_params(RankerSettings().params_dir))
         self.popularity = np.asarray(popularity, np.float32)
         self.categories = categories
 

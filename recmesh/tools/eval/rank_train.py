@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from recmesh.common.local import REPO
-from recmesh.models.ranking.scorer import Scorer, load_params, save_params
+from recmesh.models.ranking.scorer import SHIPPED_PARAMS, Scorer, load_params, save_params
 from recmesh.models.ranking.training import LabelledList, WideDeepTrainer
 from recmesh.tools.eval.online import START, mesh_world, ranked_metrics, replay, stream
-from services.ranker.config import RankerSettings
 
 TEST_EVENTS = 20  # per user: the streaming replay's
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
                "test_lists": len(lists["test"]), "epochs": history_, "test": test}
     better = test[args.version]["NDCG@10"] > test[start.version]["NDCG@10"]
     if args.install and better:
-        path = save_params(best_scorer, RankerSettings().params_dir,
+        path = save_params(best_scorer, SHIPPED_PARAMS,
                            note="Trained offline from replayed logs (recmesh.tools.eval.rank_train): wide & deep "
                                 "over the ranker's features, listwise softmax; positive = the next picked item, "
                                 "negatives = retrieved and not picked. Test figures in docs/results.md.", test=test)

@@ -1,5 +1,10 @@
 """`make eval`: every model on the same split in one run, the fixed protocol, results as JSON,
-a markdown table and a plot, with the command that reproduces them."""
+a markdown table and a plot, with the command that reproduces them.
+
+LLM-Seq+session is the mesh's ranking with the blend chosen on this run's validation split for
+this run's LLM-Seq (recmesh.tools.eval.tune, as `recmesh train` chooses the served one); its
+entry records the candidates' validation NDCG@10 and each part's and the shipped blend's test
+NDCG@10 (same users, same features)."""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from recmesh.common.local import REPO
 from recmesh.common.paths import var_paths
 from recmesh.models.interest.sequence_model import ModelConfig
 from recmesh.models.interest.served import export_served
-from recmesh.tools.eval import baselines, datasets
+from recmesh.models.ranking.features import FEATURES
+from recmesh.models.ranking.scorer import SHIPPED_PARAMS, load_params, newest_params
+from recmesh.tools.eval import baselines, datasets, tune
 from recmesh.tools.eval.mesh import MeshScorer, train_popularity
 from recmesh.tools.eval.protocol import evaluate
 from recmesh.tools.eval.train import ModelScorer, TrainConfig, save_report, train
@@ -84,11 +91,33 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def mesh_row(record, dataset: datasets.Dataset, s: datasets.Split, vectors: np.ndarray,
+             artifact: Path, seed: int) -> None:
+    """LLM-Seq+session with the blend tuned on validation; its entry adds the tuning and the test
+    NDCG@10 of each part alone and of the shipped blend (the test stage's features, once)."""
+    popularity = train_popularity(s)
+    shipped = load_params(newest_params(SHIPPED_PARAMS))
+    choice, how = tune.tune(dataset, s, vectors, artifact, popularity, shipped, var_paths().eval_cache, seed=seed)
+    tune.print_table(choice, how)
+    mesh = MeshScorer(s, dataset.item_ids, vectors, artifact, popularity, dataset.categories(),
+                      tune.tuned_scorer(choice, "ranker-tuned-eval"))
+    users, _ = tune.tuning_users(s, s.n_items, tune.MAX_USERS, seed)
+    test = tune.validation_set(mesh, s, users, stage="test")
+    blends = {f"{name} only": np.eye(len(FEATURES))[FEATURES.index(name)] for name in choice.parts}
+    blends |= {f"shipped {shipped.version}": shipped.weights, "chosen": choice.weights}
+    test_ndcg = {name: round(test.ndcg(np.asarray(w, np.float64)), 4) for name, w in blends.items()}
+    del test
+    record(MeshScorer.name, mesh, {"blend": choice.report() | how, "test_ndcg_of_blends": test_ndcg,
+                                   "test_users_of_blends": len(users)})
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="recmesh eval", description=__doc__)
     parser.add_argument("--data", default=str(REPO / "data" / "ml-latest-small"),
                         help="MovieLens folder (latest csv, 100k, 1m) or an interactions CSV/JSONL")
     parser.add_argument("--items", default=None, help="items CSV/JSONL for the generic format")
+    parser.add_argument("--var", type=Path, default=None,
+                        help="a var's imported catalog and event log instead of --data (`recmesh import`)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
     parser.add_argument("--models-dir", type=Path, default=var_paths().models)
     parser.add_argument("--time-cap", type=float, default=280.0, help="seconds of training per model")
@@ -99,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m recmesh.tools.eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     started = time.perf_counter()
-    dataset = datasets.load(args.data, args.items)
+    dataset = datasets.from_var(args.var) if args.var is not None else datasets.load(args.data, args.items)
     s = datasets.split(dataset)
     vectors = item_vectors(dataset, var_paths().eval_cache)
     results: dict = {"dataset": dataset.name, "protocol": "time-ordered leave-one-out, full ranking, history "
@@ -125,10 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
         model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name)
         folder = save_report(report, args.models_dir, name)
         record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
-        if model_config.text_dim:  # and as the mesh ranks with it: + the session direction, shipped weights
-            export_served(model, dataset.item_ids, [], folder.name, folder / "interest_model.pt")
-            record(MeshScorer.name, MeshScorer(s, dataset.item_ids, vectors, folder / "interest_model.pt",
-                                               train_popularity(s), [[] for _ in dataset.item_ids]))
+        if model_config.text_dim:  # and as the mesh ranks with it, the blend chosen on this validation split
+            artifact = folder / "interest_model.pt"
+            export_served(model, dataset.item_ids, [], folder.name, artifact)
+            mesh_row(record, dataset, s, vectors, artifact, args.seed)
 
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["command"] = command

@@ -1,10 +1,13 @@
-"""Does the served path reproduce the offline metric? On the same users (those the installed
-interest model trained on, scored on their held-out last item):
+"""Does the served path reproduce the offline metric? For a var (its imported catalog and event
+log, the interest model and ranker start version it serves), on the same users (those the
+installed interest model trained on, scored on their held-out last item):
 
   model     the interest model alone, the evaluation protocol in process (full ranking);
   offline   what the mesh computes, in process over every item (full ranking, history
             excluded): the installed model's interest, the session direction and the ranker's
-            shipped features and weights - the same code the services run;
+            features and start weights (the blend `recmesh train` chose for this var, else the
+            shipped one), over the shard's own text vectors, popularity and categories - the
+            same code the services run;
   served    through the live mesh: the user's history (train + validation events) is sent with
             TrackEvents, then Recommend (k = 10, seen items excluded) goes gateway -> Triton
             (interest_encoder) -> Qdrant (candidates from three sources) -> ranker.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +30,10 @@ from recmesh.client import Event
 from recmesh.common.local import REPO
 from recmesh.common.paths import served_artifact, var_paths
 from recmesh.models.interest.sequence_model import ModelConfig, SequenceInterestModel
-from recmesh.tools.catalog import movielens
 from recmesh.tools.eval import datasets
 from recmesh.tools.eval.live import fresh_mesh, track_all
 from recmesh.tools.eval.mesh import MeshScorer
 from recmesh.tools.eval.protocol import K, evaluate, top_k_metrics
-from recmesh.tools.eval.run import item_vectors
 from recmesh.tools.eval.train import ModelScorer
 
 
@@ -42,12 +44,14 @@ def offline_model(artifact: Path, text_vectors: np.ndarray) -> tuple[SequenceInt
     return model.eval(), blob["holdout_users"]
 
 
-def served_ranks(s: datasets.Split, dataset: datasets.Dataset, users: list[str]) -> tuple[list[int], dict]:
+def served_ranks(s: datasets.Split, dataset: datasets.Dataset, users: list[str], var: Path | None = None
+                 ) -> tuple[list[int], dict]:
     """Rank (0-based) of each user's test item in the served top K, -1 when absent."""
     ranks, latencies, degraded = [], [], 0
     # The model path as shipped, without the exploration slot and with the shipped ranker
     # version throughout (no online learning): what is compared is serving, not policy.
-    with fresh_mesh(env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as client:
+    with fresh_mesh(var_paths(var).catalog,
+                    env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as client:
         for n, user in enumerate(users, start=1):
             live = f"served-{user}"
             events = zip(s.history(user, "test"), s.ratings[user], s.timestamps[user], strict=True)
@@ -69,25 +73,59 @@ def served_ranks(s: datasets.Split, dataset: datasets.Dataset, users: list[str])
                    "p99_ms": round(float(np.percentile(latencies, 99)), 1), "degraded": degraded}
 
 
-def run(users_n: int, out: Path, artifact: Path | None = None) -> dict:
-    artifact = served_artifact() if artifact is None else artifact  # what the mesh serves for this var
-    dataset = datasets.load(REPO / "data" / "ml-latest-small")
+@dataclass
+class ServedCatalog:
+    """What the var's shard holds, aligned with the dataset's items: the text vectors, the
+    popularity and the categories the mesh ranks with (n_items rows)."""
+
+    text_vectors: np.ndarray  # n_items x text_dim
+    popularity: np.ndarray  # n_items, in [0, 1]
+    categories: list[list[str]]
+
+
+def served_catalog(var: Path, item_ids: list[str]) -> ServedCatalog:
+    """Read from the shard itself, so the offline twin ranks with exactly what retrieval serves.
+    ValueError when the shard and the imported catalog disagree on the items."""
+    from recmesh.index.edge import EdgeItemStore
+
+    store = EdgeItemStore.open(var_paths(var).shard_dir)
+    try:
+        rows: dict[str, tuple[dict, np.ndarray]] = {}
+        for payloads, _, texts in store.export(2048, ["item_id", "popularity", "categories"]):
+            rows.update({p["item_id"]: (p, t) for p, t in zip(payloads, texts, strict=True)})
+    finally:
+        store.close()
+    missing = [i for i in item_ids if i not in rows]
+    if missing or len(rows) != len(item_ids):
+        raise ValueError(f"the shard in {var_paths(var).shard_dir} holds {len(rows)} items, the imported catalog "
+                         f"{len(item_ids)} ({len(missing)} not in the shard): import or bootstrap again")
+    return ServedCatalog(np.stack([rows[i][1] for i in item_ids]).astype(np.float32),
+                         np.array([float(rows[i][0].get("popularity", 0.0)) for i in item_ids], np.float32),
+                         [list(rows[i][0].get("categories", [])) for i in item_ids])
+
+
+def run(users_n: int, out: Path, var: Path | None = None) -> dict:
+    """The var's data (its imported catalog and event log: `datasets.from_var`), its served
+    interest model and its ranker start version (the blend `recmesh train` chose, else the
+    shipped one), through a fresh mesh over a copy of its catalog."""
+    var = var_paths(var).root
+    artifact = served_artifact(var)  # what the mesh serves for this var
+    dataset = datasets.from_var(var)
     full = datasets.split(dataset)
-    text = item_vectors(dataset, var_paths().eval_cache)
-    model, holdout = offline_model(artifact, text)
+    catalog = served_catalog(var, dataset.item_ids)
+    model, holdout = offline_model(artifact, catalog.text_vectors)
     # Users the model trained on (their test item never was) - the held-out ones are the streaming replay's.
     trained = sorted(set(full.train) - set(holdout))
     users = trained[:users_n] if users_n else trained
     s = full.without([u for u in full.train if u not in set(users)])
     alone = evaluate(ModelScorer(model, s, "LLM-Seq"), s, "test")
-    catalog = movielens.load(REPO / "data" / "ml-latest-small")  # the popularity and categories the mesh has
-    assert [it.item_id for it in catalog.items] == dataset.item_ids
-    offline = evaluate(MeshScorer(s, dataset.item_ids, text, artifact, np.asarray(catalog.popularity),
-                                  [list(it.categories) for it in catalog.items]), s, "test")
-    ranks, timing = served_ranks(s, dataset, users)
+    offline = evaluate(MeshScorer(s, dataset.item_ids, catalog.text_vectors, artifact, catalog.popularity,
+                                  catalog.categories), s, "test")
+    ranks, timing = served_ranks(s, dataset, users, var)
     served = top_k_metrics(ranks)
     results = {
-        "users": len(users), "artifact": str(artifact), "model": alone, "offline": offline, "served": served,
+        "dataset": dataset.name, "var": str(var), "users": len(users), "artifact": str(artifact),
+        "model": alone, "offline": offline, "served": served,
         "served_timing": timing, "offline_vs_model_NDCG": round(offline["NDCG@10"] / max(alone["NDCG@10"], 1e-9), 4),
         "served_vs_offline_NDCG": round(served["NDCG@10"] / max(offline["NDCG@10"], 1e-9), 4),
         "served_vs_offline_HR": round(served["HR@10"] / max(offline["HR@10"], 1e-9), 4),
@@ -101,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m recmesh.tools.eval.served", description=__doc__)
     parser.add_argument("--users", type=int, default=0, help="first N trained-on users (0 = all)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
+    parser.add_argument("--var", type=Path, default=None, help="the var to check (default: $RECMESH_VAR, else var/)")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.users, args.out), indent=2))
+    print(json.dumps(run(args.users, args.out, args.var), indent=2))
 
 
 if __name__ == "__main__":

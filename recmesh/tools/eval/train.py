@@ -26,13 +26,19 @@ from recmesh.tools.eval.protocol import evaluate
 class TrainConfig:
     epochs: int = 200
     batch: int = 128
-    lr: float = 1e-3
+    # 3e-3, chosen on validation NDCG@10 (1e-3 before): ml-latest-small 0.0437 vs 0.0403 (280 s),
+    # amazon-office 0.0626 vs 0.0545 (12 epochs) - the model converges in fewer epochs, which a
+    # time-capped run on a busy host needs.
+    lr: float = 3e-3
     weight_decay: float = 0.0
     patience: int = 40  # epochs without validation gain (validation NDCG on 610 users is noisy)
     time_cap_s: float = 280.0
     seed: int = 0
     threads: int = 2
-    # Shared negatives per batch for the sampled softmax; 0 = full softmax.
+    # Shared negatives per batch for the sampled softmax; 0 = full softmax. A catalog of at most
+    # twice this many items is trained with the full softmax: exact, and no slower (measured on
+    # amazon-office, 2,420 items, 12 epochs: validation NDCG@10 0.0545 vs 0.0519 sampled, in
+    # 372 s vs 473 s).
     negatives: int = 2048
     # Negatives are drawn with probability ~ count^alpha (0 = uniform).
     alpha: float = 0.75
@@ -85,6 +91,7 @@ def train(s: Split, model_config: ModelConfig, text_vectors: np.ndarray | None, 
     model = SequenceInterestModel(model_config, text_vectors)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     windows = training_windows(s, model_config.max_len)
+    negatives = cfg.negatives if s.n_items > 2 * cfg.negatives else 0  # a small catalog: the full softmax
     loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
     counts = np.bincount(np.concatenate(list(s.train.values())), minlength=s.n_items).astype(np.float64)
     q = torch.tensor((counts + 1) ** cfg.alpha / ((counts + 1) ** cfg.alpha).sum(), dtype=torch.float32)
@@ -104,10 +111,10 @@ def train(s: Split, model_config: ModelConfig, text_vectors: np.ndarray | None, 
             targets = items[:, 1:] - 1  # back to 0-based item index; padding becomes -1
             hidden = model(items[:, :-1], strength[:, :-1], gaps[:, :-1])
             table = model.item_table()[1:]
-            if cfg.negatives:
+            if negatives:
                 keep = targets.reshape(-1) >= 0
                 loss = sampled_softmax_loss(hidden.reshape(-1, hidden.shape[-1])[keep], targets.reshape(-1)[keep],
-                                            table, log_q, q, cfg.negatives)
+                                            table, log_q, q, negatives)
             else:
                 logits = hidden @ table.T
                 loss = loss_fn(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
@@ -127,7 +134,8 @@ def train(s: Split, model_config: ModelConfig, text_vectors: np.ndarray | None, 
     model.eval()
     return model, {"best_epoch": best_epoch, "epochs_run": len(history), "valid_ndcg": best,
                    "train_seconds": round(time.perf_counter() - started, 1), "history": history,
-                   "train_config": asdict(cfg), "model_config": asdict(model_config)}
+                   "train_config": asdict(cfg), "model_config": asdict(model_config),
+                   "softmax": f"sampled, {negatives} shared negatives" if negatives else "full"}
 
 
 def save_report(report: dict, root: Path, name: str) -> Path:
