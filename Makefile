@@ -32,9 +32,9 @@ protos: $(INSTALLED)
 bootstrap: $(INSTALLED)
 	$(PY) -m recmesh bootstrap
 
-# Retrain the served interest model (~5 min) and install it in the var (var/models/served/, or
-# $RECMESH_VAR's), served from then on; the next bootstrap re-places the catalog with it (the
-# text vectors are cached).
+# Train the served interest model on the var's catalog and events (~5 min), choose the ranking
+# blend on their validation split, install both in the var (var/models/served/, or
+# $RECMESH_VAR's) and place the catalog again with the new model (text vectors are cached).
 train: $(INSTALLED)
 	$(PY) -m recmesh train
 

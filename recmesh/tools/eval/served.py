@@ -13,7 +13,8 @@ installed interest model trained on, scored on their held-out last item):
             (interest_encoder) -> Qdrant (candidates from three sources) -> ranker.
 
 served vs offline measures the serving path (candidate recall, Triton, the services' plumbing);
-offline vs model what the session and ranker add. Writes results/eval/served.json."""
+offline vs model what the session and ranker add; ItemKNN (item co-occurrence, the simplest
+strong baseline) is scored on the same users and split. Writes results/eval/served.json."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from recmesh.client import Event
 from recmesh.common.local import REPO
 from recmesh.common.paths import served_artifact, var_paths
 from recmesh.models.interest.sequence_model import ModelConfig, SequenceInterestModel
-from recmesh.tools.eval import datasets
+from recmesh.tools.eval import baselines, datasets
 from recmesh.tools.eval.live import fresh_mesh, track_all
 from recmesh.tools.eval.mesh import MeshScorer
 from recmesh.tools.eval.protocol import K, evaluate, top_k_metrics
@@ -119,16 +120,20 @@ def run(users_n: int, out: Path, var: Path | None = None) -> dict:
     users = trained[:users_n] if users_n else trained
     s = full.without([u for u in full.train if u not in set(users)])
     alone = evaluate(ModelScorer(model, s, "LLM-Seq"), s, "test")
+    # The simplest strong baseline on the same users (co-occurrence from every user's train events).
+    item_knn = evaluate(baselines.ItemKNN(full), s, "test")
     offline = evaluate(MeshScorer(s, dataset.item_ids, catalog.text_vectors, artifact, catalog.popularity,
                                   catalog.categories), s, "test")
     ranks, timing = served_ranks(s, dataset, users, var)
     served = top_k_metrics(ranks)
     results = {
         "dataset": dataset.name, "var": str(var), "users": len(users), "artifact": str(artifact),
-        "model": alone, "offline": offline, "served": served,
+        "model": alone, "ItemKNN": item_knn, "offline": offline, "served": served,
         "served_timing": timing, "offline_vs_model_NDCG": round(offline["NDCG@10"] / max(alone["NDCG@10"], 1e-9), 4),
         "served_vs_offline_NDCG": round(served["NDCG@10"] / max(offline["NDCG@10"], 1e-9), 4),
         "served_vs_offline_HR": round(served["HR@10"] / max(offline["HR@10"], 1e-9), 4),
+        "served_vs_model_NDCG": round(served["NDCG@10"] / max(alone["NDCG@10"], 1e-9), 4),
+        "served_vs_ItemKNN_NDCG": round(served["NDCG@10"] / max(item_knn["NDCG@10"], 1e-9), 4),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "served.json").write_text(json.dumps(results, indent=2))
