@@ -7,6 +7,7 @@ events holds them on disk, deduplicated, and gives them back in time order."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def test_a_bad_event_row_stops_the_import_naming_file_line_and_column(tmp_path, 
         import pyarrow.parquet as pq
 
         table = pq.read_table(events_path).to_pylist()
-        table[16]["value"] = float("inf")  # (NaN is absent: Parquet from pandas writes it for null)
+        table[16]["value"] = float("inf")  # (a NaN is refused the same way; a null is missing)
         import pyarrow as pa
 
         pq.write_table(pa.Table.from_pylist(table, pq.read_schema(events_path)), events_path)
@@ -157,3 +158,56 @@ def test_an_import_refuses_a_shard_another_process_holds_open(tmp_path):
         store.close()
     check_shard_free(shard)  # closed: free
     check_shard_free(tmp_path / "none")  # no shard yet: nothing to hold
+
+
+# --- Faults found by a hostile tester (issue 18's attack) -----------------------------------
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_var_that_cannot_take_an_import_is_refused_naming_var(tmp_path, var, dry_run):
+    items_path, events_path = shop.write_shop(tmp_path / "files", "csv", 10, 2, 2, seed=2)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for target, problem in ((afile, "not a directory"), (afile / "sub", "(cannot write there .)?[Nn]ot a directory"),
+                            (tmp_path / "with space" / "v", "a path with whitespace is not supported")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*shop.import_command(items_path, events_path), "--var", str(target), *dry_run])
+        assert re.match(f"recmesh import: --var {re.escape(str(target))}: {problem}", str(exc.value.code))
+    assert afile.read_text() == "x" and not (tmp_path / "with space").exists()
+    assert_untouched(var)
+
+
+def test_a_dry_run_creates_nothing_in_a_fresh_var(tmp_path, var):
+    items_path, events_path = shop.write_shop(tmp_path / "files", "csv", 10, 2, 2, seed=2)
+    fresh = tmp_path / "fresh"
+    cli.main([*shop.import_command(items_path, events_path), "--var", str(fresh), "--dry-run"])
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("stage, said", [("read_item_file", "interrupted: nothing applied"),
+                                         ("apply", "interrupted: partially applied; run the same import again")])
+def test_ctrl_c_is_one_line_saying_what_was_applied(tmp_path, var, monkeypatch, capsys, stage, said):
+    from recmesh.tools.catalog import importer
+
+    items_path, events_path = shop.write_shop(tmp_path / "files", "csv", 10, 2, 2, seed=2)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importer, stage, interrupt)
+    monkeypatch.setattr(importer, "zero_shot_for", lambda var, ids: {})
+    with pytest.raises(SystemExit) as exc:
+        cli.main(shop.import_command(items_path, events_path))
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert f"recmesh import: {said}" in err and "Traceback" not in err
+    assert not list(var_paths(var).catalog.glob(".import-*"))  # the staging file is removed
+
+
+def test_a_report_of_no_events_kept_says_so():
+    from recmesh.tools.catalog.importer import describe
+
+    report = {"files": {}, "events": {"events": 0, "users": 0, "items": 0, "first": None, "last": None},
+              "dry_run": True, "seconds": 0.0, "peak_rss_mib": 1.0}
+    out = describe(report)
+    assert "events: 0 from 0 users on 0 items (none kept)" in out and "None" not in out

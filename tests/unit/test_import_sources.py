@@ -454,3 +454,121 @@ def test_the_shop_is_deterministic_and_its_shoppers_have_the_planted_taste():
         assert len(liked) >= 0.6 * len(views), (user, kind, value)
         times = [e["timestamp"] for e in events if e["user_id"] == user]
         assert times == sorted(times)
+
+
+# --- Faults found by a hostile tester (issue 18's attack): each refused as one line ----------
+
+
+def test_a_gz_that_is_not_gzip_or_is_cut_off_is_one_line_naming_the_file(tmp_path):
+    fake = tmp_path / "items.csv.gz"
+    fake.write_bytes(b"item_id,title\na1,First\n")
+    with pytest.raises(SourceError, match=rf"^{fake}: not a gzip file"):
+        Source(fake)
+    whole = gzip.compress(b"item_id,title\n" + b"a1,First\n" * 20000)
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[:15])  # before its first line
+    with pytest.raises(SourceError, match=rf"^{cut}: cut off before its first line"):
+        Source(cut)
+    cut.write_bytes(whole[: len(whole) // 2])  # in the middle
+    with pytest.raises(SourceError, match=rf"^{cut}: cut off after line \d+"):
+        list(Source(cut).records())
+    jsonl = tmp_path / "cut.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(b'{"item_id": "a1"}\n' * 20000)[:15])
+    with pytest.raises(SourceError, match=rf"^{jsonl}: cut off before its first line"):
+        Source(jsonl)
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    (tmp_path / "items.csv").mkdir()
+    with pytest.raises(SourceError, match=rf"^{tmp_path / 'items.csv'}: is a directory"):
+        Source(tmp_path / "items.csv")
+
+
+def test_a_quote_left_open_to_the_end_names_the_line_it_opened_on(tmp_path):
+    path = write(tmp_path / "items.csv", 'item_id,title\nA,"Red shoe\nB,Blue hat\n')
+    with pytest.raises(SourceError, match=rf"^{path}:2: a quote opened .* never closed"):
+        read_items(path)
+
+
+def test_more_attributes_than_an_item_holds_are_refused_naming_the_flag(tmp_path):
+    names = [f"a{n}" for n in range(65)]
+    path = write(tmp_path / "items.csv", ",".join(["item_id", "title", *names]) + "\n" +
+                 ",".join(["i1", "One", *["1"] * 65]) + "\n")
+    with pytest.raises(SourceError, match=r"^--attribute: 65 attributes, an item holds at most 64"):
+        ItemReader(Source(path), ItemMapping(attributes=[AttributeSpec.parse(n) for n in names]))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("price:", "no kind after ':'"),
+    ("price=", "no name after '='"),
+])
+def test_an_empty_attribute_kind_or_name_is_refused(spec, message):
+    with pytest.raises(SourceError, match=f"^--attribute {spec}: {message}"):
+        AttributeSpec.parse(spec)
+
+
+def test_json_and_parquet_nan_is_a_number_that_is_not_finite_not_a_missing_value(tmp_path):
+    from recmesh.tools.catalog.importer import read_item_file
+
+    mapping = ItemMapping(attributes=[AttributeSpec.parse("price")])
+    jsonl = write(tmp_path / "items.jsonl", '{"item_id": "A", "title": "a", "price": NaN}\n'
+                                            '{"item_id": "B", "title": "b", "price": 3}\n')
+    with pytest.raises(RowError, match=rf'^{jsonl}:1: field "price": nan is not a finite number'):
+        read_item_file(Source(jsonl), mapping)
+    parquet = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": ["A", "B"], "title": ["a", "b"], "price": [float("nan"), None]}), parquet)
+    with pytest.raises(RowError, match=rf'^{parquet}: row 1: field "price": nan is not a finite number'):
+        read_item_file(Source(parquet), mapping)
+    # A Parquet null is missing: the item has no such attribute.
+    pq.write_table(pa.table({"item_id": ["A", "B"], "title": ["a", "b"], "price": [None, 2.0]}), parquet)
+    items, _ = read_item_file(Source(parquet), mapping)
+    assert "price" not in items[0].attributes and items[1].attributes["price"].number == 2.0
+
+    events = write(tmp_path / "events.jsonl", f'{{"user_id": "u", "item_id": "A", "type": "rate", "timestamp": {T0},'
+                                              ' "value": NaN}\n')
+    with pytest.raises(RowError, match=rf'^{events}:1: field "value": must be a finite number'):
+        read_events(events)
+    events = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["A"], "type": ["view"], "timestamp": [T0],
+                             "value": [float("nan")]}), events)
+    with pytest.raises(RowError, match=rf'^{events}: row 1: field "value": must be a finite number'):
+        read_events(events)
+
+
+def test_a_rate_event_without_a_rating_is_refused(tmp_path):
+    path = events_csv(tmp_path, [f"u1,i1,rate,{T0},"])
+    with pytest.raises(RowError, match=rf'^{path}:2: field "value": a rate event needs a rating in 0..5: empty'):
+        read_events(path)
+    assert read_events(events_csv(tmp_path, [f"u1,i1,view,{T0},"]))[0][5] == 0.0  # other types: no value is 0
+
+
+def test_objects_and_lists_in_a_text_attribute_or_the_description_are_refused(tmp_path):
+    from recmesh.tools.catalog.importer import read_item_file
+
+    jsonl = write(tmp_path / "items.jsonl", '{"item_id": "A", "title": "t", "brand": {"a": 1}}\n')
+    for kind in ("", ":text"):
+        with pytest.raises(RowError, match=rf'^{jsonl}:1: field "brand": an object, expected text'):
+            read_item_file(Source(jsonl), ItemMapping(attributes=[AttributeSpec.parse(f"brand{kind}")]))
+    parquet = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": ["A"], "title": ["t"], "sizes": [["S", "M"]], "dims": [{"w": 1.0}]}), parquet)
+    with pytest.raises(RowError, match=rf'^{parquet}: row 1: field "sizes": a list, expected text'):
+        read_item_file(Source(parquet), ItemMapping(attributes=[AttributeSpec.parse("sizes")]))
+    with pytest.raises(RowError, match=rf'^{parquet}: row 1: field "dims": an object, expected text'):
+        read_item_file(Source(parquet), ItemMapping(attributes=[AttributeSpec.parse("dims")]))
+    with pytest.raises(RowError, match=rf'^{parquet}: row 1: field "dims": an object, expected text'):
+        read_items(parquet, text_fields=["dims"])
+
+
+def test_a_source_type_mapped_twice_to_different_types_is_refused():
+    with pytest.raises(SourceError, match=r"^--event-type-map wishlist=purchase: 'wishlist' is mapped already "
+                                          r"\(--event-type-map wishlist=view\)"):
+        parse_type_map(["wishlist=view", "wishlist=purchase"])
+    assert parse_type_map(["wishlist=view", "wishlist=view"]) == {"wishlist": "view"}
+
+
+def test_a_parquet_time_out_of_range_is_shown_as_iso_text(tmp_path):
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["i"], "type": ["view"],
+                             "timestamp": pa.array([datetime(1960, 1, 1)], pa.timestamp("s"))}), path)
+    with pytest.raises(RowError, match=r"field \"timestamp\": '1960-01-01T00:00:00' read as ISO-8601"):
+        read_events(path)

@@ -300,3 +300,32 @@ def test_enough_events_train_and_store_the_chosen_blend(var, monkeypatch, capsys
     assert spec["data"] == "shop" and spec["artifact"] == summary["version"]
     assert tuning["valid_ndcg"] >= max(tuning["parts"].values())
     assert tuning["users"] == users - summary["holdout_users"]  # the held-out users are not tuned on
+
+
+def test_a_blend_with_nothing_to_choose_on_keeps_the_zero_shot_model(var, monkeypatch, capsys):
+    """Every candidate blend at 0 validation NDCG@10 (a tiny var, --min-users 1): validation
+    cannot tell them apart, so the zero-shot model and its blend are installed, not "interest_sim
+    only" (training and tuning stubbed: the choice is what is tested)."""
+    from recmesh.models.ranking.tuning import BlendChoice
+    from recmesh.tools.eval import release, run, tune
+
+    paths = var_paths()
+    n_items = 12
+    write_items(paths.catalog_items, [item(f"i{n:02d}", f"item {n}") for n in range(n_items)])
+    log = EventLog(paths.event_log)
+    log.append(event(k, f"u{k % 3}", f"i{k % n_items:02d}", ET.EVENT_TYPE_VIEW, seconds=1_700_000_000 + k)
+               for k in range(24))
+    log.close()
+    monkeypatch.setattr(run, "item_vectors", lambda dataset, cache: text_vectors(len(dataset.item_ids))[:, :32].copy())
+    monkeypatch.setattr(release, "train", lambda *a, **k: (None, {"valid_ndcg": 0.0}))
+    monkeypatch.setattr(release, "install", lambda model, item_ids, holdout, folder, target: target)
+    zeros = {name: 0.0 for name in FEATURES}
+    flat = BlendChoice(np.zeros(len(FEATURES), np.float32), 0.0, zeros,
+                       {f"{name} only": 0.0 for name in FEATURES}, "interest_sim only")
+    monkeypatch.setattr(tune, "tune", lambda *a, **k: (flat, {"users": 3, "sampled": False}))
+    monkeypatch.setattr(release, "place_catalog", lambda: {})
+
+    summary = release.main(["--min-users", "1", "--holdout", "0"])
+    assert summary["zero_shot"]
+    assert "nothing to choose a blend on: every candidate scored 0" in capsys.readouterr().err
+    assert load_params(newest_params(paths.own_params)).version.startswith("ranker-zeroshot-")

@@ -44,6 +44,7 @@ import resource
 import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from typing import Iterator
 import numpy as np
 
 from recmesh.common.catalog import ITEM_TEXT_RECIPE, item_text
-from recmesh.common.paths import served_artifact, var_dir, var_paths
+from recmesh.common.paths import VAR_ENV, served_artifact, var_dir, var_paths
 from recmesh.tools.catalog.snapshot import item_record, read_items, write_items
 from recmesh.tools.catalog.sources import (
     AttributeSpec,
@@ -289,6 +290,14 @@ def read_item_file(source: Source, mapping: ItemMapping, skip_bad_rows: bool = F
                     inferred = "" if spec.kind else ", inferred"
                     dropped.bad_row(source.error(position, spec.column, f"{exc} (the attribute {spec.name} is of kind "
                                                  f"{kinds[spec.name]}{inferred})"), skip_bad_rows)
+                    bad.add(n)
+    if reader.attributes:  # the whole item as every stage checks it (check_item), now with its attributes
+        for n, (item, position) in enumerate(zip(items, positions, strict=True)):
+            if n not in bad:
+                try:
+                    reader.check(position, item)
+                except RowError as exc:
+                    dropped.bad_row(exc, skip_bad_rows)
                     bad.add(n)
     items = [item for n, item in enumerate(items) if n not in bad]
     if not items:
@@ -551,10 +560,11 @@ def zero_shot_for(var: Path, item_ids: list[str]) -> dict:
 
 def import_files(var: Path, items_path: Path | None, events_path: Path | None, item_mapping: ItemMapping,
                  event_mapping: EventMapping, spec: TextModelSpec, interest_model: Path | None = None,
-                 dry_run: bool = False, skip_bad_rows: bool = False) -> dict:
+                 dry_run: bool = False, skip_bad_rows: bool = False, progress: dict | None = None) -> dict:
     """Imports an items file and/or an events file into the var (see the module); returns the
     report (also in catalog/IMPORT.json unless dry_run). Raises SourceError (a bad row or
-    column: nothing written) or ImportFailed (the var cannot be written now)."""
+    column: nothing written) or ImportFailed (the var cannot be written now). progress: set
+    "applying" to True when pass 2 starts (what an interruption leaves is said by it)."""
     if items_path is None and events_path is None:
         raise ImportFailed("nothing to import: give --items FILE and/or --events FILE")
     started = time.perf_counter()
@@ -579,7 +589,9 @@ def import_files(var: Path, items_path: Path | None, events_path: Path | None, i
         else:
             raise ImportFailed(f"no imported catalog at {paths.catalog_items} for these events: import the items "
                                "too (--items FILE), or `recmesh bootstrap`")
-        staging = EventStaging(paths.catalog) if events_source else None
+        # A dry run writes nothing in the var: its staging file lives in a temporary folder.
+        scratch = tempfile.TemporaryDirectory(prefix="recmesh-import-") if dry_run and events_source else None
+        staging = EventStaging(Path(scratch.name) if scratch else paths.catalog) if events_source else None
         try:
             if events_source:
                 report["files"]["events"] = stage_event_file(events_source, event_mapping, known, staging,
@@ -595,6 +607,8 @@ def import_files(var: Path, items_path: Path | None, events_path: Path | None, i
                 if staging is not None:
                     report["events"] = staging.summary()
             else:
+                if progress is not None:
+                    progress["applying"] = True  # from here on, an interruption leaves part of the import applied
                 if interest_model is None and items is not None and not paths.own_artifact.is_file():
                     report["interest_model"] = zero_shot_for(var, [it.item_id for it in items])
                 report = apply(var, items, staging, spec, interest_model, report,
@@ -602,6 +616,8 @@ def import_files(var: Path, items_path: Path | None, events_path: Path | None, i
         finally:
             if staging is not None:
                 staging.close()
+            if scratch is not None:
+                scratch.cleanup()
         report["seconds"] = round(time.perf_counter() - started, 1)
         report["peak_rss_mib"] = peak_rss_mib()
         if not dry_run:
@@ -639,7 +655,8 @@ def describe(report: dict) -> str:
         out.append(line)
     if "events" in report:
         e = report["events"]
-        line = f"events: {e['events']} from {e['users']} users on {e['items']} items, {e['first']} .. {e['last']}"
+        line = f"events: {e['events']} from {e['users']} users on {e['items']} items" + \
+            (f", {e['first']} .. {e['last']}" if e.get("first") else " (none kept)")
         if "new" in e:
             line += f"; {e['new']} new, {e['already_logged']} already in the log"
         out.append(line)
@@ -733,16 +750,55 @@ def mappings(args: argparse.Namespace) -> tuple[ItemMapping, EventMapping]:
     return items, events
 
 
+def check_import_var(var: Path, flag: str = "--var", dry_run: bool = False) -> None:
+    """The var can take an import (`preflight.check_var`'s rules: a writable directory, no
+    whitespace in its path), ImportFailed naming the flag otherwise. A dry run creates nothing:
+    the var, or the nearest folder above it that exists, is checked as it is."""
+    from recmesh.tools.preflight import check_var
+
+    if not dry_run:
+        try:
+            check_var(var)
+        except SystemExit as exc:
+            problem = str(exc.code).removeprefix(f"{VAR_ENV}={var}: ")
+            raise ImportFailed(f"{flag} {var}: {problem}") from None
+        return
+    if any(ch.isspace() for ch in str(var)):
+        raise ImportFailed(f"{flag} {var}: a path with whitespace is not supported (Triton's python backend cannot "
+                           "start from it): choose another folder")
+    existing = Path(var).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ImportFailed(f"{flag} {var}: not a directory" + ("" if existing == Path(var).absolute() else
+                                                              f" ({existing} is a file)"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ImportFailed(f"{flag} {var}: cannot write there ({existing} is not writable)")
+
+
 def run(args: argparse.Namespace) -> dict:
-    """`recmesh import`: prints the report; a problem exits with one line (status 1)."""
+    """`recmesh import`: prints the report; a problem exits with one line (status 1), Ctrl-C
+    with one line saying what was applied (status 130)."""
     var = var_dir() if args.var is None else args.var
+    flag = "--var" if args.var is not None else "RECMESH_VAR"
+    progress = {"applying": False}
     try:
         item_mapping, event_mapping = mappings(args)
+        if args.items is None and args.events is None:
+            raise ImportFailed("nothing to import: give --items FILE and/or --events FILE")
+        check_import_var(var, flag, args.dry_run)
         spec = TextModelSpec(args.model_dir or default_model_dir(), args.model_name, args.variant, args.threads)
         report = import_files(var, args.items, args.events, item_mapping, event_mapping, spec, args.interest_model,
-                              args.dry_run, args.skip_bad_rows)
+                              args.dry_run, args.skip_bad_rows, progress)
     except (SourceError, ImportFailed) as exc:
         sys.exit(f"recmesh import: {exc}")
+    except KeyboardInterrupt:
+        if progress["applying"]:
+            what = "partially applied; run the same import again to finish"
+        else:
+            what = "nothing applied" + ("" if args.dry_run else "; run the same import again to import")
+        print(f"\nrecmesh import: interrupted: {what}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     print(describe(report))
     return report
 

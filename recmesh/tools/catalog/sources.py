@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -117,6 +118,8 @@ class Source:
             raise SourceError(f"{self.path}: unknown format {suffix or '(no extension)'!r}: name the file "
                               ".csv, .tsv, .jsonl, .ndjson (each optionally .gz) or .parquet")
         self.format = FORMATS[suffix]
+        if self.path.is_dir():
+            raise SourceError(f"{self.path}: is a directory, not a file")
         if not self.path.is_file():
             raise SourceError(f"{self.path}: no such file")
         self.columns: list[str] = self._columns()
@@ -146,7 +149,7 @@ class Source:
             return list(seen)
         with self._open_text() as (_, text):
             try:
-                header = next(csv.reader(text, delimiter=self._delimiter()), None)
+                header = next(csv.reader(text, delimiter=self._delimiter(), strict=True), None)
             except csv.Error as exc:
                 raise SourceError(f"{self.where(1)}: not a readable header ({exc})") from None
         if not header:
@@ -166,7 +169,16 @@ class Source:
         import contextlib
 
         def decoded(stream) -> Iterator[str]:
-            for n, line in enumerate(stream, start=1):
+            lines = iter(stream)
+            n = 0
+            while True:
+                try:
+                    line = next(lines)
+                except StopIteration:
+                    return
+                except (OSError, EOFError, zlib.error) as exc:
+                    raise self._read_error(n, exc) from None
+                n += 1
                 try:
                     yield line.decode("utf-8-sig" if n == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
@@ -175,10 +187,27 @@ class Source:
 
         @contextlib.contextmanager
         def opened():
-            with self.path.open("rb") as raw:
+            try:
+                raw = self.path.open("rb")
+            except OSError as exc:
+                raise SourceError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+            with raw:
                 yield raw, decoded(gzip.GzipFile(fileobj=raw) if self.compressed else raw)
 
         return opened()
+
+    def _read_error(self, lines_read: int, exc: BaseException) -> SourceError:
+        """A read error of the file after lines_read lines, as one line naming the file."""
+        after = f"after line {lines_read}" if lines_read else "before its first line"
+        if isinstance(exc, gzip.BadGzipFile):
+            return SourceError(f"{self.path}: not a gzip file ({exc}): name it without .gz, or compress it")
+        if isinstance(exc, EOFError):
+            return SourceError(f"{self.path}: cut off {after} (the compressed data ends early: an incomplete copy "
+                               "or download?)")
+        if isinstance(exc, zlib.error):
+            return SourceError(f"{self.path}: corrupt compressed data {after} ({exc})")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return SourceError(f"{self.path}: cannot be read {after} ({reason})")
 
     def _text(self, progress: bool, desc: str | None) -> Iterator[tuple[int, dict]]:
         from tqdm import tqdm
@@ -196,8 +225,8 @@ class Source:
                     if n % 4096 == 0 and progress:
                         bar.update(raw.tell() - bar.n)
                     yield line, record
-            except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
-                raise SourceError(f"{self.path}: cannot be read after line {line} ({exc})") from None
+            except (OSError, EOFError, zlib.error) as exc:  # decoding errors are named by `decoded`
+                raise self._read_error(line, exc) from None
             bar.update(total - bar.n)
 
     def _jsonl_rows(self, text) -> Iterator[tuple[int, dict]]:
@@ -214,7 +243,8 @@ class Source:
 
     def _csv_rows(self, text) -> Iterator[tuple[int, dict]]:
         csv.field_size_limit(64 * 1024 * 1024)  # long descriptions; the item checks bound them
-        reader = csv.reader(text, delimiter=self._delimiter())
+        # strict: a quote left open at the end of the file is an error, not the rest of the file as one value
+        reader = csv.reader(text, delimiter=self._delimiter(), strict=True)
         header: list[str] | None = None
         start = 1
         try:
@@ -229,6 +259,9 @@ class Source:
                     yield start, dict(zip(header, row, strict=True))
                 start = reader.line_num + 1
         except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise SourceError(f"{self.where(start)}: a quote opened in the record starting on this line is "
+                                  f"never closed (it runs to the end of the file, line {reader.line_num})") from None
             raise SourceError(f"{self.where(start)}: not valid {self.format.upper()} ({exc})") from None
 
     def _parquet_file(self):
@@ -249,8 +282,16 @@ class Source:
         position = 0
         with tqdm(total=parquet.metadata.num_rows, unit="row", disable=not progress, desc=desc or self.path.name,
                   leave=False) as bar:
-            for batch in parquet.iter_batches(batch_size=4096):
-                for record in batch.to_pylist():
+            batches = parquet.iter_batches(batch_size=4096)
+            while True:
+                try:
+                    batch = next(batches, None)
+                    records = batch.to_pylist() if batch is not None else None
+                except Exception as exc:  # pyarrow's errors (ArrowInvalid, OSError) for a corrupt row group
+                    raise SourceError(f"{self.path}: cannot be read after row {position} ({exc})") from None
+                if batch is None:
+                    break
+                for record in records:
                     position += 1
                     yield position, record
                 bar.update(batch.num_rows)
@@ -276,7 +317,18 @@ def find_column(source: Source, flag: str | None, flag_name: str, candidates: tu
 
 
 def _absent(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+    """None or "": missing. (A NaN is a value - a number that is not finite - refused where a
+    number is read: a JSON bare NaN, a Parquet float NaN; a Parquet null is None.)"""
+    return value is None or (isinstance(value, str) and value == "")
+
+
+def _nested(value: Any) -> str | None:
+    """"a list" / "an object" when value is one (JSON array/object, Parquet list/struct), else None."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return None
 
 
 def _text_value(value: Any) -> str:
@@ -308,9 +360,15 @@ class AttributeSpec:
         head, sep, tail = spec.rpartition(":")
         if sep and tail.strip().lower() in ATTRIBUTE_KINDS:
             column, kind = head, ATTRIBUTE_KINDS[tail.strip().lower()]
+        elif sep and not tail.strip():
+            raise SourceError(f"--attribute {spec}: no kind after ':'; one of text, number, flag (or leave ':KIND' out"
+                              " to infer it)")
         elif sep and tail and "=" not in tail:
             raise SourceError(f"--attribute {spec}: unknown kind {tail!r}; one of text, number, flag")
-        column, _, name = column.partition("=")
+        column, renamed, name = column.partition("=")
+        if renamed and not name:
+            raise SourceError(f"--attribute {spec}: no name after '='; COLUMN=NAME stores the column under NAME "
+                              "(or leave '=NAME' out)")
         name = name or column
         if not column:
             raise SourceError(f"--attribute {spec}: name a column (COLUMN[=NAME][:KIND])")
@@ -387,6 +445,9 @@ class ItemReader:
         self.categories_column = find(mapping.categories, "--categories-column", "categories")
         self.tags_column = find(mapping.tags, "--tags-column", "tags")
         self.attributes = mapping.attributes
+        if len(self.attributes) > limits.ATTRIBUTES_PER_ITEM:
+            raise SourceError(f"--attribute: {len(self.attributes)} attributes, an item holds at most "
+                              f"{limits.ATTRIBUTES_PER_ITEM}")
         for spec in self.attributes:
             find_column(source, spec.column, "--attribute", ())
         names = [spec.name for spec in self.attributes]
@@ -407,6 +468,9 @@ class ItemReader:
         parts = []
         for n, column in enumerate(self.text_columns):
             value = record.get(column)
+            if isinstance(value, dict) or (isinstance(value, list | tuple) and
+                                           any(isinstance(v, dict) for v in value)):
+                raise ValueError(column)
             text = "" if _absent(value) else _text_value(value).strip()
             if text:  # the first column as it is (also when another is empty), the others labelled
                 parts.append(text if n == 0 else f"{column.replace('_', ' ').capitalize()}: {text}")
@@ -421,24 +485,43 @@ class ItemReader:
         for column, value in ((self.id_column, raw_id), (self.title_column, raw_title)):
             if isinstance(value, list | dict):
                 raise self.source.error(position, column, f"a {type(value).__name__}, expected text")
+        for column in (self.categories_column, self.tags_column):
+            value = record.get(column) if column else None
+            if isinstance(value, dict) or (isinstance(value, list | tuple) and
+                                           any(isinstance(v, dict) or (isinstance(v, list | tuple) and
+                                                                       any(map(_nested, v))) for v in value)):
+                raise self.source.error(position, column, "an object (or a list of objects), expected text or a "
+                                        "list of texts")
+        try:
+            description = self._description(record)
+        except ValueError as exc:
+            raise self.source.error(position, str(exc), "an object, expected text") from None
         item = common_pb2.Item(
             item_id="" if _absent(raw_id) else _text_value(raw_id),
             title="" if _absent(raw_title) else _text_value(raw_title),
-            description=self._description(record),
+            description=description,
             categories=labels(record.get(self.categories_column), m.category_sep, m.path_sep)
             if self.categories_column else [],
             tags=labels(record.get(self.tags_column), m.tag_sep) if self.tags_column else [],
         )
+        self.check(position, item)
+        raw = {spec.name: record.get(spec.column) for spec in self.attributes}
+        return item, {name: value for name, value in raw.items() if not _absent(value)}
+
+    def check(self, position: int, item: common_pb2.Item) -> None:
+        """check_item (what UpsertItems accepts); RowError names the line and the column."""
         try:
             check_item(item, "item")
         except InvalidArgument as exc:
             raise self._field_error(position, exc) from None
-        raw = {spec.name: record.get(spec.column) for spec in self.attributes}
-        return item, {name: value for name, value in raw.items() if not _absent(value)}
 
     def _field_error(self, position: int, exc: InvalidArgument) -> RowError:
         part = exc.field.removeprefix("item.")
         base, _, index = part.partition("[")
+        if base == "attributes":
+            name = index.rstrip("]").strip('"')
+            column = next((s.column for s in self.attributes if s.name == name), "--attribute")
+            return self.source.error(position, column, _problem(exc))
         columns = {"item_id": self.id_column, "title": self.title_column,
                    "categories": self.categories_column, "tags": self.tags_column}
         if base == "description":
@@ -463,7 +546,7 @@ def attribute_kind(values: list[Any]) -> str:
         if isinstance(v, bool):
             return False
         if isinstance(v, int | float):
-            return math.isfinite(v)
+            return True  # a number (a NaN too: a number column, its non-finite values refused)
         try:
             return math.isfinite(float(str(v)))
         except ValueError:
@@ -479,6 +562,9 @@ def attribute_kind(values: list[Any]) -> str:
 def attribute_value(value: Any, kind: str) -> str | float | bool:
     """value as an attribute of kind; ValueError (the problem, for the row's error) when it is
     none such."""
+    nested = _nested(value)
+    if nested:
+        raise ValueError(f"{nested}, expected {'text' if kind == 'text' else 'a ' + kind}")
     if kind == "flag":
         if isinstance(value, bool):
             return value
@@ -555,11 +641,17 @@ def event_type(name: str, setting: str) -> int | None:
 def parse_type_map(pairs: list[str]) -> dict[str, str]:
     """`--event-type-map SOURCE=TYPE` values as {source value: recmesh type name}."""
     out = {}
+    given: dict[str, tuple[str, int | None]] = {}  # source value, casefolded (as it is matched) -> (pair, type)
     for pair in pairs:
         source, sep, target = pair.partition("=")
         if not sep or not source.strip():
             raise SourceError(f"--event-type-map {pair}: expected SOURCE=TYPE (e.g. review=purchase)")
-        event_type(target, f"--event-type-map {pair}")
+        resolved = event_type(target, f"--event-type-map {pair}")
+        key = source.strip().casefold()
+        if key in given and given[key][1] != resolved:
+            raise SourceError(f"--event-type-map {pair}: {source.strip()!r} is mapped already "
+                              f"(--event-type-map {given[key][0]}): map each source type once")
+        given.setdefault(key, (pair, resolved))
         out[source.strip()] = target
     return out
 
@@ -612,12 +704,19 @@ def timestamp_ms(value: Any) -> tuple[int, str]:
     return int(round(number)), "ms"
 
 
+def _shown_time(raw: Any) -> str:
+    """A source's time as a message shows it: Arrow timestamps and dates as ISO-8601 text."""
+    if isinstance(raw, datetime | date):
+        return repr(raw.isoformat())
+    return repr(raw)
+
+
 def check_time(ms: int, raw: Any, unit: str, now_ms: int) -> None:
     """ValueError unless ms lies in what every stage accepts (`validation.check_timestamp`):
     from 1980-01-01 to a day ahead of now_ms."""
     if not MIN_EVENT_MS <= ms <= now_ms + MAX_FUTURE_MS:
-        raise ValueError(f"{raw!r} read as {_UNIT_NAMES[unit]} is {_when(ms)}: times from 1980-01-01 to a day "
-                         "from now are accepted")
+        raise ValueError(f"{_shown_time(raw)} read as {_UNIT_NAMES[unit]} is {_when(ms)}: times from 1980-01-01 "
+                         "to a day from now are accepted")
 
 
 # Ids remembered as checked (EventReader._check).
@@ -706,8 +805,8 @@ class EventReader:
         elif unit != self.unit:
             since = f" (detected at {self.source.where(self.unit_line)})" if self.unit_line else \
                 " (--timestamp-unit)"
-            raise self.source.error(position, column, f"{raw!r} reads as {_UNIT_NAMES[unit]}, but the column holds "
-                                    f"{_UNIT_NAMES[self.unit]}{since}")
+            raise self.source.error(position, column, f"{_shown_time(raw)} reads as {_UNIT_NAMES[unit]}, but the "
+                                    f"column holds {_UNIT_NAMES[self.unit]}{since}")
         try:
             check_time(ms, raw, unit, self.now_ms)
         except ValueError as exc:
@@ -724,6 +823,10 @@ class EventReader:
         ts = self._time(position, record.get(self.timestamp_column))
         raw_value = record.get(self.value_column) if self.value_column else None
         if _absent(raw_value):
+            if type_ == ET.EVENT_TYPE_RATE:
+                column = self.value_column or "value"
+                missing = "empty" if self.value_column else "no value column (name it with --value-column)"
+                raise self.source.error(position, column, f"a rate event needs a rating in 0..5: {missing}")
             value = 0.0
         else:
             try:
@@ -737,10 +840,16 @@ class EventReader:
             raw = record.get(column)
             if isinstance(raw, list | dict):
                 raise self.source.error(position, column, f"a {type(raw).__name__}, expected an id")
+            if isinstance(raw, float) and not math.isfinite(raw):
+                raise self.source.error(position, column, f"{raw!r}, expected an id")
             ids.append("" if _absent(raw) else _text_value(raw))
         user_id, item_id = ids
+        for column in (self.query_column, self.event_id_column):
+            nested = _nested(record.get(column)) if column else None
+            if nested:
+                raise self.source.error(position, column, f"{nested}, expected text")
         query = "" if not self.query_column or _absent(record.get(self.query_column)) else \
-            str(record[self.query_column])
+            _text_value(record[self.query_column])
         derived = not self.event_id_column or _absent(record.get(self.event_id_column))
         event_id = event_id_for(user_id, item_id, type_, ts, value, query) if derived else \
             _text_value(record[self.event_id_column])

@@ -231,9 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     fit = s.without(held)
     print(f"data {dataset.name}: {len(dataset.item_ids)} items, {len(dataset.interactions)} item events, "
           f"{len(s.train)} users with >= 5 ({len(held)} held out)", flush=True)
-    if len(fit.train) < args.min_users:
-        reason = (f"too few events to train the interest model: {len(fit.train)} users with >= 5 item events, "
-                  f"--min-users is {args.min_users}")
+    def zero_shot(reason: str) -> dict:
         print(f"{reason}; installing the zero-shot text model (serves from the item text; run `recmesh train` "
               f"again as events arrive)", file=sys.stderr, flush=True)
         summary = install_zero_shot(dataset.item_ids, dataset.name, reason, args.models_dir, args.install,
@@ -242,6 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
             summary["catalog"] = place_catalog()
         print(json.dumps(summary, indent=2))
         return summary
+
+    if len(fit.train) < args.min_users:
+        return zero_shot(f"too few events to train the interest model: {len(fit.train)} users with >= 5 item "
+                         f"events, --min-users is {args.min_users}")
 
     vectors = item_vectors(dataset, var_paths().eval_cache)
     model, report = train(fit, ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True), vectors,
@@ -255,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
     choice, how = tune.tune(dataset, fit, vectors, args.install, train_popularity(fit), shipped,
                             var_paths().eval_cache, args.tune_users or tune.MAX_USERS, args.seed)
     tune.print_table(choice, how)
+    if not max([choice.valid_ndcg, *choice.parts.values(), *choice.candidates.values()]) > 0.0:
+        # Every candidate scored 0: validation cannot tell the blends (nor the trained model) apart.
+        return zero_shot(f"nothing to choose a blend on: every candidate scored 0 validation NDCG@10 "
+                         f"({how['users']} users)")
     scorer = tune.tuned_scorer(choice, f"ranker-tuned-{folder.name}")
     params = install_params(scorer, folder, args.params_dir, data=dataset.name, artifact=folder.name,
                             chosen_by="validation NDCG@10 (recmesh.tools.eval.tune)",
