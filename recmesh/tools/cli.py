@@ -352,6 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _var_flag(argv: list[str]) -> Path | None:
+    """The folder a command's own --var names (import, bootstrap), checked instead of RECMESH_VAR's."""
+    for i, arg in enumerate(argv):
+        if arg == "--var" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--var="):
+            return Path(arg.removeprefix("--var="))
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     import grpc
 
@@ -362,8 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in NEEDS and not {"-h", "--help"} & set(argv[1:]):
         require(f"recmesh {argv[0]}", *NEEDS[argv[0]])
-        if argv[0] in WRITES_VAR:
-            check_var(var_dir())
+        if argv[0] in WRITES_VAR and "--dry-run" not in argv:  # a dry run writes nothing (import checks it)
+            flag = _var_flag(argv[1:])
+            check_var(flag, "--var") if flag else check_var(var_dir())
     if argv[:1] and argv[0] in PASS_THROUGH:  # commands with their own flags and --help
         importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
         return

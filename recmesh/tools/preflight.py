@@ -11,12 +11,12 @@ from pathlib import Path
 from recmesh.common.paths import VAR_ENV, served_artifact, var_paths
 
 
-def check_var(var: Path) -> None:
+def check_var(var: Path, setting: str = VAR_ENV) -> None:
     """The var can hold what the command writes: a directory (created if missing), writable,
     with no whitespace in its path (Triton's python backend, whose folder is in the var, starts
     its stub through a shell with the path unquoted: such a var hung `recmesh run` for 3 min).
-    Raises SystemExit naming RECMESH_VAR."""
-    name = f"{VAR_ENV}={var}"
+    Raises SystemExit naming the setting that chose it (RECMESH_VAR, or a command's --var)."""
+    name = f"{setting}={var}"
     if any(ch.isspace() for ch in str(var)):
         raise SystemExit(f"{name}: a path with whitespace is not supported (Triton's python backend cannot "
                          "start from it): choose another folder")

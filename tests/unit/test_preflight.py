@@ -55,3 +55,17 @@ def test_a_port_in_use_is_refused_naming_the_flag():
         with pytest.raises(SystemExit, match="port .* is in use .*--port"):
             check_port(taken.getsockname()[1])
     check_port(0)
+
+
+def test_a_command_given_its_own_var_checks_that_one_and_a_dry_run_creates_nothing(tmp_path, monkeypatch):
+    from recmesh.tools import cli
+
+    monkeypatch.setenv("RECMESH_VAR", str(tmp_path / "default-var"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"--var=.*a-file/var: cannot write there"):
+        cli.main(["import", "--var", str(blocker / "var"), "--items", str(tmp_path / "items.csv")])
+    assert not (tmp_path / "default-var").exists()  # the var the command was not given is left alone
+    with pytest.raises(SystemExit):  # no such items file: the dry run stops, and wrote nothing
+        cli.main(["import", "--var", str(tmp_path / "fresh"), "--items", str(tmp_path / "items.csv"), "--dry-run"])
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "default-var").exists()
