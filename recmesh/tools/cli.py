@@ -93,8 +93,12 @@ def cmd_run(args) -> None:
             run_demo(stack.address("gateway"))
         if args.exit_after_demo:
             return
-        print(f"\nrecmesh is up: try `{_cli_name()} --target {stack.address('gateway')} recommend --user 42 "
-              f"--query \"space opera\"` in another shell. Ctrl-C stops everything.", flush=True)
+        from recmesh.tools.demo import MOVIELENS, load_script
+
+        script = load_script(stack.var)
+        user, query = ("42", "space opera") if script is MOVIELENS else ("someone", script.query)
+        print(f"\nrecmesh is up: try `{_cli_name()} --target {stack.address('gateway')} recommend --user {user} "
+              f"--query \"{query}\"` in another shell. Ctrl-C stops everything.", flush=True)
         supervisor = stack.supervise()  # a crashed service is started again, and said so
         reported = 0
         while True:

@@ -660,6 +660,9 @@ def describe(report: dict) -> str:
         if "new" in e:
             line += f"; {e['new']} new, {e['already_logged']} already in the log"
         out.append(line)
+    if "interest_model" in report:
+        out.append(f"interest model: the zero-shot text model, installed for this var's first import "
+                   f"({report['interest_model']['version']}; `recmesh train` replaces it once events suffice)")
     if "shard" in report:
         s = report["shard"]
         out.append(f"shard: {'rebuilt' if s['rebuilt'] else 'unchanged'} ({s['version']}, {s['seconds']} s); "

@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     held = holdout_users(s, args.holdout, args.seed)
     fit = s.without(held)
     print(f"data {dataset.name}: {len(dataset.item_ids)} items, {len(dataset.interactions)} item events, "
-          f"{len(s.train)} users with >= 5 ({len(held)} held out)", flush=True)
+          f"{len(s.train)} users with >= 5 ({len(held)} held out for the streaming replay: users with "
+          f"{HOLDOUT_MIN_EVENTS}-{HOLDOUT_MAX_EVENTS} events, at most {HOLDOUT_MAX_SHARE:.0%})", flush=True)
     def zero_shot(reason: str) -> dict:
         print(f"{reason}; installing the zero-shot text model (serves from the item text; run `recmesh train` "
               f"again as events arrive)", file=sys.stderr, flush=True)
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
                           TrainConfig(time_cap_s=args.time_cap, seed=args.seed), "LLM-Seq-served")
     report["holdout_users"] = held
     report["data"] = dataset.name
+    print(f"interest model: best epoch {report['best_epoch']} of {report['epochs_run']} kept (validation NDCG@10 "
+          f"{report['valid_ndcg']}, {report['train_seconds']} s)", flush=True)
     folder = save_report(report, args.models_dir, "LLM-Seq-served")
     install(model, dataset.item_ids, held, folder, args.install)
 
