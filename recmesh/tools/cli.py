@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in NEEDS and not {"-h", "--help"} & set(argv[1:]):
         require(f"recmesh {argv[0]}", *NEEDS[argv[0]])
-        if argv[0] in WRITES_VAR and "--dry-run" not in argv:  # a dry run writes nothing (import checks it)
+        if argv[0] in WRITES_VAR and argv[0] != "import":  # import checks its var itself (a dry run: unwritten)
             flag = _var_flag(argv[1:])
             check_var(flag, "--var") if flag else check_var(var_dir())
     if argv[:1] and argv[0] in PASS_THROUGH:  # commands with their own flags and --help

@@ -63,7 +63,7 @@ def test_a_command_given_its_own_var_checks_that_one_and_a_dry_run_creates_nothi
     monkeypatch.setenv("RECMESH_VAR", str(tmp_path / "default-var"))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(SystemExit, match=r"--var=.*a-file/var: cannot write there"):
+    with pytest.raises(SystemExit, match=r"--var .*a-file/var: .*[Nn]ot a directory"):
         cli.main(["import", "--var", str(blocker / "var"), "--items", str(tmp_path / "items.csv")])
     assert not (tmp_path / "default-var").exists()  # the var the command was not given is left alone
     with pytest.raises(SystemExit):  # no such items file: the dry run stops, and wrote nothing

@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
                           TrainConfig(time_cap_s=args.time_cap, seed=args.seed), "LLM-Seq-served")
     report["holdout_users"] = held
     report["data"] = dataset.name
-    print(f"interest model: best epoch {report['best_epoch']} of {report['epochs_run']} kept (validation NDCG@10 "
-          f"{report['valid_ndcg']}, {report['train_seconds']} s)", flush=True)
+    print(f"interest model: best epoch {report.get('best_epoch')} of {report.get('epochs_run')} kept (validation "
+          f"NDCG@10 {report.get('valid_ndcg')}, {report.get('train_seconds')} s)", flush=True)
     folder = save_report(report, args.models_dir, "LLM-Seq-served")
     install(model, dataset.item_ids, held, folder, args.install)
 
