@@ -10,6 +10,7 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import regex
@@ -219,21 +220,29 @@ def _year(timestamp_ms: int) -> int:
     return 1970 + int(timestamp_ms / _MS_PER_YEAR)
 
 
+def check_event_content(event_type: int, item_id: str, query: str, value: float, field: str,
+                        check_item_id: Callable[[str, str], object] = check_id) -> None:
+    """What an event of a known type must carry: a query for SEARCH (an item for every other
+    type, checked by check_item_id - the importer's remembers ids it checked), a finite value,
+    a rating in 0..5 for RATE. InvalidArgument names `field`.query / .item_id / .value."""
+    query = check_query(query, f"{field}.query")
+    if event_type == ET.EVENT_TYPE_SEARCH:
+        if not query:
+            raise InvalidArgument(f"{field}.query", "required for a SEARCH event")
+    else:
+        check_item_id(item_id, f"{field}.item_id")
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{field}.value", "must be a finite number")
+    if event_type == ET.EVENT_TYPE_RATE and not 0.0 <= value <= 5.0:
+        raise InvalidArgument(f"{field}.value", f"a rating must be in 0..5, got {value}")
+
+
 def check_event(event: common_pb2.Event, field: str, now_ms: int | None = None) -> None:
     check_id(event.event_id, f"{field}.event_id")
     check_id(event.user_id, f"{field}.user_id")
     if event.type not in KNOWN_EVENT_TYPES:
         raise InvalidArgument(f"{field}.type", f"unknown event type {event.type}")
-    query = check_query(event.query, f"{field}.query")
-    if event.type == ET.EVENT_TYPE_SEARCH:
-        if not query:
-            raise InvalidArgument(f"{field}.query", "required for a SEARCH event")
-    else:
-        check_id(event.item_id, f"{field}.item_id")
-    if not math.isfinite(event.value):
-        raise InvalidArgument(f"{field}.value", "must be a finite number")
-    if event.type == ET.EVENT_TYPE_RATE and not 0.0 <= event.value <= 5.0:
-        raise InvalidArgument(f"{field}.value", f"a rating must be in 0..5, got {event.value}")
+    check_event_content(event.type, event.item_id, event.query, event.value, field)
     now_ms = clock.now_ms() if now_ms is None else now_ms
     check_timestamp(event.timestamp_ms, f"{field}.timestamp_ms", now_ms)
     if len(event.request_id) > limits.ID_CHARS:

@@ -38,9 +38,9 @@ from recmesh.common.errors import InvalidArgument
 from recmesh.common.validation import (
     MAX_FUTURE_MS,
     MIN_EVENT_MS,
+    check_event_content,
     check_id,
     check_item,
-    check_query,
     check_text,
     visible_text,
 )
@@ -865,23 +865,15 @@ class EventReader:
         whose type is known and time checked (`_time`); InvalidArgument names the event's field.
         Ids repeat - a user has many events - so an id that passed check_id once is not checked
         again (a bounded set: streams of many distinct ids stay in memory bounds)."""
-        known = self._checked_ids
         if not derived:  # a derived id is 35 characters of hex
             check_id(event_id, "event.event_id")
-        if user_id not in known:
-            check_id(user_id, "event.user_id")
-            self._remember(user_id)
-        query = check_query(query, "event.query") if query else ""
-        if type_ == ET.EVENT_TYPE_SEARCH:
-            if not query:
-                raise InvalidArgument("event.query", "required for a SEARCH event")
-        elif item_id not in known:
-            check_id(item_id, "event.item_id")
-            self._remember(item_id)
-        if not math.isfinite(value):
-            raise InvalidArgument("event.value", "must be a finite number")
-        if type_ == ET.EVENT_TYPE_RATE and not 0.0 <= value <= 5.0:
-            raise InvalidArgument("event.value", f"a rating must be in 0..5, got {value}")
+        self._check_id_once(user_id, "event.user_id")
+        check_event_content(type_, item_id, query, value, "event", self._check_id_once)
+
+    def _check_id_once(self, value: str, field: str) -> None:
+        if value not in self._checked_ids:
+            check_id(value, field)
+            self._remember(value)
 
     def _remember(self, checked_id: str) -> None:
         if len(self._checked_ids) >= _CHECKED_IDS:
