@@ -29,6 +29,10 @@ from recmesh.v1 import common_pb2
 # The payload field holding an item's attributes ({name: str | float | bool}, layout.item_payload);
 # a filter addresses one of them as "attributes.<name>".
 ATTRIBUTES = "attributes"
+# Attribute keys a backend gives a payload index as upsert first meets them (beyond these,
+# filtered all the same by reading payloads; an index lets Qdrant plan a narrow filter so that
+# it still fills a page).
+INDEXED_ATTRIBUTES = 64
 
 
 def attribute_key(name: str) -> str:

@@ -13,6 +13,7 @@ import qdrant_edge as qe
 
 from recmesh.index.base import (
     ATTRIBUTES,
+    INDEXED_ATTRIBUTES,
     AnyOf,
     Condition,
     Conditions,
@@ -35,9 +36,6 @@ from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSIO
 # attribute as a keyword "attributes.<name>=true|false" in this field (Edge's own: written by
 # upsert, left out of export, so the payload others see is the layout's).
 FLAG_TERMS = "flag_terms"
-# Attribute keys given a payload index as upsert first meets them (beyond: filtered all the same,
-# by reading payloads; an index lets Qdrant plan a narrow filter so that it still fills a page).
-INDEXED_ATTRIBUTES = 64
 
 
 def flag_term(key: str, value: bool) -> str:

@@ -17,6 +17,7 @@ from qdrant_client import models as qm
 
 from recmesh.index.base import (
     ATTRIBUTES,
+    INDEXED_ATTRIBUTES,
     AnyOf,
     Condition,
     Conditions,
@@ -32,10 +33,6 @@ from recmesh.index.base import (
     with_popularity,
 )
 from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
-
-# Attribute keys given a payload index as upsert first meets them (as EdgeItemStore: beyond these,
-# filtered all the same from the payloads).
-INDEXED_ATTRIBUTES = 64
 
 
 def connect(url: str, timeout_s: int = 10) -> QdrantClient:
