@@ -50,7 +50,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -388,9 +388,15 @@ def check_shard_free(shard_dir: Path) -> None:
         os.close(fd)
 
 
+def log_popularity(counts: Mapping[str, int], item_ids: list[str]) -> list[float]:
+    """The catalog's popularity, in [0, 1] aligned with item_ids: log(1 + events of the item) /
+    log(1 + most events of any item)."""
+    top = math.log1p(max(counts.values(), default=1))
+    return [math.log1p(counts.get(i, 0)) / top for i in item_ids]
+
+
 def popularity(event_log, item_ids: list[str]) -> list[float]:
-    """log(1 + events of the item) / log(1 + most events of any item), over the whole log;
-    aligned with item_ids."""
+    """`log_popularity` over the whole log, aligned with item_ids."""
     from tqdm import tqdm
 
     wanted = set(item_ids)
@@ -399,8 +405,7 @@ def popularity(event_log, item_ids: list[str]) -> list[float]:
                       leave=False):
         if event.item_id in wanted:
             counts[event.item_id] += 1
-    top = math.log1p(max(counts.values(), default=1))
-    return [math.log1p(counts[i]) / top for i in item_ids]
+    return log_popularity(counts, item_ids)
 
 
 def build_key(spec: TextModelSpec, interest_model: Path, items: list[common_pb2.Item], pop: list[float]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +45,12 @@ def load(folder: Path) -> Catalog:
         Rating(row["userId"], row["movieId"], float(row["rating"]), int(row["timestamp"]) * 1000)
         for row in _rows(folder / "ratings.csv")
     ]
-    counts = Counter(r.item_id for r in ratings)
-    top = math.log1p(max(counts.values(), default=1))
-    items, popularity = [], []
+    from recmesh.tools.catalog.importer import log_popularity  # the formula the catalog's shard gets
+
+    items = []
     for row in _rows(folder / "movies.csv"):
         genres = [g for g in row["genres"].split("|") if g and g != NO_GENRES]
         frequent = [t for t, _ in tags[row["movieId"]].most_common(TAGS_PER_ITEM)]
         items.append(common_pb2.Item(item_id=row["movieId"], title=row["title"], categories=genres, tags=frequent))
-        popularity.append(math.log1p(counts[row["movieId"]]) / top)
+    popularity = log_popularity(Counter(r.item_id for r in ratings), [it.item_id for it in items])
     return Catalog(items, popularity, ratings)
