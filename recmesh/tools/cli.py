@@ -65,7 +65,7 @@ def _cli_name() -> str:
 
 
 def cmd_run(args) -> None:
-    from recmesh.tools.demo import run_demo
+    from recmesh.tools.demo import MOVIELENS, load_script, run_demo
     from recmesh.tools.devstack import Stack
 
     def interrupt(signum, frame):
@@ -89,13 +89,11 @@ def cmd_run(args) -> None:
               f"(logs in {stack.var / 'logs'})")
         for name in stack.ports:
             print(f"   {name:9} {stack.address(name)}")
+        script = load_script(stack.var)  # read once: the scripted session's and the hint's
         if not args.no_demo:
-            run_demo(stack.address("gateway"))
+            run_demo(stack.address("gateway"), script=script)
         if args.exit_after_demo:
             return
-        from recmesh.tools.demo import MOVIELENS, load_script
-
-        script = load_script(stack.var)
         user, query = ("42", "space opera") if script is MOVIELENS else ("someone", script.query)
         print(f"\nrecmesh is up: try `{_cli_name()} --target {stack.address('gateway')} recommend --user {user} "
               f"--query \"{query}\"` in another shell. Ctrl-C stops everything.", flush=True)

@@ -31,10 +31,11 @@ class Script:
     include: str
     exclude: str
     watch: tuple[str, ...]
+    tastes: tuple[str, str]  # what the first and the second items are, in words
 
 
 MOVIELENS = Script(FAMILY_FILMS, HORROR_FILMS, "light funny comedy for the weekend", "Sci-Fi", "Horror",
-                   ("Animation", "Children", "Horror", "Comedy"))
+                   ("Animation", "Children", "Horror", "Comedy"), ("family animations", "horror films"))
 
 
 def script_for(items: list[common_pb2.Item]) -> Script | None:
@@ -52,7 +53,7 @@ def script_for(items: list[common_pb2.Item]) -> Script | None:
         return [it.item_id for it in items if this in it.categories and other not in it.categories][:ITEMS_PER_TASTE]
 
     return Script(only(first, second), only(second, first), f"something like {first.lower()}", second, first,
-                  (first, second))
+                  (first, second), (first, second))
 
 
 def _overlap(items: list[common_pb2.Item], a: str, b: str) -> bool:
@@ -90,11 +91,11 @@ def run_demo(target: str, user_id: str | None = None, script: Script | None = No
         _show("1. a brand-new user: nothing known yet", rm.recommend(user, k=8), s.watch)
 
         rm.track_events(Event(user, item, "click") for item in s.first)
-        _show(f"2. after clicking {len(s.first)} items ({s.watch[0]})", rm.recommend(user, k=8), s.watch)
+        _show(f"2. after clicking {len(s.first)} items ({s.tastes[0]})", rm.recommend(user, k=8), s.watch)
 
         rm.track_events(Event(user, item, "view") for item in s.second)
         rm.track(user, s.second[0], "purchase")
-        _show(f"3. then {len(s.second)} items viewed ({s.watch[1]}), one bought", rm.recommend(user, k=8), s.watch)
+        _show(f"3. then {len(s.second)} items viewed ({s.tastes[1]}), one bought", rm.recommend(user, k=8), s.watch)
 
         _show(f'4. typing "{s.query}"', rm.recommend(user, query=s.query, k=8), s.watch)
 

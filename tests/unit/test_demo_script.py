@@ -23,9 +23,11 @@ def test_a_shop_catalog_gets_a_script_from_its_own_categories():
                for i in script.first)
     assert all(script.watch[1] in ids[i].categories for i in script.second)
     assert script.include == script.watch[1] and script.exclude == script.watch[0]
+    assert script.tastes == script.watch  # the session's captions name the categories it clicked and viewed
 
 
 def test_movielens_keeps_its_films_and_a_catalog_without_categories_gets_none():
     films = [common_pb2.Item(item_id=i, title=i) for i in {*MOVIELENS.first, *MOVIELENS.second}]
     assert script_for(films) is MOVIELENS
+    assert "horror" in MOVIELENS.tastes[1]  # step 3 views horror films: its caption says so
     assert script_for([common_pb2.Item(item_id=f"x{i}", title="x") for i in range(20)]) is None
