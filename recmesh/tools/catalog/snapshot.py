@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from recmesh.index.layout import attribute_values
+from recmesh.index.layout import attribute_protos, attribute_values
 from recmesh.v1 import common_pb2
 
 
@@ -25,18 +25,10 @@ def item_record(item: common_pb2.Item) -> dict:
 
 
 def record_item(record: dict) -> common_pb2.Item:
-    """The snapshot line back as an Item (bool before number: a bool is an int in Python)."""
-    item = common_pb2.Item(item_id=record["item_id"], title=record.get("title", ""),
+    """The snapshot line back as an Item (`layout.attribute_protos`: a bool is a flag, not a number)."""
+    return common_pb2.Item(item_id=record["item_id"], title=record.get("title", ""),
                            description=record.get("description", ""), categories=record.get("categories", []),
-                           tags=record.get("tags", []))
-    for name, value in record.get("attributes", {}).items():
-        if isinstance(value, bool):
-            item.attributes[name].flag = value
-        elif isinstance(value, int | float):
-            item.attributes[name].number = float(value)
-        else:
-            item.attributes[name].text = str(value)
-    return item
+                           tags=record.get("tags", []), attributes=attribute_protos(record.get("attributes", {})))
 
 
 def write_items(path: Path, items: Iterable[common_pb2.Item]) -> int:
