@@ -66,18 +66,55 @@ def item_vectors(dataset: datasets.Dataset, cache: Path) -> np.ndarray:
     return vectors
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return round(float(np.mean(values)), 4), round(float(np.std(values)), 4)
+
+
+def summarise(runs: dict[int, dict]) -> dict:
+    """Per model over the seeds: mean and spread (population std) of every metric, the per-seed
+    values, and for trained models the epochs (best / run) and seconds of each seed."""
+    names = list(dict.fromkeys(name for models in runs.values() for name in models))
+    out = {}
+    for name in names:
+        per_seed = {seed: models[name] for seed, models in runs.items() if name in models}
+        entry: dict = {"seeds": list(per_seed)}
+        for stage in ("valid", "test"):
+            metrics = next(iter(per_seed.values()))[stage]
+            entry[stage] = {m: _mean_std([r[stage][m] for r in per_seed.values()])[0] for m in metrics}
+            entry[f"{stage}_std"] = {m: _mean_std([r[stage][m] for r in per_seed.values()])[1] for m in metrics}
+            entry[f"{stage}_per_seed"] = {m: [r[stage][m] for r in per_seed.values()] for m in ("NDCG@10", "HR@10")}
+        trained = [r["training"] for r in per_seed.values() if "training" in r]
+        if trained:
+            entry["epochs"] = [f"{t['best_epoch']}/{t['epochs_run']}" for t in trained]
+            entry["train_seconds"] = [t["train_seconds"] for t in trained]
+            entry["stopped_by"] = [t.get("stopped_by", "") for t in trained]
+        out[name] = entry
+    return out
+
+
 def markdown(results: dict, command: str, stats: dict) -> str:
+    seeds = results["seeds"]
     lines = [
         f"Dataset `{results['dataset']}`: {stats['users']} users, {stats['items']} items, "
-        f"{stats['interactions']} interactions after filtering.",
+        f"{stats['interactions']} interactions after filtering; seeds {', '.join(map(str, seeds))} "
+        "(mean ± population std over the seeds; the deterministic baselines once).",
         "",
-        "| model | valid HR@10 | valid NDCG@10 | test HR@10 | test NDCG@10 | test MRR@10 | coverage@10 |",
-        "|---|---|---|---|---|---|---|",
+        "| model | valid NDCG@10 | test NDCG@10 | test NDCG@10 per seed | test HR@10 | test MRR@10 | coverage@10 "
+        "| epochs (best/run) | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
-        v, t = r["valid"], r["test"]
-        lines.append(f"| {name} | {v['HR@10']} | {v['NDCG@10']} | {t['HR@10']} | {t['NDCG@10']} | {t['MRR@10']} "
-                     f"| {t['coverage@10']} |")
+        v, t, ts = r["valid"], r["test"], r["test_std"]
+        per_seed = " / ".join(f"{x:.4f}" for x in r["test_per_seed"]["NDCG@10"])
+        epochs = ", ".join(r.get("epochs", [])) or "-"
+        seconds = ", ".join(f"{x:.0f}" for x in r.get("train_seconds", [])) or "-"
+        lines.append(f"| {name} | {v['NDCG@10']:.4f} ± {r['valid_std']['NDCG@10']:.4f} | **{t['NDCG@10']:.4f}** ± "
+                     f"{ts['NDCG@10']:.4f} | {per_seed} | {t['HR@10']:.4f} | {t['MRR@10']:.4f} "
+                     f"| {t['coverage@10']:.3f} | {epochs} | {seconds} |")
+    best = results.get("best_baseline")
+    if best:
+        lines += ["", f"Best baseline: {best['name']} (test NDCG@10 {best['test_ndcg']:.4f}); "
+                  + "; ".join(f"{n} {x:.2f}×" for n, x in best["ratios"].items())]
     lines += ["", f"Reproduce: `{command}`", ""]
     return "\n".join(lines)
 
@@ -91,22 +128,41 @@ def plot(results: dict, path: Path) -> None:
     names = list(results["models"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
     x = np.arange(len(names))
-    a.bar(x - 0.2, [results["models"][n]["valid"]["NDCG@10"] for n in names], 0.4, label="validation")
-    a.bar(x + 0.2, [results["models"][n]["test"]["NDCG@10"] for n in names], 0.4, label="test")
+    models = results["models"]
+    a.bar(x - 0.2, [models[n]["valid"]["NDCG@10"] for n in names], 0.4, label="validation",
+          yerr=[models[n]["valid_std"]["NDCG@10"] for n in names])
+    a.bar(x + 0.2, [models[n]["test"]["NDCG@10"] for n in names], 0.4, label="test",
+          yerr=[models[n]["test_std"]["NDCG@10"] for n in names])
     a.set_xticks(x, names, rotation=15)
     a.set_ylabel("NDCG@10")
-    a.set_title(f"{results['dataset']}: full ranking, leave-one-out")
+    a.set_title(f"{results['dataset']}: full ranking, leave-one-out, {len(results['seeds'])} seed(s)")
     a.legend()
-    for name, r in results["models"].items():
-        if "training" in r:
-            hist = r["training"]["history"]
-            b.plot([h["epoch"] for h in hist], [h["NDCG@10"] for h in hist], label=name)
+    for seed, run in results["runs"].items():
+        for name, r in run.items():
+            if "training" in r:
+                hist = r["training"]["history"]
+                b.plot([h["epoch"] for h in hist], [h["NDCG@10"] for h in hist], label=f"{name} seed {seed}")
     b.set_xlabel("epoch")
     b.set_ylabel("validation NDCG@10")
-    b.set_title("training")
-    b.legend()
+    b.set_title("training (early stopping on validation NDCG@10)")
+    b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+BASELINES = ("Pop", "ItemKNN", "ZeroShot-LLM", "SASRec-ID")
+
+
+def best_baseline(models: dict) -> dict | None:
+    """The baseline with the highest mean test NDCG@10, and every other model's ratio to it."""
+    present = [n for n in BASELINES if n in models]
+    if not present:
+        return None
+    name = max(present, key=lambda n: models[n]["test"]["NDCG@10"])
+    top = models[name]["test"]["NDCG@10"]
+    return {"name": name, "test_ndcg": top,
+            "ratios": {n: round(m["test"]["NDCG@10"] / top, 3) for n, m in models.items()
+                       if n not in BASELINES and top}}
 
 
 def mesh_row(record, dataset: datasets.Dataset, s: datasets.Split, vectors: np.ndarray,
@@ -138,45 +194,61 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a var's imported catalog and event log instead of --data (`recmesh import`)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "eval")
     parser.add_argument("--models-dir", type=Path, default=var_paths().models)
-    parser.add_argument("--time-cap", type=float, default=280.0, help="seconds of training per model")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one full run per seed: mean and spread")
+    parser.add_argument("--samples", choices=("prefixes", "windows"), default=TrainConfig.samples,
+                        help="training samples (recmesh.tools.eval.train.TrainConfig.samples)")
+    parser.add_argument("--time-cap", type=float, default=None,
+                        help="seconds of training per model (default: none, until validation stops improving)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 'windows' samples and at most 60 s of training per model")
     parser.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
     args = parser.parse_args(argv)
     require(parser.prog, "bench")  # the plot comes last: check before the work
     command = "python -m recmesh.tools.eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.quick:
+        args.samples, args.time_cap = "windows", min(args.time_cap or 60.0, 60.0)
 
     started = time.perf_counter()
     dataset = datasets.from_var(args.var) if args.var is not None else datasets.load(args.data, args.items)
     s = datasets.split(dataset)
     vectors = item_vectors(dataset, var_paths().eval_cache)
     results: dict = {"dataset": dataset.name, "protocol": "time-ordered leave-one-out, full ranking, history "
-                     "excluded, users with >= 5 interactions", "split": s.stats(), "models": {}}
+                     "excluded, users with >= 5 interactions", "split": s.stats(), "seeds": args.seeds,
+                     "training": {"samples": args.samples, "time_cap_s": args.time_cap}, "runs": {}}
 
-    def record(name: str, scorer, extra: dict | None = None) -> None:
-        results["models"][name] = {"valid": evaluate(scorer, s, "valid"), "test": evaluate(scorer, s, "test"),
-                                   **(extra or {})}
-        print(name, json.dumps({k: v for k, v in results["models"][name].items() if k != "training"}), flush=True)
-
+    deterministic: dict = {}
     for baseline in (baselines.Popularity(s), baselines.ItemKNN(s), baselines.ZeroShotText(s, vectors)):
         if baseline.name not in args.skip:
-            record(baseline.name, baseline)
+            deterministic[baseline.name] = {"valid": evaluate(baseline, s, "valid"),
+                                            "test": evaluate(baseline, s, "test")}
+            print(baseline.name, json.dumps(deterministic[baseline.name]), flush=True)
 
-    cfg = TrainConfig(time_cap_s=args.time_cap, seed=args.seed)
-    sequence_models = {
-        "SASRec-ID": ModelConfig(s.n_items, text_dim=0, use_ids=True),
-        "LLM-Seq": ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True),
-    }
-    for name, model_config in sequence_models.items():
-        if name in args.skip:
-            continue
-        model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name)
-        folder = save_report(report, args.models_dir, name)
-        record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
-        if model_config.text_dim:  # and as the mesh ranks with it, the blend chosen on this validation split
-            artifact = folder / "interest_model.pt"
-            export_served(model, dataset.item_ids, [], folder.name, artifact)
-            mesh_row(record, dataset, s, vectors, artifact, args.seed)
+    for seed in args.seeds:
+        run = results["runs"][seed] = dict(deterministic)
 
+        def record(name: str, scorer, extra: dict | None = None, run=run, seed=seed) -> None:
+            run[name] = {"valid": evaluate(scorer, s, "valid"), "test": evaluate(scorer, s, "test"), **(extra or {})}
+            print(f"seed {seed}", name, json.dumps({k: v for k, v in run[name].items() if k != "training"}), flush=True)
+
+        cfg = TrainConfig(time_cap_s=args.time_cap, seed=seed, samples=args.samples)
+        sequence_models = {
+            "SASRec-ID": ModelConfig(s.n_items, text_dim=0, use_ids=True),
+            "LLM-Seq": ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True),
+        }
+        for name, model_config in sequence_models.items():
+            if name in args.skip:
+                continue
+            model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name)
+            folder = save_report(report, args.models_dir, name)
+            record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
+            # The mesh's ranking over this LLM-Seq, its blend chosen on validation.
+            if model_config.text_dim and MeshScorer.name not in args.skip:
+                artifact = folder / "interest_model.pt"
+                export_served(model, dataset.item_ids, [], folder.name, artifact)
+                mesh_row(record, dataset, s, vectors, artifact, seed)
+
+    results["models"] = summarise(results["runs"])
+    results["best_baseline"] = best_baseline(results["models"])
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
