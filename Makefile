@@ -62,11 +62,12 @@ bench: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh.tools.bench.stores
 
 # Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
-# the served path against its offline twin (~1 min), the streaming replay through the live
-# mesh (~5 min).
+# the served path against its offline twin (~1 min), typed queries with judged relevance through
+# the served path (~1 min), the streaming replay through the live mesh (~5 min).
 eval: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh.tools.eval.run
 	$(PY) -m recmesh.tools.eval.served
+	$(PY) -m recmesh.tools.eval.queries
 	$(PY) -m recmesh.tools.eval.streaming
 	$(PY) -m recmesh.tools.eval.online
 
