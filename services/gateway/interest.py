@@ -1,7 +1,13 @@
 """Stage 3 of Recommend: the encoder turns the user's history into an interest vector and the
 typed query into a text vector. The gateway keeps each user's last interest: reused while the
 history it came from is exactly the same, and standing in when the encoder is late, down or
-browned out."""
+browned out.
+
+A user with no history: with a typed query the encoder is asked as for anyone (an interest model
+with query fusion answers an interest for the query, cold + query); without one, the interest
+model's cold-start interest (what people consume), the same for every such user under one model
+version - asked once and kept while the encoder's replies name that version. A model without
+query fusion has none: such users get the popular items, as before."""
 
 from __future__ import annotations
 
@@ -41,13 +47,24 @@ class KnownInterest:
         return history.event_count is None or self.event_count is None or history.event_count >= self.event_count
 
 
+@dataclass(frozen=True)
+class ColdInterest:
+    """The encoder's answer for an empty history without a query under one model version:
+    the cold-start interest, or None when the model has none."""
+
+    vector: np.ndarray | None
+    model_version: str
+
+
 class InterestStage:
-    """Encodes a user's interest and query; holds each user's last interest (KnownInterest)."""
+    """Encodes a user's interest and query; holds each user's last interest (KnownInterest) and
+    the model's cold-start interest (ColdInterest)."""
 
     def __init__(self, settings: GatewaySettings, upstreams: Upstreams):
         self._s = settings
         self._up = upstreams
         self._known: LruCache[str, KnownInterest] = LruCache(settings.interest_cache_users)
+        self._cold: ColdInterest | None = None
 
     def forget(self, user_id: str) -> None:
         """The user was deleted: their last interest is gone."""
@@ -59,10 +76,11 @@ class InterestStage:
         for the query's vector only (the interest the user had last stands in, or none: the
         session direction still steers). The encoder failing or late (stage "encoder") is no
         error: the last interest stands in (`fallback:cached_interest`), else none
-        (`fallback:session` with history, `fallback:popular` without). Raises InvalidArgument
-        for a malformed matrix in the encoder's reply."""
+        (`fallback:session` with history, `fallback:popular` without). A user with no history
+        and no query gets the model's cold-start interest (module docstring), or nothing when
+        the model has none. Raises InvalidArgument for a malformed matrix in the encoder's reply."""
         if not history.entries and not query:
-            return NOTHING_ENCODED  # a cold user with no query: popularity is the right answer, not a degradation
+            return await self._cold_start(budget, skip_encoder)
         request = encoder_pb2.EncodeInterestRequest(history=history.entries, item_vectors=to_matrix(history.vectors))
         fingerprint = hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=16).digest()
         known = self._known.get(user_id)
@@ -76,6 +94,7 @@ class InterestStage:
             return await self._query_only(budget, user_id, known, query)
         request.query = query
         reply = await self._call(budget, request)
+        self._note_version(reply)
         if reply is None:
             cached = known.vector if known is not None else None
             if cached is not None:
@@ -96,11 +115,33 @@ class InterestStage:
         if not query:
             return Encoded(interest, None, version)
         reply = await self._call(budget, encoder_pb2.EncodeInterestRequest(query=query))  # only the query's vector
+        self._note_version(reply)
         if reply is None:
             return Encoded(interest, None, version)
         if known is not None and reply.model_version != known.model_version:
             self._known.forget(user_id)  # a new model: the next call recomputes the interest
         return Encoded(interest, first_row(reply.query_vector, "query_vector"), version)
+
+    async def _cold_start(self, budget: Budget, skip_encoder: bool) -> Encoded:
+        """The cold-start interest for a user with no history and no query: the one known for
+        the encoder's current model, else asked for (not when browned out). None of it (a model
+        without one, or the encoder failing: `fallback:popular`) means the popular items answer."""
+        cold = self._cold
+        if cold is None and not skip_encoder:
+            reply = await self._call(budget, encoder_pb2.EncodeInterestRequest())
+            self._note_version(reply)
+            if reply is None:
+                budget.trace.degrade("fallback:popular")
+                return NOTHING_ENCODED
+            cold = self._cold = ColdInterest(first_row(reply.interest, "interest"), reply.model_version)
+        if cold is None or cold.vector is None:
+            return NOTHING_ENCODED  # popularity is the right answer here, not a degradation
+        return Encoded(cold.vector, None, cold.model_version)
+
+    def _note_version(self, reply: encoder_pb2.EncodeInterestResponse | None) -> None:
+        """A reply under another model version than the cold-start interest's: forget it."""
+        if reply is not None and self._cold is not None and reply.model_version != self._cold.model_version:
+            self._cold = None
 
     async def _call(self, budget: Budget, request: encoder_pb2.EncodeInterestRequest):
         return await budget.call(

@@ -77,7 +77,10 @@ class Pipeline:
                                 score=item.score, reasons=item.reasons, attributes=c.attributes)
             self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k))
         else:
-            reasons = ["fits your recent activity"] if signals.any() else ["popular right now"]
+            # A user with no history is steered by their query, or by the cold-start interest
+            # (what people consume), not by recent activity.
+            reasons = (["fits your recent activity"] if signals.session is not None
+                       else ["matches what you typed"] if signals.query is not None else ["popular right now"])
             for c in candidates[:k]:
                 reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.score,
                                 reasons=reasons, attributes=c.attributes)

@@ -238,6 +238,7 @@ class RecordingBackend:
     """Stands in for the models: records what the language model would be given."""
 
     version, dim, text_dim = "test", 4, 4
+    fuses_queries = False  # an interest model without query fusion
 
     def __init__(self):
         self.texts: list[str] = []

@@ -286,9 +286,9 @@ def test_enough_events_train_and_store_the_chosen_blend(var, monkeypatch, capsys
     monkeypatch.setattr(tune, "encode_texts", lambda texts, cache, label: text_vectors(len(texts), 2)[:, :32].copy())
     monkeypatch.setattr(mesh, "ServedInterestModel", functools.partial(ServedInterestModel, runtime="torch"))
     placed = []
-    monkeypatch.setattr(release, "place_catalog", lambda: placed.append(True) or {})
+    monkeypatch.setattr(release, "place_catalog", lambda seeds=None: placed.append(True) or {})
 
-    summary = release.main(["--time-cap", "1", "--holdout", "5"])
+    summary = release.main(["--time-cap", "1", "--holdout", "5", "--text", "frozen"])
     assert placed == [True]
     out = capsys.readouterr().out
     assert "ranking blend chosen on validation" in out and "interest_sim only" in out
@@ -325,7 +325,7 @@ def test_a_blend_with_nothing_to_choose_on_keeps_the_zero_shot_model(var, monkey
     monkeypatch.setattr(tune, "tune", lambda *a, **k: (flat, {"users": 3, "sampled": False}))
     monkeypatch.setattr(release, "place_catalog", lambda: {})
 
-    summary = release.main(["--min-users", "1", "--holdout", "0"])
+    summary = release.main(["--min-users", "1", "--holdout", "0", "--text", "frozen"])
     assert summary["zero_shot"]
     assert "nothing to choose a blend on: every candidate scored 0" in capsys.readouterr().err
     assert load_params(newest_params(paths.own_params)).version.startswith("ranker-zeroshot-")

@@ -47,4 +47,19 @@ def test_unknown_mode_names_the_setting():
 def test_reference_recipe_defaults():
     cfg = TrainConfig()
     assert (cfg.lr, cfg.batch, cfg.patience, cfg.negatives, cfg.time_cap_s, cfg.samples) == \
-        (1e-3, 256, 10, 0, None, "prefixes")
+        (1e-3, 256, 10, 0, None, "windows")
+
+
+def test_each_step_holds_about_batch_targets():
+    import numpy as np
+
+    from recmesh.tools.eval.train import step_batches
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(1, 51, size=400)
+    order = rng.permutation(400)
+    steps = step_batches(order, targets, 256)
+    assert np.array_equal(np.concatenate(steps), order)  # every sample once, in order
+    sums = [int(targets[part].sum()) for part in steps]
+    assert all(256 - 50 < x < 256 + 50 for x in sums[:-1]) and 0 < sums[-1] < 256 + 50
+    assert [len(p) for p in step_batches(np.arange(10), np.ones(10, int), 4)] == [4, 4, 2]

@@ -29,7 +29,9 @@ def test_cpu_configs():
     assert text.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert text.parameters["variant"].string_value == "onnx-fp32"
     interest = parse(MODELS / "interest_encoder" / "config.pbtxt")
-    assert [i.name for i in interest.input] == ["ITEM_VECTORS", "EVENT_TYPES", "EVENT_VALUES", "TIMESTAMPS_MS"]
+    assert [i.name for i in interest.input] == ["ITEM_VECTORS", "EVENT_TYPES", "EVENT_VALUES", "TIMESTAMPS_MS",
+                                                "QUERY_VECTOR"]
+    assert [i.optional for i in interest.input] == [False] * 4 + [True]  # no typed query: not sent
     assert [o.name for o in interest.output] == ["INTEREST"]
     items = parse(MODELS / "item_encoder" / "config.pbtxt")
     assert (MODELS / items.parameters["artifact"].string_value).is_file()

@@ -9,9 +9,12 @@ recmesh/common/paths.py's `served_artifact`) serves three callers the same way:
   - Triton's interest_encoder runs the causal transformer over the catalog vectors of the
     user's recent items (with event strength and time gaps).
 Interest and item vectors live in the model's space and are scored by dot product, exactly
-as in training, so the served path reproduces the offline metric. (A typed query is matched
-in the language model's own space: projected into this one it steers badly - measured in
-docs/results.md.)"""
+as in training, so the served path reproduces the offline metric. A typed query is matched in
+the language model's own space (retrieval's text source, the ranker's query_sim); a model
+trained with query fusion (ModelConfig.query_dim > 0) also takes the query's language-model
+vector into the interest (h + query_proj(q)) and answers for an empty history (its learned cold
+vector). An artifact without fusion ignores the query and answers nothing for an empty history,
+as before."""
 
 from __future__ import annotations
 
@@ -135,6 +138,7 @@ class ServedInterestModel:
         self.version = f"llm-seq/{blob['version']}"
         self.dim = self.config.d
         self.text_dim = self.config.text_dim
+        self.query_dim = self.config.query_dim  # 0: no query fusion, no cold-start interest
         self.item_index = {item: i for i, item in enumerate(blob["item_ids"])}
         self.holdout_users: list[str] = list(blob["holdout_users"])
         torch.set_num_threads(threads)
@@ -161,12 +165,35 @@ class ServedInterestModel:
                 out = out + self.model.ids.weight[rows] * (rows > 0).unsqueeze(1)
         return out.numpy()
 
+    @property
+    def fuses_queries(self) -> bool:
+        """Whether the interest takes the typed query and answers for an empty history."""
+        return bool(self.query_dim)
+
     @torch.no_grad()
-    def interest(self, item_vectors: np.ndarray, event_types, values, timestamps_ms) -> np.ndarray | None:
-        """The transformer's output at the newest event (None without history): scored against
-        the catalog vectors by dot product, as in training."""
+    def interest(self, item_vectors: np.ndarray, event_types, values, timestamps_ms,
+                 query: np.ndarray | None = None) -> np.ndarray | None:
+        """The interest vector (d,), scored against the catalog vectors by dot product as in
+        training: the transformer's output at the newest event. With query fusion: the cold
+        vector for an empty history, + query_proj(query) when query (the typed query's
+        language-model vector, query_dim) is given. Without fusion the query is not read and an
+        empty history gives None. ValueError naming `query` for a vector of another dim."""
+        if self.query_dim and query is not None:
+            query = np.asarray(query, np.float32).reshape(-1)
+            if query.shape[0] != self.query_dim:
+                raise ValueError(f"query: dim {query.shape[0]}, the interest model's query_dim is {self.query_dim}")
         if len(item_vectors) == 0:
-            return None
+            if not self.query_dim:
+                return None
+            h = self.model.cold.detach().numpy().copy()
+        else:
+            h = self._hidden(item_vectors, event_types, values, timestamps_ms)
+        if self.query_dim and query is not None:
+            with self._lock:
+                h = h + self.model.query_proj(torch.from_numpy(query)[None])[0].numpy()
+        return h
+
+    def _hidden(self, item_vectors: np.ndarray, event_types, values, timestamps_ms) -> np.ndarray:
         n = min(len(item_vectors), self.config.max_len)
         ratings = event_ratings(list(event_types)[-n:], list(values)[-n:])
         seconds = (np.asarray(timestamps_ms, np.int64)[-n:] // 1000).tolist()

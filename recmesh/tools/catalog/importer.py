@@ -55,7 +55,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from recmesh.common.catalog import ITEM_TEXT_RECIPE, item_text
-from recmesh.common.paths import VAR_ENV, served_artifact, var_dir, var_paths
+from recmesh.common.paths import VAR_ENV, served_artifact, served_text_model, text_model_name, var_dir, var_paths
 from recmesh.tools.catalog.snapshot import item_record, read_items, write_items
 from recmesh.tools.catalog.sources import (
     AttributeSpec,
@@ -90,21 +90,31 @@ class ImportFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class TextModelSpec:
-    """The language model item texts are encoded with (the one the encoder serves)."""
+    """The language model item texts are encoded with (the one the encoder serves: for a var,
+    `for_var`, its own fine-tuned model if `recmesh train` installed one, else the bundled one)."""
 
     model_dir: Path
     name: str = "all-MiniLM-L6-v2"
     variant: str = "onnx-fp32"
     threads: int = 2
 
+    @classmethod
+    def for_var(cls, var: Path | None = None, variant: str = "onnx-fp32", threads: int = 2) -> "TextModelSpec":
+        """The text model the var serves (recmesh.common.paths.served_text_model), named by its version."""
+        model_dir = served_text_model(var)
+        return cls(model_dir, text_model_name(model_dir), variant, threads)
+
     @property
     def label(self) -> str:
         return f"{self.name}/{self.variant}"
 
     def key(self) -> str:
-        """What the vectors of a text depend on besides the text."""
+        """What the vectors of a text depend on besides the text: the item-text recipe, the
+        runtime, and the model's config and whole weights (recmesh.models.text.model_key)."""
+        from recmesh.models.text import model_key
+
         digest = hashlib.sha256(f"{ITEM_TEXT_RECIPE}|{self.name}|{self.variant}".encode())
-        digest.update((self.model_dir / "config.json").read_bytes())
+        digest.update(model_key(self.model_dir).encode())
         return digest.hexdigest()[:16]
 
 
@@ -731,8 +741,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--event-id-column", help="default: event_id; without one, ids derive from the content")
     g.add_argument("--query-column", help="the query of search events (default: query|search_query)")
     g = parser.add_argument_group("models")
-    g.add_argument("--model-dir", type=Path, default=None, help="Hugging Face model folder (default: bundled MiniLM)")
-    g.add_argument("--model-name", default="all-MiniLM-L6-v2")
+    g.add_argument("--model-dir", type=Path, default=None, help="Hugging Face model folder (default: the var's own "
+                   "text model from `recmesh train`, else the bundled MiniLM)")
+    g.add_argument("--model-name", default=None, help="the text model's name in versions (default: from the "
+                   "folder: all-MiniLM-L6-v2, or a tuned model's version)")
     g.add_argument("--variant", default="onnx-fp32", help="text model runtime (same vectors as the served one)")
     g.add_argument("--threads", type=int, default=2, help="threads for the encoding")
     g.add_argument("--interest-model", type=Path, default=None,
@@ -795,7 +807,11 @@ def run(args: argparse.Namespace) -> dict:
         if args.items is None and args.events is None:
             raise ImportFailed("nothing to import: give --items FILE and/or --events FILE")
         check_import_var(var, flag, args.dry_run)
-        spec = TextModelSpec(args.model_dir or default_model_dir(), args.model_name, args.variant, args.threads)
+        if args.model_dir is None:  # the var's own text model (`recmesh train`), else the bundled one
+            spec = TextModelSpec.for_var(var, args.variant, args.threads)
+        else:
+            spec = TextModelSpec(args.model_dir, args.model_name or text_model_name(args.model_dir), args.variant,
+                                 args.threads)
         report = import_files(var, args.items, args.events, item_mapping, event_mapping, spec, args.interest_model,
                               args.dry_run, args.skip_bad_rows, progress)
     except (SourceError, ImportFailed) as exc:

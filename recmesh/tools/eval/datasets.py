@@ -24,6 +24,15 @@ class Interaction:
     rating: float = 0.0
 
 
+@dataclass(frozen=True)
+class Search:
+    """A typed search (a SEARCH event): what the user asked for, before what they picked."""
+
+    user: str
+    query: str
+    timestamp: int  # seconds
+
+
 @dataclass
 class Dataset:
     name: str
@@ -35,6 +44,9 @@ class Dataset:
     item_titles: list[str] = field(default_factory=list)
     item_categories: list[list[str]] = field(default_factory=list)
     item_tags: list[list[str]] = field(default_factory=list)
+    # The searches of the source in time order (a var's SEARCH events; empty for the file
+    # formats): what the text model's fine-tuning pairs with the item picked next.
+    searches: list[Search] = field(default_factory=list)
 
     def item_index(self) -> dict[str, int]:
         return {item: i for i, item in enumerate(self.item_ids)}
@@ -126,7 +138,8 @@ def from_var(var: Path | None = None) -> Dataset:
     Each event becomes one interaction: timestamp_ms // 1000 seconds, strength = the rating the
     served model reads for its type and value (recmesh.models.interest.served.event_ratings: a
     RATE's value, a PURCHASE 4.5, ...) - the model trains on what it will be given. SEARCH events
-    (no item) and events of items the catalog does not hold are skipped. A var without events is
+    (no item) are kept apart as `searches` (those with a query); events of items the catalog
+    does not hold are skipped. A var without events is
     a dataset without interactions (cold start; `recmesh train` then installs the zero-shot
     model). FileNotFoundError when the var has no imported catalog."""
     from recmesh.common.catalog import item_text
@@ -135,15 +148,19 @@ def from_var(var: Path | None = None) -> Dataset:
     from recmesh.events.eventlog import EventLog
     from recmesh.models.interest.served import event_ratings
     from recmesh.tools.catalog.snapshot import read_items
+    from recmesh.v1 import common_pb2
 
     paths = var_paths(var)
     items = list(read_items(paths.catalog_items))
     known = {it.item_id for it in items}
-    interactions = []
+    interactions, searches = [], []
+    search = common_pb2.EventType.EVENT_TYPE_SEARCH
     if paths.event_log.is_file():
         log = EventLog(paths.event_log)
         try:
             for e in log.replay():
+                if e.type == search and e.query.strip():
+                    searches.append(Search(e.user_id, e.query, e.timestamp_ms // 1000))
                 if not is_item_event(e) or e.item_id not in known:
                     continue
                 strength = event_ratings([e.type], [e.value])[0]
@@ -151,7 +168,8 @@ def from_var(var: Path | None = None) -> Dataset:
         finally:
             log.close()
     return Dataset(paths.root.name, interactions, [it.item_id for it in items], [item_text(it) for it in items],
-                   [it.title for it in items], [list(it.categories) for it in items], [list(it.tags) for it in items])
+                   [it.title for it in items], [list(it.categories) for it in items], [list(it.tags) for it in items],
+                   sorted(searches, key=lambda x: x.timestamp))
 
 
 def load(source: str | Path, items: str | Path | None = None) -> Dataset:

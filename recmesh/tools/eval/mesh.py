@@ -40,17 +40,26 @@ class MeshScorer:
         self.popularity = np.asarray(popularity, np.float32)
         self.categories = categories
 
-    def signals(self, items: list[int], ratings: list[float], seconds: list[int]) -> tuple:
-        """(interest, session) from a history (oldest first), as the gateway and Triton compute them."""
+    def signals(self, items: list[int], ratings: list[float], seconds: list[int],
+                query: np.ndarray | None = None) -> tuple:
+        """(interest, session) from a history (oldest first; may be empty) and the typed query's
+        language-model vector (text dim, or None), as the gateway and Triton compute them: a
+        model with query fusion takes the query into the interest and answers for an empty
+        history; the session direction is None for an empty history."""
         items = items[-self.gateway.history_items :]
         n = len(items)
         vectors = self.vectors[items]
-        interest = self.model.interest(vectors, [RATE] * n, ratings[-n:], [t * 1000 for t in seconds[-n:]])
-        return interest, session_vector(vectors)
+        if not n and not self.model.fuses_queries:
+            return None, None  # the gateway asks no interest for it
+        interest = self.model.interest(vectors, [RATE] * n, ratings[-n:] if n else [],
+                                       [t * 1000 for t in seconds[-n:]] if n else [], query)
+        return interest, session_vector(vectors) if n else None
 
-    def features(self, items: list[int], ratings: list[float], seconds: list[int]) -> np.ndarray:
-        """n_items x len(FEATURES): the ranker's features of every item for this history."""
-        interest, session = self.signals(items, ratings, seconds)
+    def features(self, items: list[int], ratings: list[float], seconds: list[int],
+                 query: np.ndarray | None = None) -> np.ndarray:
+        """n_items x len(FEATURES): the ranker's features of every item for this history (may be
+        empty) and typed query (its language-model vector, or None: query_sim 0)."""
+        interest, session = self.signals(items, ratings, seconds, query)
         items = items[-self.gateway.history_items :]
         entries = [encoder_pb2.HistoryEntry(item_id=str(i)) for i in items]
         history = History(entries, self.vectors[items], {str(i): retrieval_pb2.Candidate(categories=self.categories[i])
@@ -58,14 +67,15 @@ class MeshScorer:
         newest = list(dict.fromkeys(reversed(items)))[:10]
         return compute(RankInputs(
             candidate_vectors=self.vectors, candidate_text_vectors=self.text, candidate_categories=self.categories,
-            popularity=self.popularity, interest=interest, session=session, query=None,
+            popularity=self.popularity, interest=interest, session=session, query=query,
             recent_vectors=self.vectors[newest],
             category_affinity=category_affinity(history, self.gateway.affinity_items))).values
 
-    def user_scores(self, user: str, stage: str) -> np.ndarray:
+    def user_scores(self, user: str, stage: str, query: np.ndarray | None = None) -> np.ndarray:
         s = self.s
         full = s.history(user, stage)
-        return self.scorer.score(self.features(full, s.ratings[user][: len(full)], s.timestamps[user][: len(full)]))
+        return self.scorer.score(self.features(full, s.ratings[user][: len(full)], s.timestamps[user][: len(full)],
+                                               query))
 
     def __call__(self, users: list[str], stage: str) -> np.ndarray:
         return np.stack([self.user_scores(u, stage) for u in users])

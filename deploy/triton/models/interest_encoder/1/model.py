@@ -50,7 +50,12 @@ class TritonPythonModel:
                                  f"{len(stamps)} timestamps")
             if len(vectors) and vectors.shape[1] != self.model.dim:
                 raise ValueError(f"ITEM_VECTORS: dim {vectors.shape[1]}, the model's is {self.model.dim}")
-            interest = self.model.interest(vectors, types.tolist(), values.tolist(), stamps)
+            query = _input(request, "QUERY_VECTOR")  # optional: None or empty = no typed query
+            if query is not None and query.size == 0:
+                query = None
+            if query is not None and query.shape[-1] != self.model.text_dim:
+                raise ValueError(f"QUERY_VECTOR: dim {query.shape[-1]}, the language model's is {self.model.text_dim}")
+            interest = self.model.interest(vectors, types.tolist(), values.tolist(), stamps, query)
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("INTEREST", _vector(interest))])
         except Exception as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"interest_encoder: {exc}"))

@@ -1,7 +1,9 @@
 """Triton python backend: TEXT (BYTES) -> EMBEDDING (FP32, L2-normalised).
 
 All requests of a dynamic batch are encoded in one model call, then split back: one
-response per request."""
+response per request. The model: the folder the `model_dir` parameter names (a var's
+fine-tuned text model, stamped by recmesh/tools/tritonserver.py), else the bundled
+all-MiniLM-L6-v2; its vectors must have the dimension the config's output declares."""
 
 from __future__ import annotations
 
@@ -37,6 +39,10 @@ class TritonPythonModel:
             threads=int(_param(config, "threads", "1")),
             max_batch=max(1, int(config.get("max_batch_size", 64))),
         )
+        declared = int(config["output"][0]["dims"][-1])
+        if self.model.dim != declared:  # fail at load, naming both, not with a shape error per request
+            raise ValueError(f"text_encoder: the model in {model_dir} gives {self.model.dim}-dim vectors, the "
+                             f"config declares {declared}")
 
     def execute(self, requests):
         texts_per_request = []
