@@ -4,13 +4,12 @@ seconds or microseconds."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 
 from recmesh.client import Event
 from recmesh.v1 import common_pb2, recommendations_pb2, updater_pb2
+from tests.integration.answers import undegraded
 
 pytestmark = pytest.mark.integration
 R = recommendations_pb2
@@ -61,13 +60,7 @@ def test_valid_messages_still_reach_streaming_methods(stack):
 
 
 def _undegraded(client, user: str, query: str) -> R.RecommendResponse:
-    """The full pipeline's answer: a reply degraded by a busy host is asked again."""
-    for _ in range(20):
-        reply = client.recommend(user, query=query, k=10)
-        if not reply.degraded:
-            return reply
-        time.sleep(0.1)
-    raise AssertionError(f"degraded 20 times: {list(reply.degraded)}")
+    return undegraded(lambda: client.recommend(user, query=query, k=10), tries=20, pause_s=0.1)
 
 
 def _same_answer(client, user: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from recmesh.client import Event
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
+from tests.integration.answers import undegraded
 from tests.integration.faults import sigkill_while_running
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,7 @@ def genre_count(reply, genre: str) -> int:
 
 def test_recommend_returns_k_distinct_valid_items(client, user):
     client.track_events(Event(user, item, "click") for item in DRAMA)
-    reply = client.recommend(user, k=10)
+    reply = undegraded(lambda: client.recommend(user, k=10))
     ids = [item.item_id for item in reply.items]
     assert len(ids) == 10 and len(set(ids)) == 10
     assert all(item.title and item.reasons for item in reply.items)
@@ -38,28 +39,18 @@ def test_recommend_returns_k_distinct_valid_items(client, user):
 
 
 def test_cold_user_gets_popular_items(client, user):
-    reply = client.recommend(user, k=5)
-    assert len(reply.items) == 5 and not reply.degraded
+    reply = undegraded(lambda: client.recommend(user, k=5))
+    assert len(reply.items) == 5
     assert reply.items[0].title == "Forrest Gump (1994)"  # the most rated film in ml-latest-small
 
 
 def test_next_recommend_follows_a_new_genre(client, user):
     client.track_events(Event(user, item, "click") for item in FAMILY)
-    before = client.recommend(user, k=10)
+    before = undegraded(lambda: client.recommend(user, k=10))
     client.track_events(Event(user, item, "view") for item in HORROR)
-    after = client.recommend(user, k=10)  # no sleep: the very next call must see the events
+    after = undegraded(lambda: client.recommend(user, k=10))  # no sleep: the next full answer sees them
     assert genre_count(before, "Horror") <= 1
     assert genre_count(after, "Horror") >= genre_count(before, "Horror") + 5
-
-
-def undegraded(call, tries: int = 3):
-    """A behaviour test of the full path: a call that came back degraded (a stage over its
-    deadline on a busy 2-core host; degradation has tests of its own) is asked again."""
-    for _ in range(tries):
-        reply = call()
-        if not reply.degraded:
-            return reply
-    raise AssertionError(f"degraded {tries} times in a row: {list(reply.degraded)}")
 
 
 def test_query_steers_results(client, user):
@@ -74,8 +65,8 @@ def test_query_steers_results(client, user):
 
 def test_diversity_keeps_the_best_item_and_varies_the_rest(client, user):
     client.track_events(Event(user, item, "click") for item in FAMILY)
-    focused = client.recommend(user, k=10)
-    varied = client.recommend(user, k=10, diversity=0.9)
+    focused = undegraded(lambda: client.recommend(user, k=10))
+    varied = undegraded(lambda: client.recommend(user, k=10, diversity=0.9))
     ids = [[i.item_id for i in reply.items] for reply in (focused, varied)]
     assert ids[0][0] == ids[1][0] and len(set(ids[1]) - set(ids[0])) >= 3, ids
 
@@ -99,7 +90,7 @@ def test_seen_items_and_category_filters_hold(client, user):
     assert first not in {i.item_id for i in without.items}
 
     # Opting out of exclude-seen lets the most similar items, the seen ones, come back.
-    again = client.recommend(user, k=20, exclude_seen=False)
+    again = undegraded(lambda: client.recommend(user, k=20, exclude_seen=False))
     assert {i.item_id for i in again.items} & set(FAMILY)
 
 
@@ -112,7 +103,7 @@ def test_upserted_item_is_recommendable_at_once(client, user):
         "description": "A llama pilots a quantum starship through a wormhole.",
         "tags": ["llama", "quantum", "space"],
     }])
-    reply = client.recommend(user, query="quantum llama starship", k=5)
+    reply = undegraded(lambda: client.recommend(user, query="quantum llama starship", k=5))
     assert reply.items[0].item_id == item_id
     client.delete_items([item_id])
     gone = client.recommend(user, query="quantum llama starship", k=5)
@@ -242,7 +233,7 @@ def _recovers_within(client, user, seconds: float) -> bool:
 
 def test_encoder_down_uses_cached_interest(stack, client, user):
     client.track_events(Event(user, item, "click") for item in HORROR)
-    warm = client.recommend(user, k=10)
+    warm = undegraded(lambda: client.recommend(user, k=10))
     assert "encoder" in {s.stage for s in warm.stage_latency}
     stack.signal("encoder", signal.SIGSTOP)
     try:
