@@ -9,10 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-_SCHEMA = """
+# Every index holds keyed hashes, never a raw user or event id: a B-tree keeps copies of keys in
+# its interior pages as dividers, and deleting the rows does not rewrite those, so an index on
+# user_id would keep a deleted user's id in the file (secure_delete zeroes only the rows).
+_EVENTS = """
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id     TEXT NOT NULL UNIQUE,
+    event_key    BLOB NOT NULL UNIQUE,  -- keyed hash of event_id: the duplicate check
+    user_key     BLOB NOT NULL,         -- keyed hash of user_id: what DeleteUser finds rows by
+    event_id     TEXT NOT NULL,
     user_id      TEXT NOT NULL,
     item_id      TEXT NOT NULL,
     type         INTEGER NOT NULL,
@@ -20,12 +25,12 @@ CREATE TABLE IF NOT EXISTS events (
     value        REAL NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     request_id   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
--- A deleted user's event ids, as keyed hashes: a retry of one is a duplicate, not a new user.
-CREATE TABLE IF NOT EXISTS deleted_events (digest BLOB PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-"""
+)"""
+_EVENTS_BY_USER = "CREATE INDEX IF NOT EXISTS events_by_user ON events (user_key, seq)"
+# A deleted user's event ids, as keyed hashes: a retry of one is a duplicate, not a new user.
+_DELETED = "CREATE TABLE IF NOT EXISTS deleted_events (digest BLOB PRIMARY KEY) WITHOUT ROWID"
+# The columns copied when a log of the first layout (indexes on the raw ids) is upgraded.
+_COLUMNS = "seq, event_id, user_id, item_id, type, query, value, timestamp_ms, request_id"
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,15 @@ class EventLog:
         # Deleted rows are overwritten with zeros, not left in free pages (DeleteUser must leave
         # no trace in the file).
         self._db.execute("PRAGMA secure_delete=ON")
-        self._db.executescript(_SCHEMA)
-        # Keyed, so that the markers cannot be matched against event ids hashed elsewhere (ids
-        # often embed a user id); made once per log and kept in it, so markers outlive restarts.
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        # Keyed, so that the hashes cannot be matched against ids hashed elsewhere (event ids
+        # often embed a user id); made once per log and kept in it, so they outlive restarts.
         self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('deleted_key', ?)",
                          (secrets.token_bytes(32),))
         self._key = self._db.execute("SELECT value FROM meta WHERE name = 'deleted_key'").fetchone()[0]
+        self._upgrade_raw_id_indexes()
+        for statement in (_EVENTS, _EVENTS_BY_USER, _DELETED):
+            self._db.execute(statement)
         # Looked up only once some user was deleted: appends pay nothing before.
         self._any_deleted = self._db.execute("SELECT 1 FROM deleted_events LIMIT 1").fetchone() is not None
 
@@ -80,9 +88,10 @@ class EventLog:
                                                          (self._digest(e.event_id),)).fetchone():
                         continue  # a retry of a deleted user's event must not bring them back
                     cur.execute(
-                        "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, query, value, timestamp_ms,"
-                        " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (e.event_id, e.user_id, e.item_id, e.type, e.query, e.value, e.timestamp_ms, e.request_id),
+                        "INSERT OR IGNORE INTO events (event_key, user_key, event_id, user_id, item_id, type, query,"
+                        " value, timestamp_ms, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (self._digest(e.event_id), self._digest(e.user_id), e.event_id, e.user_id, e.item_id,
+                         e.type, e.query, e.value, e.timestamp_ms, e.request_id),
                     )
                     if cur.rowcount == 1:
                         new.append(e)
@@ -111,10 +120,10 @@ class EventLog:
         cur = self._db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            ids = [row[0] for row in cur.execute("SELECT event_id FROM events WHERE user_id = ?", (user_id,))]
-            cur.executemany("INSERT OR IGNORE INTO deleted_events (digest) VALUES (?)",
-                            [(self._digest(event_id),) for event_id in ids])
-            cur.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
+            key = self._digest(user_id)
+            ids = [row[0] for row in cur.execute("SELECT event_key FROM events WHERE user_key = ?", (key,))]
+            cur.executemany("INSERT OR IGNORE INTO deleted_events (digest) VALUES (?)", [(k,) for k in ids])
+            cur.execute("DELETE FROM events WHERE user_key = ?", (key,))
             deleted = cur.rowcount
             cur.execute("COMMIT")
         except BaseException:
@@ -124,8 +133,33 @@ class EventLog:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
-    def _digest(self, event_id: str) -> bytes:
-        return hashlib.blake2b(event_id.encode(), key=self._key, digest_size=16).digest()
+    def _digest(self, identifier: str) -> bytes:
+        """The keyed hash (BLAKE2b, 16 bytes) of a user or event id: what the indexes hold."""
+        return hashlib.blake2b(identifier.encode(), key=self._key, digest_size=16).digest()
+
+    def _upgrade_raw_id_indexes(self) -> None:
+        """A log of the first layout (its indexes on the raw user and event ids) is rewritten
+        once into the keyed-hash layout, in one transaction; the old table's pages are freed,
+        and zeroed (secure_delete). Rows keep their seq, so the replay order is unchanged."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if not columns or "user_key" in columns:
+            return
+        self._db.create_function("recmesh_key", 1, lambda text: self._digest(text), deterministic=True)
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute("ALTER TABLE events RENAME TO events_raw_ids")
+            cur.execute("DROP INDEX IF EXISTS events_by_user")
+            cur.execute(_EVENTS)
+            cur.execute(_EVENTS_BY_USER)
+            cur.execute(f"INSERT INTO events (event_key, user_key, {_COLUMNS}) SELECT recmesh_key(event_id), "
+                        f"recmesh_key(user_id), {_COLUMNS} FROM events_raw_ids ORDER BY seq")
+            cur.execute("DROP TABLE events_raw_ids")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM events").fetchone()[0]
