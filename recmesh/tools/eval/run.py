@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,37 @@ def mesh_row(record, dataset: datasets.Dataset, s: datasets.Split, vectors: np.n
                                    "test_users_of_blends": len(users)})
 
 
+def run_seed(args: argparse.Namespace, dataset: datasets.Dataset, s: datasets.Split, vectors: np.ndarray,
+             queries, seed: int) -> dict:
+    """The trained models of one seed on split s: {name: {"valid", "test", "training", ...}}."""
+    run: dict = {}
+
+    def record(name: str, scorer, extra: dict | None = None) -> None:
+        run[name] = {"valid": evaluate(scorer, s, "valid"), "test": evaluate(scorer, s, "test"), **(extra or {})}
+        print(f"seed {seed}", name, json.dumps({k: v for k, v in run[name].items() if k != "training"}), flush=True)
+
+    cfg = TrainConfig(time_cap_s=args.time_cap, seed=seed, samples=args.samples)
+    fusion = args.query_fusion == "on"
+    sequence_models = {
+        "SASRec-ID": ModelConfig(s.n_items, text_dim=0, use_ids=True),
+        "LLM-Seq": ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True,
+                               query_dim=vectors.shape[1] if fusion else 0),
+    }
+    for name, model_config in sequence_models.items():
+        if name in args.skip:
+            continue
+        model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name,
+                              queries=queries if model_config.query_dim else None)
+        folder = save_report(report, args.models_dir, name)
+        record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
+        # The mesh's ranking over this LLM-Seq, its blend chosen on validation.
+        if model_config.text_dim and MeshScorer.name not in args.skip:
+            artifact = folder / "interest_model.pt"
+            export_served(model, dataset.item_ids, [], folder.name, artifact)
+            mesh_row(record, dataset, s, vectors, artifact, seed)
+    return run
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="recmesh eval", description=__doc__)
     parser.add_argument("--data", default=str(REPO / "data" / "ml-latest-small"),
@@ -205,7 +238,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--query-fusion", choices=("on", "off"), default="on",
                         help="LLM-Seq as `recmesh train` trains it: typed queries fused in and a cold-start vector")
     parser.add_argument("--skip", nargs="*", default=[], help="model names to leave out")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained at once, one process each (each trains on one core; default 1)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     require(parser.prog, "bench")  # the plot comes last: check before the work
     command = "python -m recmesh.tools.eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.quick:
@@ -227,32 +264,17 @@ def main(argv: list[str] | None = None) -> dict:
                                             "test": evaluate(baseline, s, "test")}
             print(baseline.name, json.dumps(deterministic[baseline.name]), flush=True)
 
+    if args.jobs > 1 and len(args.seeds) > 1:
+        # One process per seed (spawned: each its own torch threads); the split and the vectors
+        # are the parent's, so every seed ranks the same users over the same catalog.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.jobs, len(args.seeds)), mp_context=context) as pool:
+            futures = {seed: pool.submit(run_seed, args, dataset, s, vectors, queries, seed) for seed in args.seeds}
+            trained = {seed: future.result() for seed, future in futures.items()}
+    else:
+        trained = {seed: run_seed(args, dataset, s, vectors, queries, seed) for seed in args.seeds}
     for seed in args.seeds:
-        run = results["runs"][seed] = dict(deterministic)
-
-        def record(name: str, scorer, extra: dict | None = None, run=run, seed=seed) -> None:
-            run[name] = {"valid": evaluate(scorer, s, "valid"), "test": evaluate(scorer, s, "test"), **(extra or {})}
-            print(f"seed {seed}", name, json.dumps({k: v for k, v in run[name].items() if k != "training"}), flush=True)
-
-        cfg = TrainConfig(time_cap_s=args.time_cap, seed=seed, samples=args.samples)
-        fusion = args.query_fusion == "on"
-        sequence_models = {
-            "SASRec-ID": ModelConfig(s.n_items, text_dim=0, use_ids=True),
-            "LLM-Seq": ModelConfig(s.n_items, text_dim=vectors.shape[1], use_ids=True,
-                                   query_dim=vectors.shape[1] if fusion else 0),
-        }
-        for name, model_config in sequence_models.items():
-            if name in args.skip:
-                continue
-            model, report = train(s, model_config, vectors if model_config.text_dim else None, cfg, name,
-                                  queries=queries if model_config.query_dim else None)
-            folder = save_report(report, args.models_dir, name)
-            record(name, ModelScorer(model, s, name), {"training": report, "artifact": str(folder)})
-            # The mesh's ranking over this LLM-Seq, its blend chosen on validation.
-            if model_config.text_dim and MeshScorer.name not in args.skip:
-                artifact = folder / "interest_model.pt"
-                export_served(model, dataset.item_ids, [], folder.name, artifact)
-                mesh_row(record, dataset, s, vectors, artifact, seed)
+        results["runs"][seed] = dict(deterministic) | trained[seed]
 
     results["models"] = summarise(results["runs"])
     results["best_baseline"] = best_baseline(results["models"])

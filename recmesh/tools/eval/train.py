@@ -351,10 +351,18 @@ def query_bank(dataset: datasets.Dataset, cache: Path, var: Path | None = None) 
 
 
 def save_report(report: dict, root: Path, name: str) -> Path:
-    """var/models/<name>/<version>/report.json; version = UTC time of training. The served
-    artifact (interest_model.pt, export_served) goes beside it where one is exported."""
+    """var/models/<name>/<version>/report.json; version = UTC time of training (with a suffix
+    -2, -3, ... when another run saved the same model in the same second: seeds trained in
+    parallel). The served artifact (interest_model.pt, export_served) goes beside it."""
     version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    folder = root / name / version
-    folder.mkdir(parents=True, exist_ok=True)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    folder, n = root / name / version, 1
+    while True:
+        try:
+            folder.mkdir()  # atomic: two processes never get the same folder
+            break
+        except FileExistsError:
+            n += 1
+            folder = root / name / f"{version}-{n}"
     (folder / "report.json").write_text(json.dumps(report, indent=2))
     return folder
