@@ -23,6 +23,7 @@ from recmesh.models.interest.served import export_served
 from recmesh.models.ranking.features import FEATURES
 from recmesh.models.ranking.scorer import Scorer, save_params
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from tests.integration.answers import undegraded
 
 pytestmark = pytest.mark.integration
 
@@ -61,18 +62,21 @@ def gateways(stack, tmp_path_factory):
     fused = stack.start_replica("gateway", "fused", upstreams={"encoder": "encoder-fused", "ranker": "ranker-interest"})
     plain = stack.start_replica("gateway", "plain", upstreams={"ranker": "ranker-interest"})
     with grpc.insecure_channel(fused) as fused_channel, grpc.insecure_channel(plain) as plain_channel:
-        yield (recommendations_pb2_grpc.RecommendationsStub(fused_channel),
-               recommendations_pb2_grpc.RecommendationsStub(plain_channel))
+        stubs = (recommendations_pb2_grpc.RecommendationsStub(fused_channel),
+                 recommendations_pb2_grpc.RecommendationsStub(plain_channel))
+        # The new replicas' first calls (a query encoded by a fresh in-process model) may miss
+        # the encoder's cap on a busy host: warmed up here, patiently, once.
+        for stub in stubs:
+            warm = recommendations_pb2.RecommendRequest(user_id="warm-up", k=10, query="warm up")
+            undegraded(lambda stub=stub, warm=warm: stub.Recommend(warm, timeout=10), tries=60, pause_s=0.25)
+        yield stubs
 
 
 def recommend(stub, user: str, query: str = "", k: int = 10, **filters) -> recommendations_pb2.RecommendResponse:
-    """A full-path answer: one that came back degraded (a stage late on a busy host) is asked again."""
-    for _ in range(3):
-        reply = stub.Recommend(recommendations_pb2.RecommendRequest(user_id=user, k=k, query=query,
-                                                                    filters=common_pb2.Filters(**filters)), timeout=10)
-        if not reply.degraded:
-            return reply
-    raise AssertionError(f"degraded three times: {list(reply.degraded)}")
+    """A full-path answer (tests/integration/answers.py)."""
+    request = recommendations_pb2.RecommendRequest(user_id=user, k=k, query=query,
+                                                   filters=common_pb2.Filters(**filters))
+    return undegraded(lambda: stub.Recommend(request, timeout=10))
 
 
 def ids(reply) -> list[str]:
