@@ -9,14 +9,21 @@ Latencies go to HDR histograms; per step: percentiles, achieved rate, and the sh
 in time, degraded (and of those, shed at the door), missed (deadline exceeded or later than
 the budget) and failed. The highest sustainable rate is the highest step whose p99 is within
 the budget with >= 99.5 % answered in time; the highest full-service rate also has <= 1 %
-degraded. Writes results/load.json and results/load.png."""
+degraded. On its own local mesh, each step reports the CPU ms per Recommend of every process,
+and after the steps the compute floor of the same requests is measured (recmesh/tools/bench/
+floor.py: the same models, searches and ranking in one process, no RPCs) with each step's
+ratio to it. Writes results/load.json and results/load.png."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ import grpc
 from recmesh.common.clock import now_ms
 from recmesh.common.heap import freeze_heap
 from recmesh.common.local import REPO
+from recmesh.common.paths import VAR_ENV
 from recmesh.replicas import Replicas
 from recmesh.tools.catalog import movielens
 from recmesh.tools.extras import require
@@ -201,13 +209,15 @@ async def drive(targets: list[str], rates: list[float], seconds: float, budget_m
     return results
 
 
-def plot(steps: list[dict], path: Path) -> None:
+def plot(steps: list[dict], path: Path, floor_ms: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    cpu = [s["cpu_ms_per_recommend"]["total"] for s in steps if "cpu_ms_per_recommend" in s]
+    fig, axes = plt.subplots(1, 3 if cpu else 2, figsize=(18 if cpu else 12, 4))
+    a, b = axes[0], axes[1]
     x = [s["offered_per_s"] for s in steps]
     for q in ("p50_ms", "p90_ms", "p99_ms", "p999_ms"):
         a.plot(x, [s[q] for s in steps], marker="o", label=q.removesuffix("_ms"))
@@ -221,9 +231,74 @@ def plot(steps: list[dict], path: Path) -> None:
     b.set_xlabel("offered Recommend/s")
     b.set_ylabel("share of Recommends")
     b.legend()
+    if cpu:
+        c = axes[2]
+        c.plot(x[:len(cpu)], cpu, marker="o", label="mesh, all processes")
+        if floor_ms:
+            c.axhline(floor_ms, color="grey", linestyle="--", label="compute floor (one process, no RPCs)")
+        c.set_xlabel("offered Recommend/s")
+        c.set_ylabel("CPU ms per Recommend")
+        c.set_ylim(bottom=0)
+        c.legend()
     fig.suptitle("Open-loop load through the gateway (everything on one 2-core host)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def measure_floor(stack, args: argparse.Namespace) -> dict | None:
+    """The compute floor of the load's requests (recmesh/tools/bench/floor.py) over the stack's
+    var as the load left it, in a process of its own - only its CPU is counted, with one
+    thread for numpy, ONNX Runtime and torch. Call it with the stack stopped: the floor opens
+    the same shard and event log. None (and why, on stderr) when it failed."""
+    with tempfile.TemporaryDirectory(prefix="recmesh-floor-") as tmp:
+        out = Path(tmp) / "floor.json"
+        command = [sys.executable, "-m", "recmesh.tools.bench.floor", "--var", str(stack.var), "--in-place",
+                   "--interest-model", str(stack.interest_model), "--start-params", str(stack.start_params),
+                   "--requests", str(args.floor_requests), "--warm-up", str(args.floor_warm_up),
+                   "--query-share", str(args.query_share), "--track-ratio", str(args.track_ratio), "--out", str(out)]
+        # The services' settings as the mesh's processes read them (stack.env: tests' overrides).
+        env = {**os.environ, **stack.env, VAR_ENV: str(stack.var), "OMP_NUM_THREADS": "1",
+               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1"}
+        try:
+            subprocess.run(command, env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL, timeout=1800)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # the steps are kept
+            print(f"compute floor not measured: {exc}", file=sys.stderr, flush=True)
+            return None
+        return json.loads(out.read_text())
+
+
+def with_floor(steps: list[dict], floor: dict | None) -> None:
+    """Each step's CPU per Recommend (all processes) as a multiple of the floor's."""
+    if floor is None:
+        return
+    for s in steps:
+        total = s.get("cpu_ms_per_recommend", {}).get("total")
+        if total is not None:
+            s["cpu_to_floor_ratio"] = round(total / floor["compute_floor_ms_per_recommend"], 2)
+
+
+def summary_lines(results: dict, budget_ms: float) -> list[str]:
+    """What `recmesh load` prints last: the highest full-service rate first, then the mesh's CPU
+    per Recommend against the compute floor at that rate (the lowest step when none was in
+    full), then the highest sustainable rate."""
+    steps, floor = results["steps"], results.get("compute_floor")
+    full = results["highest_full_service_per_s"]
+    lines = [f"highest full-service rate (<= {FULL_SERVICE_DEGRADED:.0%} degraded, p99 <= {budget_ms:g} ms, "
+             f">= {IN_TIME_BAR:.1%} in time): {full:g} Recommend/s"]
+    at = next((s for s in steps if s["offered_per_s"] == full), None) if full else None
+    where = "at that rate" if at is not None else "at the lowest step (none in full)"
+    at = at if at is not None else (steps[0] if steps else None)
+    if floor is not None and at is not None and "cpu_to_floor_ratio" in at:
+        lines.append(f"CPU per Recommend {where}, {at['offered_per_s']:g}/s: {at['cpu_ms_per_recommend']['total']} ms "
+                     f"in all processes = {at['cpu_to_floor_ratio']}x the compute floor of "
+                     f"{floor['compute_floor_ms_per_recommend']} ms (same requests, one process, no RPCs)")
+    elif at is not None and "cpu_ms_per_recommend" in at:
+        lines.append(f"CPU per Recommend {where}, {at['offered_per_s']:g}/s: {at['cpu_ms_per_recommend']['total']} "
+                     f"ms in all processes (compute floor not measured)")
+    lines.append(f"highest sustainable rate (p99 <= {budget_ms:g} ms, >= {IN_TIME_BAR:.1%} in time, degraded or "
+                 f"not): {results['highest_sustainable_per_s']:g} Recommend/s")
+    return lines
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -233,6 +308,7 @@ def run(args: argparse.Namespace) -> dict:
         return asyncio.run(drive(targets, rates, args.seconds, args.budget_ms, args.query_share, args.track_ratio,
                                  cpu))
 
+    floor = None
     if args.target:
         steps = go(args.target.split(","))
     else:  # our own mesh over a private copy of the bootstrapped catalog and event log
@@ -242,15 +318,17 @@ def run(args: argparse.Namespace) -> dict:
             gateways = [stack.address("gateway"),
                         *(stack.start_replica("gateway", str(i)) for i in range(2, args.gateways + 1))]
             steps = go(gateways, stack.cpu_seconds)
+            if not args.no_floor:
+                stack.stop()  # the floor runs alone, over the shard and log the load left
+                floor = measure_floor(stack, args)
+    with_floor(steps, floor)
     results = {"query_share": args.query_share, "track_per_recommend": args.track_ratio,
                "seconds_per_step": args.seconds, "steps": steps, "highest_sustainable_per_s": sustainable(steps),
-               "highest_full_service_per_s": sustainable(steps, FULL_SERVICE_DEGRADED)}
+               "highest_full_service_per_s": sustainable(steps, FULL_SERVICE_DEGRADED), "compute_floor": floor}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=2))
-    plot(steps, args.out / "load.png")
-    print(f"highest sustainable rate: {results['highest_sustainable_per_s']} Recommend/s "
-          f"(p99 <= {args.budget_ms} ms, >= {IN_TIME_BAR:.1%} in time); in full (<= {FULL_SERVICE_DEGRADED:.0%} "
-          f"degraded): {results['highest_full_service_per_s']} Recommend/s")
+    plot(steps, args.out / "load.png", floor["compute_floor_ms_per_recommend"] if floor else None)
+    print("\n".join(summary_lines(results, args.budget_ms)), flush=True)
     return results
 
 
@@ -263,6 +341,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-ms", type=float, default=100.0, help="the client deadline")
     parser.add_argument("--query-share", type=float, default=0.3)
     parser.add_argument("--track-ratio", type=float, default=0.5, help="TrackEvents per Recommend")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the compute floor (measured after the steps on the local mesh only)")
+    parser.add_argument("--floor-requests", type=int, default=400, help="Recommends the floor measures")
+    parser.add_argument("--floor-warm-up", type=int, default=50, help="Recommends before the floor measures")
     parser.add_argument("--out", type=Path, default=REPO / "results")
 
 
