@@ -52,33 +52,51 @@ def _code_name(context) -> str:
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every call, unary and streaming (a stream such as
     Updater.WatchParameters is counted, with its status, and timed when it ends), and keeps the
-    in-flight gauge."""
+    in-flight gauge. The wrapped handler of a method is made once and reused while the inner
+    handler is the same object (a servicer's registered one is), and the metrics' labelled
+    series are looked up once: per call only the counting is left."""
 
     def __init__(self, service: str):
         self._service = service
+        self._in_flight = IN_FLIGHT.labels(service)
+        # method name -> (the inner handler, its wrapped one); known methods only.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        full_method = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, full_method.rsplit("/", 1)[-1])
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner = behaviour_of(handler)
         if not is_asyncio(inner):
             return handler  # not an asyncio handler: left as it is
         generator = inspect.isasyncgenfunction(inner)
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        service = self._service
+        service, in_flight = self._service, self._in_flight
+        latency = RPC_LATENCY.labels(service, method)
+        counts: dict[str, Counter] = {}  # status code name -> its series
 
         def begin() -> float:
-            IN_FLIGHT.labels(service).inc()
+            in_flight.inc()
             return time.perf_counter()
 
         def end(started: float, context, failed: BaseException | None) -> None:
-            IN_FLIGHT.labels(service).dec()
+            in_flight.dec()
             code = _code_name(context) if failed is None or context.code() is not None else "UNKNOWN"
             if isinstance(failed, (asyncio.CancelledError, GeneratorExit)) and context.code() is None:
                 code = "CANCELLED"  # the client went away (a watcher disconnecting)
-            RPCS.labels(service, method, code).inc()
-            RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+            count = counts.get(code)
+            if count is None:
+                count = counts[code] = RPCS.labels(service, method, code)
+            count.inc()
+            latency.observe(time.perf_counter() - started)
 
         if generator:
             async def behaviour(request, context):

@@ -182,16 +182,24 @@ class ParseRequests(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._parsers: dict[str, Callable[[bytes], Any]] = {}  # per method: known methods only
+        # Per method: (the servicer's handler, the parsing one made of it), reused while the
+        # servicer's handler is the same object - not a new wrapper per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         parse = self._parsers.get(details.method)
         if parse is None:
             deserializer = handler.request_deserializer
             parse = self._parsers[details.method] = parser(deserializer, request_type(details.method, deserializer))
-        return _parsing(handler, parse)
+        wrapped = _parsing(handler, parse)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
 
 async def _parse(parse: Callable[[bytes], Any], raw: bytes, context: grpc.aio.ServicerContext) -> Any:

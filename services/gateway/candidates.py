@@ -49,8 +49,9 @@ class CandidateStage:
                 "retrieval", s.retrieval_cap_ms * MS, lambda t: self._up.retrieval.Search(search, timeout=t)
             )
             if found is not None:
-                return Retrieved(CandidateSet.from_reply(found, with_query=signals.query is not None),
-                                 found.index_version)
+                version = found.index_version  # read before from_reply clears it for the wire form
+                return Retrieved(CandidateSet.from_reply(found, with_query=signals.query is not None,
+                                                         with_wire=True), version)
             budget.trace.degrade("fallback:popular_candidates")
         popular, version = await self._popular.matching(
             budget, self._up, s.retrieval_cap_ms * MS,

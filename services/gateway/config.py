@@ -70,6 +70,11 @@ class GatewaySettings(ServiceSettings):
     min_admit_ms: float = Field(default=15.0, ge=0)
     # Impressions buffered for the updater at most; beyond, they are dropped.
     impression_queue: int = Field(default=256, ge=0)
+    # A batch of impressions leaves this long after its first one (or once 64 wait): one
+    # LogImpressions call per batch, not per Recommend - each call costs the gateway and the
+    # updater about as much CPU as a pipeline stage. Training signal only: feedback naming the
+    # request waits for its impression on the updater (services/updater/joiner.py).
+    impression_flush_ms: float = Field(default=250.0, ge=0)
     # Narrow recmesh/common/limits.py's (what every stage accepts), never widen: checked at start.
     max_query_chars: int = Field(default=limits.QUERY_CHARS, ge=1)
     max_filter_values: int = Field(default=limits.FILTER_VALUES, ge=0)

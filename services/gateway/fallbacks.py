@@ -32,15 +32,31 @@ class CandidateSet:
     # candidate_payload of each item, when the list is filtered more than once (the popular pool):
     # read from the protos once per refresh, not per request. None: not made.
     payloads: list[dict] | None = None
+    # The items and their catalog vectors serialised as a RankRequest's fields 1 and 2
+    # (`candidates`, `candidate_vectors`: the same numbers and types as a CandidateList's
+    # `candidates` and `vectors`), for the ranker; None: not made (ranking then builds the
+    # message from items and vectors).
+    wire: bytes | None = None
 
     @classmethod
     def from_reply(cls, reply: retrieval_pb2.CandidateList, with_query: bool = False,
-                   with_payloads: bool = False) -> "CandidateSet":
+                   with_payloads: bool = False, with_wire: bool = False) -> "CandidateSet":
+        """with_wire: also make `wire` - from the reply itself, whose index_version and
+        text_vectors are cleared for it (read them before)."""
         items = list(reply.candidates)
-        return cls(items, from_matrix(reply.vectors, "vectors"),
-                   from_matrix(reply.text_vectors, "text_vectors"),
+        vectors = from_matrix(reply.vectors, "vectors")
+        text_vectors = from_matrix(reply.text_vectors, "text_vectors")
+        wire = None
+        if with_wire and len(vectors) == len(items):
+            # One serialisation of what came in, instead of copying each candidate into a
+            # RankRequest: parsed, these bytes and RankRequest(candidates=items,
+            # candidate_vectors=to_matrix(vectors)) are the same message.
+            reply.ClearField("index_version")
+            reply.ClearField("text_vectors")
+            wire = reply.SerializeToString()
+        return cls(items, vectors, text_vectors,
                    [c.query_similarity for c in reply.candidates] if with_query else None,
-                   [candidate_payload(c) for c in items] if with_payloads else None)
+                   [candidate_payload(c) for c in items] if with_payloads else None, wire)
 
     def for_query(self, query: np.ndarray | None) -> "CandidateSet":
         """This list with each candidate's similarity to the query, from the text vectors."""

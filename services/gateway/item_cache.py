@@ -29,9 +29,10 @@ class ItemCache:
     def lookup(self, item_ids: Iterable[str], now: float) -> tuple[dict[str, CachedItem], list[str]]:
         """The fresh entries among item_ids, and the ids to fetch."""
         known, missing = {}, []
-        for item_id in item_ids:
-            cached = self._items.get(item_id)
-            if cached is not None and now - cached.at < self._ttl_s:
+        item_ids = list(item_ids)
+        ttl_s = self._ttl_s
+        for item_id, cached in zip(item_ids, self._items.get_many(item_ids), strict=True):
+            if cached is not None and now - cached.at < ttl_s:
                 known[item_id] = cached
             else:
                 missing.append(item_id)

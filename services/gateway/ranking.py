@@ -27,22 +27,37 @@ class RankingStage:
                    diversity: float) -> Ranked | None:
         """The ranker's top k of the candidates (diversity in 0..1), or None when it failed or
         was late (stage "ranker"; the trace says why)."""
-        ranking = await budget.call(
-            "ranker",
-            self._s.ranker_cap_ms * MS,
-            # Built only when the ranker is called: not when too little time is left for it.
-            lambda t: self._up.ranker.Rank(self._request(candidates, signals, history, k, diversity), timeout=t),
-        )
+        wire = getattr(self._up, "rank_wire", None)
+        if wire is not None and candidates.wire is not None:
+            # Retrieval's candidates go on as the bytes they came in (CandidateSet.wire), the
+            # rest of the request serialised after them: the same RankRequest, parsed.
+            def call(t):
+                return wire(candidates.wire + self._request(candidates, signals, history, k, diversity,
+                                                            with_candidates=False).SerializeToString(),
+                            timeout=t)
+        else:
+            def call(t):
+                return self._up.ranker.Rank(self._request(candidates, signals, history, k, diversity), timeout=t)
+        # Built only when the ranker is called: not when too little time is left for it.
+        ranking = await budget.call("ranker", self._s.ranker_cap_ms * MS, call)
         return None if ranking is None else Ranked(ranking, ranking.model_version)
 
     def _request(self, found: CandidateSet, signals: Signals, history: History, k: int,
-                 diversity: float) -> ranker_pb2.RankRequest:
+                 diversity: float, with_candidates: bool = True) -> ranker_pb2.RankRequest:
+        """The RankRequest for these candidates; with_candidates False: all of it but
+        `candidates` and `candidate_vectors` (found.wire holds those)."""
         last = {e.item_id: i for i, e in enumerate(history.entries)}  # later events win
         recent_ids = sorted(last, key=last.__getitem__, reverse=True)[:RECENT_ITEMS]
         recent_rows = [last[i] for i in recent_ids]
+        # The user's few skipped items looked up among the candidates, not every candidate among them.
+        skipped = {}
+        if history.skipped:
+            ids = {c.item_id for c in found.items}
+            skipped = {i: n for i, n in history.skipped.items() if i in ids}
+        with_found = {"candidates": found.items, "candidate_vectors": to_matrix(found.vectors)} if with_candidates \
+            else {}
         return ranker_pb2.RankRequest(
-            candidates=found.items,
-            candidate_vectors=to_matrix(found.vectors),
+            **with_found,
             query_similarity=found.query_similarity,
             interest=to_matrix(signals.interest),
             session=to_matrix(signals.session),
@@ -51,5 +66,5 @@ class RankingStage:
             recent_vectors=to_matrix(history.vectors[recent_rows] if recent_rows else None),
             k=k,
             diversity=diversity,
-            skipped={c.item_id: history.skipped[c.item_id] for c in found.items if c.item_id in history.skipped},
+            skipped=skipped,
         )

@@ -67,3 +67,14 @@ def test_entries_expire_and_the_cache_can_be_off():
     off = ItemCache(10, ttl_s=0)
     off.add([retrieval_pb2.Candidate(item_id="a")], np.ones((1, DIM), np.float32), now=100.0)
     assert off.lookup(["a"], now=100.0) == ({}, ["a"])
+
+
+def test_get_many_is_get_of_each_key_recency_included():
+    from recmesh.common.lru import LruCache
+
+    cache = LruCache(3)
+    for key in "abc":
+        cache.put(key, key.upper())
+    assert cache.get_many(["a", "x", "c"]) == ["A", None, "C"]
+    cache.put("d", "D")  # "b" is the least recently used now: a and c were just read
+    assert cache.get_many("abcd") == ["A", None, "C", "D"]

@@ -63,3 +63,39 @@ def test_unary_and_both_streaming_styles_are_counted_with_their_status():
     assert count("Write", "OK") == before["Write"] + 1
     assert count("Unary", "INVALID_ARGUMENT") == before["Unary"] + 1
     assert timed("Gen") > 0 and timed("Write") > 0
+
+
+async def echo(request: bytes, context):
+    if request == b"bad":
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad")
+    return request
+
+
+def test_a_method_is_wrapped_once_and_every_call_still_counted():
+    """The wrapped handler is made once per method (not per call), and each call - whatever
+    its status - is counted and timed as before."""
+    handlers = grpc.method_handlers_generic_handler("probe.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    interceptor = MetricsInterceptor(SERVICE)
+    before_ok, before_bad = count("Echo", "OK"), count("Echo", "INVALID_ARGUMENT")
+    seen = []
+
+    async def run():
+        server = grpc.aio.server(interceptors=[interceptor])
+        server.add_generic_rpc_handlers((handlers,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/probe.Echo/Echo")
+            for i in range(5):
+                assert await call(bytes([i])) == bytes([i])
+                seen.append(interceptor._wrapped["/probe.Echo/Echo"][1])
+            try:
+                await call(b"bad")
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await server.stop(None)
+
+    asyncio.run(run())
+    assert all(w is seen[0] for w in seen)
+    assert count("Echo", "OK") == before_ok + 5
+    assert count("Echo", "INVALID_ARGUMENT") == before_bad + 1

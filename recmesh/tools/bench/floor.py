@@ -158,7 +158,8 @@ class Floor:
         seen = SeenItems(gateway.seen_cache_users, gateway.seen_cache_ids, gateway.seen_cache_ttl_s)
         pipeline = Pipeline(gateway, upstreams, popular, seen, ItemCache(gateway.item_cache_items,
                                                                         gateway.item_cache_ttl_s),
-                            ImpressionLog(upstreams, gateway.impression_queue))
+                            ImpressionLog(upstreams, gateway.impression_queue,
+                                          gateway.impression_flush_ms * 1e-3))
         versions = {"encoder": backend.version, "index": retrieval.store.version,
                     "ranker": ranker_servicer.version}
         return cls(gateway, pipeline, seen, upstreams, versions,
