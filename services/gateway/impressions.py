@@ -72,6 +72,21 @@ class ImpressionLog:
             except Exception as exc:  # the updater down or slow: this batch is not learned from
                 self._drop(len(batch), exc)
 
+    async def flush(self, timeout_s: float) -> None:
+        """Send what is buffered now (on shutdown, after the last Recommend was answered), waiting
+        at most timeout_s; what is still unsent then is dropped (counted)."""
+        if not self._buffer and (self._sender is None or self._sender.done()):
+            return
+        self._flush_after_s = 0.0  # no more waiting for a batch to fill
+        self._full.set()
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender), timeout_s)
+        except TimeoutError:
+            self._drop(len(self._buffer), None)
+            self._buffer = []
+
     def _drop(self, n: int, exc: Exception | None) -> None:
         before, self.dropped = self.dropped, self.dropped + n
         DROPPED.inc(n)

@@ -38,9 +38,8 @@ class Recommender:
         self.seen = SeenItems(settings.seen_cache_users, settings.seen_cache_ids, settings.seen_cache_ttl_s)
         self._items = ItemCache(settings.item_cache_items, settings.item_cache_ttl_s)
         self._shed_answers = ShedAnswers(settings, upstreams, popular, self.seen)
-        self.pipeline = Pipeline(settings, upstreams, popular, self.seen, self._items,
-                                 ImpressionLog(upstreams, settings.impression_queue,
-                                               settings.impression_flush_ms * MS))
+        self.impressions = ImpressionLog(upstreams, settings.impression_queue, settings.impression_flush_ms * MS)
+        self.pipeline = Pipeline(settings, upstreams, popular, self.seen, self._items, self.impressions)
         self.in_flight = 0
         RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
         self.shedding = AdaptiveShedding(settings.shed_slow, settings.shed_slow_share)

@@ -83,6 +83,9 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         for task in (self._refresher, self._soon):
             if task is not None:
                 task.cancel()
+        # Impressions leave in batches (impression_flush_ms): the last ones go before the
+        # channels close, so feedback on the final answers can still be learned from.
+        await self._recommender.impressions.flush(timeout_s=2.0)
         await self._up.close()
 
     def _write_timeout(self, context) -> float:

@@ -54,3 +54,36 @@ def test_a_down_updater_costs_a_bounded_buffer_and_counted_drops():
     log = run_log(updater, 500, max_buffered=100, max_batch=64)
     assert log.dropped == 500
     assert updater.batches == []
+
+
+def test_flush_on_shutdown_sends_what_waits_for_its_batch_at_once():
+    """With a long batching window (impression_flush_ms), the last impressions would wait for
+    it; the gateway's close() flushes them before its channels close."""
+    updater = RecordingUpdater()
+
+    async def go() -> tuple[float, ImpressionLog]:
+        log = ImpressionLog(SimpleNamespace(updater=updater), max_buffered=100, flush_after_s=30.0)
+        for n in range(3):
+            log.log(impression(n))
+        await asyncio.sleep(0)
+        started = asyncio.get_running_loop().time()
+        await log.flush(timeout_s=2.0)
+        return asyncio.get_running_loop().time() - started, log
+
+    waited, log = asyncio.run(go())
+    assert [r for batch in updater.batches for r in batch] == ["r0", "r1", "r2"]
+    assert waited < 1.0 and log.dropped == 0
+
+
+def test_flush_gives_up_after_its_timeout_and_counts_the_rest():
+    updater = RecordingUpdater(delay_s=5.0)
+
+    async def go() -> ImpressionLog:
+        log = ImpressionLog(SimpleNamespace(updater=updater), max_buffered=100, max_batch=2, flush_after_s=30.0)
+        for n in range(5):
+            log.log(impression(n))
+        await log.flush(timeout_s=0.2)
+        return log
+
+    log = asyncio.run(go())
+    assert log.dropped == 3  # the first batch of 2 is in flight; the 3 behind it are dropped
