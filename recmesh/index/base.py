@@ -282,6 +282,10 @@ class ItemIndex(ABC):
     # True: search, get and top_popular are in-process CPU work of a millisecond or two, with no
     # I/O - an event loop may call them inline rather than hand them to a thread.
     reads_in_process: ClassVar[bool] = False
+    # True: search_scored answers the index's own StoredItem objects (one per item, replaced -
+    # not mutated - when the item is written): a caller may cache what it derives from an item
+    # for as long as it is handed the same object.
+    shares_items: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -312,6 +316,13 @@ class ItemIndex(ABC):
         `dim`) and layout.QUERY (`text_dim`); query vectors need not be unit. Only items that
         pass flt; excluded ids never take a place in a source's `limit`. with_vectors: the
         items' catalog and text vectors come back as (n, dim) and (n, text_dim) matrices."""
+
+    def search_scored(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
+                      with_vectors: bool) -> tuple[Found, list[float]]:
+        """As search, with the scores apart (scores[i]: items[i]'s): the items' own `score` is
+        not to be read, and where `shares_items` they are the index's objects - never mutated."""
+        found = self.search(sources, limit, flt, with_vectors)
+        return found, [it.score for it in found.items]
 
     @abstractmethod
     def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:

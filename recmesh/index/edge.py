@@ -122,6 +122,20 @@ class CatalogMirror:
                 del self._items[item_id]
                 self.item_by_point.pop(point_id(item_id), None)
 
+    def shared(self, item_ids: list[str], scores: list[float], with_vectors: bool) -> tuple[Found, list[float]]:
+        """The mirror's own items (not copies: never mutated) among item_ids, in order, and
+        their scores (one deleted meanwhile drops out, with its score)."""
+        by_id, rows = self._items, self._rows
+        try:
+            found = [by_id[i] for i in item_ids]
+            found_rows = [rows[i] for i in item_ids] if with_vectors else None
+        except KeyError:  # deleted since the search began: the rare path
+            kept = [n for n, i in enumerate(item_ids) if i in by_id]
+            return self.shared([item_ids[n] for n in kept], [scores[n] for n in kept], with_vectors)
+        if not with_vectors:
+            return Found(found), scores
+        return Found(found, self._vectors[found_rows], self._text[found_rows]), scores
+
     def items(self, item_ids: list[str], scores: list[float] | None = None, with_vectors: bool = False) -> Found:
         """Copies of the known items among item_ids, in order (one deleted meanwhile drops out)."""
         by_id = self._items
@@ -141,6 +155,7 @@ class EdgeItemStore(ItemIndex):
     are answered from the CatalogMirror and the shard's search, in this process."""
 
     reads_in_process = True
+    shares_items = True  # search_scored: the mirror's StoredItems, replaced on every write
 
     # Excluded ids (mostly what the user has seen) are dropped from over-fetched hits up to this
     # many: cheaper than Qdrant's id filter (building it alone cost ~0.2 ms for 150 ids).
@@ -276,7 +291,16 @@ class EdgeItemStore(ItemIndex):
     def search(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
                with_vectors: bool) -> Found:
         """As ItemIndex.search: the shard finds point ids and scores, the mirror turns them into
-        items (and vectors)."""
+        items (copies, each with its score) and vectors."""
+        found, scores = self.search_scored(sources, limit, flt, with_vectors)
+        items = [StoredItem(m.item_id, m.title, m.categories, m.popularity, score, m.attributes)
+                 for m, score in zip(found.items, scores, strict=True)]
+        return Found(items, found.vectors, found.text_vectors)
+
+    def search_scored(self, sources: list[tuple[str, np.ndarray]], limit: int, flt: SearchFilter,
+                      with_vectors: bool) -> tuple[Found, list[float]]:
+        """As ItemIndex.search_scored: the shard finds point ids and scores, the mirror answers
+        its own items (no copies) and vectors."""
         excluded = set(flt.exclude_item_ids)
         overfetch = len(excluded) <= self.MAX_OVERFETCH
         qfilter = edge_filter(flt.conditions(with_ids=not overfetch))
@@ -286,18 +310,19 @@ class EdgeItemStore(ItemIndex):
                                     filter=qfilter, params=self._params, with_payload=False)
                     for name, vector in sources]
         scores: dict[str, float] = {}
-        by_point = self._mirror.item_by_point
+        to_item = self._mirror.item_by_point.get
         for hits in self._shard.query_batch(qe.QueryBatchRequest(requests)):
-            kept = 0
-            for hit in hits:
-                item_id = by_point.get(hit.id)
-                if item_id is None or item_id in excluded:  # None: deleted since the search began
-                    continue
-                scores.setdefault(item_id, hit.score)
-                kept += 1
-                if kept == limit:
-                    break
-        return self._mirror.items(list(scores), list(scores.values()), with_vectors)
+            # Each hit's item, or None: deleted since the search began; the first `limit` that
+            # are neither None nor excluded are kept (the first source that found an item scores it).
+            kept = [(item_id, hit) for item_id, hit in zip(map(to_item, [hit.id for hit in hits]), hits, strict=True)
+                    if item_id is not None and item_id not in excluded]
+            if not scores:
+                scores = {item_id: hit.score for item_id, hit in kept[:limit]}
+            else:
+                for item_id, hit in kept[:limit]:
+                    if item_id not in scores:
+                        scores[item_id] = hit.score
+        return self._mirror.shared(list(scores), list(scores.values()), with_vectors)
 
     def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
         """As ItemIndex.get, from the mirror."""

@@ -18,7 +18,7 @@ from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.validation import check_attribute_filters, check_item
 from recmesh.common.vectors import from_matrix, l2_normalize, optional_row, to_matrix
-from recmesh.index.base import Found, ItemIndex, SearchFilter
+from recmesh.index.base import Found, ItemIndex, SearchFilter, StoredItem
 from recmesh.index.edge import EdgeItemStore
 from recmesh.index.layout import INTEREST, QUERY, SESSION, attribute_protos, item_payload
 from recmesh.index.qdrant_server import QdrantServerStore, connect
@@ -38,6 +38,59 @@ def _attributes_wire(attributes: tuple[tuple[str, type, str | float | bool], ...
                                    ).SerializeToString()
 
 
+def _candidate_bytes(it: StoredItem) -> bytes:
+    """A Candidate of the item's own fields (no score, no query similarity), serialised."""
+    candidate = retrieval_pb2.Candidate(item_id=it.item_id, title=it.title, categories=it.categories,
+                                        popularity=it.popularity)
+    if it.attributes:
+        candidate.MergeFromString(_attributes_wire(tuple((k, type(v), v) for k, v in it.attributes.items())))
+    return candidate.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# CandidateList.candidates (field 1, length-delimited): the tag before each candidate's length.
+_CANDIDATES_TAG = b"\x0a"
+
+
+def _field_prefix(length: int) -> bytes:
+    return _CANDIDATES_TAG + _varint(length)
+
+
+def _wire_entry(it: StoredItem) -> tuple[StoredItem, bytes, bytes, bytes]:
+    """(the item, its Candidate bytes, the prefix (tag, length) of a candidate of them and a
+    score, the same with a score and a query similarity)."""
+    body = _candidate_bytes(it)
+    return (it, body, _field_prefix(len(body) + _SCORE_TAIL.itemsize),
+            _field_prefix(len(body) + _SCORE_SIM_TAIL.itemsize))
+
+
+# Candidate.score (field 4) and Candidate.query_similarity (field 6), both float (wire type 5):
+# a tag byte and 4 little-endian bytes each, float32 rounded as protobuf rounds a double.
+_SCORE_TAIL = np.dtype([("tag", "u1"), ("score", "<f4")])
+_SCORE_SIM_TAIL = np.dtype([("tag", "u1"), ("score", "<f4"), ("sim_tag", "u1"), ("sim", "<f4")])
+
+
+def _tails(scores: list[float], query_similarity: np.ndarray | None) -> bytes:
+    """Each candidate's score (and query similarity) fields, one fixed-size record a candidate."""
+    if query_similarity is None:
+        tails = np.empty(len(scores), _SCORE_TAIL)
+    else:
+        tails = np.empty(len(scores), _SCORE_SIM_TAIL)
+        tails["sim_tag"] = 6 << 3 | 5
+        tails["sim"] = query_similarity
+    tails["tag"] = 4 << 3 | 5
+    tails["score"] = scores
+    return tails.tobytes()
+
+
 def open_index(settings: RetrievalSettings) -> ItemIndex:
     """The index the settings name (blocks: disk or network)."""
     if settings.backend == "qdrant":
@@ -51,6 +104,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         self._store: ItemIndex | None = None
         # Writes, and every call to a Qdrant server, block: they run off the event loop.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qdrant")
+        # Item id -> _wire_entry of the index's StoredItem for it, used while the index hands out
+        # that same object (a write replaces it: stale at once); emptied when the index or its
+        # version changes, and an item's entry dropped when it is written.
+        self._wire: dict[str, tuple[StoredItem, bytes, bytes, bytes]] = {}
+        self._wire_of: tuple[int, str] | None = None
 
     async def load(self) -> None:
         self._store = store = await self._run(open_index, self._settings)
@@ -73,17 +131,32 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise Unavailable("retrieval is warming up")
         return self._store
 
-    def _answer(self, found: Found, with_text: bool = True,
-                query_similarity: np.ndarray | None = None) -> retrieval_pb2.CandidateList:
-        reply = retrieval_pb2.CandidateList(index_version=self.store.version)
-        add = reply.candidates.add
-        sims = [0.0] * len(found.items) if query_similarity is None else query_similarity.tolist()
-        for it, sim in zip(found.items, sims, strict=True):
-            candidate = add(item_id=it.item_id, title=it.title, categories=it.categories, score=it.score,
-                            popularity=it.popularity, query_similarity=sim)
-            if it.attributes:
-                candidate.MergeFromString(_attributes_wire(tuple((k, type(v), v) for k, v in it.attributes.items())))
-        if found.vectors is not None and found.items:
+    def _answer(self, found: Found, with_text: bool = True, query_similarity: np.ndarray | None = None,
+                scores: list[float] | None = None, shared: bool = False) -> retrieval_pb2.CandidateList:
+        """The reply: each candidate's wire bytes (its item's fields, cached per item when
+        `shared` - the index's own objects, see ItemIndex.shares_items) with its score and query
+        similarity appended, parsed once: the same message as built field by field (tested:
+        tests/unit/test_retrieval_answer.py), without a message built per candidate (a Search
+        answers hundreds). scores: items[i]'s (None: their own)."""
+        items = found.items
+        reply = retrieval_pb2.CandidateList()
+        if items:
+            if scores is None:
+                scores = [it.score for it in items]
+            tails = _tails(scores, query_similarity)
+            size = len(tails) // len(items)
+            at = 2 if query_similarity is None else 3  # the entry's prefix for this tail size
+            cache = self._wire if shared else {}
+            get = cache.get
+            parts: list[bytes] = []
+            for n, it in enumerate(items):
+                entry = get(it.item_id)
+                if entry is None or entry[0] is not it:  # new, or written since (a new object)
+                    entry = cache[it.item_id] = _wire_entry(it)
+                parts += (entry[at], entry[1], tails[n * size:(n + 1) * size])
+            reply.ParseFromString(b"".join(parts))
+        reply.index_version = self.store.version
+        if found.vectors is not None and items:
             reply.vectors.CopyFrom(to_matrix(found.vectors))
             if with_text:
                 reply.text_vectors.CopyFrom(to_matrix(found.text_vectors))
@@ -123,11 +196,15 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         limit = self._check_limit(request.limit)
         flt = self._filter(request.filters)
         # A query needs the text vectors here, for every candidate's query similarity.
-        found = await self._read(store.search, sources, limit, flt, request.with_vectors or query is not None)
+        found, scores = await self._read(store.search_scored, sources, limit, flt,
+                                         request.with_vectors or query is not None)
         sims = None if query is None or not found.items else found.text_vectors @ l2_normalize(query)
         if not request.with_vectors:
             found = Found(found.items)
-        return self._answer(found, request.with_text_vectors, sims)
+        if self._wire_of != (id(store), store.version):
+            self._wire.clear()
+            self._wire_of = (id(store), store.version)
+        return self._answer(found, request.with_text_vectors, sims, scores, store.shares_items)
 
     @rpc_method
     async def GetItems(self, request, context):
@@ -168,13 +245,25 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             item_payload(it, request.popularity[i] if request.popularity else None)
             for i, it in enumerate(request.items)
         ]
-        count = await self._run(store.upsert, payloads, vectors, text_vectors)
+        try:
+            count = await self._run(store.upsert, payloads, vectors, text_vectors)
+        finally:
+            self._forget(it.item_id for it in request.items)
         return retrieval_pb2.UpsertResponse(upserted=count)
 
     @rpc_method
     async def Delete(self, request, context):
         ids = self._check_ids(request.item_ids, "item_ids")
-        return retrieval_pb2.DeleteResponse(deleted=await self._run(self.store.delete, ids))
+        try:
+            return retrieval_pb2.DeleteResponse(deleted=await self._run(self.store.delete, ids))
+        finally:
+            self._forget(ids)
+
+    def _forget(self, item_ids) -> None:
+        """Drops written items' cached Candidate bytes (stale already: the index holds new objects
+        for them - this frees the memory of deleted ones)."""
+        for item_id in item_ids:
+            self._wire.pop(item_id, None)
 
     async def close(self) -> None:
         if self._store is not None:
