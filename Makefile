@@ -43,13 +43,14 @@ train: $(INSTALLED)
 run: bootstrap
 	$(PY) -m recmesh run
 
-test: $(INSTALLED)
+# The tests run `recmesh load` and `recmesh eval` too (small): they need the bench extra.
+test: $(BENCH_INSTALLED)
 	$(PY) -m pytest
 
-test-unit: $(INSTALLED)
+test-unit: $(BENCH_INSTALLED)
 	$(PY) -m pytest -m "not integration"
 
-test-integration: $(INSTALLED)
+test-integration: $(BENCH_INSTALLED)
 	$(PY) -m pytest -m integration
 
 # Measurements, not tests: JSON + PNG under results/.
