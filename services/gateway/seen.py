@@ -97,6 +97,16 @@ class SeenItems:
         for user_id, item_ids in by_user.items():
             self.add(user_id, item_ids, now)
 
+    def note_ingested(self, events: Iterable[common_pb2.Event], duplicates: int, now: float) -> None:
+        """Events the updater acknowledged (Ingest; `duplicates` of them already known): answers
+        made without the updater leave their items out from now on. With duplicates among them -
+        already applied, or retries of a deleted user's events, which are not - what this
+        gateway holds of these users is asked afresh next time."""
+        if duplicates:
+            self.invalidate(event.user_id for event in events)
+        else:
+            self.add_events(events, now)
+
     def add_state(self, user_id: str, state: updater_pb2.UserState, asked_at: float) -> None:
         self.replace(user_id, state.seen_item_ids, asked_at)
 

@@ -108,13 +108,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 updater_pb2.IngestRequest(events=request.events), timeout=self._write_timeout(context)
             ),
         )
-        # Applied: answers made without the updater leave these items out from now on. With
-        # duplicates among them - already applied, or retries of a deleted user's events, which
-        # are not - what this gateway holds of these users is asked afresh next time.
-        if reply.duplicates:
-            self._recommender.seen.invalidate(event.user_id for event in request.events)
-        else:
-            self._recommender.seen.add_events(request.events, time.monotonic())
+        self._recommender.seen.note_ingested(request.events, reply.duplicates, time.monotonic())
         return recommendations_pb2.TrackEventsResponse(accepted=reply.accepted, duplicates=reply.duplicates)
 
     @rpc_method

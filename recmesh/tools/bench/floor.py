@@ -175,10 +175,7 @@ class Floor:
         seen-items cache."""
         check_events(request.events, "events", self.settings.max_events_per_call)
         reply = await self.upstreams.updater.Ingest(updater_pb2.IngestRequest(events=request.events), timeout=None)
-        if reply.duplicates:
-            self.seen.invalidate(event.user_id for event in request.events)
-        else:
-            self.seen.add_events(request.events, time.monotonic())
+        self.seen.note_ingested(request.events, reply.duplicates, time.monotonic())
         return recommendations_pb2.TrackEventsResponse(accepted=reply.accepted, duplicates=reply.duplicates)
 
     async def close(self) -> None:
