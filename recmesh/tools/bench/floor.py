@@ -156,14 +156,15 @@ class Floor:
             retrieval_pb2.TopPopularRequest(limit=gateway.popular_pool, with_vectors=True), timeout=None)
         popular.replace(pool, asked=gateway.popular_pool)
         seen = SeenItems(gateway.seen_cache_users, gateway.seen_cache_ids, gateway.seen_cache_ttl_s)
+        impressions = ImpressionLog(upstreams, gateway.impression_queue, gateway.impression_flush_ms * 1e-3)
         pipeline = Pipeline(gateway, upstreams, popular, seen, ItemCache(gateway.item_cache_items,
                                                                         gateway.item_cache_ttl_s),
-                            ImpressionLog(upstreams, gateway.impression_queue,
-                                          gateway.impression_flush_ms * 1e-3))
+                            impressions)
         versions = {"encoder": backend.version, "index": retrieval.store.version,
                     "ranker": ranker_servicer.version}
+        # The last impressions' batch leaves first, as the gateway's own close() sends it.
         return cls(gateway, pipeline, seen, upstreams, versions,
-                   [updater.close, retrieval.close, backend.close])
+                   [lambda: impressions.flush(timeout_s=2.0), updater.close, retrieval.close, backend.close])
 
     async def recommend(self, request: recommendations_pb2.RecommendRequest) -> recommendations_pb2.RecommendResponse:
         """The gateway's Recommend (checked as it checks it) through its pipeline in full."""
@@ -179,7 +180,6 @@ class Floor:
         return recommendations_pb2.TrackEventsResponse(accepted=reply.accepted, duplicates=reply.duplicates)
 
     async def close(self) -> None:
-        await asyncio.sleep(0.05)  # the last impressions' batch leaves
         for close in self._close:
             await close()
 
