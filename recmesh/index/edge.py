@@ -312,16 +312,12 @@ class EdgeItemStore(ItemIndex):
         scores: dict[str, float] = {}
         to_item = self._mirror.item_by_point.get
         for hits in self._shard.query_batch(qe.QueryBatchRequest(requests)):
-            # Each hit's item, or None: deleted since the search began; the first `limit` that
-            # are neither None nor excluded are kept (the first source that found an item scores it).
-            kept = [(item_id, hit) for item_id, hit in zip(map(to_item, [hit.id for hit in hits]), hits, strict=True)
-                    if item_id is not None and item_id not in excluded]
-            if not scores:
-                scores = {item_id: hit.score for item_id, hit in kept[:limit]}
-            else:
-                for item_id, hit in kept[:limit]:
-                    if item_id not in scores:
-                        scores[item_id] = hit.score
+            # The first `limit` hits whose item is known (None: deleted since the search began)
+            # and not excluded; the first source that found an item scores it.
+            kept = [(item_id, hit.score) for hit in hits
+                    if (item_id := to_item(hit.id)) is not None and item_id not in excluded]
+            for item_id, score in kept[:limit]:
+                scores.setdefault(item_id, score)
         return self._mirror.shared(list(scores), list(scores.values()), with_vectors)
 
     def get(self, item_ids: list[str], with_vectors: bool = False) -> Found:
