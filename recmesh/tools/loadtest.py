@@ -348,10 +348,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results")
 
 
+def check_mix(parser: argparse.ArgumentParser, query_share: float, track_ratio: float, requests: int,
+              warm_up: int, requests_flag: str, warm_up_flag: str) -> None:
+    """The request mix and the floor's counts, checked before any work: parser.error naming
+    the flag (exits 2)."""
+    if not 0.0 <= query_share <= 1.0:
+        parser.error(f"--query-share must be in 0..1, got {query_share}")
+    if not track_ratio >= 0.0:
+        parser.error(f"--track-ratio must be >= 0, got {track_ratio}")
+    if requests < 1:
+        parser.error(f"{requests_flag} must be >= 1, got {requests}")
+    if warm_up < 0:
+        parser.error(f"{warm_up_flag} must be >= 0, got {warm_up}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recmesh load", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    check_mix(parser, args.query_share, args.track_ratio, args.floor_requests, args.floor_warm_up,
+              "--floor-requests", "--floor-warm-up")
     require(parser.prog, "bench")  # the plot comes last: check before the work
     run(args)
 

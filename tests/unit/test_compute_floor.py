@@ -96,3 +96,27 @@ def test_with_no_step_in_full_the_ratio_is_the_lowest_steps_and_without_a_floor_
     bare = [step(40, 19.3)]
     _, second, _ = summary_lines(results(bare, None, 40.0, 40.0), 100.0)
     assert second.endswith("(compute floor not measured)")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--query-share", "1.5"], "--query-share"), (["--track-ratio", "-1"], "--track-ratio"),
+    (["--requests", "0"], "--requests"), (["--warm-up", "-2"], "--warm-up"),
+])
+def test_the_floor_cli_refuses_a_bad_mix_naming_the_flag(argv, flag, capsys):
+    from recmesh.tools.bench.floor import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--query-share", "-0.1"], "--query-share"), (["--floor-requests", "0"], "--floor-requests"),
+    (["--floor-warm-up", "-1"], "--floor-warm-up"),
+])
+def test_recmesh_load_refuses_a_bad_mix_naming_the_flag(argv, flag, capsys):
+    from recmesh.tools.loadtest import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and flag in capsys.readouterr().err

@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--track-ratio", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=None, help="write the result here as JSON too")
     args = parser.parse_args(argv)
+    from recmesh.tools.loadtest import check_mix
+
+    check_mix(parser, args.query_share, args.track_ratio, args.requests, args.warm_up, "--requests", "--warm-up")
     source = Path(args.var) if args.var is not None else var_dir()
     var = source if args.in_place else private_copy(source)
     try:
