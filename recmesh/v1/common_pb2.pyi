@@ -16,6 +16,8 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PURCHASE: _ClassVar[EventType]
     EVENT_TYPE_RATE: _ClassVar[EventType]
     EVENT_TYPE_SEARCH: _ClassVar[EventType]
+    EVENT_TYPE_HIDE: _ClassVar[EventType]
+    EVENT_TYPE_DISLIKE: _ClassVar[EventType]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_VIEW: EventType
 EVENT_TYPE_CLICK: EventType
@@ -23,6 +25,8 @@ EVENT_TYPE_ADD_TO_CART: EventType
 EVENT_TYPE_PURCHASE: EventType
 EVENT_TYPE_RATE: EventType
 EVENT_TYPE_SEARCH: EventType
+EVENT_TYPE_HIDE: EventType
+EVENT_TYPE_DISLIKE: EventType
 
 class Event(_message.Message):
     __slots__ = ("event_id", "user_id", "item_id", "type", "query", "value", "timestamp_ms", "request_id")
@@ -144,3 +148,89 @@ class StageLatency(_message.Message):
     stage: str
     ms: float
     def __init__(self, stage: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
+
+class ItemMatch(_message.Message):
+    __slots__ = ("item_ids", "categories", "attributes")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeFilter]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., categories: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Iterable[_Union[AttributeFilter, _Mapping]]] = ...) -> None: ...
+
+class Pin(_message.Message):
+    __slots__ = ("item_id", "position")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    position: int
+    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class Rule(_message.Message):
+    __slots__ = ("name", "match", "boost", "pin", "promote_share", "exclude")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    BOOST_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    match: ItemMatch
+    boost: float
+    pin: Pin
+    promote_share: float
+    exclude: bool
+    def __init__(self, name: _Optional[str] = ..., match: _Optional[_Union[ItemMatch, _Mapping]] = ..., boost: _Optional[float] = ..., pin: _Optional[_Union[Pin, _Mapping]] = ..., promote_share: _Optional[float] = ..., exclude: _Optional[bool] = ...) -> None: ...
+
+class StoredRule(_message.Message):
+    __slots__ = ("rule", "surfaces", "updated_ms")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SURFACES_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    rule: Rule
+    surfaces: _containers.RepeatedScalarFieldContainer[str]
+    updated_ms: int
+    def __init__(self, rule: _Optional[_Union[Rule, _Mapping]] = ..., surfaces: _Optional[_Iterable[str]] = ..., updated_ms: _Optional[int] = ...) -> None: ...
+
+class MergeUsersRequest(_message.Message):
+    __slots__ = ("from_user_id", "into_user_id")
+    FROM_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    INTO_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    from_user_id: str
+    into_user_id: str
+    def __init__(self, from_user_id: _Optional[str] = ..., into_user_id: _Optional[str] = ...) -> None: ...
+
+class MergeUsersResponse(_message.Message):
+    __slots__ = ("events_moved",)
+    EVENTS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    events_moved: int
+    def __init__(self, events_moved: _Optional[int] = ...) -> None: ...
+
+class PutRuleRequest(_message.Message):
+    __slots__ = ("rule",)
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    rule: StoredRule
+    def __init__(self, rule: _Optional[_Union[StoredRule, _Mapping]] = ...) -> None: ...
+
+class ListRulesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRulesResponse(_message.Message):
+    __slots__ = ("rules",)
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[StoredRule]
+    def __init__(self, rules: _Optional[_Iterable[_Union[StoredRule, _Mapping]]] = ...) -> None: ...
+
+class DeleteRuleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteRuleResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...

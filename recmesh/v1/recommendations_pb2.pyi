@@ -8,20 +8,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "query", "k", "filters", "context", "diversity")
+    __slots__ = ("user_id", "query", "k", "filters", "context", "diversity", "rules", "session_events")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EVENTS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     query: str
     k: int
     filters: _common_pb2.Filters
     context: _common_pb2.Context
     diversity: float
-    def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.Context, _Mapping]] = ..., diversity: _Optional[float] = ...) -> None: ...
+    rules: _containers.RepeatedCompositeFieldContainer[_common_pb2.Rule]
+    session_events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
+    def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.Context, _Mapping]] = ..., diversity: _Optional[float] = ..., rules: _Optional[_Iterable[_Union[_common_pb2.Rule, _Mapping]]] = ..., session_events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_id", "text", "k", "filters", "user_id", "context", "rules")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    text: str
+    k: int
+    filters: _common_pb2.Filters
+    user_id: str
+    context: _common_pb2.Context
+    rules: _containers.RepeatedCompositeFieldContainer[_common_pb2.Rule]
+    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Union[_common_pb2.Filters, _Mapping]] = ..., user_id: _Optional[str] = ..., context: _Optional[_Union[_common_pb2.Context, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[_common_pb2.Rule, _Mapping]]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("item_id", "title", "categories", "score", "reasons", "attributes")

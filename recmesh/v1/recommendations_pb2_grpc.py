@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 from recmesh.v1 import recommendations_pb2 as recmesh_dot_v1_dot_recommendations__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -65,6 +66,31 @@ class RecommendationsStub:
                 request_serializer=recmesh_dot_v1_dot_recommendations__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_recommendations__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/recmesh.v1.Recommendations/SimilarItems',
+                request_serializer=recmesh_dot_v1_dot_recommendations__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_recommendations__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.MergeUsers = channel.unary_unary(
+                '/recmesh.v1.Recommendations/MergeUsers',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.MergeUsersRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.MergeUsersResponse.FromString,
+                _registered_method=True)
+        self.PutRule = channel.unary_unary(
+                '/recmesh.v1.Recommendations/PutRule',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.PutRuleRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.StoredRule.FromString,
+                _registered_method=True)
+        self.ListRules = channel.unary_unary(
+                '/recmesh.v1.Recommendations/ListRules',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.ListRulesRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.ListRulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRule = channel.unary_unary(
+                '/recmesh.v1.Recommendations/DeleteRule',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.FromString,
+                _registered_method=True)
 
 
 class RecommendationsServicer:
@@ -107,6 +133,41 @@ class RecommendationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimilarItems(self, request, context):
+        """"More like this" for an item page or a free text; same deadlines, degradation, filters and
+        rules as Recommend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeUsers(self, request, context):
+        """Moves every event of one user id (e.g. a guest session) to another; idempotent: a second
+        call moves nothing and each event is in the target's profile once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRule(self, request, context):
+        """Stored business rules: create or replace by name, list, delete. Durable and audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommendationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +200,31 @@ def add_RecommendationsServicer_to_server(servicer, server):
                     servicer.DeleteUser,
                     request_deserializer=recmesh_dot_v1_dot_recommendations__pb2.DeleteUserRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_recommendations__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=recmesh_dot_v1_dot_recommendations__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_recommendations__pb2.RecommendResponse.SerializeToString,
+            ),
+            'MergeUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeUsers,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.MergeUsersRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.MergeUsersResponse.SerializeToString,
+            ),
+            'PutRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRule,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.PutRuleRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.StoredRule.SerializeToString,
+            ),
+            'ListRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRules,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.ListRulesRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.ListRulesResponse.SerializeToString,
+            ),
+            'DeleteRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRule,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +390,141 @@ class Recommendations:
             '/recmesh.v1.Recommendations/DeleteUser',
             recmesh_dot_v1_dot_recommendations__pb2.DeleteUserRequest.SerializeToString,
             recmesh_dot_v1_dot_recommendations__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Recommendations/SimilarItems',
+            recmesh_dot_v1_dot_recommendations__pb2.SimilarItemsRequest.SerializeToString,
+            recmesh_dot_v1_dot_recommendations__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Recommendations/MergeUsers',
+            recmesh_dot_v1_dot_common__pb2.MergeUsersRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.MergeUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Recommendations/PutRule',
+            recmesh_dot_v1_dot_common__pb2.PutRuleRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.StoredRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Recommendations/ListRules',
+            recmesh_dot_v1_dot_common__pb2.ListRulesRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.ListRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Recommendations/DeleteRule',
+            recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 from recmesh.v1 import updater_pb2 as recmesh_dot_v1_dot_updater__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -60,6 +61,26 @@ class UpdaterStub:
                 request_serializer=recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
                 _registered_method=True)
+        self.MergeUsers = channel.unary_unary(
+                '/recmesh.v1.Updater/MergeUsers',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.MergeUsersRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.MergeUsersResponse.FromString,
+                _registered_method=True)
+        self.PutRule = channel.unary_unary(
+                '/recmesh.v1.Updater/PutRule',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.PutRuleRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.StoredRule.FromString,
+                _registered_method=True)
+        self.ListRules = channel.unary_unary(
+                '/recmesh.v1.Updater/ListRules',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.ListRulesRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.ListRulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRule = channel.unary_unary(
+                '/recmesh.v1.Updater/DeleteRule',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.FromString,
+                _registered_method=True)
 
 
 class UpdaterServicer:
@@ -102,6 +123,32 @@ class UpdaterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MergeUsers(self, request, context):
+        """Moves one user id's events (a guest session) to another; idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRule(self, request, context):
+        """The stored business rules, durable in the updater's store, audited in its log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UpdaterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +176,26 @@ def add_UpdaterServicer_to_server(servicer, server):
                     servicer.WatchParameters,
                     request_deserializer=recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.SerializeToString,
+            ),
+            'MergeUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeUsers,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.MergeUsersRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.MergeUsersResponse.SerializeToString,
+            ),
+            'PutRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRule,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.PutRuleRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.StoredRule.SerializeToString,
+            ),
+            'ListRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRules,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.ListRulesRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.ListRulesResponse.SerializeToString,
+            ),
+            'DeleteRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRule,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +334,114 @@ class Updater:
             '/recmesh.v1.Updater/WatchParameters',
             recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.SerializeToString,
             recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/MergeUsers',
+            recmesh_dot_v1_dot_common__pb2.MergeUsersRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.MergeUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/PutRule',
+            recmesh_dot_v1_dot_common__pb2.PutRuleRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.StoredRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/ListRules',
+            recmesh_dot_v1_dot_common__pb2.ListRulesRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.ListRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/DeleteRule',
+            recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.FromString,
             options,
             channel_credentials,
             insecure,
