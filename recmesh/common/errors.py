@@ -19,6 +19,15 @@ class InvalidArgument(ValueError):
         self.field = field
 
 
+class NotFound(LookupError):
+    """A request names something that does not exist (e.g. an unknown item); the message names
+    the field."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
 class Unavailable(RuntimeError):
     """This service cannot answer yet (warming up) or right now; callers may retry."""
 
@@ -44,6 +53,8 @@ def rpc_method(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
             return await handler(self, request, context)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Unavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except DependencyFailed as exc:

@@ -46,6 +46,9 @@ class GatewaySettings(ServiceSettings):
     encoder_cap_ms: float = Field(default=50.0, gt=0)
     retrieval_cap_ms: float = Field(default=30.0, gt=0)
     ranker_cap_ms: float = Field(default=25.0, gt=0)
+    # SimilarItems: the anchor item's lookup (retrieval GetItems; a free-text anchor's encoding
+    # has encoder_cap_ms).
+    anchor_cap_ms: float = Field(default=15.0, gt=0)
     # Writes (TrackEvents, catalog) are not on the real-time path but still bounded.
     write_timeout_s: float = Field(default=10.0, gt=0)
 
@@ -86,6 +89,14 @@ class GatewaySettings(ServiceSettings):
     def _within_shared_limits(cls, value: int, info) -> int:
         ceiling, constant = _SHARED_LIMITS[info.field_name]
         return limits.at_most(value, ceiling, constant)
+
+    # SimilarItems' blend (recmesh/models/similar.py; chosen on MovieLens, docs/similar.md): a
+    # warm anchor's similarity is this share behaviour (cosine in the catalog space) and the
+    # rest text (cosine of the language-model vectors); the user's interest (cosine with it)
+    # is added with the second weight - enough to re-order the anchor's neighbours, not to
+    # replace them. 0: no re-ordering.
+    similar_behaviour_weight: float = Field(default=0.6, ge=0, le=1)
+    similar_interest_weight: float = Field(default=0.3, ge=0, le=10)
 
     popular_pool: int = Field(default=500, ge=1)
     popular_refresh_s: float = Field(default=30.0, gt=0)

@@ -1,5 +1,6 @@
 """Catalog items this gateway looked up lately (metadata and catalog vector), so that a returning
-user's history costs no GetItems call to retrieval - on a loaded host, the hop most often late.
+user's history costs no GetItems call to retrieval - on a loaded host, the hop most often late -
+and an item page's SimilarItems none for its anchor (kept with its text vector too).
 An entry lives `ttl_s` at most: an item changed or deleted through another gateway replica is
 seen within that; through this one, at once (forget)."""
 
@@ -17,8 +18,10 @@ from recmesh.v1 import retrieval_pb2
 @dataclass(frozen=True)
 class CachedItem:
     candidate: retrieval_pb2.Candidate
-    vector: np.ndarray
+    vector: np.ndarray  # the catalog's space
     at: float  # time.monotonic() when fetched
+    # The language-model vector, when it was fetched too (a SimilarItems anchor); None: not fetched.
+    text_vector: np.ndarray | None = None
 
 
 class ItemCache:
@@ -39,9 +42,12 @@ class ItemCache:
         return known, missing
 
     def add(self, candidates: Iterable[retrieval_pb2.Candidate], vectors: np.ndarray,
-            now: float) -> dict[str, CachedItem]:
-        """Cache fetched items (row i of vectors is candidate i's); returns them as entries."""
-        fetched = {c.item_id: CachedItem(c, vectors[i].copy(), now) for i, c in enumerate(candidates)}
+            now: float, text_vectors: np.ndarray | None = None) -> dict[str, CachedItem]:
+        """Cache fetched items (row i of vectors, and of text_vectors when given, is candidate
+        i's); returns them as entries."""
+        fetched = {c.item_id: CachedItem(c, vectors[i].copy(), now,
+                                         None if text_vectors is None else text_vectors[i].copy())
+                   for i, c in enumerate(candidates)}
         for item_id, cached in fetched.items():
             self._items.put(item_id, cached)
         return fetched

@@ -1,14 +1,16 @@
-"""Recommend: admission, then the pipeline (services/gateway/pipeline.py) or, shed, the popular
-list at once (services/gateway/shed.py); the gateway's per-user and per-item state they share."""
+"""Recommend and SimilarItems: admission, then the pipeline (services/gateway/pipeline.py,
+services/gateway/similar.py) or, shed, the popular list at once (services/gateway/shed.py; for
+SimilarItems its own pipeline's shed path); the gateway's per-user and per-item state they share."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import prometheus_client as prom
 
 from recmesh.v1 import recommendations_pb2
+from services.gateway.anchor import AnchorStage
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import PopularCandidates
@@ -18,10 +20,13 @@ from services.gateway.pipeline import Pipeline
 from services.gateway.seen import SeenItems
 from services.gateway.shed import ShedAnswers
 from services.gateway.shedding import AdaptiveShedding, Plan
+from services.gateway.similar import SimilarItemsPipeline
 from services.gateway.upstreams import Upstreams
 
-DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends answered degraded, by reason", ["reason"])
-RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight", "Recommends admitted and in progress")
+DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends and SimilarItems answered degraded, by reason",
+                       ["reason"])
+RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight",
+                                  "Recommends and SimilarItems admitted and in progress")
 SHED_PRESSURE = prom.Gauge("recmesh_gateway_shed_pressure",
                            "Adaptive shedding: 0 = every Recommend in full; 1 = all skip the ranker; 2 = all skip "
                            "the encoder too; 2 + x = a share x gets the popular list at once")
@@ -40,6 +45,9 @@ class Recommender:
         self._shed_answers = ShedAnswers(settings, upstreams, popular, self.seen)
         self.impressions = ImpressionLog(upstreams, settings.impression_queue, settings.impression_flush_ms * MS)
         self.pipeline = Pipeline(settings, upstreams, popular, self.seen, self._items, self.impressions)
+        self.similar = SimilarItemsPipeline(settings, upstreams, popular,
+                                            AnchorStage(settings, upstreams, self._items, popular),
+                                            self.pipeline.history, self.pipeline.interest, self._shed_answers)
         self.in_flight = 0
         RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
         self.shedding = AdaptiveShedding(settings.shed_slow, settings.shed_slow_share)
@@ -64,14 +72,34 @@ class Recommender:
         k: a checked page size; query: its visible text, "" for none; client_remaining_s: the
         client's deadline from now in seconds, None for none. An upstream failing or late is no
         error: the answer is degraded and says why (Pipeline.run)."""
+        async def answer(plan: Plan, budget: Budget) -> recommendations_pb2.RecommendResponse:
+            if plan.shed:
+                return await self._shed_answers.answer(request, k, plan.reasons, budget)
+            return await self.pipeline.run(request, k, query, budget, plan)
+
+        return await self._admitted(client_remaining_s, answer)
+
+    async def similar_items(self, request: recommendations_pb2.SimilarItemsRequest, k: int, text: str,
+                            client_remaining_s: float | None) -> recommendations_pb2.RecommendResponse:
+        """SimilarItems under Recommend's admission, budget and shedding (they share the mesh's
+        CPU): services/gateway/similar.py. k: a checked page size; text: a free-text anchor's
+        visible text, "" for an item anchor. Raises NotFound naming item_id for an unknown item."""
+        return await self._admitted(client_remaining_s,
+                                    lambda plan, budget: self.similar.run(request, k, text, budget, plan))
+
+    async def _admitted(self, client_remaining_s: float | None,
+                        answer: Callable[[Plan, Budget], Awaitable[recommendations_pb2.RecommendResponse]]
+                        ) -> recommendations_pb2.RecommendResponse:
+        """answer(plan, budget) under admission: the plan (_admit), a budget starting now, the
+        in-flight count and adaptive shedding's observation of answers not shed."""
         plan = self._admit(client_remaining_s)
         budget = Budget.for_recommend(self._s, client_remaining_s)
         if plan.shed:
-            reply = await self._shed_answers.answer(request, k, plan.reasons, budget)
+            reply = await answer(plan, budget)
         else:
             self.in_flight += 1
             try:
-                reply = await self.pipeline.run(request, k, query, budget, plan)
+                reply = await answer(plan, budget)
             finally:
                 self.in_flight -= 1
             # Only answers the pipeline made tell how slow the mesh is: a shed one skipped it.

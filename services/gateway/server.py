@@ -24,7 +24,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import PopularCandidates
 from services.gateway.recommend import Recommender
 from services.gateway.upstreams import Upstreams
-from services.gateway.validation import check_item_ids, check_items, check_recommend
+from services.gateway.validation import check_item_ids, check_items, check_recommend, check_similar
 
 log = logging.getLogger("recmesh.gateway")
 
@@ -98,6 +98,11 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
     async def Recommend(self, request, context):
         k, query = check_recommend(request, self._s)
         return await self._recommender.recommend(request, k, query, context.time_remaining())
+
+    @rpc_method
+    async def SimilarItems(self, request, context):
+        k, text = check_similar(request, self._s)
+        return await self._recommender.similar_items(request, k, text, context.time_remaining())
 
     @rpc_method
     async def TrackEvents(self, request, context):
@@ -192,6 +197,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
 # The scope each public method needs. Reading a user's history is as privileged as deleting it.
 METHOD_SCOPES = {
     "/recmesh.v1.Recommendations/Recommend": "recommend",
+    "/recmesh.v1.Recommendations/SimilarItems": "recommend",
     "/recmesh.v1.Recommendations/TrackEvents": "track",
     "/recmesh.v1.Recommendations/UpsertItems": "catalog:write",
     "/recmesh.v1.Recommendations/DeleteItems": "catalog:write",

@@ -48,7 +48,7 @@ class ShedAnswers:
         degraded [reasons (why it was shed: its Plan's), then any stage that failed]: an
         upstream failing or late is no error."""
         s = self._s
-        seen, complete = await self._user_seen(budget, request)
+        seen, complete = await self.user_seen(budget, request)
         if not complete:  # what this gateway knows is left out; the reply says the rest may not be
             budget.trace.degrade(SEEN_UNKNOWN)
         found, version = await self._popular.matching(
@@ -63,8 +63,9 @@ class ShedAnswers:
         budget.report(reply)
         return reply
 
-    async def _user_seen(self, budget: Budget, request) -> tuple[frozenset[str], bool]:
-        """(the user's seen items as far as known, whether that is all of them): all when the
+    async def user_seen(self, budget: Budget, request) -> tuple[frozenset[str], bool]:
+        """(the user's seen items as far as known, whether that is all of them) for a request with
+        user_id and filters (RecommendRequest, SimilarItemsRequest): all when the
         request lets them back, or this gateway holds a complete entry, or the updater answered
         in time."""
         filters = request.filters

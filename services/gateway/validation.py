@@ -5,28 +5,72 @@ from __future__ import annotations
 
 from recmesh.common import limits
 from recmesh.common.errors import InvalidArgument
-from recmesh.common.validation import check_attribute_filters, check_id, check_item, check_labels, check_query
+from recmesh.common.validation import (
+    check_attribute_filters,
+    check_id,
+    check_item,
+    check_labels,
+    check_query,
+    check_text,
+)
 from services.gateway.config import GatewaySettings
 
 
 def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
     """Returns (k, query) normalised: the query's visible text, "" for none."""
     check_id(request.user_id, "user_id")
+    k = _check_k(request, settings)
+    query = check_query(request.query, "query", settings.max_query_chars)
+    _check_filters(request.filters, settings)
+    _check_context(request.context)
+    if not 0.0 <= request.diversity <= 1.0:  # NaN fails this too
+        raise InvalidArgument("diversity", f"must be in 0..1, got {request.diversity}")
+    return k, query
+
+
+def check_similar(request, settings: GatewaySettings) -> tuple[int, str]:
+    """A SimilarItemsRequest: returns (k, text) normalised - text the visible text of a
+    free-text anchor, "" for an item anchor. user_id is optional ("" for none)."""
+    anchor = request.WhichOneof("anchor")
+    if anchor is None:
+        raise InvalidArgument("anchor", "set item_id or text")
+    text = ""
+    if anchor == "item_id":
+        check_id(request.item_id, "item_id")
+    else:
+        text = check_text(request.text, "text", min(settings.max_query_chars, limits.QUERY_CHARS))
+        if not text:
+            raise InvalidArgument("text", "must not be empty")
+    if request.user_id:
+        check_id(request.user_id, "user_id")
+    k = _check_k(request, settings)
+    _check_filters(request.filters, settings)
+    _check_context(request.context)
+    if request.rules:
+        # Refused, not ignored, until business rules reach SimilarItems: the place they apply is
+        # services/gateway/final_step.py.
+        raise InvalidArgument("rules", "not supported yet")
+    return k, text
+
+
+def _check_k(request, settings: GatewaySettings) -> int:
     k = request.k if request.HasField("k") else settings.default_k
     if not 1 <= k <= settings.max_k:
         raise InvalidArgument("k", f"must be in 1..{settings.max_k}, got {k}")
-    query = check_query(request.query, "query", settings.max_query_chars)
-    f = request.filters
+    return k
+
+
+def _check_filters(f, settings: GatewaySettings) -> None:
     check_labels(f.include_categories, "filters.include_categories", settings.max_filter_values)
     check_labels(f.exclude_categories, "filters.exclude_categories", settings.max_filter_values)
     check_labels(f.exclude_item_ids, "filters.exclude_item_ids", settings.max_filter_values, limits.ID_CHARS)
     check_attribute_filters(f.attributes, "filters.attributes", settings.max_filter_values)
+
+
+def _check_context(context) -> None:
     for name in ("surface", "locale"):
-        if len(getattr(request.context, name)) > limits.ID_CHARS:
+        if len(getattr(context, name)) > limits.ID_CHARS:
             raise InvalidArgument(f"context.{name}", f"longer than {limits.ID_CHARS} characters")
-    if not 0.0 <= request.diversity <= 1.0:  # NaN fails this too
-        raise InvalidArgument("diversity", f"must be in 0..1, got {request.diversity}")
-    return k, query
 
 
 def check_items(items, settings: GatewaySettings) -> None:
