@@ -6,6 +6,8 @@
         reply = rm.recommend("u42", query="space opera", k=10)
         for item in reply.items:
             print(item.title, item.reasons)
+        rm.similar_items("260", k=10, user_id="u42")  # more like item 260, for this user
+        rm.similar_items(text="a heist in Rome, told backwards", k=5)
         # Filter by the items' attributes: a text in a set, a number in a range, a flag.
         rm.recommend("u42", attributes={"brand": ["HP", "Canon"], "price": (10, 50), "in_stock": True})
         rm.recommend("u42", attributes=[where("brand", "HP", exclude=True), in_range("price", max=50)])
@@ -122,6 +124,17 @@ def attribute_filters(attributes: Mapping[str, Any] | Iterable[common_pb2.Attrib
     return filters
 
 
+def filters_proto(include_categories: Iterable[str] = (), exclude_categories: Iterable[str] = (),
+                  exclude_item_ids: Iterable[str] = (), exclude_seen: bool = True,
+                  attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]] = ()
+                  ) -> common_pb2.Filters:
+    """A request's Filters (Recommend, SimilarItems) from plain arguments; attributes as
+    `attribute_filters` reads them."""
+    return common_pb2.Filters(include_categories=include_categories, exclude_categories=exclude_categories,
+                              exclude_item_ids=exclude_item_ids, exclude_seen=exclude_seen,
+                              attributes=attribute_filters(attributes))
+
+
 def attribute_value(value: str | float | bool | common_pb2.AttributeValue) -> common_pb2.AttributeValue:
     """An item attribute's value: bool - a flag, int/float - a number, str - a text (or an
     AttributeValue as is). Raises ValueError for other types and for NaN or infinity."""
@@ -179,18 +192,48 @@ class RecmeshClient:
             user_id=user_id,
             query=query,
             diversity=diversity,
-            filters=common_pb2.Filters(
-                include_categories=include_categories,
-                exclude_categories=exclude_categories,
-                exclude_item_ids=exclude_item_ids,
-                exclude_seen=exclude_seen,
-                attributes=attribute_filters(attributes),
-            ),
+            filters=filters_proto(include_categories, exclude_categories, exclude_item_ids, exclude_seen, attributes),
             context=common_pb2.Context(surface=surface, locale=locale),
         )
         if k is not None:
             request.k = k
         return self._stub.Recommend(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
+
+    def similar_items(
+        self,
+        item_id: str | None = None,
+        text: str | None = None,
+        k: int | None = None,
+        user_id: str = "",
+        include_categories: Iterable[str] = (),
+        exclude_categories: Iterable[str] = (),
+        exclude_item_ids: Iterable[str] = (),
+        exclude_seen: bool = True,
+        surface: str = "",
+        locale: str = "",
+        timeout_s: float | None = None,
+        attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]] = (),
+    ) -> recommendations_pb2.RecommendResponse:
+        """Up to k items like a catalog item (item_id) or a free text (text; up to 1,000
+        characters) - never the anchor itself - with Recommend's filters (attributes as in
+        `recommend`). user_id (optional): their seen items are left out (unless exclude_seen is
+        False) and their interest re-orders the answer. ValueError when both item_id and text
+        are given; grpc.RpcError NOT_FOUND for an unknown item_id, INVALID_ARGUMENT naming the
+        field for a bad request (no anchor at all: "anchor")."""
+        if item_id is not None and text is not None:
+            raise ValueError("give item_id or text, not both")
+        request = recommendations_pb2.SimilarItemsRequest(
+            user_id=user_id,
+            filters=filters_proto(include_categories, exclude_categories, exclude_item_ids, exclude_seen, attributes),
+            context=common_pb2.Context(surface=surface, locale=locale),
+        )
+        if item_id is not None:
+            request.item_id = item_id
+        elif text is not None:
+            request.text = text
+        if k is not None:
+            request.k = k
+        return self._stub.SimilarItems(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
 
     def track(self, user_id: str, item_id: str, type: str, **fields) -> recommendations_pb2.TrackEventsResponse:
         return self.track_events([Event(user_id, item_id, type, **fields)])

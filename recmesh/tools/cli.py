@@ -179,8 +179,34 @@ def _attribute(text: str) -> tuple[str, str | float | bool]:
     return name, number if number is not None and math.isfinite(number) else value
 
 
+def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    """Recommend's filters as flags (recommend, similar, batch): categories, seen items, attributes;
+    `filter_arguments` reads them back."""
+    p.add_argument("--include", action="append", help="only these categories (repeatable)")
+    p.add_argument("--exclude", action="append", help="no items in these categories (repeatable)")
+    p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--where", action="append", type=_text_set, metavar="NAME=V[,V...]",
+                   help="only items whose text attribute is one of the values, e.g. brand=HP,Canon (repeatable)")
+    p.add_argument("--not", dest="not_", action="append", type=_text_set, metavar="NAME=V[,V...]",
+                   help="no items whose text attribute is one of the values (repeatable)")
+    p.add_argument("--range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
+                   help="only items whose number attribute is in [MIN, MAX]; a bound may be left out: price=:50 "
+                        "(repeatable)")
+    p.add_argument("--not-range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
+                   help="no items whose number attribute is in [MIN, MAX] (repeatable)")
+    p.add_argument("--flag", action="append", type=_flag_value, metavar="NAME=true|false",
+                   help="only items whose flag attribute is this, e.g. in_stock=true (repeatable)")
+
+
+def filter_arguments(args) -> dict:
+    """The flags of add_filter_arguments as RecmeshClient.recommend's / similar_items' keyword
+    arguments (include_categories, exclude_categories, exclude_seen, attributes)."""
+    return {"include_categories": args.include or (), "exclude_categories": args.exclude or (),
+            "exclude_seen": not args.include_seen, "attributes": _attribute_filters(args)}
+
+
 def _attribute_filters(args) -> list:
-    """The recommend subcommand's --where, --not, --range, --not-range and --flag as filters."""
+    """The --where, --not, --range, --not-range and --flag flags as attribute filters."""
     from recmesh.client import flag, in_range, where
 
     return ([where(name, *values) for name, values in args.where or ()]
@@ -205,12 +231,27 @@ def _shown_attributes(attributes) -> str:
 
 def cmd_recommend(args) -> None:
     with _client(args) as rm:
-        reply = rm.recommend(
-            args.user, query=args.query or "", k=args.k, include_categories=args.include or (),
-            exclude_categories=args.exclude or (), exclude_seen=not args.include_seen, diversity=args.diversity,
-            attributes=_attribute_filters(args),
-        )
-    if args.json:
+        reply = rm.recommend(args.user, query=args.query or "", k=args.k, diversity=args.diversity,
+                             **filter_arguments(args))
+    _print_answer(reply, args.json)
+
+
+def cmd_similar(args) -> None:
+    with _client(args) as rm:
+        reply = rm.similar_items(args.item, args.text, k=args.k, user_id=args.user, **filter_arguments(args))
+    _print_answer(reply, args.json)
+
+
+def cmd_batch(args) -> None:
+    from recmesh.client import filters_proto
+    from recmesh.tools import batch
+
+    batch.run(args, filters_proto(**filter_arguments(args)))
+
+
+def _print_answer(reply, as_json: bool) -> None:
+    """A RecommendResponse for a terminal: one line per item, then time, versions, degradations."""
+    if as_json:
         _print_message(reply)
         return
     for i, item in enumerate(reply.items, start=1):
@@ -309,23 +350,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True)
     p.add_argument("--query")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--include", action="append", help="only these categories (repeatable)")
-    p.add_argument("--exclude", action="append", help="no items in these categories (repeatable)")
-    p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    add_filter_arguments(p)
     p.add_argument("--diversity", type=float, default=0.0, help="0..1: trade relevance for variety")
-    p.add_argument("--where", action="append", type=_text_set, metavar="NAME=V[,V...]",
-                   help="only items whose text attribute is one of the values, e.g. brand=HP,Canon (repeatable)")
-    p.add_argument("--not", dest="not_", action="append", type=_text_set, metavar="NAME=V[,V...]",
-                   help="no items whose text attribute is one of the values (repeatable)")
-    p.add_argument("--range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
-                   help="only items whose number attribute is in [MIN, MAX]; a bound may be left out: price=:50 "
-                        "(repeatable)")
-    p.add_argument("--not-range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
-                   help="no items whose number attribute is in [MIN, MAX] (repeatable)")
-    p.add_argument("--flag", action="append", type=_flag_value, metavar="NAME=true|false",
-                   help="only items whose flag attribute is this, e.g. in_stock=true (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("similar", help="items like a catalog item or a free text (more like this)")
+    anchor = p.add_mutually_exclusive_group(required=True)
+    anchor.add_argument("--item", help="the catalog item the answer is like (never in it)")
+    anchor.add_argument("--text", help="a free text the answer is like, e.g. a description")
+    p.add_argument("--user", default="", help="their seen items are left out, their interest re-orders")
+    p.add_argument("-k", type=int, default=10)
+    add_filter_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("batch", help="Recommend for every user of a file, one JSON line each (campaigns): "
+                                     "resumable, bounded concurrency (recmesh batch --help)")
+    from recmesh.tools import batch
+
+    batch.add_arguments(p)
+    add_filter_arguments(p)
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("track", help="report one event")
     p.add_argument("--user", required=True)
