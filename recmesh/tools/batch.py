@@ -7,6 +7,10 @@ join, business rules as any answer), one JSON line per user.
 - Resumable: users already in `--out` are skipped and new lines appended; each line is written
   whole with one write, and a line cut by a kill (the file not ending in a newline) is removed
   on the next run, so the file only ever holds whole lines.
+- Full answers preferred: an answer that names a degradation (a stage late under load, shed)
+  is asked again up to `--retry-degraded` times, a worker's slot spent on it rather than on a
+  new user - the batch slows down to what the mesh answers in full; the last answer is kept
+  either way (its `degraded` says what it lacks).
 - Nothing dropped silently: a user whose call failed (after `--retries` for transient codes) is
   written to the failed file (`--failed`, default OUT.failed.jsonl: user_id, code, details) and
   counted in the summary; the run exits with status 1. The next run asks for them again (they
@@ -47,7 +51,8 @@ class Report:
     users: int  # distinct users in the file
     skipped: int  # already in --out
     answered: int = 0  # written by this run
-    degraded: int = 0  # of those, answers that name a degradation
+    degraded: int = 0  # of those, answers that name a degradation (after the retries)
+    asked_again: int = 0  # degraded answers asked again
     failed: int = 0
     repaired: bool = False  # a cut last line was removed from --out
     seconds: float = 0.0
@@ -55,7 +60,8 @@ class Report:
     def summary(self) -> str:
         rate = self.answered / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.users} users: {self.skipped} already done, {self.answered} answered "
-                f"({self.degraded} degraded), {self.failed} failed; {self.seconds:.1f} s, {rate:.1f} users/s"
+                f"({self.degraded} degraded, {self.asked_again} degraded answers asked again), {self.failed} failed; "
+                f"{self.seconds:.1f} s, {rate:.1f} users/s"
                 + ("; a cut last line was removed first" if self.repaired else ""))
 
 
@@ -109,10 +115,12 @@ def answer_line(user_id: str, reply: recommendations_pb2.RecommendResponse) -> b
 
 async def run_batch(target: str, users: Iterable[str], out: Path, failed_path: Path, k: int,
                     filters: common_pb2.Filters, concurrency: int = 4, timeout_s: float = 2.0, retries: int = 2,
-                    surface: str = "", token: str | None = None, progress: bool = True) -> Report:
+                    retry_degraded: int = 2, surface: str = "", token: str | None = None,
+                    progress: bool = True) -> Report:
     """Recommend(user, k, filters) for each user not in `out` yet, `concurrency` calls at a time
     (each within timeout_s seconds; transient failures asked again up to `retries` times, 0.2 s,
-    0.4 s ... apart), one line each appended to `out`; failures to `failed_path` (rewritten).
+    0.4 s ... apart, degraded answers up to `retry_degraded` times, as far apart), one line each
+    appended to `out`; failures to `failed_path` (rewritten).
     A tqdm bar on stderr unless progress is False. Raises ValueError for an `out` it did not
     write, RequestRefused when the gateway refuses the request itself (INVALID_ARGUMENT naming
     another field than user_id: k, filters) - at the first such answer, lines written so far kept."""
@@ -152,6 +160,12 @@ async def run_batch(target: str, users: Iterable[str], out: Path, failed_path: P
                     user = queue.get_nowait()
                     try:
                         reply = await ask(user)
+                        for attempt in range(retry_degraded):
+                            if not reply.degraded:
+                                break
+                            report.asked_again += 1
+                            await asyncio.sleep(0.2 * 2 ** attempt)
+                            reply = await ask(user)
                     except grpc.aio.AioRpcError as exc:
                         details = exc.details() or ""
                         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not details.startswith("user_id"):
@@ -196,6 +210,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calls in flight (default %(default)s; above the gateway's MAX_IN_FLIGHT, 16, answers "
                         "are shed)")
     p.add_argument("--retries", type=int, default=2, help="times a transient failure is asked again")
+    p.add_argument("--retry-degraded", type=int, default=2,
+                   help="times a degraded answer (a stage late under load, shed) is asked again (default %(default)s)")
     p.add_argument("--surface", default="", help="Context.surface of each request, e.g. email")
     p.add_argument("--failed", type=Path, help="failed users, JSON lines (default: OUT.failed.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -209,7 +225,8 @@ def run(args, filters: common_pb2.Filters) -> None:
         users = read_users(args.users)
         report = asyncio.run(run_batch(
             args.target, users, args.out, failed_path, args.k, filters, concurrency=args.concurrency,
-            timeout_s=args.timeout, retries=max(0, args.retries), surface=args.surface,
+            timeout_s=args.timeout, retries=max(0, args.retries), retry_degraded=max(0, args.retry_degraded),
+            surface=args.surface,
             token=os.environ.get("RECMESH_TOKEN") or None, progress=not args.no_progress))
     except (OSError, ValueError) as exc:
         sys.exit(f"recmesh batch: {exc}")
