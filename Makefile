@@ -61,13 +61,16 @@ bench: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh.tools.bench.freshness
 	$(PY) -m recmesh.tools.bench.ranker
 	$(PY) -m recmesh.tools.bench.stores
+	$(PY) -m recmesh.tools.bench.similar
 
 # Quality: baselines and the learned interest model on the fixed offline protocol (~10 min),
 # the served path against its offline twin (~1 min), typed queries with judged relevance through
-# the served path (~1 min), the streaming replay through the live mesh (~5 min).
+# the served path (~1 min), SimilarItems' blend on the held-out users (~1 min), the streaming
+# replay through the live mesh (~5 min).
 eval: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh.tools.eval.run
 	$(PY) -m recmesh.tools.eval.served
+	$(PY) -m recmesh.tools.eval.similar
 	$(PY) -m recmesh.tools.eval.queries
 	$(PY) -m recmesh.tools.eval.streaming
 	$(PY) -m recmesh.tools.eval.online

@@ -2,8 +2,9 @@
 serving path (the gateway's Recommend: the same filters, exclusions, degradation and, once they
 join, business rules as any answer), one JSON line per user.
 
-- Bounded concurrency: `--concurrency` calls in flight (default 4; beyond the gateway's
-  MAX_IN_FLIGHT, 16, answers are shed: the popular list).
+- Bounded concurrency: `--concurrency` calls in flight (default 2: the best rate on a 2-core
+  host running the whole mesh, docs/similar.md; more on a larger mesh, while the summary's
+  degraded count stays 0; beyond the gateway's MAX_IN_FLIGHT, 16, answers are shed).
 - Resumable: users already in `--out` are skipped and new lines appended; each line is written
   whole with one write, and a line cut by a kill (the file not ending in a newline) is removed
   on the next run, so the file only ever holds whole lines.
@@ -114,7 +115,7 @@ def answer_line(user_id: str, reply: recommendations_pb2.RecommendResponse) -> b
 
 
 async def run_batch(target: str, users: Iterable[str], out: Path, failed_path: Path, k: int,
-                    filters: common_pb2.Filters, concurrency: int = 4, timeout_s: float = 2.0, retries: int = 2,
+                    filters: common_pb2.Filters, concurrency: int = 2, timeout_s: float = 2.0, retries: int = 2,
                     retry_degraded: int = 2, surface: str = "", token: str | None = None,
                     progress: bool = True) -> Report:
     """Recommend(user, k, filters) for each user not in `out` yet, `concurrency` calls at a time
@@ -206,7 +207,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="JSON lines, one per user, appended; users already in it are skipped (resume)")
     p.add_argument("-k", type=int, default=10, help="items per user (default %(default)s)")
-    p.add_argument("--concurrency", type=_concurrency, default=4,
+    p.add_argument("--concurrency", type=_concurrency, default=2,
                    help="calls in flight (default %(default)s; above the gateway's MAX_IN_FLIGHT, 16, answers "
                         "are shed)")
     p.add_argument("--retries", type=int, default=2, help="times a transient failure is asked again")

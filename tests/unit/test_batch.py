@@ -60,4 +60,4 @@ def test_concurrency_is_bounded(concurrency, capsys):
 def test_batch_takes_recommends_filter_flags():
     args = build_parser().parse_args(["batch", "--users", "u", "--out", "o", "-k", "5", "--exclude", "Horror",
                                       "--range", "price=:50", "--include-seen"])
-    assert args.k == 5 and args.exclude == ["Horror"] and args.include_seen and args.concurrency == 4
+    assert args.k == 5 and args.exclude == ["Horror"] and args.include_seen and args.concurrency == 2

@@ -49,7 +49,10 @@ def measure(target: str, calls: int, concurrencies: list[int], seed: int = 21) -
     popular = sorted(range(len(catalog.items)), key=lambda i: -catalog.popularity[i])[:2000]
     warm = [catalog.items[i].item_id for i in rng.choices(popular, k=calls)]
     users = [str(rng.randint(1, 610)) for _ in range(calls)]
-    texts = queries_from_tags(DEFAULT_DATA, calls, rng)
+    # Tagged per run: a gateway reused across runs (--target) must not answer from the encoder's
+    # query cache what a fresh one encodes.
+    run = f"{random.getrandbits(16):04x}"
+    texts = [f"{text} {run}" for text in queries_from_tags(DEFAULT_DATA, calls, rng)]
     results: dict = {"calls_per_kind": calls, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                                         "load_average_at_start": os.getloadavg()}}
     with RecmeshClient(target, timeout_s=2.0) as rm:
@@ -78,6 +81,7 @@ def measure(target: str, calls: int, concurrencies: list[int], seed: int = 21) -
                 "users": report.answered, "failed": report.failed, "degraded": report.degraded,
                 "degraded_answers_asked_again": report.asked_again,
                 "seconds": round(report.seconds, 2), "users_per_s": round(report.answered / report.seconds, 1)}
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     return results
 
 
