@@ -35,7 +35,7 @@ from recmesh.v1 import (
 
 pytestmark = pytest.mark.integration
 R = recommendations_pb2
-CASES_PER_RPC = 850  # x 6 RPCs = 5,100
+CASES_PER_RPC = 850  # x 7 RPCs = 5,950
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 OUTCOMES: Counter = Counter()
 UPSERTED: set[str] = set()
@@ -65,6 +65,10 @@ fuzz_items = st.builds(common_pb2.Item, item_id=text.map(lambda s: f"fuzz-{s}"[:
 REQUESTS = {
     "Recommend": st.builds(R.RecommendRequest, user_id=text, query=text, k=st.integers(-2**31, 2**31 - 1),
                            filters=filters, diversity=floats),
+    "SimilarItems": st.one_of(
+        st.builds(R.SimilarItemsRequest, item_id=text, user_id=text, k=st.integers(-2**31, 2**31 - 1), filters=filters),
+        st.builds(R.SimilarItemsRequest, text=text, user_id=text, k=st.integers(-2**31, 2**31 - 1), filters=filters),
+        st.builds(R.SimilarItemsRequest, user_id=text, filters=filters)),
     "TrackEvents": st.builds(R.TrackEventsRequest, events=st.lists(events, max_size=30)),
     "UpsertItems": st.builds(R.UpsertItemsRequest, items=st.lists(fuzz_items, max_size=4)),
     "DeleteItems": st.builds(R.DeleteItemsRequest, item_ids=st.lists(text.map(lambda s: f"fuzz-{s}"), max_size=10)),
@@ -106,6 +110,10 @@ POISONED = {
     "Recommend": st.builds(R.RecommendRequest, user_id=poisoned_text, query=poisoned_text, filters=st.builds(
         common_pb2.Filters, include_categories=st.lists(poisoned_text, max_size=3),
         exclude_item_ids=st.lists(poisoned_text, max_size=3))),
+    "SimilarItems": st.one_of(
+        st.builds(R.SimilarItemsRequest, item_id=poisoned_text, user_id=poisoned_text),
+        st.builds(R.SimilarItemsRequest, text=poisoned_text, filters=st.builds(
+            common_pb2.Filters, exclude_categories=st.lists(poisoned_text, max_size=3)))),
     "TrackEvents": st.builds(R.TrackEventsRequest, events=st.lists(st.builds(
         common_pb2.Event, event_id=poisoned_text, user_id=poisoned_text, item_id=poisoned_text, query=poisoned_text,
         request_id=poisoned_text, type=event_types), max_size=4)),
@@ -116,7 +124,7 @@ POISONED = {
     "GetUserProfile": st.builds(R.GetUserProfileRequest, user_id=poisoned_text),
     "DeleteUser": st.builds(R.DeleteUserRequest, user_id=poisoned_text),
 }
-RAW_CASES_PER_RPC = 250  # x 6 RPCs = 1,500
+RAW_CASES_PER_RPC = 250  # x 7 RPCs = 1,750
 # Methods that change the shared catalog or users' data.
 WRITES = {"TrackEvents", "UpsertItems", "DeleteItems", "DeleteUser"}
 
