@@ -231,6 +231,9 @@ def run(args, filters: common_pb2.Filters) -> None:
             token=os.environ.get("RECMESH_TOKEN") or None, progress=not args.no_progress))
     except (OSError, ValueError) as exc:
         sys.exit(f"recmesh batch: {exc}")
+    except KeyboardInterrupt:  # every line written is whole: the next run goes on from there
+        print(f"\nrecmesh batch: interrupted; run the same command again to resume ({args.out})", file=sys.stderr)
+        sys.exit(130)
     print(f"recmesh batch: {report.summary()}", file=sys.stderr)
     if report.failed:
         sys.exit(f"recmesh batch: {report.failed} users failed (listed in {failed_path}); run again to retry them")
