@@ -3,15 +3,25 @@
 
 from __future__ import annotations
 
-from recmesh.common import limits
+from recmesh.common import clock, limits
 from recmesh.common.errors import InvalidArgument
-from recmesh.common.validation import check_attribute_filters, check_id, check_item, check_labels, check_query
+from recmesh.common.validation import (
+    check_attribute_filters,
+    check_event_fields,
+    check_id,
+    check_item,
+    check_labels,
+    check_query,
+)
 from services.gateway.config import GatewaySettings
 
 
 def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
-    """Returns (k, query) normalised: the query's visible text, "" for none."""
-    check_id(request.user_id, "user_id")
+    """Returns (k, query) normalised: the query's visible text, "" for none. user_id may be
+    empty only for a guest, who sends session_events."""
+    if request.user_id or not request.session_events:
+        check_id(request.user_id, "user_id")
+    check_session_events(request.session_events, request.user_id, settings.max_session_events)
     k = request.k if request.HasField("k") else settings.default_k
     if not 1 <= k <= settings.max_k:
         raise InvalidArgument("k", f"must be in 1..{settings.max_k}, got {k}")
@@ -27,6 +37,31 @@ def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
     if not 0.0 <= request.diversity <= 1.0:  # NaN fails this too
         raise InvalidArgument("diversity", f"must be in 0..1, got {request.diversity}")
     return k, query
+
+
+def check_session_events(events, user_id: str, max_events: int) -> None:
+    """RecommendRequest.session_events: at most max_events, each a valid event
+    (check_event_fields) whose event_id may be empty (else an id) and whose user_id is empty or
+    the request's. InvalidArgument names the event and field, e.g. "session_events[2].item_id"."""
+    if len(events) > max_events:
+        raise InvalidArgument("session_events", f"at most {max_events} events, got {len(events)}")
+    now_ms = clock.now_ms()
+    for i, event in enumerate(events):
+        at = f"session_events[{i}]"
+        if event.event_id:
+            check_id(event.event_id, f"{at}.event_id")
+        if event.user_id and event.user_id != user_id:
+            raise InvalidArgument(f"{at}.user_id", "must be empty or the request's user_id")
+        check_event_fields(event, at, now_ms)
+
+
+def check_merge(request) -> tuple[str, str]:
+    """MergeUsersRequest: (from_user_id, into_user_id), two different ids."""
+    from_user = check_id(request.from_user_id, "from_user_id")
+    into_user = check_id(request.into_user_id, "into_user_id")
+    if from_user == into_user:
+        raise InvalidArgument("into_user_id", "must differ from from_user_id")
+    return from_user, into_user
 
 
 def check_items(items, settings: GatewaySettings) -> None:
