@@ -7,9 +7,10 @@
   read by the next GetUserState on any other (read-your-writes through any gateway).
 
 Both append a batch atomically and idempotently by event_id, move one user's events to another
-(merge_users: a guest's session at sign-in) atomically, and are durable before they return: SQLite fsyncs its WAL; Redis must run with `appendonly yes` and `appendfsync always`
-(recmesh.tools.redisserver and deploy/k8s do), so that its reply to the append script comes after
-the write reached the disk."""
+(merge_users: a guest's session at sign-in) atomically, and are durable before they return:
+SQLite fsyncs its WAL; Redis must run with `appendonly yes` and `appendfsync always`
+(recmesh.tools.redisserver and deploy/k8s do), so that its reply to a script comes after the
+write reached the disk."""
 
 from __future__ import annotations
 

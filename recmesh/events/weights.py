@@ -9,10 +9,12 @@ Defaults (`EventWeights()`), per event type:
 | click | 1.0 |
 | add_to_cart | 2.0 |
 | purchase | 3.0 |
-| rate | value-dependent: rate.weight x max(rate.floor, (value - rate.neutral) x rate.per_star), i.e. 1 x max(0.05, (stars - 1) / 2): 5 stars 2.0, 3 stars 1.0, 1 star 0.05; a rating without a value (0) counts rate.weight |
-| search | 0 (a search names no item: nothing reads a weight for it; only 0 is accepted) |
+| rate | by its value (RateWeight): 1 x max(0.05, (stars - 1) / 2) |
+| search | 0 (it names no item: nothing reads it; only 0 is accepted) |
 | hide | -1.0 |
 | dislike | -2.0 |
+
+A rating of 5 stars weighs 2.0, 3 stars 1.0, 1 star 0.05; one without a value (0) 1.0.
 
 Who reads them:
 - the gateway (services/gateway/history.py): an item event of weight <= 0 enters neither the

@@ -33,7 +33,8 @@ class DislikePush:
         (history.disliked, .disliked_vectors); None when none of them is pushed."""
         vectors = candidates.vectors
         disliked = history.disliked_vectors
-        if not history.disliked or not len(vectors) or settings.dislike_push <= 0 or vectors.shape[1] != disliked.shape[1]:
+        if (not history.disliked or not len(vectors) or settings.dislike_push <= 0
+                or vectors.shape[1] != disliked.shape[1]):
             return None
         sims = l2_normalize(vectors) @ l2_normalize(disliked).T  # candidates x disliked
         closest = sims.argmax(axis=1)

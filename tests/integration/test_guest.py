@@ -107,7 +107,8 @@ def test_a_hidden_item_never_returns_on_the_full_and_the_shed_path(client, user)
     assert top not in ids(full) and top not in ids(seen_back)
     assert set(ids(seen_back)) & set(FAMILY)  # exclude_seen=false let the seen items back - not the hidden
     for exclude_seen in (True, False):  # shed at the door: the popular list, Forrest Gump its first
-        shed = answered(lambda: client.recommend(user, k=10, exclude_seen=exclude_seen, timeout_s=LATE_S))
+        shed = answered(lambda exclude_seen=exclude_seen: client.recommend(user, k=10, exclude_seen=exclude_seen,
+                                                                          timeout_s=LATE_S))
         assert "shed:late_arrival" in shed.degraded and "seen_items:unknown" not in shed.degraded
         assert len(shed.items) == 10 and not {top, FORREST_GUMP} & set(ids(shed)), ids(shed)
     assert FORREST_GUMP in ids(answered(lambda: client.recommend(f"{user}-other", k=10, timeout_s=LATE_S)))
