@@ -52,8 +52,8 @@ class History:
     weights: np.ndarray | None = None
     # Items the user hid or disliked: left out of every answer, whatever exclude_seen says.
     hidden: set[str] = field(default_factory=set)
-    # The newest disliked items the catalog knows (oldest first), their catalog vectors and titles:
-    # items like them are pushed down (services/gateway/dislikes.py).
+    # The newest disliked items the catalog knows (oldest first; their metadata in `items`) and
+    # their catalog vectors: items like them are pushed down (services/gateway/dislikes.py).
     disliked: list[str] = field(default_factory=list)
     disliked_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
