@@ -12,6 +12,10 @@
         rm.recommend("u42", attributes={"brand": ["HP", "Canon"], "price": (10, 50), "in_stock": True})
         rm.recommend("u42", attributes=[where("brand", "HP", exclude=True), in_range("price", max=50)])
         rm.upsert_items([{"item_id": "p1", "title": "Printer", "attributes": {"brand": "HP", "price": 89.0}}])
+        # A guest without an id: their recent events inline, not logged.
+        rm.recommend("", session_events=[Event("", "1258", "view"), Event("", "1214", "click")])
+        rm.track("u42", "1214", "dislike")  # never shown again; items like it pushed down
+        rm.merge_users("guest-7f3a", "u42")  # at sign-in: the guest's tracked events become u42's
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ EVENT_TYPES = {
 class Event:
     user_id: str
     item_id: str
-    type: str  # view, click, add_to_cart, purchase, rate, search
+    type: str  # view, click, add_to_cart, purchase, rate, search, hide, dislike
     query: str = ""
     value: float = 0.0
     timestamp_ms: int = 0
@@ -184,16 +188,21 @@ class RecmeshClient:
         diversity: float = 0.0,
         timeout_s: float | None = None,
         attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]] = (),
+        session_events: Iterable[Event | common_pb2.Event] = (),
     ) -> recommendations_pb2.RecommendResponse:
         """Up to k items for the user. attributes: filters on the items' attributes, every one
         must hold - {name: test} or a list (see `attribute_filters`; ValueError for a form it
-        cannot read). A bad request raises grpc.RpcError INVALID_ARGUMENT naming the field."""
+        cannot read). session_events: the user's recent events inline, oldest first (at most
+        100), reflected at once as if tracked but not logged - user_id may then be "" (a guest
+        without an id); each event's user_id "" or user_id. A bad request raises grpc.RpcError
+        INVALID_ARGUMENT naming the field."""
         request = recommendations_pb2.RecommendRequest(
             user_id=user_id,
             query=query,
             diversity=diversity,
             filters=filters_proto(include_categories, exclude_categories, exclude_item_ids, exclude_seen, attributes),
             context=common_pb2.Context(surface=surface, locale=locale),
+            session_events=[e.to_proto() if isinstance(e, Event) else e for e in session_events],
         )
         if k is not None:
             request.k = k
@@ -259,6 +268,15 @@ class RecmeshClient:
     def delete_user(self, user_id: str, timeout_s: float | None = None):
         request = recommendations_pb2.DeleteUserRequest(user_id=user_id)
         return self._stub.DeleteUser(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
+
+    def merge_users(self, from_user_id: str, into_user_id: str,
+                    timeout_s: float | None = None) -> common_pb2.MergeUsersResponse:
+        """Moves every event tracked for from_user_id (e.g. a guest's session id) to into_user_id
+        (the account they signed in to); durable when it returns. Idempotent: a repeated call
+        moves 0 (`events_moved`), and each event is in into_user_id's profile once. The two ids
+        must differ (INVALID_ARGUMENT naming into_user_id)."""
+        request = common_pb2.MergeUsersRequest(from_user_id=from_user_id, into_user_id=into_user_id)
+        return self._stub.MergeUsers(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
 
     def close(self) -> None:
         self._channel.close()

@@ -28,10 +28,16 @@ ATTRIBUTE_FILTERS = 32  # attribute filters in one Recommend (filters.attributes
 # vectors, within the 16 MiB message limit (recmesh.common.channels.MAX_MESSAGE_BYTES).
 UPSERT_BYTES = 8 * 1024 * 1024
 
+# A guest's (or any user's) recent events sent inline with one Recommend (session_events).
+SESSION_EVENTS = 100
+
 # Per user: the items remembered as seen (updater), every one of which a search may exclude.
 SEEN_ITEMS = 5000
-# Ids in one internal request (retrieval): a Recommend's excluded ids and its own seen items.
-IDS_PER_REQUEST = FILTER_VALUES + SEEN_ITEMS
+# Per user: the items remembered as hidden or disliked (never shown again); past it the oldest go.
+HIDDEN_ITEMS = 1000
+# Ids in one internal request (retrieval): a Recommend's excluded ids, the user's seen and hidden
+# items, and the items of its inline session events.
+IDS_PER_REQUEST = FILTER_VALUES + SEEN_ITEMS + HIDDEN_ITEMS + SESSION_EVENTS
 
 
 def at_most(value: int, ceiling: int, constant: str) -> int:

@@ -52,6 +52,11 @@ class VarPaths:
         return self.catalog / "items.jsonl"
 
     @property
+    def event_weights(self) -> Path:
+        """The catalog's own event weights, when it has them (recmesh.events.weights)."""
+        return self.catalog / "event_weights.json"
+
+    @property
     def shard_dir(self) -> Path:
         return self.catalog / "qdrant"
 

@@ -30,6 +30,16 @@ def is_item_event(event) -> bool:
     return event.type != ET.EVENT_TYPE_SEARCH and bool(event.item_id)
 
 
+# The event types that hide their item from the user for good, on every answer path, whatever
+# filters.exclude_seen says (common.proto). They are item events too (history, seen items).
+HIDING_TYPES = frozenset({ET.EVENT_TYPE_HIDE, ET.EVENT_TYPE_DISLIKE})
+
+
+def hides_item(event) -> bool:
+    """A HIDE or DISLIKE of an item: never shown to that user again. `event` as is_item_event's."""
+    return event.type in HIDING_TYPES and bool(event.item_id)
+
+
 # Clocks drift; a day ahead is a bug in the caller, not skew.
 MAX_FUTURE_MS = 24 * 3600 * 1000
 # The earliest event time accepted: 1980-01-01T00:00:00Z. Real interaction logs are younger
@@ -240,6 +250,13 @@ def check_event_content(event_type: int, item_id: str, query: str, value: float,
 def check_event(event: common_pb2.Event, field: str, now_ms: int | None = None) -> None:
     check_id(event.event_id, f"{field}.event_id")
     check_id(event.user_id, f"{field}.user_id")
+    check_event_fields(event, field, now_ms)
+
+
+def check_event_fields(event: common_pb2.Event, field: str, now_ms: int | None = None) -> None:
+    """Everything of an event but its ids: a known type, what that type must carry
+    (check_event_content), its time (check_timestamp against now_ms, default the clock's) and
+    request_id's length. InvalidArgument names `field`.type / .item_id / ...."""
     if event.type not in KNOWN_EVENT_TYPES:
         raise InvalidArgument(f"{field}.type", f"unknown event type {event.type}")
     check_event_content(event.type, event.item_id, event.query, event.value, field)

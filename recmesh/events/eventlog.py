@@ -133,6 +133,28 @@ class EventLog:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
+    def merge_users(self, from_user: str, into_user: str) -> tuple[int, list[LoggedEvent]]:
+        """Moves every event of from_user to into_user, in one transaction, fsynced at its commit:
+        the rows then name into_user and keep their place (seq) in the log. Returns how many
+        moved (0 when from_user has none: a repeated merge moves nothing) and into_user's events
+        after it, in log order - what the user's state is rebuilt from. Each event stays one
+        row (event_id is unique in the log), so it is in into_user's history once."""
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            into_key = self._digest(into_user)
+            cur.execute("UPDATE events SET user_id = ?, user_key = ? WHERE user_key = ?",
+                        (into_user, into_key, self._digest(from_user)))
+            moved = cur.rowcount
+            rows = cur.execute(
+                "SELECT event_id, user_id, item_id, type, query, value, timestamp_ms, request_id FROM events"
+                " WHERE user_key = ? ORDER BY seq", (into_key,)).fetchall()
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return moved, [LoggedEvent(*row) for row in rows]
+
     def _digest(self, identifier: str) -> bytes:
         """The keyed hash (BLAKE2b, 16 bytes) of a user or event id: what the indexes hold."""
         return hashlib.blake2b(identifier.encode(), key=self._key, digest_size=16).digest()

@@ -6,10 +6,11 @@
   Redis server shared by any number of updater replicas: an event acknowledged by one replica is
   read by the next GetUserState on any other (read-your-writes through any gateway).
 
-Both append a batch atomically and idempotently by event_id, and are durable before they
-return: SQLite fsyncs its WAL; Redis must run with `appendonly yes` and `appendfsync always`
-(recmesh.tools.redisserver and deploy/k8s do), so that its reply to the append script comes after
-the write reached the disk."""
+Both append a batch atomically and idempotently by event_id, move one user's events to another
+(merge_users: a guest's session at sign-in) atomically, and are durable before they return:
+SQLite fsyncs its WAL; Redis must run with `appendonly yes` and `appendfsync always`
+(recmesh.tools.redisserver and deploy/k8s do), so that its reply to a script comes after the
+write reached the disk."""
 
 from __future__ import annotations
 
@@ -18,17 +19,20 @@ import hashlib
 import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
+from recmesh.common import limits
 from recmesh.events.eventlog import EventLog, LoggedEvent
 from recmesh.events.state import UserStateStore
 from recmesh.v1 import common_pb2
 
 T = TypeVar("T")
-# For _APPEND's copy of recmesh.common.validation.is_item_event (the script runs inside Redis).
-SEARCH = common_pb2.EventType.EVENT_TYPE_SEARCH
+ET = common_pb2.EventType
+# For the scripts' copies of recmesh.common.validation.is_item_event and hides_item (they run
+# inside Redis).
+SEARCH, HIDE, DISLIKE = ET.EVENT_TYPE_SEARCH, ET.EVENT_TYPE_HIDE, ET.EVENT_TYPE_DISLIKE
 
 
 @dataclass
@@ -39,6 +43,8 @@ class UserView:
     seen: list[str]  # item ids, the one whose newest event is oldest first (equal times: by id)
     queries: list[str]  # newest first
     event_count: int
+    hidden: list[str] = field(default_factory=list)  # hidden or disliked, the one hidden longest ago first
+    disliked: list[str] = field(default_factory=list)  # the newest dislike last
 
 
 class EventStore(Protocol):
@@ -46,6 +52,8 @@ class EventStore(Protocol):
     async def append_groups(self, groups: list[list[LoggedEvent]]) -> list[list[LoggedEvent]]: ...
     async def user_view(self, user_id: str, max_recent: int) -> UserView | None: ...
     async def delete_user(self, user_id: str) -> int: ...
+    # Moves from_user's events to into_user (log and state); returns how many moved.
+    async def merge_users(self, from_user: str, into_user: str) -> int: ...
     async def close(self) -> None: ...
 
 
@@ -59,6 +67,9 @@ class LocalStore:
         self._log: EventLog | None = None
         # SQLite wants one owner thread; this also serialises appends in arrival order.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog")
+        # Held from a write's start until its state is applied: a merge rebuilds a user's state
+        # from the log, and no append committed before that read may be applied after it.
+        self._writing = asyncio.Lock()
 
     async def _run(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -75,18 +86,27 @@ class LocalStore:
         return count
 
     async def append_groups(self, groups: list[list[LoggedEvent]]) -> list[list[LoggedEvent]]:
-        fresh = await self._run(self._log.append_groups, groups)
-        for new in fresh:
-            for event in new:
-                self.state.apply(event)
+        async with self._writing:
+            fresh = await self._run(self._log.append_groups, groups)
+            for new in fresh:
+                for event in new:
+                    self.state.apply(event)
         return fresh
+
+    async def merge_users(self, from_user: str, into_user: str) -> int:
+        async with self._writing:
+            moved, events = await self._run(self._log.merge_users, from_user, into_user)
+            if moved:
+                self.state.rebuild(into_user, events)
+                self.state.delete(from_user)
+        return moved
 
     async def user_view(self, user_id: str, max_recent: int) -> UserView | None:
         state = self.state.get(user_id)
         if state is None:
             return None
         recent = [event for _, _, event in state.timeline[-max_recent:]]
-        return UserView(recent, state.seen, state.queries, state.event_count)
+        return UserView(recent, state.seen, state.queries, state.event_count, state.hidden, state.disliked)
 
     async def delete_user(self, user_id: str) -> int:
         deleted = await self._run(self._log.delete_user, user_id)
@@ -99,18 +119,23 @@ class LocalStore:
         self._pool.shutdown(wait=True)
 
 
-# One batch, atomically (a Lua script runs alone on the server). Per event: its id's dedupe key
-# (kept for dedupe_ttl, holding the stream entry's id) is the idempotency check, and so is the
-# keyed hash a deleted user's events leave behind (below); the stream entry is the log of record;
-# the user's recent list, seen set, queries and counters are the state, all in event time order
-# (ties: arrival): recent oldest first, queries newest first beside their times (:query_ts), seen
-# scored by the time of the item's newest event. Events mostly arrive in time order: they are
-# appended; a late one is inserted in its place. Each user's log list names the stream entries
-# and event ids, so that DeleteUser can remove them all. Keys are built in the script: one Redis
-# (or a primary with replicas), not a cluster.
-_APPEND = """
-local p, recent_max, seen_max, queries_max, ttl, search = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+# What the scripts share (each runs alone on the server, atomically): the arguments every one
+# starts with, and how one event enters a user's state. The user's recent list, seen set,
+# queries and counters are the state, all in event time order (ties: arrival): recent oldest
+# first, queries newest first beside their times (:query_ts), seen scored by the time of the
+# item's newest event; hidden and disliked (HIDE, DISLIKE) likewise. Events mostly arrive in
+# time order: they are appended; a late one is inserted in its place. Keys are built in the
+# scripts: one Redis (or a primary with replicas), not a cluster.
+_STATE = """
+local p, recent_max, seen_max, queries_max, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), tonumber(ARGV[5])
+local search, hide, dislike, hidden_max = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local HEADER = 9
+local stream = p .. ':events'
+
+local function user_key(uid)
+  return p .. ':user:' .. redis.sha1hex(uid)  -- hashed: no user id can name another's keys
+end
 
 local function insert_recent(key, entry, t)
   local last = redis.call('LINDEX', key, -1)
@@ -149,43 +174,95 @@ local function insert_query(u, query, ts, t)
   redis.call('LTRIM', tk, 0, queries_max - 1)
 end
 
-local function see(key, item, ts, t)
+local function note(key, item, ts, t, bound)
   local last = redis.call('ZSCORE', key, item)
   if not last or tonumber(last) < t then redis.call('ZADD', key, ts, item) end
-  local extra = redis.call('ZCARD', key) - seen_max
+  local extra = redis.call('ZCARD', key) - bound
   if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
 end
 
+-- One new event (stream entry sid) into user key u's state.
+local function apply(u, sid, eid, uid, item, typ, query, value, ts, rid)
+  local t = tonumber(ts)
+  redis.call('RPUSH', u .. ':log', sid .. ' ' .. eid)
+  redis.call('HINCRBY', u, 'count', 1)
+  if query ~= '' then insert_query(u, query, ts, t) end
+  -- An item event: recmesh.common.validation.is_item_event, and one that hides its item:
+  -- hides_item - copied here because this runs inside Redis. Keep them in step.
+  if typ ~= search and item ~= '' then
+    insert_recent(u .. ':recent', cjson.encode({eid, uid, item, typ, query, value, ts, rid}), t)
+    note(u .. ':seen', item, ts, t, seen_max)
+    if typ == hide or typ == dislike then
+      note(u .. ':hidden', item, ts, t, hidden_max)
+      if typ == dislike then note(u .. ':disliked', item, ts, t, hidden_max) end
+    end
+  end
+end
+"""
+# The keys of a user's state beside the hash at its prefix (the :log list names their stream
+# entries and event ids, so that DeleteUser and MergeUsers find them all).
+_USER_SUFFIXES = ("log", "recent", "seen", "queries", "query_ts", "hidden", "disliked")
+
+
+def _user_keys(prefix: str) -> str:
+    """A Lua expression: every key of the user whose key prefix is in the Lua variable `prefix`."""
+    return ", ".join([prefix] + [f"{prefix} .. ':{suffix}'" for suffix in _USER_SUFFIXES])
+
+
+# One batch. Per event: its id's dedupe key (kept for dedupe_ttl, holding the stream entry's id)
+# is the idempotency check, and so is the keyed hash a deleted user's events leave behind
+# (_DELETE_USER); the stream entry is the log of record.
+_APPEND = _STATE + """
 local salt = redis.call('GET', p .. ':deleted_salt')  -- none until a first DeleteUser
 local out = {}
-local n = (#ARGV - 6) / 8
+local n = (#ARGV - HEADER) / 8
 for i = 0, n - 1 do
-  local b = 6 + i * 8
+  local b = HEADER + i * 8
   local eid, uid, item, typ, query = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local value, ts, rid = ARGV[b + 6], ARGV[b + 7], ARGV[b + 8]
   local key = p .. ':event:' .. eid
   local gone = salt and redis.call('EXISTS', p .. ':gone:' .. redis.sha1hex(salt .. eid)) == 1
   if not gone and redis.call('EXISTS', key) == 0 then
-    local sid = redis.call('XADD', p .. ':events', '*', 'event_id', eid, 'user_id', uid, 'item_id', item,
+    local sid = redis.call('XADD', stream, '*', 'event_id', eid, 'user_id', uid, 'item_id', item,
       'type', typ, 'query', query, 'value', value, 'timestamp_ms', ts, 'request_id', rid)
     redis.call('SET', key, sid, 'EX', ttl)
-    local u = p .. ':user:' .. redis.sha1hex(uid)  -- hashed: no user id can name another's keys
-    local t = tonumber(ts)
-    redis.call('RPUSH', u .. ':log', sid .. ' ' .. eid)
-    redis.call('HINCRBY', u, 'count', 1)
-    if query ~= '' then insert_query(u, query, ts, t) end
-    -- An item event: recmesh.common.validation.is_item_event, copied here because this runs
-    -- inside Redis. Keep the two in step.
-    if typ ~= search and item ~= '' then
-      insert_recent(u .. ':recent', cjson.encode({eid, uid, item, typ, query, value, ts, rid}), t)
-      see(u .. ':seen', item, ts, t)
-    end
+    apply(user_key(uid), sid, eid, uid, item, typ, query, value, ts, rid)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
 return out
+"""
+
+# Every event of one user id moves to another: its stream entry is written again naming the new
+# user (the old one deleted), its dedupe key follows it (same expiry), and it enters the new
+# user's state as a new event would; the old id is left with nothing. Returns how many moved
+# (0 when the old id has no events: a repeated merge moves nothing; each event id is one entry,
+# so it is in the new user's history once).
+_MERGE = _STATE + """
+local from_uid, into_uid = ARGV[HEADER + 1], ARGV[HEADER + 2]
+local f, u = user_key(from_uid), user_key(into_uid)
+local moved = 0
+for _, entry in ipairs(redis.call('LRANGE', f .. ':log', 0, -1)) do
+  local sep = string.find(entry, ' ', 1, true)
+  local sid, eid = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
+  local found = redis.call('XRANGE', stream, sid, sid)
+  if #found == 1 then
+    local e, kv = {}, found[1][2]
+    for j = 1, #kv, 2 do e[kv[j]] = kv[j + 1] end
+    redis.call('XDEL', stream, sid)
+    local nsid = redis.call('XADD', stream, '*', 'event_id', eid, 'user_id', into_uid, 'item_id', e.item_id,
+      'type', e.type, 'query', e.query, 'value', e.value, 'timestamp_ms', e.timestamp_ms, 'request_id', e.request_id)
+    local key = p .. ':event:' .. eid
+    local owner = redis.call('GET', key)
+    if owner == sid or owner == from_uid then redis.call('SET', key, nsid, 'KEEPTTL') end
+    apply(u, nsid, eid, into_uid, e.item_id, e.type, e.query, e.value, e.timestamp_ms, e.request_id)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', """ + _user_keys("f") + """)
+return moved
 """
 
 # Each deleted event's dedupe key becomes a keyed hash of its id (sha1 of a random per-prefix salt
@@ -216,24 +293,32 @@ for _, entry in ipairs(entries) do
     redis.call('DEL', key)
   end
 end
-redis.call('DEL', u, u .. ':log', u .. ':recent', u .. ':seen', u .. ':queries', u .. ':query_ts')
+redis.call('DEL', """ + _user_keys("u") + """)
 return deleted
 """
 
 
 class RedisStore:
     def __init__(self, url: str, prefix: str, recent_items: int, seen_items: int, recent_queries: int,
-                 dedupe_ttl_s: int, seed_log: Path | None = None, seed_batch: int = 2000):
+                 dedupe_ttl_s: int, seed_log: Path | None = None, seed_batch: int = 2000,
+                 hidden_items: int = limits.HIDDEN_ITEMS):
         import redis.asyncio as aioredis
 
         self._redis = aioredis.from_url(url, decode_responses=True)
         self._url, self._p = url, prefix
         self._limits = (recent_items, seen_items, recent_queries, dedupe_ttl_s)
+        self._hidden_items = hidden_items
         self._seed_log, self._seed_batch = seed_log, seed_batch
         self._append = self._redis.register_script(_APPEND)
+        self._merge = self._redis.register_script(_MERGE)
         self._rewrite_wanted = False
         self._rewriter: asyncio.Task | None = None
         self._delete = self._redis.register_script(_DELETE_USER)
+
+    def _header(self) -> list:
+        """The arguments every script of _STATE starts with."""
+        recent, seen, queries, ttl = self._limits
+        return [self._p, recent, seen, queries, ttl, int(SEARCH), int(HIDE), int(DISLIKE), self._hidden_items]
 
     async def open(self) -> int:
         try:
@@ -268,8 +353,7 @@ class RedisStore:
             log.close()
 
     async def append_groups(self, groups: list[list[LoggedEvent]]) -> list[list[LoggedEvent]]:
-        recent, seen, queries, ttl = self._limits
-        args: list = [self._p, recent, seen, queries, ttl, int(SEARCH)]
+        args = self._header()
         flat = [e for events in groups for e in events]
         for e in flat:
             args += [e.event_id, e.user_id, e.item_id, int(e.type), e.query, repr(float(e.value)),
@@ -286,15 +370,21 @@ class RedisStore:
         u = self._user_key(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
             pipe.hget(u, "count").lrange(f"{u}:recent", -max_recent, -1).zrange(f"{u}:seen", 0, -1)
-            pipe.lrange(f"{u}:queries", 0, -1)
-            count, recent, seen, queries = await pipe.execute()
+            pipe.lrange(f"{u}:queries", 0, -1).zrange(f"{u}:hidden", 0, -1).zrange(f"{u}:disliked", 0, -1)
+            count, recent, seen, queries, hidden, disliked = await pipe.execute()
         if count is None:
             return None
         events = []
         for raw in recent:
             eid, uid, item, typ, query, value, ts, rid = json.loads(raw)
             events.append(LoggedEvent(eid, uid, item, int(typ), query, float(value), int(ts), rid))
-        return UserView(events, seen, queries, int(count))
+        return UserView(events, seen, queries, int(count), hidden, disliked)
+
+    async def merge_users(self, from_user: str, into_user: str) -> int:
+        """Moves from_user's events to into_user in one script (_MERGE): durable when Redis
+        answers (appendfsync always). The moved events' stream entries are written anew, at the
+        stream's end, naming into_user."""
+        return int(await self._merge(args=[*self._header(), from_user, into_user]))
 
     async def delete_user(self, user_id: str) -> int:
         """Returns how many events were deleted. A retry of one of them within the dedupe window

@@ -1,9 +1,10 @@
 """What a user's recent behaviour says without the interest model: the session direction (the
-newest items' recency-weighted mean) and the category affinity. The gateway computes both for
-every Recommend; the offline twin (recmesh eval's mesh) computes them the same way.
+newest items' recency- and event-weighted mean) and the category affinity. The gateway computes
+both for every Recommend; the offline twin (recmesh eval's mesh) computes them the same way.
 
 History is what the gateway knows of the user for one Recommend (oldest first, only items the
-catalog knows), as those signals and the ranker's inputs read it."""
+catalog knows, only events of positive weight - recmesh/events/weights.py), as those signals and
+the ranker's inputs read it; beside it what the user hid or disliked."""
 
 from __future__ import annotations
 
@@ -22,13 +23,18 @@ SESSION_HALF_LIFE_EVENTS = 1.0
 
 
 def session_vector(item_vectors: np.ndarray, last_n: int = SESSION_ITEMS,
-                   half_life_events: float = SESSION_HALF_LIFE_EVENTS) -> np.ndarray | None:
-    """Unit, recency-weighted mean of the unit vectors of the newest last_n items (oldest first
-    in, None when empty)."""
+                   half_life_events: float = SESSION_HALF_LIFE_EVENTS,
+                   event_weights: np.ndarray | None = None) -> np.ndarray | None:
+    """Unit, weighted mean of the unit vectors of the newest last_n items (oldest first in, None
+    when empty): each weighs its recency (half as much as the next newer one, per
+    half_life_events) times its event's weight (event_weights, one per row, > 0: recmesh.events.
+    weights; None: all alike)."""
     recent = l2_normalize(np.asarray(item_vectors, np.float32)[-last_n:])
     if len(recent) == 0:
         return None
     weights = 0.5 ** (np.arange(len(recent))[::-1] / half_life_events)
+    if event_weights is not None:
+        weights = weights * np.asarray(event_weights, np.float64)[-last_n:]
     return l2_normalize((weights[:, None] * recent).sum(axis=0)).astype(np.float32)
 
 
@@ -42,6 +48,14 @@ class History:
     # Every event the user has (the updater's count; None: unknown). It only grows - unless the
     # user was deleted and started afresh.
     event_count: int | None = None
+    # Each entry's event weight (> 0, recmesh.events.weights); None: all alike.
+    weights: np.ndarray | None = None
+    # Items the user hid or disliked: left out of every answer, whatever exclude_seen says.
+    hidden: set[str] = field(default_factory=set)
+    # The newest disliked items the catalog knows (oldest first; their metadata in `items`) and
+    # their catalog vectors: items like them are pushed down (services/gateway/dislikes.py).
+    disliked: list[str] = field(default_factory=list)
+    disliked_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
 
 def category_affinity(history: History, last_n: int) -> dict[str, float]:

@@ -229,10 +229,22 @@ def _shown_attributes(attributes) -> str:
     return f" {{{', '.join(shown)}}}" if shown else ""
 
 
+def _session_event(text: str):
+    """--session ITEM[:TYPE] (TYPE view by default): one inline event of a guest's session."""
+    from recmesh.client import EVENT_TYPES, Event
+
+    item, _, kind = text.rpartition(":") if ":" in text else (text, "", "view")
+    if not item or kind not in EVENT_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ITEM or ITEM:TYPE, TYPE one of {sorted(EVENT_TYPES)}")
+    return Event("", item, kind)
+
+
 def cmd_recommend(args) -> None:
+    if not args.user and not args.session:
+        sys.exit("recmesh recommend: give --user, or --session for a guest without an id")
     with _client(args) as rm:
-        reply = rm.recommend(args.user, query=args.query or "", k=args.k, diversity=args.diversity,
-                             **filter_arguments(args))
+        reply = rm.recommend(args.user or "", query=args.query or "", k=args.k, diversity=args.diversity,
+                             session_events=args.session or (), **filter_arguments(args))
     _print_answer(reply, args.json)
 
 
@@ -292,6 +304,11 @@ def cmd_delete_user(args) -> None:
         _print_message(rm.delete_user(args.user))
 
 
+def cmd_merge_users(args) -> None:
+    with _client(args) as rm:
+        _print_message(rm.merge_users(args.from_user, args.into_user))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from recmesh.client import EVENT_TYPES
 
@@ -347,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("recommend", help="ask for recommendations")
-    p.add_argument("--user", required=True)
+    p.add_argument("--user", help="the user; left out with --session: a guest without an id")
+    p.add_argument("--session", action="append", type=_session_event, metavar="ITEM[:TYPE]",
+                   help="an event of the user's session sent inline, oldest first, not logged (TYPE: view unless "
+                        "given, e.g. 1258:click; repeatable)")
     p.add_argument("--query")
     p.add_argument("-k", type=int, default=10)
     add_filter_arguments(p)
@@ -404,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete-user", help="forget a user")
     p.add_argument("--user", required=True)
     p.set_defaults(func=cmd_delete_user)
+
+    p = sub.add_parser("merge-users", help="move every event of one user id (a guest's session) to another, at "
+                                           "sign-in; a repeat moves nothing")
+    p.add_argument("--from", dest="from_user", required=True, help="the id whose events move, e.g. a guest session id")
+    p.add_argument("--into", dest="into_user", required=True, help="the user they move to")
+    p.set_defaults(func=cmd_merge_users)
     return parser
 
 

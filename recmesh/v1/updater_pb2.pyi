@@ -84,7 +84,7 @@ class GetUserStateRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., max_recent: _Optional[int] = ...) -> None: ...
 
 class UserState(_message.Message):
-    __slots__ = ("user_id", "recent", "seen_item_ids", "recent_queries", "event_count", "skipped")
+    __slots__ = ("user_id", "recent", "seen_item_ids", "recent_queries", "event_count", "skipped", "hidden_item_ids", "disliked_item_ids")
     class SkippedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,13 +98,17 @@ class UserState(_message.Message):
     RECENT_QUERIES_FIELD_NUMBER: _ClassVar[int]
     EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    DISLIKED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     recent: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
     seen_item_ids: _containers.RepeatedScalarFieldContainer[str]
     recent_queries: _containers.RepeatedScalarFieldContainer[str]
     event_count: int
     skipped: _containers.ScalarMap[str, int]
-    def __init__(self, user_id: _Optional[str] = ..., recent: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., recent_queries: _Optional[_Iterable[str]] = ..., event_count: _Optional[int] = ..., skipped: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    hidden_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    disliked_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., recent: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., recent_queries: _Optional[_Iterable[str]] = ..., event_count: _Optional[int] = ..., skipped: _Optional[_Mapping[str, int]] = ..., hidden_item_ids: _Optional[_Iterable[str]] = ..., disliked_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteUserStateRequest(_message.Message):
     __slots__ = ("user_id",)

@@ -7,10 +7,13 @@ from pydantic_settings import SettingsConfigDict
 
 from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
+from recmesh.common.paths import var_paths
+from recmesh.events import weights
 
 # Gateway settings that narrow a limit every stage shares: (ceiling, its name in limits.py).
 _SHARED_LIMITS = {
     "max_query_chars": (limits.QUERY_CHARS, "QUERY_CHARS"),
+    "max_session_events": (limits.SESSION_EVENTS, "SESSION_EVENTS"),
     "max_events_per_call": (limits.EVENTS_PER_CALL, "EVENTS_PER_CALL"),
     "max_items_per_upsert": (limits.ITEMS_PER_CALL, "ITEMS_PER_CALL"),
     "max_filter_values": (limits.FILTER_VALUES, "FILTER_VALUES"),
@@ -82,6 +85,8 @@ class GatewaySettings(ServiceSettings):
     max_query_chars: int = Field(default=limits.QUERY_CHARS, ge=1)
     max_filter_values: int = Field(default=limits.FILTER_VALUES, ge=0)
     max_events_per_call: int = Field(default=limits.EVENTS_PER_CALL, ge=1)
+    # A Recommend's inline session_events (a guest's recent events) at most.
+    max_session_events: int = Field(default=limits.SESSION_EVENTS, ge=0)
     max_items_per_upsert: int = Field(default=256, ge=1)
 
     @field_validator(*_SHARED_LIMITS)
@@ -121,3 +126,23 @@ class GatewaySettings(ServiceSettings):
     seen_cache_users: int = Field(default=100_000, ge=0)
     seen_cache_ids: int = Field(default=500_000, ge=0)
     seen_cache_ttl_s: float = Field(default=60.0, ge=0)
+
+    # A dislike pushes down the candidates like the disliked item (services/gateway/dislikes.py):
+    # by dislike_push score units at cosine 1 between their catalog vectors, falling linearly to
+    # 0 at dislike_similar_from (in this space an item's nearest neighbours are at 0.8-0.9, its
+    # 99th percentile ~0.6); the user's newest dislikes_pushing dislikes push. 0 push: off.
+    dislike_push: float = Field(default=4.0, ge=0, allow_inf_nan=False)
+    dislike_similar_from: float = Field(default=0.6, ge=-1, lt=1)
+    dislikes_pushing: int = Field(default=20, ge=0)
+
+    # The catalog's event weights (recmesh/events/weights.py): this JSON file when it is there
+    # (default: the var's catalog/event_weights.json), else the defaults. Checked at start.
+    event_weights_file: Path | None = Field(default_factory=lambda: var_paths().event_weights)
+
+    @field_validator("event_weights_file")
+    @classmethod
+    def _event_weights_readable(cls, value: Path | None) -> Path | None:
+        return weights.checked_file(value)
+
+    def event_weights(self) -> weights.EventWeights:
+        return weights.load_event_weights(self.event_weights_file)

@@ -83,7 +83,8 @@ class InterestStage:
             return await self._cold_start(budget, skip_encoder)
         request = encoder_pb2.EncodeInterestRequest(history=history.entries, item_vectors=to_matrix(history.vectors))
         fingerprint = hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=16).digest()
-        known = self._known.get(user_id)
+        # A guest without an id (user_id "") has no interest of their own to keep or reuse.
+        known = self._known.get(user_id) if user_id else None
         if known is not None and not known.stands_in_for(history, time.monotonic(), self._s.interest_standin_s):
             self._known.forget(user_id)
             known = None
@@ -103,7 +104,7 @@ class InterestStage:
                 budget.trace.degrade("fallback:session" if history.entries else "fallback:popular")
             return Encoded(cached, None)
         interest = first_row(reply.interest, "interest")
-        if interest is not None and history.entries:
+        if interest is not None and history.entries and user_id:
             self._known.put(user_id, KnownInterest(fingerprint, interest, reply.model_version, time.monotonic(),
                                                    history.event_count))
         return Encoded(interest, first_row(reply.query_vector, "query_vector"), reply.model_version)

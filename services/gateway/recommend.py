@@ -58,6 +58,15 @@ class Recommender:
         self.pipeline.interest.forget(user_id)
         self.seen.forget(user_id, time.monotonic())
 
+    def merged(self, from_user: str, into_user: str) -> None:
+        """from_user's events moved to into_user through this gateway: from_user has nothing
+        left, and into_user's seen and hidden items and interest are asked afresh."""
+        now = time.monotonic()
+        self.seen.forget(from_user, now)
+        self.seen.invalidate([into_user])
+        self.pipeline.interest.forget(from_user)
+        self.pipeline.interest.forget(into_user)
+
     def forget_items(self, item_ids: Iterable[str]) -> None:
         """Items changed or deleted through this gateway: looked up afresh next time."""
         self._items.forget(item_ids)

@@ -1,11 +1,13 @@
-"""The items each user has interacted with, as this gateway last learned them, so that answers
-made without the updater - shed at the door, or the anonymous fallback when the updater is down
-or late - still leave out what the user has seen.
+"""The items each user has interacted with, and those they hid or disliked, as this gateway last
+learned them, so that answers made without the updater - shed at the door, or the anonymous
+fallback when the updater is down or late - still leave out what the user has seen, and never
+show what they hid.
 
-Filled from every GetUserState reply (the updater's whole seen set: a complete entry) and from
-every item event acknowledged by TrackEvents through this gateway (added to the entry; without
-one, an incomplete entry: what was tracked here, the older history unknown); forgotten on
-DeleteUser through this gateway. An entry lives `ttl_s` from its snapshot at most.
+Filled from every GetUserState reply (the updater's whole seen and hidden sets: a complete entry)
+and from every item event acknowledged by TrackEvents through this gateway (added to the entry;
+without one, an incomplete entry: what was tracked here, the older history unknown); forgotten
+on DeleteUser through this gateway, asked afresh after a MergeUsers through it. An entry lives
+`ttl_s` from its snapshot at most.
 
 Consistency across gateway replicas: the full pipeline asks the updater on every Recommend, so
 it sees every event acknowledged by any replica. An answer made from this cache holds what the
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from recmesh.common import limits
-from recmesh.common.validation import is_item_event
+from recmesh.common.validation import hides_item, is_item_event
 from recmesh.v1 import common_pb2, updater_pb2
 
 # The degraded reason of an answer made without knowing all the items the user has seen (the
@@ -35,6 +37,8 @@ class Seen:
     ids: frozenset[str]
     # False: only items tracked through this gateway are known; the user's older history is not.
     complete: bool
+    # Items hidden or disliked (as complete as ids).
+    hidden: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -48,6 +52,14 @@ class _Entry:
     as_of: float
     # Items tracked through this gateway, and when: a snapshot asked before then may lack them.
     tracked: dict[str, float] = field(default_factory=dict)
+    # Items hidden or disliked (at most limits.HIDDEN_ITEMS, as the updater keeps), and those of
+    # them tracked through this gateway, and when.
+    hidden: set[str] = field(default_factory=set)
+    tracked_hidden: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids) + len(self.hidden)
 
 
 class SeenItems:
@@ -63,21 +75,23 @@ class SeenItems:
     def lookup(self, user_id: str, now: float) -> Seen | None:
         """The user's seen items, or None when this gateway knows nothing fresh of them."""
         entry = self._live(user_id, now)
-        return None if entry is None else Seen(frozenset(entry.ids), entry.complete)
+        return None if entry is None else Seen(frozenset(entry.ids), entry.complete, frozenset(entry.hidden))
 
-    def replace(self, user_id: str, item_ids: Iterable[str], asked_at: float) -> None:
-        """The updater's seen set for the user, as asked for at `asked_at` (time.monotonic()).
-        A snapshot older than the one held (or than a deletion) is ignored; items tracked here
-        after it was asked are kept."""
+    def replace(self, user_id: str, item_ids: Iterable[str], asked_at: float, hidden: Iterable[str] = ()) -> None:
+        """The updater's seen and hidden sets for the user, as asked for at `asked_at`
+        (time.monotonic()). A snapshot older than the one held (or than a deletion) is ignored;
+        items tracked here after it was asked are kept."""
         old = self._entries.get(user_id)
         if old is not None and old.complete and old.as_of > asked_at:
             return
         tracked = {i: t for i, t in old.tracked.items() if t >= asked_at} if old is not None else {}
+        tracked_hidden = {i: t for i, t in old.tracked_hidden.items() if t >= asked_at} if old is not None else {}
         ids = set(item_ids) | tracked.keys()  # from a set: a copy, ~0.1 ms for 5000 ids
-        self._put(user_id, _Entry(ids, True, asked_at, tracked))
+        self._put(user_id, _Entry(ids, True, asked_at, tracked, set(hidden) | tracked_hidden.keys(), tracked_hidden))
 
-    def add(self, user_id: str, item_ids: Iterable[str], now: float) -> None:
-        """Items the user just interacted with (events acknowledged through this gateway)."""
+    def add(self, user_id: str, item_ids: Iterable[str], now: float, hidden: Iterable[str] = ()) -> None:
+        """Items the user just interacted with, and those of them hidden or disliked (events
+        acknowledged through this gateway)."""
         entry = self._live(user_id, now)
         if entry is None:
             entry = _Entry(set(), False, now)
@@ -86,16 +100,22 @@ class SeenItems:
         for item_id in item_ids:
             entry.ids.add(item_id)
             entry.tracked[item_id] = now
+        for item_id in hidden:
+            entry.hidden.add(item_id)
+            entry.tracked_hidden[item_id] = now
         self._put(user_id, entry)
 
     def add_events(self, events: Iterable[common_pb2.Event], now: float) -> None:
         """The item events among acknowledged events (a search names no item)."""
-        by_user: dict[str, list[str]] = {}
+        by_user: dict[str, tuple[list[str], list[str]]] = {}
         for event in events:
             if is_item_event(event):
-                by_user.setdefault(event.user_id, []).append(event.item_id)
-        for user_id, item_ids in by_user.items():
-            self.add(user_id, item_ids, now)
+                seen, hidden = by_user.setdefault(event.user_id, ([], []))
+                seen.append(event.item_id)
+                if hides_item(event):
+                    hidden.append(event.item_id)
+        for user_id, (item_ids, hidden) in by_user.items():
+            self.add(user_id, item_ids, now, hidden)
 
     def note_ingested(self, events: Iterable[common_pb2.Event], duplicates: int, now: float) -> None:
         """Events the updater acknowledged (Ingest; `duplicates` of them already known): answers
@@ -108,7 +128,7 @@ class SeenItems:
             self.add_events(events, now)
 
     def add_state(self, user_id: str, state: updater_pb2.UserState, asked_at: float) -> None:
-        self.replace(user_id, state.seen_item_ids, asked_at)
+        self.replace(user_id, state.seen_item_ids, asked_at, state.hidden_item_ids)
 
     def forget(self, user_id: str, now: float) -> None:
         """The user was deleted: nothing seen, and no snapshot asked before now comes back."""
@@ -133,18 +153,19 @@ class SeenItems:
 
     def _put(self, user_id: str, entry: _Entry) -> None:
         self._drop(user_id)
-        if self._users == 0 or len(entry.ids) > min(self._max_ids, limits.SEEN_ITEMS):
+        if (self._users == 0 or len(entry.ids) > min(self._max_ids, limits.SEEN_ITEMS)
+                or len(entry.hidden) > limits.HIDDEN_ITEMS or entry.size > self._max_ids):
             return  # too large to hold (or to mirror the updater's choice of): asked every time
         self._entries[user_id] = entry
-        self._held += len(entry.ids)
+        self._held += entry.size
         while len(self._entries) > self._users or self._held > self._max_ids:
             _, evicted = self._entries.popitem(last=False)
-            self._held -= len(evicted.ids)
+            self._held -= evicted.size
 
     def _drop(self, user_id: str) -> None:
         entry = self._entries.pop(user_id, None)
         if entry is not None:
-            self._held -= len(entry.ids)
+            self._held -= entry.size
 
     def __len__(self) -> int:
         return len(self._entries)

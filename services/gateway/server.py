@@ -14,6 +14,7 @@ from recmesh.common.errors import rpc_method
 from recmesh.common.server import Service
 from recmesh.common.validation import check_events, check_id
 from recmesh.v1 import (
+    common_pb2,
     encoder_pb2,
     recommendations_pb2,
     recommendations_pb2_grpc,
@@ -24,7 +25,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import PopularCandidates
 from services.gateway.recommend import Recommender
 from services.gateway.upstreams import Upstreams
-from services.gateway.validation import check_item_ids, check_items, check_recommend, check_similar
+from services.gateway.validation import check_item_ids, check_items, check_merge, check_recommend, check_similar
 
 log = logging.getLogger("recmesh.gateway")
 
@@ -43,6 +44,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         self._up = Upstreams.connect(settings)
         self._popular = PopularCandidates()
         self._recommender = Recommender(settings, self._up, self._popular)
+        self._weights = settings.event_weights()
         self._refresher: asyncio.Task | None = None
         self._soon: asyncio.Task | None = None
 
@@ -166,7 +168,10 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
             user_id=user_id, event_count=state.event_count, recent_queries=state.recent_queries
         )
         profile.recent_events.extend(reversed(state.recent))
-        ids = list(dict.fromkeys(e.item_id for e in state.recent))
+        # What the user likes: their events of positive weight (a dislike is no affinity).
+        weights = self._weights.weights([e.type for e in state.recent], [e.value for e in state.recent])
+        liked = [e for e, w in zip(state.recent, weights, strict=True) if w > 0]
+        ids = list(dict.fromkeys(e.item_id for e in liked))
         if ids:
             items = await passthrough(
                 context,
@@ -175,7 +180,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
                 ),
             )
             categories = {c.item_id: c.categories for c in items.candidates}
-            counts = Counter(cat for e in state.recent for cat in categories.get(e.item_id, ()))
+            counts = Counter(cat for e in liked for cat in categories.get(e.item_id, ()))
             total = sum(counts.values())
             for cat, n in counts.most_common(5):
                 profile.top_categories.add(category=cat, weight=n / total)
@@ -193,12 +198,29 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         self._recommender.forget_user(user_id)
         return recommendations_pb2.DeleteUserResponse(events_deleted=reply.events_deleted)
 
+    @rpc_method
+    async def MergeUsers(self, request, context):
+        """The updater moves from_user_id's events to into_user_id (durable before the answer;
+        a repeat moves 0); what this gateway holds of both ids is asked afresh."""
+        from_user, into_user = check_merge(request)
+        reply = await passthrough(
+            context,
+            self._up.updater.MergeUsers(
+                common_pb2.MergeUsersRequest(from_user_id=from_user, into_user_id=into_user),
+                timeout=self._write_timeout(context),
+            ),
+        )
+        self._recommender.merged(from_user, into_user)
+        return common_pb2.MergeUsersResponse(events_moved=reply.events_moved)
+
 
 # The scope each public method needs. Reading a user's history is as privileged as deleting it.
 METHOD_SCOPES = {
     "/recmesh.v1.Recommendations/Recommend": "recommend",
     "/recmesh.v1.Recommendations/SimilarItems": "recommend",
     "/recmesh.v1.Recommendations/TrackEvents": "track",
+    # A backend calls it when a guest signs in: as privileged as reporting what they do.
+    "/recmesh.v1.Recommendations/MergeUsers": "track",
     "/recmesh.v1.Recommendations/UpsertItems": "catalog:write",
     "/recmesh.v1.Recommendations/DeleteItems": "catalog:write",
     "/recmesh.v1.Recommendations/GetUserProfile": "admin",

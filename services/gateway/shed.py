@@ -1,10 +1,11 @@
 """Recommends answered at the door (`shed:overload`, `shed:late_arrival`, `shed:slow_mesh`): the
 popular list, under the same rules as every other answer - the request's filters, and the user's
-exclusions (the items they have seen, unless filters.exclude_seen is false, and
-filters.exclude_item_ids) - without the pipeline.
+exclusions (the items they have seen, unless filters.exclude_seen is false; those they hid or
+disliked, always; filters.exclude_item_ids; and the items of the request's session_events as
+the full path excludes them) - without the pipeline.
 
-The seen items come from the gateway's cache (services/gateway/seen.py); when it holds no
-complete entry for the user, the updater is asked once (GetUserState: an in-memory read, a
+The seen and hidden items come from the gateway's cache (services/gateway/seen.py); when it
+holds no complete entry for the user, the updater is asked once (GetUserState: an in-memory read, a
 fraction of a millisecond of CPU a side, against tens for the pipeline that shedding skips) -
 an answer that forgets what the user just bought is wrong, not cheap. When the local popular
 pool cannot fill the page (a narrow filter, many seen items), one filtered TopPopular call is
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from recmesh.common.validation import hides_item, is_item_event
 from recmesh.v1 import common_pb2, recommendations_pb2, updater_pb2
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
@@ -24,13 +26,22 @@ from services.gateway.seen import SEEN_UNKNOWN, SeenItems
 from services.gateway.upstreams import Upstreams
 
 
-def excluded_ids(filters: common_pb2.Filters, seen: frozenset[str] | set[str]) -> set[str]:
-    """What an answer must leave out: the request's ids, and the user's seen items unless the
-    request opts out (filters.exclude_seen unset means true)."""
-    excluded = set(filters.exclude_item_ids)
+def excluded_ids(filters: common_pb2.Filters, seen: frozenset[str] | set[str],
+                 hidden: frozenset[str] | set[str] = frozenset()) -> set[str]:
+    """What an answer must leave out: the request's ids, the items the user hid or disliked
+    (whatever the request says), and the user's seen items unless the request opts out
+    (filters.exclude_seen unset means true)."""
+    excluded = set(filters.exclude_item_ids) | hidden
     if not filters.HasField("exclude_seen") or filters.exclude_seen:
         excluded |= seen
     return excluded
+
+
+def inline_items(events) -> tuple[set[str], set[str]]:
+    """(seen, hidden) items of a request's session_events: its item events, and those of them
+    that hide their item - left out as if they had been tracked."""
+    seen = {e.item_id for e in events if is_item_event(e)}
+    return seen, {e.item_id for e in events if hides_item(e)}
 
 
 class ShedAnswers:
@@ -48,12 +59,14 @@ class ShedAnswers:
         degraded [reasons (why it was shed: its Plan's), then any stage that failed]: an
         upstream failing or late is no error."""
         s = self._s
-        seen, complete = await self.user_seen(budget, request)
+        seen, hidden, complete = await self.user_seen(budget, request)
         if not complete:  # what this gateway knows is left out; the reply says the rest may not be
             budget.trace.degrade(SEEN_UNKNOWN)
+        inline_seen, inline_hidden = inline_items(request.session_events)
         found, version = await self._popular.matching(
             budget, self._up, s.retrieval_cap_ms * MS, request.filters,
-            excluded_ids(request.filters, seen), want=k, limit=k, with_vectors=False)
+            excluded_ids(request.filters, seen | inline_seen, hidden | inline_hidden), want=k, limit=k,
+            with_vectors=False)
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
         for c in found.items[:k]:
             reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.popularity,
@@ -63,14 +76,13 @@ class ShedAnswers:
         budget.report(reply)
         return reply
 
-    async def user_seen(self, budget: Budget, request) -> tuple[frozenset[str], bool]:
-        """(the user's seen items as far as known, whether that is all of them) for a request with
-        user_id and filters (RecommendRequest, SimilarItemsRequest): all when the
-        request lets them back, or this gateway holds a complete entry, or the updater answered
-        in time."""
-        filters = request.filters
-        if filters.HasField("exclude_seen") and not filters.exclude_seen:
-            return frozenset(), True
+    async def user_seen(self, budget: Budget, request) -> tuple[frozenset[str], frozenset[str], bool]:
+        """(the user's seen items, those they hid or disliked - as far as known -, whether that
+        is all of them) for a request with a user_id (RecommendRequest, SimilarItemsRequest): all
+        when this gateway holds a complete entry, or the updater answered in time, or there is
+        no user to ask about (a guest without an id: their session_events are all there is)."""
+        if not request.user_id:
+            return frozenset(), frozenset(), True
         known = self._seen.lookup(request.user_id, time.monotonic())
         cap = self._s.user_state_cap_ms * MS
         # Not tried when too little time is left: that is what shedding is for, not a failure.
@@ -80,7 +92,8 @@ class ShedAnswers:
                 updater_pb2.GetUserStateRequest(user_id=request.user_id, max_recent=1), timeout=t))
             if state is not None:
                 self._seen.add_state(request.user_id, state, asked)
-                return frozenset(state.seen_item_ids), True  # all of them, held here or not
+                # All of them, held here or not.
+                return frozenset(state.seen_item_ids), frozenset(state.hidden_item_ids), True
         if known is None:
-            return frozenset(), False
-        return known.ids, known.complete
+            return frozenset(), frozenset(), False
+        return known.ids, known.hidden, known.complete

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Iterator
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -34,6 +35,7 @@ from recmesh.v1 import common_pb2, recommendations_pb2, retrieval_pb2
 from services.gateway.anchor import AnchorStage
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
+from services.gateway.dislikes import DislikePush
 from services.gateway.fallbacks import CandidateSet, PopularCandidates
 from services.gateway.final_step import OrderedItem, final_step
 from services.gateway.history import HistoryStage
@@ -76,7 +78,8 @@ class SimilarItemsPipeline:
         """Up to k items like the request's anchor (k a checked page size; text the visible text
         of a free-text anchor, "" for an item), never the anchor itself, within the budget,
         skipping what the plan says. Each item passed the request's filters and the user's
-        exclusions (seen items unless filters.exclude_seen is false, filters.exclude_item_ids).
+        exclusions (seen items unless filters.exclude_seen is false; hidden and disliked ones
+        always; filters.exclude_item_ids).
         An upstream failing or late is no error: degraded names, in order, the plan's reasons,
         then each failed stage and the fallback that answered instead. Raises NotFound naming
         item_id for an item retrieval does not hold; InvalidArgument for a malformed matrix in
@@ -88,19 +91,21 @@ class SimilarItemsPipeline:
         item_id = request.item_id if request.WhichOneof("anchor") == "item_id" else ""
         versions: dict[str, str | None] = {}
 
-        (anchor, anchor_version), (history, seen) = await _both(
+        (anchor, anchor_version), (history, seen, hidden) = await _both(
             self._anchor(budget, item_id, text, plan), self._user(budget, request, plan))
         if anchor is None:
             anchor = NO_ANCHOR
         versions["index" if item_id else "encoder"] = anchor_version
-        excluded = excluded_ids(request.filters, seen)
+        excluded = excluded_ids(request.filters, seen, hidden)
         if item_id:
             excluded.add(item_id)
 
         wants_interest = (not plan.shed and history is not None and bool(history.entries)
                           and self._weights.interest > 0)
+        # The candidates' catalog vectors: for the interest, and for the push of disliked items' likes.
+        with_vectors = wants_interest or (history is not None and bool(history.disliked))
         (found, index_version), (interest, interest_version) = await _both(
-            self._neighbours(budget, anchor, request.filters, excluded, k, plan, with_vectors=wants_interest),
+            self._neighbours(budget, anchor, request.filters, excluded, k, plan, with_vectors=with_vectors),
             self._user_interest(budget, request.user_id, history, plan) if wants_interest else _nothing())
         versions["index"] = index_version or versions.get("index")
         versions["encoder"] = versions.get("encoder") or interest_version
@@ -116,7 +121,7 @@ class SimilarItemsPipeline:
             versions["index"] = versions.get("index") or pool_version
 
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
-        final_step(reply, self._ordered(anchor, found, interest, from_pool, k), k,
+        final_step(reply, self._ordered(anchor, found, interest, history, from_pool, k), k,
                    never=frozenset({item_id}) if item_id else frozenset())
         reply.versions.update({name: version for name, version in versions.items() if version})
         budget.report(reply)
@@ -129,17 +134,19 @@ class SimilarItemsPipeline:
             return NO_ANCHOR, None
         return await self._anchors.text(budget, text)
 
-    async def _user(self, budget: Budget, request, plan: Plan) -> tuple[History | None, frozenset[str] | set[str]]:
-        """(the user's history: None without a user or when shed, what they have seen)."""
+    async def _user(self, budget: Budget, request,
+                    plan: Plan) -> tuple[History | None, frozenset[str] | set[str], frozenset[str] | set[str]]:
+        """(the user's history: None without a user or when shed, what they have seen, what they
+        hid or disliked)."""
         if not request.user_id:
-            return None, frozenset()
+            return None, frozenset(), frozenset()
         if plan.shed:
-            seen, complete = await self._shed.user_seen(budget, request)
+            seen, hidden, complete = await self._shed.user_seen(budget, request)
             if not complete:
                 budget.trace.degrade(SEEN_UNKNOWN)
-            return None, seen
+            return None, seen, hidden
         history = await self._history.load(budget, request.user_id)
-        return history, history.seen
+        return history, history.seen, history.hidden
 
     async def _user_interest(self, budget: Budget, user_id: str, history: History,
                              plan: Plan) -> tuple[np.ndarray | None, str | None]:
@@ -148,7 +155,7 @@ class SimilarItemsPipeline:
         encoded = await self._interest.encode(budget, user_id, history, "", plan.skip_encoder)
         if encoded.interest is not None:
             return encoded.interest, encoded.version
-        return session_vector(history.vectors), None
+        return session_vector(history.vectors, event_weights=history.weights), None
 
     async def _neighbours(self, budget: Budget, anchor: Anchor, filters: common_pb2.Filters, excluded: set[str],
                           k: int, plan: Plan, with_vectors: bool) -> tuple[CandidateSet | None, str | None]:
@@ -173,23 +180,30 @@ class SimilarItemsPipeline:
         version = found.index_version
         return CandidateSet.from_reply(found, with_query=anchor.text_vector is not None), version
 
-    def _ordered(self, anchor: Anchor, found: CandidateSet, interest: np.ndarray | None,
+    def _ordered(self, anchor: Anchor, found: CandidateSet, interest: np.ndarray | None, history: History | None,
                  from_pool: bool, k: int) -> Iterator[OrderedItem]:
         """The candidates best first, with their scores and reasons (made as the page takes
-        them: a page is k of hundreds). From the pool, items sharing a category with the anchor
-        come first (each group by score)."""
+        them: a page is k of hundreds). Items like the user's disliked ones are pushed down
+        (services/gateway/dislikes.py), saying so. From the pool, items sharing a category with
+        the anchor come first (each group by score)."""
         items = found.items
         if not items:
             return
         scored = score(anchor, found.vectors, found.query_similarity, interest, self._weights,
                        popularity=[c.popularity for c in items], page=k)
+        push = DislikePush.of(found, history, self._s) if history is not None else None
+        if push is not None:
+            scored = replace(scored, scores=scored.scores - np.array(
+                [push.penalty.get(c.item_id, 0.0) for c in items], np.float32))
         order = scored.order()
         if from_pool and anchor.categories:
             on_topic = set(anchor.categories)
             order.sort(key=lambda row: not on_topic.intersection(items[row].categories))  # stable
         for row in order:
-            yield OrderedItem(items[row], float(scored.scores[row]),
-                              reasons(anchor, scored, row, items[row].categories) or [POPULAR])
+            said = reasons(anchor, scored, row, items[row].categories) or [POPULAR]
+            if push is not None and items[row].item_id in push.reason:
+                said.append(push.reason[items[row].item_id])
+            yield OrderedItem(items[row], float(scored.scores[row]), said)
 
 
 async def _nothing() -> tuple[None, None]:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from recmesh.common import limits
+from recmesh.common import clock, limits
 from recmesh.common.errors import InvalidArgument
 from recmesh.common.validation import (
     check_attribute_filters,
+    check_event_fields,
     check_id,
     check_item,
     check_labels,
@@ -17,8 +18,11 @@ from services.gateway.config import GatewaySettings
 
 
 def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
-    """Returns (k, query) normalised: the query's visible text, "" for none."""
-    check_id(request.user_id, "user_id")
+    """Returns (k, query) normalised: the query's visible text, "" for none. user_id may be
+    empty only for a guest, who sends session_events."""
+    if request.user_id or not request.session_events:
+        check_id(request.user_id, "user_id")
+    check_session_events(request.session_events, request.user_id, settings.max_session_events)
     k = _check_k(request, settings)
     query = check_query(request.query, "query", settings.max_query_chars)
     _check_filters(request.filters, settings)
@@ -71,6 +75,31 @@ def _check_context(context) -> None:
     for name in ("surface", "locale"):
         if len(getattr(context, name)) > limits.ID_CHARS:
             raise InvalidArgument(f"context.{name}", f"longer than {limits.ID_CHARS} characters")
+
+
+def check_session_events(events, user_id: str, max_events: int) -> None:
+    """RecommendRequest.session_events: at most max_events, each a valid event
+    (check_event_fields) whose event_id may be empty (else an id) and whose user_id is empty or
+    the request's. InvalidArgument names the event and field, e.g. "session_events[2].item_id"."""
+    if len(events) > max_events:
+        raise InvalidArgument("session_events", f"at most {max_events} events, got {len(events)}")
+    now_ms = clock.now_ms()
+    for i, event in enumerate(events):
+        at = f"session_events[{i}]"
+        if event.event_id:
+            check_id(event.event_id, f"{at}.event_id")
+        if event.user_id and event.user_id != user_id:
+            raise InvalidArgument(f"{at}.user_id", "must be empty or the request's user_id")
+        check_event_fields(event, at, now_ms)
+
+
+def check_merge(request) -> tuple[str, str]:
+    """MergeUsersRequest: (from_user_id, into_user_id), two different ids."""
+    from_user = check_id(request.from_user_id, "from_user_id")
+    into_user = check_id(request.into_user_id, "into_user_id")
+    if from_user == into_user:
+        raise InvalidArgument("into_user_id", "must differ from from_user_id")
+    return from_user, into_user
 
 
 def check_items(items, settings: GatewaySettings) -> None:

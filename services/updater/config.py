@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
 from recmesh.common.paths import var_paths
+from recmesh.events import weights
 from recmesh.models.ranking.scorer import start_params_dir
 
 
@@ -33,12 +34,15 @@ class UpdaterSettings(ServiceSettings):
     # Narrows limits.SEEN_ITEMS, never widens it (retrieval accepts that many excluded ids).
     seen_items: int = Field(default=limits.SEEN_ITEMS, ge=1)
     recent_queries: int = Field(default=20, ge=1)
+    # Items hidden or disliked remembered per user (never shown again); narrows limits.HIDDEN_ITEMS.
+    hidden_items: int = Field(default=limits.HIDDEN_ITEMS, ge=1)
     default_max_recent: int = Field(default=50, ge=1)
 
-    @field_validator("seen_items")
+    @field_validator("seen_items", "hidden_items")
     @classmethod
-    def _within_shared_limit(cls, value: int) -> int:
-        return limits.at_most(value, limits.SEEN_ITEMS, "SEEN_ITEMS")
+    def _within_shared_limit(cls, value: int, info) -> int:
+        constant = {"seen_items": "SEEN_ITEMS", "hidden_items": "HIDDEN_ITEMS"}[info.field_name]
+        return limits.at_most(value, getattr(limits, constant), constant)
     # Online learning of the ranker (services/updater/learning.py and joiner.py,
     # recmesh/models/ranking/training.py).
     learn: bool = True
@@ -53,3 +57,15 @@ class UpdaterSettings(ServiceSettings):
     join_window_s: float = Field(default=1800.0, gt=0)
     max_impression_items: int = Field(default=1000, ge=1)
     max_impressions_per_call: int = Field(default=1000, ge=1)
+
+    # The catalog's event weights (recmesh/events/weights.py): this JSON file when it is there
+    # (default: the var's catalog/event_weights.json), else the defaults. Checked at start.
+    event_weights_file: Path | None = Field(default_factory=lambda: var_paths().event_weights)
+
+    @field_validator("event_weights_file")
+    @classmethod
+    def _event_weights_readable(cls, value: Path | None) -> Path | None:
+        return weights.checked_file(value)
+
+    def event_weights(self) -> weights.EventWeights:
+        return weights.load_event_weights(self.event_weights_file)

@@ -1,5 +1,5 @@
 """The updater's events/state role: Ingest (log first, then apply, then acknowledge, with group
-commit), GetUserState's stored part and DeleteUser's, over one event store (SQLite or Redis,
+commit), GetUserState's stored part, DeleteUser's and MergeUsers', over one event store (SQLite or Redis,
 recmesh/events/stores.py). What committed events mean for online learning is not decided here:
 each new event is handed to a callback (services/updater/learning.py)."""
 
@@ -146,7 +146,21 @@ class EventsRole:
         reply.seen_item_ids.extend(view.seen)
         reply.recent_queries.extend(view.queries)
         reply.event_count = view.event_count
+        reply.hidden_item_ids.extend(view.hidden)
+        reply.disliked_item_ids.extend(view.disliked)
         return reply
+
+    async def merge_users(self, from_user: str, into_user: str) -> int:
+        """Moves every event of from_user to into_user (log and state), durable before it
+        returns (as Ingest); returns how many moved - 0 when from_user has none, so a repeated
+        merge moves nothing. InvalidArgument naming from_user_id / into_user_id for a bad id,
+        or into_user_id when the two are the same; Unavailable while warming up."""
+        check_id(from_user, "from_user_id")
+        check_id(into_user, "into_user_id")
+        if from_user == into_user:
+            raise InvalidArgument("into_user_id", "must differ from from_user_id")
+        self._check_ready()
+        return await self.store.merge_users(from_user, into_user)
 
     async def delete_user(self, user_id: str) -> int:
         """Deletes the user's events and state; returns how many events there were.
@@ -165,5 +179,5 @@ def make_store(settings: UpdaterSettings) -> EventStore:
     s = settings
     if s.store == "redis":
         return RedisStore(s.redis_url, s.redis_prefix, s.recent_items, s.seen_items, s.recent_queries,
-                          s.dedupe_ttl_s, s.seed_log)
-    return LocalStore(s.log_path, UserStateStore(s.recent_items, s.seen_items, s.recent_queries))
+                          s.dedupe_ttl_s, s.seed_log, hidden_items=s.hidden_items)
+    return LocalStore(s.log_path, UserStateStore(s.recent_items, s.seen_items, s.recent_queries, s.hidden_items))

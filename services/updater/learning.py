@@ -41,7 +41,7 @@ class LearningRole:
 
     def __init__(self, settings: UpdaterSettings):
         self._settings = settings
-        self._joiner = ImpressionJoiner(int(settings.join_window_s * 1000))
+        self._joiner = ImpressionJoiner(int(settings.join_window_s * 1000), weights=settings.event_weights())
         self.learner: OnlineLearner | None = None
         self._learning: asyncio.Task | None = None
         # Training runs here, never on the event loop and never beside the log's thread.
@@ -102,6 +102,10 @@ class LearningRole:
     def skipped(self, user_id: str) -> dict[str, int]:
         """Items shown to the user within the join window and not chosen: item_id -> times."""
         return self._joiner.skipped(user_id, now_ms())
+
+    def merge_users(self, from_user: str, into_user: str) -> None:
+        """from_user's events moved to into_user: so do the impressions shown to from_user."""
+        self._joiner.merge_users(from_user, into_user)
 
     def forget_user(self, user_id: str) -> None:
         """A deleted user: their impressions and held feedback go, and an impression of theirs

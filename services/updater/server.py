@@ -1,7 +1,8 @@
 """recmesh.v1.Updater: a thin servicer over the updater's two roles - events and per-user state
-(services/updater/events.py: Ingest, the stored part of GetUserState and DeleteUser) and online
-learning (services/updater/learning.py: LogImpressions, WatchParameters, and the joiner's part of
-GetUserState and DeleteUser). Every committed new event is handed from the first to the second."""
+(services/updater/events.py: Ingest, the stored part of GetUserState, DeleteUser and MergeUsers)
+and online learning (services/updater/learning.py: LogImpressions, WatchParameters, and the
+joiner's part of GetUserState, DeleteUser and MergeUsers). Every committed new event is handed
+from the first to the second."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import grpc
 
 from recmesh.common.errors import rpc_method
 from recmesh.common.server import Service
-from recmesh.v1 import updater_pb2, updater_pb2_grpc
+from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
 from services.updater.config import UpdaterSettings
 from services.updater.events import EventsRole
 from services.updater.learning import LearningRole
@@ -52,6 +53,13 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         deleted = await self.events.delete_user(request.user_id)
         self.learning.forget_user(request.user_id)
         return updater_pb2.DeleteUserStateResponse(events_deleted=deleted)
+
+    @rpc_method
+    async def MergeUsers(self, request, context):
+        moved = await self.events.merge_users(request.from_user_id, request.into_user_id)
+        if moved:
+            self.learning.merge_users(request.from_user_id, request.into_user_id)
+        return common_pb2.MergeUsersResponse(events_moved=moved)
 
     async def close(self) -> None:
         await self.learning.close()

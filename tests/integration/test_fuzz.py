@@ -35,7 +35,7 @@ from recmesh.v1 import (
 
 pytestmark = pytest.mark.integration
 R = recommendations_pb2
-CASES_PER_RPC = 850  # x 7 RPCs = 5,950
+CASES_PER_RPC = 850  # x 8 RPCs = 6,800
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 OUTCOMES: Counter = Counter()
 UPSERTED: set[str] = set()
@@ -62,9 +62,13 @@ filters = st.builds(common_pb2.Filters, include_categories=st.lists(text, max_si
                     exclude_seen=st.booleans())
 fuzz_items = st.builds(common_pb2.Item, item_id=text.map(lambda s: f"fuzz-{s}"[:300]), title=text,
                        categories=st.lists(text, max_size=5), tags=st.lists(text, max_size=5), description=text)
+# Writes name only fuzz users: a merge of a real id would move a shared user's events.
+fuzz_ids = text.map(lambda s: f"fuzz-{s}")
 REQUESTS = {
-    "Recommend": st.builds(R.RecommendRequest, user_id=text, query=text, k=st.integers(-2**31, 2**31 - 1),
-                           filters=filters, diversity=floats),
+    "Recommend": st.builds(R.RecommendRequest, user_id=st.one_of(text, st.just("")), query=text,
+                           k=st.integers(-2**31, 2**31 - 1), filters=filters, diversity=floats,
+                           session_events=st.lists(events, max_size=5)),
+    "MergeUsers": st.builds(common_pb2.MergeUsersRequest, from_user_id=fuzz_ids, into_user_id=fuzz_ids),
     "SimilarItems": st.one_of(
         st.builds(R.SimilarItemsRequest, item_id=text, user_id=text, k=st.integers(-2**31, 2**31 - 1), filters=filters),
         st.builds(R.SimilarItemsRequest, text=text, user_id=text, k=st.integers(-2**31, 2**31 - 1), filters=filters),
@@ -109,7 +113,9 @@ poisoned_text = st.one_of(text, st.just(POISON))
 POISONED = {
     "Recommend": st.builds(R.RecommendRequest, user_id=poisoned_text, query=poisoned_text, filters=st.builds(
         common_pb2.Filters, include_categories=st.lists(poisoned_text, max_size=3),
-        exclude_item_ids=st.lists(poisoned_text, max_size=3))),
+        exclude_item_ids=st.lists(poisoned_text, max_size=3)), session_events=st.lists(st.builds(
+            common_pb2.Event, event_id=poisoned_text, item_id=poisoned_text, type=event_types), max_size=3)),
+    "MergeUsers": st.builds(common_pb2.MergeUsersRequest, from_user_id=poisoned_text, into_user_id=poisoned_text),
     "SimilarItems": st.one_of(
         st.builds(R.SimilarItemsRequest, item_id=poisoned_text, user_id=poisoned_text),
         st.builds(R.SimilarItemsRequest, text=poisoned_text, filters=st.builds(
@@ -124,9 +130,11 @@ POISONED = {
     "GetUserProfile": st.builds(R.GetUserProfileRequest, user_id=poisoned_text),
     "DeleteUser": st.builds(R.DeleteUserRequest, user_id=poisoned_text),
 }
-RAW_CASES_PER_RPC = 250  # x 7 RPCs = 1,750
+RAW_CASES_PER_RPC = 250  # x 8 RPCs = 2,000
 # Methods that change the shared catalog or users' data.
-WRITES = {"TrackEvents", "UpsertItems", "DeleteItems", "DeleteUser"}
+WRITES = {"TrackEvents", "UpsertItems", "DeleteItems", "DeleteUser", "MergeUsers"}
+# Request types that are not recommendations_pb2's <Method>Request.
+REQUEST_TYPES = {"MergeUsers": common_pb2.MergeUsersRequest}
 
 
 def _raw_bytes(method: str):
@@ -143,7 +151,7 @@ def test_bytes_that_are_no_message_are_invalid_argument(gateway_channel, method)
     """protobuf's own parser is the oracle: bytes it refuses are INVALID_ARGUMENT, naming a field
     (or `request`); bytes it parses are a request like any other (sent to the read methods only)."""
     call = gateway_channel.unary_unary(f"/recmesh.v1.Recommendations/{method}")  # raw bytes both ways
-    message = getattr(R, f"{method}Request")
+    message = REQUEST_TYPES.get(method) or getattr(R, f"{method}Request")
 
     @settings(max_examples=RAW_CASES_PER_RPC, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))

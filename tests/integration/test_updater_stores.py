@@ -15,12 +15,13 @@ from recmesh.v1 import common_pb2
 from tests.integration.conftest import opened, wait_for_aof_rewrite
 
 pytestmark = pytest.mark.integration
-CLICK, SEARCH = common_pb2.EventType.EVENT_TYPE_CLICK, common_pb2.EventType.EVENT_TYPE_SEARCH
+ET = common_pb2.EventType
+CLICK, SEARCH, HIDE, DISLIKE = ET.EVENT_TYPE_CLICK, ET.EVENT_TYPE_SEARCH, ET.EVENT_TYPE_HIDE, ET.EVENT_TYPE_DISLIKE
 LIMITS = {"recent_items": 3, "seen_items": 4, "recent_queries": 2}
 
 
-def ev(event_id, user="u1", item="1", type=CLICK, query="", value=0.5, request_id=""):
-    return LoggedEvent(event_id, user, item, type, query, value, 1000, request_id)
+def ev(event_id, user="u1", item="1", type=CLICK, query="", value=0.5, request_id="", at=1000):
+    return LoggedEvent(event_id, user, item, type, query, value, at, request_id)
 
 
 def test_append_is_atomic_per_batch_and_idempotent_by_event_id(make_store):
@@ -105,6 +106,46 @@ def test_delete_user_leaves_nothing_of_them(make_store, redis_server, tmp_path):
         assert not [f for f in tmp_path.glob("events.sqlite*") if gone.encode() in f.read_bytes()]
 
 
+
+
+def test_hidden_and_disliked_items_are_kept_beside_the_seen_ones(make_store):
+    async def go():
+        store = await opened(make_store)
+        await store.append_groups([[ev("d4", item="4", type=DISLIKE, at=4000), ev("h2", item="2", type=HIDE, at=2000),
+                                    ev("c1", item="1", at=1000), ev("d3", item="3", type=DISLIKE, at=3000)]])
+        view = await store.user_view("u1", 10)
+        await store.close()
+        return view
+
+    view = asyncio.run(go())
+    assert view.hidden == ["2", "3", "4"]  # hidden or disliked, by time
+    assert view.disliked == ["3", "4"]  # the newest dislike last
+    assert view.seen == ["1", "2", "3", "4"]  # they are item events too
+    assert [e.item_id for e in view.recent] == ["2", "3", "4"]  # at most 3 (LIMITS)
+
+
+def test_merge_moves_every_event_once_durably_and_leaves_the_source_empty(make_store):
+    async def go():
+        store = await opened(make_store)
+        await store.append_groups([[ev("g1", user="guest", item="1", at=1000),
+                                    ev("g2", user="guest", item="2", type=HIDE, at=3000),
+                                    ev("gs", user="guest", item="", type=SEARCH, query="space opera", at=3500),
+                                    ev("u1", user="user", item="3", at=2000)]])
+        moved = await store.merge_users("guest", "user")
+        again = await store.merge_users("guest", "user")
+        retried = await store.append_groups([[ev("g1", user="guest", item="1", at=1000)]])  # a late retry
+        await store.close()
+        store = await opened(make_store)  # a restarted (or another) replica reads the merge
+        views = await store.user_view("user", 10), await store.user_view("guest", 10)
+        await store.close()
+        return moved, again, retried, views
+
+    moved, again, retried, (user, guest) = asyncio.run(go())
+    assert (moved, again, retried) == (3, 0, [[]])  # a repeat moves nothing; a retry is a duplicate
+    assert guest is None
+    assert [(e.event_id, e.user_id) for e in user.recent] == [("g1", "user"), ("u1", "user"), ("g2", "user")]
+    assert user.event_count == 4 and user.hidden == ["2"] and user.queries == ["space opera"]
+    assert user.seen == ["1", "3", "2"]
 
 
 def test_redis_store_refuses_a_server_that_could_lose_acknowledged_events(redis_server):

@@ -76,6 +76,7 @@ class Mesh:
                                               popularity=1 - i / CATALOG, attributes=attributes(i))
                       for i in range(CATALOG)]
         self.seen: dict[str, list[str]] = {}
+        self.hidden: dict[str, list[str]] = {}  # items hidden or disliked
         self.logged: set[str] = set()  # event ids ever applied: kept after a user is deleted, as the updater does
         self.down: set[str] = set()
         self.calls: list[tuple[str, object, float]] = []
@@ -113,11 +114,14 @@ class Mesh:
             accepted += 1
             if e.type != ET.EVENT_TYPE_SEARCH:
                 self.seen.setdefault(e.user_id, []).append(e.item_id)
+            if e.type in (ET.EVENT_TYPE_HIDE, ET.EVENT_TYPE_DISLIKE):
+                self.hidden.setdefault(e.user_id, []).append(e.item_id)
         return updater_pb2.IngestResponse(accepted=accepted, duplicates=len(request.events) - accepted)
 
     async def GetUserState(self, request, timeout):
         self._call("GetUserState", request, timeout)
-        return updater_pb2.UserState(user_id=request.user_id, seen_item_ids=self.seen.get(request.user_id, []))
+        return updater_pb2.UserState(user_id=request.user_id, seen_item_ids=self.seen.get(request.user_id, []),
+                                     hidden_item_ids=self.hidden.get(request.user_id, []))
 
     async def DeleteUser(self, request, timeout):
         self._call("DeleteUser", request, timeout)
@@ -131,6 +135,11 @@ class Mesh:
         self._call("EncodeInterest", request, timeout)
         return encoder_pb2.EncodeInterestResponse(
             query_vector=to_matrix(np.ones((1, DIM), np.float32) if request.query else None), model_version="m")
+
+    async def GetItems(self, request, timeout):
+        self._call("GetItems", request, timeout)
+        wanted = set(request.item_ids)
+        return self._list([c for c in self.items if c.item_id in wanted])
 
     async def Search(self, request, timeout):
         self._call("Search", request, timeout)
@@ -197,7 +206,7 @@ BROWNOUT = list(RUNGS[:-1])
 
 
 async def recommend(g, user: str, k: int, how: str = "full", remaining: float = 0.1, query: str = "",
-                    **filters) -> recommendations_pb2.RecommendResponse:
+                    session_events=(), **filters) -> recommendations_pb2.RecommendResponse:
     """Recommend along one path: "full", one of SHED or BROWNOUT (forced, not left to timing).
     A late arrival gets `remaining` when under min_admit_ms, else 14 ms."""
     rec = g._recommender
@@ -211,7 +220,8 @@ async def recommend(g, user: str, k: int, how: str = "full", remaining: float = 
             rec.shedding.observe(1.0, others_in_flight=3, now=now)
         rec.shedding._draw = lambda: 0.0
     request = recommendations_pb2.RecommendRequest(user_id=user, k=k, query=query,
-                                                   filters=common_pb2.Filters(**filters))
+                                                   filters=common_pb2.Filters(**filters),
+                                                   session_events=session_events)
     try:
         return await g.Recommend(request, Context(remaining))
     finally:
@@ -289,6 +299,60 @@ def test_the_requests_exclusions_hold_and_exclude_seen_false_lets_seen_items_bac
 
     excluded, seen_back = asyncio.run(scenario())
     assert ids(excluded) == ["p2", "p4", "p5"]
+    assert ids(seen_back) == ["p0", "p2", "p3"]
+
+
+EVERY_PATH = ["full", *BROWNOUT, *SHED, "fallback:anonymous", "fallback:popular_candidates",
+              "fallback:retrieval_order"]
+DOWN = {"fallback:anonymous": {"GetUserState"}, "fallback:popular_candidates": {"Search"},
+        "fallback:retrieval_order": {"Rank"}}
+
+
+@pytest.mark.parametrize("how", EVERY_PATH)
+@pytest.mark.parametrize("hiding", [ET.EVENT_TYPE_HIDE, ET.EVENT_TYPE_DISLIKE])
+def test_a_hidden_or_disliked_item_never_comes_back_even_with_exclude_seen_false(monkeypatch, how, hiding):
+    query = "a film" if how == "fallback:popular_candidates" else ""
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", ["p0"])
+        await track(g, "u", ["p1"], hiding)
+        mesh.down = DOWN.get(how, set())
+        path = how if how in RUNGS or how in SHED else "full"
+        return [await recommend(g, "u", 3, path, query=query, exclude_seen=False),
+                await recommend(g, "u", 3, path, query=query)]
+
+    seen_back, plain = asyncio.run(scenario())
+    if how != "full":
+        assert how in seen_back.degraded
+    assert ids(seen_back) == ["p0", "p2", "p3"]  # seen p0 back; hidden p1 never
+    assert ids(plain) == ["p2", "p3", "p4"]
+
+
+@pytest.mark.parametrize("how", EVERY_PATH)
+def test_a_guests_inline_session_is_left_out_like_tracked_events_on_every_path(monkeypatch, how):
+    query = "a film" if how == "fallback:popular_candidates" else ""
+    inline = [common_pb2.Event(item_id="p0", type=ET.EVENT_TYPE_VIEW),
+              common_pb2.Event(item_id="p1", type=ET.EVENT_TYPE_HIDE),
+              common_pb2.Event(query="a film", type=ET.EVENT_TYPE_SEARCH)]
+
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        mesh.down = DOWN.get(how, set())
+        path = how if how in RUNGS or how in SHED else "full"
+        guest = await recommend(g, "", 3, path, query=query, session_events=inline)
+        asked = mesh.called("GetUserState")
+        await track(g, "u", ["p2"])
+        user = await recommend(g, "u", 3, path, query=query, session_events=inline)
+        seen_back = await recommend(g, "u", 3, path, query=query, session_events=inline, exclude_seen=False)
+        return guest, asked, user, seen_back
+
+    guest, asked, user, seen_back = asyncio.run(scenario())
+    assert ids(guest) == ["p2", "p3", "p4"] and not asked  # a guest without an id: no updater read
+    assert "seen_items:unknown" not in guest.degraded
+    assert ids(user) == ["p3", "p4", "p5"]  # stored and inline alike
     assert ids(seen_back) == ["p0", "p2", "p3"]
 
 

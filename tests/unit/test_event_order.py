@@ -122,7 +122,7 @@ def test_feedback_from_before_the_join_window_labels_nothing():
     old = LoggedEvent("old", "u", "a", CLICK, "", 0.0, T - 5000, "")
     assert joiner.join(old, arrived_ms=T + 10) is None
     fresh = LoggedEvent("new", "u", "b", CLICK, "", 0.0, T + 5, "")
-    assert joiner.join(fresh, arrived_ms=T + 10).positive == 1
+    assert joiner.join(fresh, arrived_ms=T + 10).row == 1
 
 
 def test_a_logged_event_keeps_only_visible_query_text_and_gets_a_time():

@@ -39,9 +39,9 @@ def test_feedback_joins_its_impression_once_and_within_the_window():
     joiner.add(impression("r1", "u", ["a", "b", "c"]), arrived_ms=0)
     joiner.add(impression("r2", "u", ["c", "d"]), arrived_ms=10)
     by_request = joiner.join(click("u", "c", request_id="r1"), arrived_ms=20)
-    assert by_request.positive == 2 and by_request.features.shape == (3, F)
+    assert by_request.row == 2 and by_request.features.shape == (3, F)
     newest = joiner.join(click("u", "c"), arrived_ms=30)  # no request_id: the newest showing
-    assert newest.positive == 0 and len(newest.features) == 2
+    assert newest.row == 0 and len(newest.features) == 2
     assert joiner.join(click("u", "c"), arrived_ms=40) is None  # both showings already labelled
     assert joiner.join(click("u", "zzz"), arrived_ms=40) is None  # never shown
     assert joiner.join(click("u", "b"), arrived_ms=5000) is None  # too late
@@ -55,7 +55,7 @@ def test_feedback_that_overtakes_its_impression_waits_for_it():
     assert joiner.join(click("u", "a", request_id="r2"), arrived_ms=0) is None  # held, then too old
     assert joiner.join(click("v", "a", request_id="r3"), arrived_ms=0) is None  # held, then forgotten
     [joined] = joiner.add(impression("r1", "u", ["a", "b", "c"]), arrived_ms=20)
-    assert joined.positive == 1
+    assert joined.row == 1
     assert joiner.add(impression("r2", "u", ["a"]), arrived_ms=600) == []
     joiner.forget_user("v", now_ms=30)
     assert joiner.add(impression("r3", "v", ["a"]), arrived_ms=30) == []
@@ -68,7 +68,62 @@ def test_feedback_held_for_unseen_impressions_is_bounded_oldest_first():
     for n, request in enumerate(["r1", "r1", "r2", "r3"]):  # the 4th event pushes r1 (2 events) out
         joiner.join(click("u", f"i{n}", request_id=request), arrived_ms=0)
     assert joiner.add(impression("r1", "u", ["i0", "i1"]), arrived_ms=1) == []
-    assert [x.positive for x in joiner.add(impression("r3", "u", ["x", "i3"]), arrived_ms=1)] == [1]
+    assert [x.row for x in joiner.add(impression("r3", "u", ["x", "i3"]), arrived_ms=1)] == [1]
+
+
+def event(user, item, type_, value=0.0, request_id=""):
+    return LoggedEvent(f"{user}-{item}-{type_}", user, item, type_, "", value, 0, request_id)
+
+
+def test_a_dislike_of_a_shown_item_is_a_negative_label_weighted_by_the_event_weights():
+    from recmesh.events.weights import EventWeights
+
+    ET = common_pb2.EventType
+    joiner = ImpressionJoiner(window_ms=1000, weights=EventWeights(purchase=5.0))
+    joiner.add(impression("r1", "u", ["a", "b", "c", "d"]), arrived_ms=0)
+    disliked = joiner.join(event("u", "b", ET.EVENT_TYPE_DISLIKE), arrived_ms=10)
+    assert disliked.row == 1 and disliked.label == -2.0 and not disliked.chosen
+    bought = joiner.join(event("u", "c", ET.EVENT_TYPE_PURCHASE), arrived_ms=10)
+    assert bought.row == 2 and bought.label == 5.0 and bought.chosen  # the catalog's own weight
+    # A search names no item; a rating of a shown item is labelled by its value.
+    assert joiner.join(event("u", "", ET.EVENT_TYPE_SEARCH), arrived_ms=10) is None
+    assert joiner.join(event("u", "d", ET.EVENT_TYPE_RATE, value=5.0), arrived_ms=10).label == 2.0
+    assert joiner.skipped("u", now=20) == {"a": 1}  # a rejected item was not merely skipped
+    # Weight 0: nothing learned (a catalog that does not count views).
+    quiet = ImpressionJoiner(window_ms=1000, weights=EventWeights(view=0.0))
+    quiet.add(impression("r2", "u", ["a"]), arrived_ms=0)
+    assert quiet.join(event("u", "a", ET.EVENT_TYPE_VIEW), arrived_ms=5) is None
+
+
+def test_a_negative_label_pushes_the_rejected_item_below_the_rest_of_its_list():
+    start = Scorer("s", np.zeros(F, np.float32), 0.0)
+    trainer = WideDeepTrainer(start, hidden=0, lr=0.05)
+    x = np.eye(4, F, dtype=np.float32)  # row i has only feature i
+    rejected = LabelledList(x, 1, 0, label=-2.0)
+    before = trainer.scorer("b", 0).score(x)
+    for _ in range(30):
+        trainer.step([rejected])
+    after = trainer.scorer("a", 0).score(x)
+    assert before[1] == before[0] and after[1] < min(np.delete(after, 1)) - 0.5
+    assert list_metrics(trainer.scorer("a", 0), [rejected])["lists"] == 0  # no relevant item to score
+
+
+def test_the_rejection_gradient_is_the_derivative_of_its_loss():
+    from recmesh.models.ranking.training import _rejection_grad
+
+    scores = np.array([0.3, -1.2, 2.0, 0.1])
+    loss, grad = _rejection_grad(scores, 2)
+    eps = 1e-6
+    numeric = [(_rejection_grad(scores + eps * np.eye(4)[i], 2)[0] - loss) / eps for i in range(4)]
+    assert np.allclose(grad, numeric, atol=1e-4)
+
+
+def test_merged_users_feedback_joins_what_was_shown_to_the_guest():
+    joiner = ImpressionJoiner(window_ms=1000)
+    joiner.add(impression("r1", "guest", ["a", "b"]), arrived_ms=0)
+    joiner.merge_users("guest", "u")
+    assert joiner.join(click("u", "b"), arrived_ms=10).row == 1
+    assert joiner.join(click("guest", "a"), arrived_ms=10) is None
 
 
 def lists_preferring_popularity(n, rng):
@@ -136,7 +191,7 @@ def test_a_worse_candidate_is_not_published_and_a_regression_is_rolled_back():
     # Labels turn adversarial (users now pick the least popular): training moves away from
     # "good", and the held-back window - still the old behaviour - refuses the candidate.
     for x in lists_preferring_popularity(20, rng):
-        x.positive = int(np.argmin(x.features[:, POP]))
+        x.row = int(np.argmin(x.features[:, POP]))
         learner._new.append(x)
     job = learner.start_round("bad")
     job.trainer.params["w"] = -job.trainer.params["w"]  # a candidate that is clearly worse

@@ -38,7 +38,11 @@ def text_vector(i: int) -> np.ndarray:
 
 class SimilarMesh(Mesh):
     """Mesh with each item's own vectors, GetItems, a Search that reports each candidate's query
-    similarity, and users whose seen items are their recent events (the interest: their mean)."""
+    similarity, and users whose recent events are those tracked (the interest: their items' mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.recent: dict[str, list[common_pb2.Event]] = {}
 
     def _vectors(self, items, text: bool = True):
         index = {c.item_id: int(c.item_id[1:]) if c.item_id[1:].isdigit() else -1 for c in items}
@@ -73,12 +77,20 @@ class SimilarMesh(Mesh):
                 c.query_similarity = float(sim)
         return reply
 
+    async def Ingest(self, request, timeout):
+        reply = await super().Ingest(request, timeout)
+        for e in request.events:
+            self.recent.setdefault(e.user_id, []).append(common_pb2.Event(user_id=e.user_id, item_id=e.item_id,
+                                                                          type=e.type))
+        return reply
+
     async def GetUserState(self, request, timeout):
         self._call("GetUserState", request, timeout)
-        seen = self.seen.get(request.user_id, [])
-        recent = [common_pb2.Event(user_id=request.user_id, item_id=i, type=ET.EVENT_TYPE_CLICK) for i in seen]
-        return updater_pb2.UserState(user_id=request.user_id, seen_item_ids=seen, recent=recent,
-                                     event_count=len(seen))
+        recent = self.recent.get(request.user_id, [])
+        return updater_pb2.UserState(
+            user_id=request.user_id, seen_item_ids=self.seen.get(request.user_id, []), recent=recent,
+            event_count=len(recent), hidden_item_ids=self.hidden.get(request.user_id, []),
+            disliked_item_ids=[e.item_id for e in recent if e.type == ET.EVENT_TYPE_DISLIKE])
 
     async def EncodeInterest(self, request, timeout):
         self._call("EncodeInterest", request, timeout)
@@ -217,6 +229,27 @@ def test_the_anchor_the_filters_and_the_users_exclusions_hold_on_every_path(monk
     if how in ("full", "fallback:popular_candidates", "anchor_from_pool", *SHED, *BROWNOUT):
         # The anchor's category first, also from the pool: the seen Documentaries come back.
         assert set(DOCUMENTARIES[2:5]) & set(ids(back)), ids(back)
+
+
+@pytest.mark.parametrize("how", ["full", "shed:overload", "fallback:popular_candidates"])
+def test_hidden_and_disliked_items_never_come_back_and_a_dislike_pushes_its_likes_down(monkeypatch, how):
+    async def scenario():
+        mesh = SimilarMesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", ["p17"], ET.EVENT_TYPE_HIDE)
+        await track(g, "u", ["p27"], ET.EVENT_TYPE_DISLIKE)
+        mesh.down = {"Search"} if how == "fallback:popular_candidates" else set()
+        return await similar(g, how if how in SHED else "full", item_id="p7", user_id="u", k=10,
+                             filters={"exclude_seen": False})
+
+    reply = asyncio.run(scenario())
+    assert len(reply.items) == 10 and not {"p7", "p17", "p27"} & set(ids(reply))
+    pushed = [item for item in reply.items if any(r == "ranked lower: like T27, which you disliked"
+                                                  for r in item.reasons)]
+    if how == "shed:overload":  # no history read at the door: left out, not pushed
+        assert not pushed
+    else:
+        assert pushed and all("Documentary" in item.categories for item in pushed)  # like T27
 
 
 def test_an_unknown_item_is_not_found_and_nothing_is_searched(monkeypatch):

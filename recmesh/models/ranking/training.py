@@ -1,9 +1,12 @@
 """Training of the ranker's scorer from labelled lists: what the updater runs online and what
 the offline tools (recmesh eval, bench) run the same way.
 
-- LabelledList: the features of one shown list (as served) and the row the user chose; the
-  updater's impression joiner (services/updater/joiner.py) makes them from the live stream.
-- WideDeepTrainer: listwise softmax loss over each list, Adam, numpy; warm-started from the
+- LabelledList: the features of one shown list (as served), the row the feedback is about and
+  its label - the event's weight (recmesh/events/weights.py): > 0 the user chose the row, < 0
+  they rejected it (a dislike); the updater's impression joiner (services/updater/joiner.py)
+  makes them from the live stream.
+- WideDeepTrainer: listwise softmax loss over each list (a chosen row: -log p(row); a rejected
+  one: -log(1 - p(row))), each list counting |label|, Adam, numpy; warm-started from the
   version being served, so the first published version starts where serving is.
 - OnlineLearner: trains on the stream, holds back every k-th list as the evaluation window,
   publishes a candidate only if it is not worse than the served version on that window and
@@ -29,17 +32,39 @@ log = logging.getLogger("recmesh.updater.learner")
 @dataclass
 class LabelledList:
     features: np.ndarray  # n x len(FEATURES), as served
-    positive: int  # row of the item the user chose
+    row: int  # the item the feedback is about
     arrived_ms: int  # when the feedback arrived (updater clock)
-    propensity: float = 1.0  # of the chosen item at its position
+    propensity: float = 1.0  # of that item at its position
+    # The feedback event's weight: > 0 the user chose the row (the list counts this much), < 0
+    # they rejected it (a negative, counting -label). Never 0: such feedback teaches nothing.
+    label: float = 1.0
+
+    @property
+    def chosen(self) -> bool:
+        return self.label > 0
 
 
-def _softmax_grad(scores: np.ndarray, positive: int) -> tuple[float, np.ndarray]:
-    z = scores - scores.max()
-    p = np.exp(z) / np.exp(z).sum()
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = np.exp(scores - scores.max())
+    return z / z.sum()
+
+
+def _softmax_grad(scores: np.ndarray, row: int) -> tuple[float, np.ndarray]:
+    """-log p(row) and its gradient in the scores: the row chosen over the rest of its list."""
+    p = _softmax(scores)
     grad = p.copy()
-    grad[positive] -= 1.0
-    return float(-np.log(max(p[positive], 1e-12))), grad
+    grad[row] -= 1.0
+    return float(-np.log(max(p[row], 1e-12))), grad
+
+
+def _rejection_grad(scores: np.ndarray, row: int) -> tuple[float, np.ndarray]:
+    """-log(1 - p(row)) and its gradient in the scores, p(row) / (1 - p(row)) (e_row - p): the row
+    pushed below the rest of its list (a dislike of a shown item)."""
+    p = _softmax(scores)
+    rest = max(1.0 - p[row], 1e-12)
+    grad = -p * (p[row] / rest)
+    grad[row] += p[row] / rest
+    return float(-np.log(rest)), grad
 
 
 class WideDeepTrainer:
@@ -73,9 +98,13 @@ class WideDeepTrainer:
             x = item.features.astype(np.float64)
             pre = x @ p["w1"] + p["b1"]
             h = np.maximum(pre, 0.0)
-            loss, ds = _softmax_grad(x @ p["w"] + h @ p["v"], item.positive)
-            # Inverse propensity: a choice among explored items counts for what it stands for.
-            ds = ds / max(item.propensity, 0.05)
+            scores = x @ p["w"] + h @ p["v"]
+            loss, ds = (_softmax_grad if item.chosen else _rejection_grad)(scores, item.row)
+            # Inverse propensity: a choice among explored items counts for what it stands for;
+            # and each list as much as the event that labelled it (|label|).
+            weight = abs(item.label) / max(item.propensity, 0.05)
+            ds = ds * weight
+            loss *= abs(item.label)
             total += loss
             grads["w"] += x.T @ ds
             grads["v"] += h.T @ ds
@@ -105,16 +134,17 @@ class WideDeepTrainer:
 
 def list_metrics(scorer: Scorer, lists: list[LabelledList]) -> dict[str, float]:
     """Mean NDCG (one relevant item: 1 / log2(rank + 2)) and AUC of the chosen item within
-    its list."""
+    its list, over the lists whose item was chosen (a rejected one names no relevant item)."""
+    lists = [item for item in lists if item.chosen]
     if not lists:
         return {"ndcg": 0.0, "auc": 0.0, "lists": 0}
     ndcg = auc = 0.0
     for item in lists:
         s = scorer.score(item.features)
-        above = int((s > s[item.positive]).sum())
+        above = int((s > s[item.row]).sum())
         ndcg += 1 / np.log2(above + 2)
         others = len(s) - 1
-        auc += (int((s < s[item.positive]).sum()) / others) if others else 1.0
+        auc += (int((s < s[item.row]).sum()) / others) if others else 1.0
     return {"ndcg": round(ndcg / len(lists), 4), "auc": round(auc / len(lists), 4), "lists": len(lists)}
 
 

@@ -137,20 +137,24 @@ def from_var(var: Path | None = None) -> Dataset:
 
     Each event becomes one interaction: timestamp_ms // 1000 seconds, strength = the rating the
     served model reads for its type and value (recmesh.models.interest.served.event_ratings: a
-    RATE's value, a PURCHASE 4.5, ...) - the model trains on what it will be given. SEARCH events
-    (no item) are kept apart as `searches` (those with a query); events of items the catalog
-    does not hold are skipped. A var without events is
+    RATE's value, a PURCHASE 4.5, ...) - the model trains on what it will be given. Events of
+    weight <= 0 (recmesh/events/weights.py, the var's catalog/event_weights.json: a hide, a
+    dislike) are no interest and no interaction, as the gateway leaves them out of the history
+    it serves. SEARCH events (no item) are kept apart as `searches` (those with a query); events
+    of items the catalog does not hold are skipped. A var without events is
     a dataset without interactions (cold start; `recmesh train` then installs the zero-shot
     model). FileNotFoundError when the var has no imported catalog."""
     from recmesh.common.catalog import item_text
     from recmesh.common.paths import var_paths
     from recmesh.common.validation import is_item_event
     from recmesh.events.eventlog import EventLog
+    from recmesh.events.weights import load_event_weights
     from recmesh.models.interest.served import event_ratings
     from recmesh.tools.catalog.snapshot import read_items
     from recmesh.v1 import common_pb2
 
     paths = var_paths(var)
+    weights = load_event_weights(paths.event_weights)
     items = list(read_items(paths.catalog_items))
     known = {it.item_id for it in items}
     interactions, searches = [], []
@@ -161,7 +165,7 @@ def from_var(var: Path | None = None) -> Dataset:
             for e in log.replay():
                 if e.type == search and e.query.strip():
                     searches.append(Search(e.user_id, e.query, e.timestamp_ms // 1000))
-                if not is_item_event(e) or e.item_id not in known:
+                if not is_item_event(e) or e.item_id not in known or weights.weight(e.type, e.value) <= 0:
                     continue
                 strength = event_ratings([e.type], [e.value])[0]
                 interactions.append(Interaction(e.user_id, e.item_id, e.timestamp_ms // 1000, strength))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recmesh.events.weights import EventWeights, load_event_weights
 from recmesh.models.interest.served import ServedInterestModel
 from recmesh.models.ranking.features import RankInputs, compute
 from recmesh.models.ranking.scorer import Scorer, load_params, newest_params
@@ -29,9 +30,14 @@ class MeshScorer:
     name = "LLM-Seq+session"
 
     def __init__(self, s: datasets.Split, item_ids: list[str], text_vectors: np.ndarray, artifact: Path,
-                 popularity: np.ndarray, categories: list[list[str]], scorer: Scorer | None = None):
+                 popularity: np.ndarray, categories: list[list[str]], scorer: Scorer | None = None,
+                 weights: EventWeights | None = None):
         """popularity in [0, 1] and categories per item, aligned with item_ids (as the catalog has
-        them); scorer: the ranker's weights (default: the version the ranker starts from)."""
+        them); scorer: the ranker's weights (default: the version the ranker starts from);
+        weights: the event weights (default: the gateway's, the var's catalog file or the
+        defaults) - each interaction weighs in the session direction as a RATE of its strength,
+        exactly as the gateway weighs a rating (other event types approximately: the split keeps
+        their strength as a rating, not their type)."""
         self.s, self.text = s, text_vectors
         self.model = ServedInterestModel(artifact)
         self.vectors = self.model.item_vectors(text_vectors, item_ids)
@@ -39,6 +45,7 @@ class MeshScorer:
         self.scorer = scorer if scorer is not None else load_params(newest_params(RankerSettings().params_dir))
         self.popularity = np.asarray(popularity, np.float32)
         self.categories = categories
+        self.weights = weights if weights is not None else load_event_weights(self.gateway.event_weights_file)
 
     def signals(self, items: list[int], ratings: list[float], seconds: list[int],
                 query: np.ndarray | None = None) -> tuple:
@@ -53,7 +60,9 @@ class MeshScorer:
             return None, None  # the gateway asks no interest for it
         interest = self.model.interest(vectors, [RATE] * n, ratings[-n:] if n else [],
                                        [t * 1000 for t in seconds[-n:]] if n else [], query)
-        return interest, session_vector(vectors) if n else None
+        if not n:
+            return interest, None
+        return interest, session_vector(vectors, event_weights=self.weights.weights([RATE] * n, ratings[-n:]))
 
     def features(self, items: list[int], ratings: list[float], seconds: list[int],
                  query: np.ndarray | None = None) -> np.ndarray:

@@ -41,7 +41,7 @@ def labelled(mesh, events, history, limit) -> tuple[list[LabelledList], int]:
 def evaluate(scorer: Scorer | None, lists: list[LabelledList], total: int) -> dict:
     """NDCG@10 over all events (an unretrieved pick is a miss) and AUC over the retrieved ones."""
     rows = [ranked_metrics(scorer.score(x.features) if scorer else -np.arange(len(x.features), dtype=np.float32),
-                           x.positive) for x in lists]
+                           x.row) for x in lists]
     ndcg = sum(r[0] for r in rows) / max(total, 1)
     return {"NDCG@10": round(ndcg, 4), "AUC": round(float(np.mean([r[1] for r in rows])), 4)}
 

@@ -9,26 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmesh.common.vectors import l2_normalize
-from recmesh.v1 import common_pb2
-
-ET = common_pb2.EventType
-
-# How strongly each kind of event says "more like this".
-EVENT_WEIGHTS = {
-    ET.EVENT_TYPE_VIEW: 0.5,
-    ET.EVENT_TYPE_CLICK: 1.0,
-    ET.EVENT_TYPE_ADD_TO_CART: 2.0,
-    ET.EVENT_TYPE_PURCHASE: 3.0,
-    ET.EVENT_TYPE_RATE: 1.0,  # scaled by the rating below
-}
+from recmesh.events.weights import DEFAULT
 
 
 def event_weight(event_type: int, value: float) -> float:
-    weight = EVENT_WEIGHTS.get(event_type, 0.0)
-    if event_type == ET.EVENT_TYPE_RATE and value > 0:
-        # 5 stars -> 2x, 3 stars -> 0.8x, 1 star -> barely counts: a low rating is not interest.
-        weight *= max(0.05, (value - 1.0) / 2.0)
-    return weight
+    """How strongly the event says "more like this": its weight in recmesh/events/weights.py's
+    table (the defaults), 0 for one that says "not this" (a hide, a dislike is no interest)."""
+    return max(DEFAULT.weight(event_type, value), 0.0)
 
 
 @dataclass(frozen=True)
