@@ -93,6 +93,10 @@ def test_filters_and_the_users_exclusions_hold_and_their_interest_reorders(clien
     assert any("fits your interests" in item.reasons for item in mine.items)
     back = undegraded(lambda: client.similar_items(STAR_WARS, k=10, user_id=user, exclude_seen=False))
     assert set(seen) & set(ids(back)) and STAR_WARS not in ids(back)
+    hidden = (set(seen) & set(ids(back))).pop()
+    client.track_events([Event(user, hidden, "hide")])  # hidden: never again, whatever exclude_seen says
+    after = undegraded(lambda: client.similar_items(STAR_WARS, k=10, user_id=user, exclude_seen=False))
+    assert hidden not in ids(after) and len(after.items) == 10
     filtered = undegraded(lambda: client.similar_items(
         STAR_WARS, k=10, user_id=user, include_categories=["Sci-Fi"], exclude_categories=["Action"],
         exclude_item_ids=[ids(mine)[0]]))
