@@ -2,9 +2,10 @@
 serving path (the gateway's Recommend: the same filters, exclusions, degradation and, once they
 join, business rules as any answer), one JSON line per user.
 
-- Bounded concurrency: `--concurrency` calls in flight (default 2: the best rate on a 2-core
-  host running the whole mesh, docs/similar.md; more on a larger mesh, while the summary's
-  degraded count stays 0; beyond the gateway's MAX_IN_FLIGHT, 16, answers are shed).
+- Bounded concurrency: `--concurrency` calls in flight (default 2: near the best rate, with no
+  degraded answer left, on a 2-core host running the whole mesh - docs/similar.md; more on a
+  larger mesh, while the summary's degraded count stays 0; beyond the gateway's MAX_IN_FLIGHT,
+  16, answers are shed).
 - Resumable: users already in `--out` are skipped and new lines appended; each line is written
   whole with one write, and a line cut by a kill (the file not ending in a newline) is removed
   on the next run, so the file only ever holds whole lines.
@@ -213,7 +214,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=2, help="times a transient failure is asked again")
     p.add_argument("--retry-degraded", type=int, default=2,
                    help="times a degraded answer (a stage late under load, shed) is asked again (default %(default)s)")
-    p.add_argument("--surface", default="", help="Context.surface of each request, e.g. email")
+    p.add_argument("--surface", default="", help="context.surface of each request, e.g. email")
     p.add_argument("--failed", type=Path, help="failed users, JSON lines (default: OUT.failed.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
