@@ -1,7 +1,8 @@
-"""The Recommend pipeline: user state -> history vectors -> interest -> candidates -> ranking,
-each stage under its own deadline, each failure answered by the next rung of the fallback ladder
-(README: Fallback ladder). Each stage returns what it found and the version that found it; the
-reply is assembled from those."""
+"""The Recommend pipeline: user state -> history vectors -> interest -> candidates -> ranking ->
+business rules, each stage under its own deadline, each failure answered by the next rung of the
+fallback ladder (README: Fallback ladder). Each stage returns what it found and the version that
+found it; the reply is assembled from those, through the business rules (services/gateway/
+rules.py: the last step of every answer path)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from services.gateway.interest import InterestStage
 from services.gateway.item_cache import ItemCache
 from services.gateway.ranking import RankingStage
 from services.gateway.results import Encoded, Ranked, Retrieved, Signals
+from services.gateway.rules import NO_RULES, Entry, RuleSet, RulesStep, add_items, from_ranking, in_order
 from services.gateway.seen import SeenItems
 from services.gateway.shed import excluded_ids
 from services.gateway.shedding import IN_FULL, Plan
@@ -34,16 +36,18 @@ class Pipeline:
         self.interest = InterestStage(settings, upstreams)
         self.candidates = CandidateStage(settings, upstreams, popular)
         self.ranking = RankingStage(settings, upstreams)
+        self.rules = RulesStep(settings, upstreams)
         self._impressions = impressions
 
     async def run(self, request: recommendations_pb2.RecommendRequest, k: int, query: str, budget: Budget,
-                  plan: Plan = IN_FULL) -> recommendations_pb2.RecommendResponse:
+                  plan: Plan = IN_FULL, rules: RuleSet = NO_RULES) -> recommendations_pb2.RecommendResponse:
         """Up to k items for the request (k a checked page size, query its visible text, "" for
-        none), within the budget, skipping what the plan says. An upstream failing or late is no
-        error: degraded names, in order, the plan's reasons, then each failed stage and the
-        fallback that answered instead; stage_latency has one entry per stage called (ms);
-        versions: "encoder", "index", "ranker" - those that took part. Raises InvalidArgument
-        for a malformed matrix in an upstream's reply."""
+        none), within the budget, skipping what the plan says, under `rules` (the business rules
+        of the request's surface and its own: services/gateway/rules.py, the last step). An
+        upstream failing or late is no error: degraded names, in order, the plan's reasons, then
+        each failed stage and the fallback that answered instead; stage_latency has one entry per
+        stage called (ms); versions: "encoder", "index", "ranker" - those that took part. Raises
+        InvalidArgument for a malformed matrix in an upstream's reply."""
         trace = budget.trace
         for reason in plan.reasons:
             trace.degrade(reason)
@@ -55,35 +59,47 @@ class Pipeline:
         encoded = await self.interest.encode(budget, user_id, history, query, plan.skip_encoder)
         signals = Signals(encoded.interest, session, encoded.query)
 
-        excluded = excluded_ids(request.filters, history.seen)
-        retrieved = await self.candidates.retrieve(budget, request.filters, excluded, signals, k)
+        filters = rules.narrow(request.filters)  # the request's, and the exclude rules retrieval can apply
+        excluded = excluded_ids(filters, history.seen)
+        retrieved = await self.candidates.retrieve(budget, filters, excluded, signals, k, rules.admit)
 
         ranked = None
+        reorders = rules.reorders
         if retrieved.candidates.items and not plan.skip_ranker:
-            ranked = await self.ranking.rank(budget, retrieved.candidates, signals, history, k, request.diversity)
+            # Rules that re-order (boost, promote) need every candidate's score (k 0: all), and pick
+            # the diverse slots themselves, over the boosted scores (services/gateway/rules.py).
+            ranked = await self.ranking.rank(budget, retrieved.candidates, signals, history, 0 if reorders else k,
+                                             0.0 if reorders else request.diversity)
             if ranked is None:
                 trace.degrade("fallback:retrieval_order")
-        return self._reply(budget, user_id, k, signals, encoded, retrieved, ranked)
+        entries = self._entries(signals, retrieved, ranked, None if rules else k)
+        shown = await self.rules.apply(budget, rules, entries, k, filters, excluded,
+                                       request.diversity if ranked is not None and reorders else 0.0,
+                                       retrieved.candidates.vectors)
+        return self._reply(budget, user_id, k, encoded, retrieved, ranked, shown, bool(rules))
 
-    def _reply(self, budget: Budget, user_id: str, k: int, signals: Signals, encoded: Encoded,
-               retrieved: Retrieved, ranked: Ranked | None) -> recommendations_pb2.RecommendResponse:
-        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
+    @staticmethod
+    def _entries(signals: Signals, retrieved: Retrieved, ranked: Ranked | None, limit: int | None) -> list[Entry]:
+        """The answer's items before the rules: the ranker's order, else retrieval order (the
+        first `limit`; None: all)."""
         candidates = retrieved.candidates.items
         if ranked is not None:
-            by_id = {c.item_id: c for c in candidates}
-            for item in ranked.ranking.items[:k]:
-                c = by_id[item.item_id]
-                reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories,
-                                score=item.score, reasons=item.reasons, attributes=c.attributes)
-            self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k))
-        else:
-            # A user with no history is steered by their query, or by the cold-start interest
-            # (what people consume), not by recent activity.
-            reasons = (["fits your recent activity"] if signals.session is not None
-                       else ["matches what you typed"] if signals.query is not None else ["popular right now"])
-            for c in candidates[:k]:
-                reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.score,
-                                reasons=reasons, attributes=c.attributes)
+            return from_ranking(ranked.ranking, candidates)
+        # A user with no history is steered by their query, or by the cold-start interest
+        # (what people consume), not by recent activity.
+        reasons = (["fits your recent activity"] if signals.session is not None
+                   else ["matches what you typed"] if signals.query is not None else ["popular right now"])
+        listed = candidates[:limit]
+        return in_order(listed, [c.score for c in listed], reasons)
+
+    def _reply(self, budget: Budget, user_id: str, k: int, encoded: Encoded, retrieved: Retrieved,
+               ranked: Ranked | None, shown: list[Entry], ruled: bool) -> recommendations_pb2.RecommendResponse:
+        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
+        add_items(reply, shown)
+        if ranked is not None:
+            # Under rules, what was shown where (items the ranker did not score are left out).
+            self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k,
+                                             [e.ranked for e in shown] if ruled else None))
         versions = {"encoder": encoded.version, "index": retrieved.version,
                     "ranker": ranked.version if ranked is not None else None}
         reply.versions.update({name: version for name, version in versions.items() if version is not None})
