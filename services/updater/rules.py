@@ -56,7 +56,7 @@ class RulesRole:
             raise FailedPrecondition(f"rule.rule.name: {limits.STORED_RULES} rules are stored already (the most "
                                      "there may be); delete one, or replace one by its name")
         log.info("rule put", extra={"audit": "rules", "action": "replace" if old is not None else "create",
-                                    "client": client, "peer": peer, "name": stored.rule.name,
+                                    "client": client, "peer": peer, "rule_name": stored.rule.name,
                                     "rule": rule_json(stored), "replaced": rule_json(old) if old is not None else None})
         return stored
 
@@ -72,7 +72,7 @@ class RulesRole:
         old = await self.store.delete(name)
         if old is not None:
             log.info("rule deleted", extra={"audit": "rules", "action": "delete", "client": client, "peer": peer,
-                                            "name": name, "rule": rule_json(old), "deleted_ms": clock.now_ms()})
+                                            "rule_name": name, "rule": rule_json(old), "deleted_ms": clock.now_ms()})
         return common_pb2.DeleteRuleResponse(deleted=old is not None)
 
     async def close(self) -> None:

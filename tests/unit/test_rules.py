@@ -267,3 +267,49 @@ def test_a_write_here_is_read_at_once_and_a_listing_older_than_it_is_not_taken()
     assert [r.label for r in book.for_surface("").rules] == ["rule:new"]
     assert book.replace([stored("new"), stored("other")], writes_before=book.writes)
     assert [r.label for r in book.for_surface("").rules] == ["rule:new", "rule:other"]
+
+
+# --- the updater's rules role --------------------------------------------------------------------
+
+def test_the_updater_stores_checks_and_audits_each_change(tmp_path, caplog):
+    import asyncio
+    import logging
+
+    from recmesh.common.errors import FailedPrecondition
+    from services.updater.config import UpdaterSettings
+    from services.updater.rules import RulesRole
+
+    settings = UpdaterSettings(log_path=tmp_path / "events.sqlite")
+
+    async def go():
+        role = RulesRole(settings)
+        await role.open()
+        put = await role.put(common_pb2.PutRuleRequest(rule=stored("a", "home")), "ops-alice", "ipv4:1.2.3.4:5")
+        await role.put(common_pb2.PutRuleRequest(rule=stored("a", item_id="2")), "ops-bob", "peer")
+        with pytest.raises(InvalidArgument, match=r"^rule\.rule\.name"):
+            await role.put(common_pb2.PutRuleRequest(rule=common_pb2.StoredRule(rule=Rule(exclude=True))), "x", "p")
+        for n in range(limits.STORED_RULES - 1):
+            await role.put(common_pb2.PutRuleRequest(rule=stored(f"r{n}")), "ops-bob", "peer")
+        with pytest.raises(FailedPrecondition):
+            await role.put(common_pb2.PutRuleRequest(rule=stored("one-more")), "ops-bob", "peer")
+        deleted = await role.delete(common_pb2.DeleteRuleRequest(name="a"), "ops-alice", "peer")
+        missing = await role.delete(common_pb2.DeleteRuleRequest(name="a"), "ops-alice", "peer")
+        listed = await role.list()
+        await role.close()
+        again = RulesRole(settings)  # the same file, as after a restart
+        await again.open()
+        kept = await again.list()
+        await again.close()
+        return put, deleted, missing, listed, kept
+
+    with caplog.at_level(logging.INFO, logger="recmesh.updater.rules"):
+        put, deleted, missing, listed, kept = asyncio.run(go())
+    assert put.updated_ms > 0 and list(put.surfaces) == ["home"]
+    assert deleted.deleted and not missing.deleted
+    assert len(listed.rules) == limits.STORED_RULES - 1 and list(kept.rules) == list(listed.rules)
+    assert (tmp_path / "rules.sqlite").is_file()
+    audit = [r for r in caplog.records if getattr(r, "audit", None) == "rules"]
+    assert [(r.getMessage(), r.action, r.client, r.rule_name) for r in audit[:2]] == [
+        ("rule put", "create", "ops-alice", "a"), ("rule put", "replace", "ops-bob", "a")]
+    assert '"item_ids":["2"]' in audit[1].rule and '"item_ids":["1"]' in audit[1].replaced
+    assert (audit[-1].getMessage(), audit[-1].client, audit[-1].rule_name) == ("rule deleted", "ops-alice", "a")
