@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recmesh.common import limits
-from recmesh.index.base import AnyOf, AttributeTest, Conditions, SearchFilter
+from recmesh.index.base import ATTRIBUTES, AnyOf, AttributeTest, FlagIs, InRange, SearchFilter, value_holds
 from recmesh.models.ranking.selection import mmr
 from recmesh.v1 import common_pb2, ranker_pb2, recommendations_pb2, retrieval_pb2
 from services.gateway.budget import MS, Budget
@@ -54,27 +54,39 @@ STAGE = "rules"
 
 @dataclass(frozen=True)
 class Matcher:
-    """An ItemMatch, compiled: the item's id is one of `ids` (None: any) and it meets
-    `conditions` (categories any-of and the attribute tests; None: none given)."""
+    """An ItemMatch, compiled: the item's id is one of `ids`, it is in one of `categories` and
+    every attribute test holds (`tests`: (attribute name, condition, whether the test excludes),
+    decided as Filters.attributes are: recmesh.index.base.value_holds); None / (): that
+    condition not given."""
 
     ids: frozenset[str] | None
-    conditions: Conditions | None
+    categories: frozenset[str] | None
+    tests: tuple[tuple[str, AnyOf | InRange | FlagIs, bool], ...]
 
     @classmethod
     def of(cls, match: common_pb2.ItemMatch) -> "Matcher":
-        must, must_not = [], []
-        if match.categories:
-            must.append(AnyOf("categories", tuple(match.categories)))
+        tests = []
         for f in match.attributes:
             test = AttributeTest.from_proto(f)
-            (must_not if test.exclude else must).append(test.condition)
+            tests.append((f.name, test.condition, test.exclude))
         return cls(frozenset(match.item_ids) if match.item_ids else None,
-                   Conditions(tuple(must), tuple(must_not)) if must or must_not else None)
+                   frozenset(match.categories) if match.categories else None, tuple(tests))
 
     def matches(self, payload: dict) -> bool:
-        """payload: {item_id, categories, attributes} (fallbacks.candidate_payload)."""
+        """payload: {item_id, categories, attributes: {name: value}} (fallbacks.candidate_payload)."""
         return ((self.ids is None or payload["item_id"] in self.ids)
-                and (self.conditions is None or self.conditions.admits(payload)))
+                and (self.categories is None or not self.categories.isdisjoint(payload["categories"]))
+                and self._attributes_hold(payload[ATTRIBUTES]))
+
+    def matches_entry(self, entry: "Entry") -> bool:
+        """As matches, reading the item's id and categories from the entry: its attributes as
+        plain values (made once per entry) only when an attribute is tested."""
+        return ((self.ids is None or entry.item.item_id in self.ids)
+                and (self.categories is None or not self.categories.isdisjoint(entry.categories))
+                and (not self.tests or self._attributes_hold(entry.payload[ATTRIBUTES])))
+
+    def _attributes_hold(self, values: dict) -> bool:
+        return all(value_holds(condition, values.get(name)) != exclude for name, condition, exclude in self.tests)
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,7 @@ class CompiledRule:
                    share=rule.promote_share if action == "promote_share" else 0.0)
 
     def matches(self, entry: "Entry") -> bool:
-        return self.matcher is not None and self.matcher.matches(entry.payload)
+        return self.matcher is not None and self.matcher.matches_entry(entry)
 
 
 def compile_rules(rules: Iterable[common_pb2.Rule], labels: Iterable[str]) -> tuple[CompiledRule, ...]:
@@ -198,10 +210,18 @@ class Entry:
     ranked: ranker_pb2.RankedItem | None = None
     row: int = -1
     _payload: dict | None = None
+    _categories: frozenset[str] | None = None
 
     @property
     def item_id(self) -> str:
         return self.item.item_id
+
+    @property
+    def categories(self) -> frozenset[str]:
+        """The item's categories, read from the proto once (each rule tests them)."""
+        if self._categories is None:
+            self._categories = frozenset(self.item.categories)
+        return self._categories
 
     @property
     def payload(self) -> dict:
@@ -256,8 +276,7 @@ def select(entries: list[Entry], rules: RuleSet, k: int, diversity: float = 0.0,
     `vectors` (row i: the candidate of Entry.row i) picks the slots by maximal marginal relevance
     over the boosted order; entries without a row are then left as they are."""
     if rules.excludes:
-        admit = rules.admit
-        entries = [e for e in entries if admit(e.payload)]
+        entries = [e for e in entries if not any(rule.matches(e) for rule in rules.excludes)]
     if rules.boosts:
         for e in entries:
             lifted = []
