@@ -51,7 +51,10 @@ class StoredRules:
         will hold it). Returns whether it was taken."""
         if writes_before != self.writes:
             return False
-        self._rules = {r.rule.name: r for r in rules}
+        listed = {r.rule.name: r for r in rules}
+        if self.loaded and listed == self._rules:  # the common case: compiled sets stay
+            return True
+        self._rules = listed
         self._compiled = {name: _compile(r) for name, r in self._rules.items()}
         self._by_surface = {}
         self.loaded = True

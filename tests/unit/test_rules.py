@@ -313,3 +313,37 @@ def test_the_updater_stores_checks_and_audits_each_change(tmp_path, caplog):
         ("rule put", "create", "ops-alice", "a"), ("rule put", "replace", "ops-bob", "a")]
     assert '"item_ids":["2"]' in audit[1].rule and '"item_ids":["1"]' in audit[1].replaced
     assert (audit[-1].getMessage(), audit[-1].client, audit[-1].rule_name) == ("rule deleted", "ops-alice", "a")
+
+
+# --- the client's and the CLI's forms ----------------------------------------------------------------
+
+def test_the_client_builds_rules_from_plain_values():
+    from recmesh.client import boost, exclude, pin, promote
+
+    assert boost(2.0, name="acme", attributes={"brand": "Acme"}) == Rule(
+        name="acme", boost=2.0, match=ItemMatch(attributes=[brand("Acme")]))
+    assert promote(0.3, categories=["Horror"]) == Rule(promote_share=0.3, match=ItemMatch(categories=["Horror"]))
+    assert exclude(item_ids=["1", "2"]).WhichOneof("action") == "exclude"
+    assert pin("318", 2, name="hero") == Rule(name="hero", pin=Pin(item_id="318", position=2))
+    check_rules([boost(2.0, attributes={"brand": ["A", "B"], "price": (1, 5)}), pin("1", 0)], "rules")
+
+
+def test_the_cli_reads_rules_from_flags_and_json():
+    from recmesh.tools.cli import _rule_from_flags, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["rules", "put", "--name", "acme", "--boost", "2", "--where", "brand=Acme",
+                              "--category", "Drama", "--surface", "home"])
+    assert _rule_from_flags(args) == Rule(name="acme", boost=2.0, match=ItemMatch(
+        categories=["Drama"], attributes=[brand("Acme")])) and args.surface == ["home"]
+    args = parser.parse_args(["rules", "put", "--name", "hero", "--pin", "sku@1@3"])
+    assert _rule_from_flags(args) == Rule(name="hero", pin=Pin(item_id="sku@1", position=3))
+    args = parser.parse_args(["rules", "put", "--name", "x", "--exclude", "--item", "1"])
+    assert _rule_from_flags(args) == Rule(name="x", exclude=True, match=ItemMatch(item_ids=["1"]))
+    args = parser.parse_args(["recommend", "--user", "u", "--rule", '{"boost": 0.5, "match": {"categories": ["A"]}}'])
+    assert args.rule == [Rule(boost=0.5, match=ItemMatch(categories=["A"]))]
+    for bad in (["rules", "put", "--name", "x", "--pin", "318"], ["rules", "put", "--name", "x"],
+                ["rules", "put", "--name", "x", "--boost", "2", "--exclude"],
+                ["recommend", "--user", "u", "--rule", "{"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
