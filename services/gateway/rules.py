@@ -97,7 +97,7 @@ class CompiledRule:
     label: str
     action: str  # boost, pin, promote_share, exclude
     matcher: Matcher | None = None  # None for a pin
-    match: common_pb2.ItemMatch | None = None  # what matcher was compiled from
+    match: common_pb2.ItemMatch | None = field(default=None, compare=False)  # what matcher was compiled from
     boost: float = 1.0
     share: float = 0.0
     pin_item: str = ""

@@ -70,3 +70,34 @@ def test_a_rule_is_kept_as_readable_json_that_reads_back_whole():
     assert '"name":"brand_acme"' in text and '"surfaces":["home","pdp"]' in text
     assert parse_rule(text) == stored
     assert parse_rule(text.replace("{", '{"a_field_from_a_later_contract":1,', 1)) == stored
+
+
+def test_redis_rules_are_shared_by_every_replica(redis_server):
+    """Two updater replicas over one Redis: a rule put through one is listed by the other at once."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+
+    async def go():
+        a, b = RedisRules(redis_server.url, prefix), RedisRules(redis_server.url, prefix)
+        await a.open()
+        await b.open()
+        await a.put(rule("shared"), max_rules=5)
+        seen = await b.list()
+        await b.delete("shared")
+        gone = await a.list()
+        await a.close()
+        await b.close()
+        return seen, gone
+
+    seen, gone = asyncio.run(go())
+    assert seen == [rule("shared")] and gone == []
+
+
+def test_the_updater_keeps_rules_where_its_events_are(tmp_path):
+    from services.updater.config import UpdaterSettings
+    from services.updater.rules import make_rule_store
+
+    assert isinstance(make_rule_store(UpdaterSettings(store="redis", redis_url="redis://127.0.0.1:1/0")), RedisRules)
+    local = make_rule_store(UpdaterSettings(log_path=tmp_path / "updater" / "events.sqlite"))
+    assert isinstance(local, SqliteRules) and local._path == tmp_path / "updater" / "rules.sqlite"
+    chosen = make_rule_store(UpdaterSettings(log_path=tmp_path / "events.sqlite", rules_path=tmp_path / "r.sqlite"))
+    assert chosen._path == tmp_path / "r.sqlite"

@@ -14,9 +14,12 @@ import math
 import signal
 import time
 import uuid
+from collections import Counter
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recmesh.client import Event, RecmeshClient, boost, exclude, pin, promote
 from recmesh.common import limits
@@ -279,3 +282,61 @@ def test_a_full_rule_store_refuses_a_new_name_and_still_replaces(client, surface
     finally:
         for name in names:
             client.delete_rule(name)
+
+
+# --- hostile rules ----------------------------------------------------------------------------------
+
+FUZZ_SURFACE = "rules-fuzz"  # every fuzzed stored rule names it (none names no surface): deleted after
+text = st.one_of(st.text(max_size=20), st.sampled_from(["", " ", "1", "260", "Drama", "a" * 129, "\x00", "🎬" * 40]))
+numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -1.0, 1.0, 0.5, 1e308]))
+tests = st.one_of(
+    st.builds(common_pb2.AttributeFilter, name=text, exclude=st.booleans(),
+              any_of=st.builds(common_pb2.StringSet, values=st.lists(text, max_size=3))),
+    st.builds(common_pb2.AttributeFilter, name=text, range=st.builds(common_pb2.NumberRange, min=numbers, max=numbers)),
+    st.builds(common_pb2.AttributeFilter, name=text, equals=st.booleans()),
+    st.builds(common_pb2.AttributeFilter, name=text))
+matches = st.builds(ItemMatch, item_ids=st.lists(text, max_size=4), categories=st.lists(text, max_size=3),
+                    attributes=st.lists(tests, max_size=2))
+fuzz_rules = st.one_of(*(st.builds(Rule, name=text, match=matches, **action) for action in (
+    {"boost": numbers}, {"promote_share": numbers}, {"exclude": st.booleans()}, {},
+    {"pin": st.builds(Pin, item_id=text, position=st.integers(-2**31, 2**31 - 1))})))
+
+
+def test_no_rule_crashes_recommend_put_or_delete(stub_rules, client):
+    outcomes: Counter = Counter()
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(rules=st.lists(fuzz_rules, max_size=4), stored=fuzz_rules, surfaces=st.lists(text, max_size=2),
+           timeout=st.sampled_from([0.002, 0.05, 2.0, 2.0]))
+    def case(rules, stored, surfaces, timeout):
+        for method, request in (
+                ("Recommend", recommendations_pb2.RecommendRequest(user_id="fuzz-rules", k=5, rules=rules,
+                                                                   context=common_pb2.Context(surface=FUZZ_SURFACE))),
+                ("PutRule", common_pb2.PutRuleRequest(rule=common_pb2.StoredRule(
+                    rule=stored, surfaces=[FUZZ_SURFACE, *surfaces]))),
+                ("DeleteRule", common_pb2.DeleteRuleRequest(name=stored.name if len(outcomes) % 3 else "x"))):
+            try:
+                getattr(stub_rules, method)(request, timeout=timeout)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+                assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), \
+                    f"{method} -> {code.name}: {exc.details()}"
+            outcomes[(method, code.name)] += 1
+
+    try:
+        case()
+    finally:
+        for stored in client.list_rules():
+            if FUZZ_SURFACE in stored.surfaces:
+                client.delete_rule(stored.rule.name)
+    print(f"\nrules fuzz: {dict(outcomes)}")
+    assert outcomes[("Recommend", "OK")] and outcomes[("Recommend", "INVALID_ARGUMENT")]
+    assert outcomes[("PutRule", "INVALID_ARGUMENT")]
+    assert len(undegraded(lambda: client.recommend("fuzz-rules", k=5, surface=FUZZ_SURFACE)).items) == 5
+
+
+@pytest.fixture
+def stub_rules(gateway_channel):
+    return recommendations_pb2_grpc.RecommendationsStub(gateway_channel)
