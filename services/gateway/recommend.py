@@ -4,20 +4,22 @@ list at once (services/gateway/shed.py); the gateway's per-user and per-item sta
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import prometheus_client as prom
 
-from recmesh.v1 import recommendations_pb2
+from recmesh.v1 import common_pb2, recommendations_pb2
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import PopularCandidates
 from services.gateway.impressions import ImpressionLog
 from services.gateway.item_cache import ItemCache
 from services.gateway.pipeline import Pipeline
+from services.gateway.rules import RuleSet, compile_rules, request_labels
 from services.gateway.seen import SeenItems
 from services.gateway.shed import ShedAnswers
 from services.gateway.shedding import AdaptiveShedding, Plan
+from services.gateway.stored_rules import StoredRules
 from services.gateway.upstreams import Upstreams
 
 DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends answered degraded, by reason", ["reason"])
@@ -44,6 +46,14 @@ class Recommender:
         RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
         self.shedding = AdaptiveShedding(settings.shed_slow, settings.shed_slow_share)
         SHED_PRESSURE.set_function(lambda: self.shedding.pressure)
+        # The updater's stored business rules, as this gateway last listed them (server.py keeps them fresh).
+        self.stored_rules = StoredRules()
+
+    def rules_for(self, surface: str, rules: Sequence[common_pb2.Rule], field: str = "rules") -> RuleSet:
+        """The business rules an answer on `surface` obeys: the stored ones of that surface, then
+        the request's own (checked already; `field` names them in reasons when unnamed)."""
+        stored = self.stored_rules.for_surface(surface)
+        return stored.then(compile_rules(rules, request_labels(rules, field))) if rules else stored
 
     def forget_user(self, user_id: str) -> None:
         """The user was deleted through this gateway."""
@@ -69,18 +79,20 @@ class Recommender:
         left to do real work, the answer is the popular list (degraded, saying why; services/
         gateway/shed.py) - shed fast rather than queued past its deadline. While the mesh is slow,
         adaptive shedding has a share skip the ranker, the encoder, or everything (the popular
-        list). Every answer leaves out the user's exclusions and applies the request's filters.
+        list). Every answer leaves out the user's exclusions, applies the request's filters, then
+        the business rules (the surface's stored ones, then the request's: services/gateway/rules.py).
         k: a checked page size; query: its visible text, "" for none; client_remaining_s: the
         client's deadline from now in seconds, None for none. An upstream failing or late is no
         error: the answer is degraded and says why (Pipeline.run)."""
         plan = self._admit(client_remaining_s)
         budget = Budget.for_recommend(self._s, client_remaining_s)
+        rules = self.rules_for(request.context.surface, request.rules)
         if plan.shed:
-            reply = await self._shed_answers.answer(request, k, plan.reasons, budget)
+            reply = await self._shed_answers.answer(request, k, plan.reasons, budget, rules)
         else:
             self.in_flight += 1
             try:
-                reply = await self.pipeline.run(request, k, query, budget, plan)
+                reply = await self.pipeline.run(request, k, query, budget, plan, rules)
             finally:
                 self.in_flight -= 1
             # Only answers the pipeline made tell how slow the mesh is: a shed one skipped it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from recmesh.common import clock, limits
 from recmesh.common.errors import InvalidArgument
+from recmesh.common.rules import check_rules
 from recmesh.common.validation import (
     check_attribute_filters,
     check_event_fields,
@@ -36,6 +37,7 @@ def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
             raise InvalidArgument(f"context.{name}", f"longer than {limits.ID_CHARS} characters")
     if not 0.0 <= request.diversity <= 1.0:  # NaN fails this too
         raise InvalidArgument("diversity", f"must be in 0..1, got {request.diversity}")
+    check_rules(request.rules, "rules", settings.max_k)
     return k, query
 
 
