@@ -16,6 +16,10 @@
         rm.recommend("", session_events=[Event("", "1258", "view"), Event("", "1214", "click")])
         rm.track("u42", "1214", "dislike")  # never shown again; items like it pushed down
         rm.merge_users("guest-7f3a", "u42")  # at sign-in: the guest's tracked events become u42's
+        # Business rules: for one request, or stored by name for every answer of some surfaces.
+        rm.recommend("u42", rules=[boost(2.0, attributes={"brand": "HP"}), pin("p1", 0)])
+        rm.put_rule(exclude(name="no_recalls", item_ids=["p7"]), surfaces=["home"])
+        rm.list_rules(); rm.delete_rule("no_recalls")
 """
 
 from __future__ import annotations
@@ -165,6 +169,37 @@ def item_proto(item: common_pb2.Item | Mapping[str, Any]) -> common_pb2.Item:
     return common_pb2.Item(**fields, attributes=attributes)
 
 
+def item_match(item_ids: Iterable[str] = (), categories: Iterable[str] = (),
+               attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]] = ()
+               ) -> common_pb2.ItemMatch:
+    """Which items a rule acts on: every condition given must hold - the id is one of item_ids,
+    the item is in one of categories, every attribute test passes (as `attribute_filters` reads
+    them)."""
+    return common_pb2.ItemMatch(item_ids=list(item_ids), categories=list(categories),
+                                attributes=attribute_filters(attributes))
+
+
+def boost(factor: float, name: str = "", **match) -> common_pb2.Rule:
+    """Multiply the matching items' odds by factor (> 1 boosts, 0 < factor < 1 buries): their
+    ranking score moves by ln(factor). match: item_match's arguments."""
+    return common_pb2.Rule(name=name, boost=factor, match=item_match(**match))
+
+
+def promote(share: float, name: str = "", **match) -> common_pb2.Rule:
+    """Fill ceil(share * k) of the k slots (0 < share <= 1) with the best matching items."""
+    return common_pb2.Rule(name=name, promote_share=share, match=item_match(**match))
+
+
+def exclude(name: str = "", **match) -> common_pb2.Rule:
+    """Leave the matching items out of every answer (a hard exclusion)."""
+    return common_pb2.Rule(name=name, exclude=True, match=item_match(**match))
+
+
+def pin(item_id: str, position: int, name: str = "") -> common_pb2.Rule:
+    """Show item_id at position (0 = the top), when it passes the request's filters and exclusions."""
+    return common_pb2.Rule(name=name, pin=common_pb2.Pin(item_id=item_id, position=position))
+
+
 class RecmeshClient:
     def __init__(self, target: str = "localhost:50060", timeout_s: float = 1.0, channel: grpc.Channel | None = None,
                  token: str | None = None):
@@ -189,13 +224,16 @@ class RecmeshClient:
         timeout_s: float | None = None,
         attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]] = (),
         session_events: Iterable[Event | common_pb2.Event] = (),
+        rules: Iterable[common_pb2.Rule] = (),
     ) -> recommendations_pb2.RecommendResponse:
         """Up to k items for the user. attributes: filters on the items' attributes, every one
         must hold - {name: test} or a list (see `attribute_filters`; ValueError for a form it
         cannot read). session_events: the user's recent events inline, oldest first (at most
         100), reflected at once as if tracked but not logged - user_id may then be "" (a guest
-        without an id); each event's user_id "" or user_id. A bad request raises grpc.RpcError
-        INVALID_ARGUMENT naming the field."""
+        without an id); each event's user_id "" or user_id. rules: business rules for this
+        request only (boost, promote, exclude, pin), applied after the stored rules of its
+        surface. A bad request raises grpc.RpcError INVALID_ARGUMENT naming the field
+        (`rules[1].boost: ...`)."""
         request = recommendations_pb2.RecommendRequest(
             user_id=user_id,
             query=query,
@@ -203,6 +241,7 @@ class RecmeshClient:
             filters=filters_proto(include_categories, exclude_categories, exclude_item_ids, exclude_seen, attributes),
             context=common_pb2.Context(surface=surface, locale=locale),
             session_events=[e.to_proto() if isinstance(e, Event) else e for e in session_events],
+            rules=list(rules),
         )
         if k is not None:
             request.k = k
@@ -222,19 +261,23 @@ class RecmeshClient:
         locale: str = "",
         timeout_s: float | None = None,
         attributes: Mapping[str, Any] | Iterable[common_pb2.AttributeFilter | Mapping[str, Any]] = (),
+        rules: Iterable[common_pb2.Rule] = (),
     ) -> recommendations_pb2.RecommendResponse:
         """Up to k items like a catalog item (item_id) or a free text (text; up to 1,000
         characters) - never the anchor itself - with Recommend's filters (attributes as in
+        `recommend`) and business rules (the stored ones of `surface`, then `rules`, as in
         `recommend`). user_id (optional): their seen items are left out (unless exclude_seen is
-        False) and their interest re-orders the answer. ValueError when both item_id and text
-        are given; grpc.RpcError NOT_FOUND for an unknown item_id, INVALID_ARGUMENT naming the
-        field for a bad request (no anchor at all: "anchor")."""
+        False), and those they hid or disliked, and their interest re-orders the answer.
+        ValueError when both item_id and text are given; grpc.RpcError NOT_FOUND for an unknown
+        item_id, INVALID_ARGUMENT naming the field for a bad request (no anchor at all:
+        "anchor")."""
         if item_id is not None and text is not None:
             raise ValueError("give item_id or text, not both")
         request = recommendations_pb2.SimilarItemsRequest(
             user_id=user_id,
             filters=filters_proto(include_categories, exclude_categories, exclude_item_ids, exclude_seen, attributes),
             context=common_pb2.Context(surface=surface, locale=locale),
+            rules=list(rules),
         )
         if item_id is not None:
             request.item_id = item_id
@@ -277,6 +320,27 @@ class RecmeshClient:
         must differ (INVALID_ARGUMENT naming into_user_id)."""
         request = common_pb2.MergeUsersRequest(from_user_id=from_user_id, into_user_id=into_user_id)
         return self._stub.MergeUsers(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
+
+    def put_rule(self, rule: common_pb2.Rule, surfaces: Iterable[str] = (),
+                 timeout_s: float | None = None) -> common_pb2.StoredRule:
+        """Stores a named rule (created, or replaced by its name) for every answer on `surfaces`
+        (Context.surface; none: every answer); returns it as stored (updated_ms set). Needs the
+        admin scope; durable and audited. A new name beyond the stored limit raises grpc.RpcError
+        FAILED_PRECONDITION."""
+        request = common_pb2.PutRuleRequest(rule=common_pb2.StoredRule(rule=rule, surfaces=list(surfaces)))
+        return self._stub.PutRule(request, timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
+
+    def list_rules(self, timeout_s: float | None = None) -> list[common_pb2.StoredRule]:
+        """The stored rules, in name order (the order they apply in)."""
+        reply = self._stub.ListRules(common_pb2.ListRulesRequest(), timeout=timeout_s or max(self.timeout_s, 5.0),
+                                     metadata=self._metadata)
+        return list(reply.rules)
+
+    def delete_rule(self, name: str, timeout_s: float | None = None) -> bool:
+        """Deletes a stored rule; False when none had that name."""
+        reply = self._stub.DeleteRule(common_pb2.DeleteRuleRequest(name=name),
+                                      timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
+        return reply.deleted
 
     def close(self) -> None:
         self._channel.close()

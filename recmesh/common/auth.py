@@ -20,6 +20,10 @@ from typing import Awaitable, Callable
 import grpc
 
 SCOPES = ("recommend", "track", "catalog:write", "admin")
+# Metadata the gateway adds to a call it forwards on a client's behalf (PutRule, DeleteRule):
+# the authenticated client's name, for the audit log of the service that acts on it. Internal
+# services trust it as they trust the gateway (the internal credential).
+CLIENT_HEADER = "x-recmesh-client"
 
 
 def digest(token: str) -> str:
@@ -135,6 +139,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     del self._buckets[stale]
             bucket = self._buckets[client_id] = TokenBucket(self._rate, self._burst)
         return bucket.take(time.monotonic())
+
+
+def client_name(metadata, keys: dict[str, Client] | None) -> str:
+    """The name of the client a call's `authorization` metadata names: "anonymous" when
+    authentication is off (keys None) or the token is unknown (the interceptor has refused
+    such a call already)."""
+    token = _bearer(metadata) if keys is not None else None
+    client = keys.get(digest(token)) if token else None
+    return client.name if client is not None else "anonymous"
 
 
 def _bearer(metadata) -> str | None:

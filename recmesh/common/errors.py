@@ -32,6 +32,11 @@ class Unavailable(RuntimeError):
     """This service cannot answer yet (warming up) or right now; callers may retry."""
 
 
+class FailedPrecondition(RuntimeError):
+    """The request is well formed but the system's state refuses it (e.g. the stored set of
+    rules is full); the message says what to change first."""
+
+
 class DependencyFailed(RuntimeError):
     """A dependency (e.g. Triton) failed; its status code is passed on to our caller."""
 
@@ -57,6 +62,8 @@ def rpc_method(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Unavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except FailedPrecondition as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except DependencyFailed as exc:
             await context.abort(exc.code, str(exc))
         except grpc.aio.AbortError:

@@ -30,6 +30,18 @@ UPSERT_BYTES = 8 * 1024 * 1024
 
 # A guest's (or any user's) recent events sent inline with one Recommend (session_events).
 SESSION_EVENTS = 100
+# Business rules (common.proto Rule, StoredRule): a rule's name is 1..RULE_NAME_CHARS of
+# [A-Za-z0-9_.:-]; a match names at most MATCH_ITEM_IDS ids and MATCH_CATEGORIES categories (its
+# attribute tests: ATTRIBUTE_FILTERS). Every rule is tested against every candidate of an
+# answer (hundreds) on the request path: the counts bound that work.
+RULE_NAME_CHARS = 128
+RULES_PER_REQUEST = 16  # RecommendRequest.rules
+STORED_RULES = 64  # the updater's stored set, all surfaces together
+MATCH_ITEM_IDS = 100
+MATCH_CATEGORIES = 64
+RULE_SURFACES = 32  # StoredRule.surfaces
+# A pin's position is below the largest page any gateway serves (its max_k narrows this).
+PIN_POSITIONS = 1000
 
 # Per user: the items remembered as seen (updater), every one of which a search may exclude.
 SEEN_ITEMS = 5000

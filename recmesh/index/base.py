@@ -145,7 +145,13 @@ def holds(condition: Condition, payload: Mapping[str, Any]) -> bool:
     the backends decide it (see the note above AnyOf)."""
     if isinstance(condition, HasPoint):
         return point_id(payload["item_id"]) in condition.point_ids
-    value = payload_value(payload, condition.key)
+    return value_holds(condition, payload_value(payload, condition.key))
+
+
+def value_holds(condition: AnyOf | InRange | FlagIs, value: Any) -> bool:
+    """Whether the value of the payload field condition.key meets the condition (a list: one of
+    its elements does; a missing field - None or _MISSING - never does), as `holds` decides it:
+    for a caller that holds the field's value already (the gateway's business rules)."""
     values = value if isinstance(value, list) else (value,)
     if isinstance(condition, AnyOf):
         wanted = condition._value_set

@@ -1,6 +1,6 @@
 """`recmesh batch`: Recommend for every user of a file - e-mail and push campaigns - through the
 serving path (the gateway's Recommend: the same filters, exclusions, degradation and, once they
-join, business rules as any answer), one JSON line per user.
+business rules as any answer), one JSON line per user.
 
 - Bounded concurrency: `--concurrency` calls in flight (default 2: near the best rate, with no
   degraded answer left, on a 2-core host running the whole mesh - docs/similar.md; more on a
@@ -117,12 +117,13 @@ def answer_line(user_id: str, reply: recommendations_pb2.RecommendResponse) -> b
 
 async def run_batch(target: str, users: Iterable[str], out: Path, failed_path: Path, k: int,
                     filters: common_pb2.Filters, concurrency: int = 2, timeout_s: float = 2.0, retries: int = 2,
-                    retry_degraded: int = 2, surface: str = "", token: str | None = None,
-                    progress: bool = True) -> Report:
+                    retry_degraded: int = 2, surface: str = "", rules: Iterable[common_pb2.Rule] = (),
+                    token: str | None = None, progress: bool = True) -> Report:
     """Recommend(user, k, filters) for each user not in `out` yet, `concurrency` calls at a time
     (each within timeout_s seconds; transient failures asked again up to `retries` times, 0.2 s,
     0.4 s ... apart, degraded answers up to `retry_degraded` times, as far apart), one line each
-    appended to `out`; failures to `failed_path` (rewritten).
+    appended to `out`; failures to `failed_path` (rewritten). surface and rules: each request's
+    context.surface (its stored business rules apply) and rules of its own.
     A tqdm bar on stderr unless progress is False. Raises ValueError for an `out` it did not
     write, RequestRefused when the gateway refuses the request itself (INVALID_ARGUMENT naming
     another field than user_id: k, filters) - at the first such answer, lines written so far kept."""
@@ -146,7 +147,7 @@ async def run_batch(target: str, users: Iterable[str], out: Path, failed_path: P
             stub = recommendations_pb2_grpc.RecommendationsStub(channel)
 
             async def ask(user: str) -> recommendations_pb2.RecommendResponse:
-                request = recommendations_pb2.RecommendRequest(user_id=user, k=k, filters=filters,
+                request = recommendations_pb2.RecommendRequest(user_id=user, k=k, filters=filters, rules=list(rules),
                                                                context=common_pb2.Context(surface=surface))
                 for attempt in range(retries + 1):
                     try:
@@ -214,21 +215,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=2, help="times a transient failure is asked again")
     p.add_argument("--retry-degraded", type=int, default=2,
                    help="times a degraded answer (a stage late under load, shed) is asked again (default %(default)s)")
-    p.add_argument("--surface", default="", help="context.surface of each request, e.g. email")
+    p.add_argument("--surface", default="", help="context.surface of each request, e.g. email: its stored rules apply")
     p.add_argument("--failed", type=Path, help="failed users, JSON lines (default: OUT.failed.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def run(args, filters: common_pb2.Filters) -> None:
-    """The CLI's `recmesh batch` (args: add_arguments' flags and the CLI's --target, --timeout):
-    the summary on stderr; exit status 1 when any user failed."""
+def run(args, filters: common_pb2.Filters, rules: Iterable[common_pb2.Rule] = ()) -> None:
+    """The CLI's `recmesh batch` (args: add_arguments' flags and the CLI's --target, --timeout;
+    filters and rules: its filter and --rule flags, read): the summary on stderr; exit status 1
+    when any user failed."""
     failed_path = args.failed or args.out.with_name(args.out.name + ".failed.jsonl")
     try:
         users = read_users(args.users)
         report = asyncio.run(run_batch(
             args.target, users, args.out, failed_path, args.k, filters, concurrency=args.concurrency,
             timeout_s=args.timeout, retries=max(0, args.retries), retry_degraded=max(0, args.retry_degraded),
-            surface=args.surface,
+            surface=args.surface, rules=rules,
             token=os.environ.get("RECMESH_TOKEN") or None, progress=not args.no_progress))
     except (OSError, ValueError) as exc:
         sys.exit(f"recmesh batch: {exc}")

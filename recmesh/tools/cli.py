@@ -185,17 +185,7 @@ def add_filter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include", action="append", help="only these categories (repeatable)")
     p.add_argument("--exclude", action="append", help="no items in these categories (repeatable)")
     p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
-    p.add_argument("--where", action="append", type=_text_set, metavar="NAME=V[,V...]",
-                   help="only items whose text attribute is one of the values, e.g. brand=HP,Canon (repeatable)")
-    p.add_argument("--not", dest="not_", action="append", type=_text_set, metavar="NAME=V[,V...]",
-                   help="no items whose text attribute is one of the values (repeatable)")
-    p.add_argument("--range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
-                   help="only items whose number attribute is in [MIN, MAX]; a bound may be left out: price=:50 "
-                        "(repeatable)")
-    p.add_argument("--not-range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
-                   help="no items whose number attribute is in [MIN, MAX] (repeatable)")
-    p.add_argument("--flag", action="append", type=_flag_value, metavar="NAME=true|false",
-                   help="only items whose flag attribute is this, e.g. in_stock=true (repeatable)")
+    _attribute_flags(p, "only items whose", "no items whose")
 
 
 def filter_arguments(args) -> dict:
@@ -239,18 +229,44 @@ def _session_event(text: str):
     return Event("", item, kind)
 
 
+def _rule_json(text: str):
+    """--rule JSON: one common.proto Rule in its JSON form (argparse type helper)."""
+    from google.protobuf import json_format
+
+    from recmesh.v1 import common_pb2
+
+    try:
+        return json_format.Parse(text, common_pb2.Rule())
+    except json_format.ParseError as exc:
+        example = '\'{"name": "acme", "boost": 2, "match": {"categories": ["Drama"]}}\''
+        raise argparse.ArgumentTypeError(f"{text!r}: not a Rule in JSON ({exc}); e.g. {example}") from None
+
+
+def _pin_at(text: str) -> tuple[str, int]:
+    """--pin ITEM@POSITION (0 = the top)."""
+    item, sep, position = text.rpartition("@")
+    try:
+        if not sep or not item:
+            raise ValueError
+        return item, int(position)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ITEM@POSITION, e.g. 318@0") from None
+
+
 def cmd_recommend(args) -> None:
     if not args.user and not args.session:
         sys.exit("recmesh recommend: give --user, or --session for a guest without an id")
     with _client(args) as rm:
         reply = rm.recommend(args.user or "", query=args.query or "", k=args.k, diversity=args.diversity,
-                             session_events=args.session or (), **filter_arguments(args))
+                             session_events=args.session or (), surface=args.surface or "", rules=args.rule or (),
+                             **filter_arguments(args))
     _print_answer(reply, args.json)
 
 
 def cmd_similar(args) -> None:
     with _client(args) as rm:
-        reply = rm.similar_items(args.item, args.text, k=args.k, user_id=args.user, **filter_arguments(args))
+        reply = rm.similar_items(args.item, args.text, k=args.k, user_id=args.user, surface=args.surface or "",
+                                 rules=args.rule or (), **filter_arguments(args))
     _print_answer(reply, args.json)
 
 
@@ -258,7 +274,7 @@ def cmd_batch(args) -> None:
     from recmesh.client import filters_proto
     from recmesh.tools import batch
 
-    batch.run(args, filters_proto(**filter_arguments(args)))
+    batch.run(args, filters_proto(**filter_arguments(args)), args.rule or ())
 
 
 def _print_answer(reply, as_json: bool) -> None:
@@ -271,6 +287,52 @@ def _print_answer(reply, as_json: bool) -> None:
               f"{item.score:.3f} - {'; '.join(item.reasons)}")
     print(f"-- {reply.total_ms:.1f} ms, versions {dict(reply.versions)}"
           + (f", degraded: {list(reply.degraded)}" if reply.degraded else ""))
+
+
+def _rule_from_flags(args):
+    """`recmesh rules put`'s flags as a Rule: one action, and the match (ids, categories, and the
+    attribute tests of --where, --not, --range, --not-range, --flag)."""
+    from recmesh import client
+
+    match = {"item_ids": args.item or (), "categories": args.category or (), "attributes": _attribute_filters(args)}
+    if args.boost is not None:
+        return client.boost(args.boost, args.name, **match)
+    if args.promote is not None:
+        return client.promote(args.promote, args.name, **match)
+    if args.exclude_items:
+        return client.exclude(args.name, **match)
+    return client.pin(*args.pin, name=args.name)
+
+
+def _shown_rule(stored) -> str:
+    """A stored rule on one line: name, action, match, surfaces."""
+    rule = stored.rule
+    action = rule.WhichOneof("action")
+    what = {"boost": f"boost ×{rule.boost:g}", "promote_share": f"promote {rule.promote_share:g} of the slots",
+            "exclude": "exclude", "pin": f"pin {rule.pin.item_id} at {rule.pin.position}"}.get(action, "no action")
+    match = rule.match
+    conditions = ([f"items {','.join(match.item_ids)}"] if match.item_ids else []) + \
+        ([f"categories {','.join(match.categories)}"] if match.categories else []) + \
+        [f"attribute {f.name}" for f in match.attributes]
+    surfaces = ", ".join(stored.surfaces) or "every surface"
+    return f"{rule.name}: {what}" + (f" of {'; '.join(conditions)}" if conditions else "") + f" ({surfaces})"
+
+
+def cmd_rules(args) -> None:
+    with _client(args) as rm:
+        if args.action == "put":
+            _print_message(rm.put_rule(_rule_from_flags(args), surfaces=args.surface or ()))
+        elif args.action == "delete":
+            print(json.dumps({"deleted": rm.delete_rule(args.name)}))
+        else:
+            rules = rm.list_rules()
+            if args.json:
+                from recmesh.v1 import common_pb2
+
+                _print_message(common_pb2.ListRulesResponse(rules=rules))
+            else:
+                for stored in rules:
+                    print(_shown_rule(stored))
 
 
 def cmd_track(args) -> None:
@@ -307,6 +369,30 @@ def cmd_delete_user(args) -> None:
 def cmd_merge_users(args) -> None:
     with _client(args) as rm:
         _print_message(rm.merge_users(args.from_user, args.into_user))
+
+
+def _attribute_flags(p: argparse.ArgumentParser, only: str, no: str) -> None:
+    """--where, --not, --range, --not-range, --flag: attribute tests (`_attribute_filters`)."""
+    p.add_argument("--where", action="append", type=_text_set, metavar="NAME=V[,V...]",
+                   help=f"{only} text attribute is one of the values, e.g. brand=HP,Canon (repeatable)")
+    p.add_argument("--not", dest="not_", action="append", type=_text_set, metavar="NAME=V[,V...]",
+                   help=f"{no} text attribute is one of the values (repeatable)")
+    p.add_argument("--range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
+                   help=f"{only} number attribute is in [MIN, MAX]; a bound may be left out: price=:50 "
+                        "(repeatable)")
+    p.add_argument("--not-range", action="append", type=_number_range, metavar="NAME=MIN:MAX",
+                   help=f"{no} number attribute is in [MIN, MAX] (repeatable)")
+    p.add_argument("--flag", action="append", type=_flag_value, metavar="NAME=true|false",
+                   help=f"{only} flag attribute is this, e.g. in_stock=true (repeatable)")
+
+
+def _rule_flags(p: argparse.ArgumentParser) -> None:
+    """--surface and --rule: the answer's surface (its stored rules apply) and rules of its own."""
+    p.add_argument("--surface", help="the answer's surface (Context.surface): its stored rules apply")
+    p.add_argument("--rule", action="append", type=_rule_json, metavar="JSON",
+                   help="a business rule for this request, as JSON (common.proto Rule), e.g. "
+                        '\'{"name": "acme", "boost": 2, "match": {"attributes": [{"name": "brand", "any_of": '
+                        '{"values": ["Acme"]}}]}}\' (repeatable; applied after the stored ones)')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     add_filter_arguments(p)
     p.add_argument("--diversity", type=float, default=0.0, help="0..1: trade relevance for variety")
+    _rule_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
 
@@ -382,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="", help="their seen items are left out, their interest re-orders")
     p.add_argument("-k", type=int, default=10)
     add_filter_arguments(p)
+    _rule_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_similar)
 
@@ -391,7 +479,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch.add_arguments(p)
     add_filter_arguments(p)
+    p.add_argument("--rule", action="append", type=_rule_json, metavar="JSON",
+                   help="a business rule for every request, as JSON (as recommend's --rule; repeatable)")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("rules", help="stored business rules: put (create or replace by name), list, delete "
+                                     "(needs the admin scope)")
+    rules = p.add_subparsers(dest="action", required=True)
+    r = rules.add_parser("put", help="store a rule for every answer of its surfaces (none: every answer)")
+    r.add_argument("--name", required=True, help="1..128 of A-Z a-z 0-9 _ . : - (reasons say rule:NAME)")
+    action = r.add_mutually_exclusive_group(required=True)
+    action.add_argument("--boost", type=float, metavar="F", help="multiply the matching items' odds by F "
+                                                                 "(> 1 boosts, < 1 buries)")
+    action.add_argument("--promote", type=float, metavar="SHARE",
+                        help="fill ceil(SHARE * k) slots (0 < SHARE <= 1) with the best matching items")
+    action.add_argument("--exclude", dest="exclude_items", action="store_true", help="leave the matching items out")
+    action.add_argument("--pin", type=_pin_at, metavar="ITEM@POSITION", help="show ITEM at POSITION (0 = the top)")
+    r.add_argument("--item", action="append", help="match: the item id is one of these (repeatable)")
+    r.add_argument("--category", action="append", help="match: the item is in one of these (repeatable)")
+    _attribute_flags(r, "match: items whose", "match: items unless their")
+    r.add_argument("--surface", action="append", help="apply on this surface only (repeatable; none: every one)")
+    r.set_defaults(func=cmd_rules)
+    r = rules.add_parser("list", help="the stored rules, in the order they apply (by name)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_rules)
+    r = rules.add_parser("delete", help="delete a stored rule by name")
+    r.add_argument("name")
+    r.set_defaults(func=cmd_rules)
 
     p = sub.add_parser("track", help="report one event")
     p.add_argument("--user", required=True)

@@ -4,6 +4,8 @@ when there is no signal or retrieval fails."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from recmesh.common.vectors import to_matrix
 from recmesh.v1 import common_pb2, retrieval_pb2
 from services.gateway.budget import MS, Budget
@@ -22,8 +24,9 @@ class CandidateStage:
         self._popular = popular
 
     async def retrieve(self, budget: Budget, filters: common_pb2.Filters, excluded: set[str], signals: Signals,
-                       k: int) -> Retrieved:
-        """Candidates that pass the request's filters (categories, attributes) and leave out
+                       k: int, admit: Callable[[dict], bool] | None = None) -> Retrieved:
+        """Candidates that pass the request's filters (categories, attributes) and `admit` (the
+        exclude rules: services/gateway/rules.py RuleSet.admit; None: all pass), and leave out
         `excluded` (the user's exclusions: shed.excluded_ids), in retrieval order: up to
         max(settings.candidates, k) per source. Retrieval failing or late is no error: without signals, or with Search
         failed or late (stage "retrieval": `fallback:popular_candidates`), the popular ones
@@ -51,9 +54,9 @@ class CandidateStage:
             if found is not None:
                 version = found.index_version  # read before from_reply clears it for the wire form
                 return Retrieved(CandidateSet.from_reply(found, with_query=signals.query is not None,
-                                                         with_wire=True), version)
+                                                         with_wire=True).admitted(admit), version)
             budget.trace.degrade("fallback:popular_candidates")
         popular, version = await self._popular.matching(
             budget, self._up, s.retrieval_cap_ms * MS,
-            filters, excluded, want=k, limit=limit)
+            filters, excluded, want=k, limit=limit, admit=admit)
         return Retrieved(popular.for_query(signals.query), version)

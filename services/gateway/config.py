@@ -95,6 +95,14 @@ class GatewaySettings(ServiceSettings):
         ceiling, constant = _SHARED_LIMITS[info.field_name]
         return limits.at_most(value, ceiling, constant)
 
+    # Stored business rules (services/gateway/stored_rules.py): listed from the updater this
+    # often - a rule put through another gateway replica applies here within it (one put
+    # through this gateway at once).
+    rules_refresh_s: float = Field(default=0.5, gt=0)
+    # When business rules re-order a ranked answer (boost, promote), its diversity is chosen here
+    # over the boosted scores (services/gateway/rules.py): maximal marginal relevance over this
+    # many times k of the best. Keep it equal to the ranker's RECMESH_RANKER_MMR_POOL_FACTOR.
+    mmr_pool_factor: int = Field(default=3, ge=1)
     # SimilarItems' blend (recmesh/models/similar.py; chosen on MovieLens, docs/similar.md): a
     # warm anchor's similarity is this share behaviour (cosine in the catalog space) and the
     # rest text (cosine of the language-model vectors); the user's interest (cosine with it)

@@ -3,6 +3,7 @@ retrieval or the encoder cannot."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -69,7 +70,17 @@ class CandidateSet:
             return matrix[rows] if len(matrix) else matrix
 
         return CandidateSet([self.items[i] for i in rows], pick(self.vectors), pick(self.text_vectors),
-                            payloads=None if self.payloads is None else [self.payloads[i] for i in rows])
+                            None if self.query_similarity is None else [self.query_similarity[i] for i in rows],
+                            None if self.payloads is None else [self.payloads[i] for i in rows])
+
+    def admitted(self, admit: Callable[[dict], bool] | None) -> "CandidateSet":
+        """The candidates `admit` passes (a test of candidate_payload; None: all), in order."""
+        if admit is None:
+            return self
+        payloads = self.payloads
+        keep = [i for i, c in enumerate(self.items)
+                if admit(payloads[i] if payloads is not None else candidate_payload(c))]
+        return self if len(keep) == len(self.items) else self.rows(keep)
 
 
 class PopularCandidates:
@@ -101,10 +112,12 @@ class PopularCandidates:
         if len(keep) != len(current.items):
             self.current = current.rows(keep)
 
-    def select(self, flt: SearchFilter, exclude_ids: set[str], limit: int) -> CandidateSet:
+    def select(self, flt: SearchFilter, exclude_ids: set[str], limit: int,
+               admit: Callable[[dict], bool] | None = None) -> CandidateSet:
         """Up to `limit` popular candidates that pass flt (its rule, SearchFilter.conditions,
-        decided on each candidate's categories and attributes: as retrieval would), and are none
-        of exclude_ids nor of flt.exclude_item_ids, most popular first."""
+        decided on each candidate's categories and attributes: as retrieval would) and `admit`
+        (a test of the payload; None: all pass), and are none of exclude_ids nor of
+        flt.exclude_item_ids, most popular first."""
         current = self.current
         conditions = flt.conditions(with_ids=False)
         excluded = exclude_ids.union(flt.exclude_item_ids) if flt.exclude_item_ids else exclude_ids
@@ -115,29 +128,39 @@ class PopularCandidates:
                 break
             if c.item_id in excluded:
                 continue
-            if conditions is None or conditions.admits(payloads[i] if payloads is not None else candidate_payload(c)):
+            if conditions is None and admit is None:
+                rows.append(i)
+                continue
+            payload = payloads[i] if payloads is not None else candidate_payload(c)
+            if (conditions is None or conditions.admits(payload)) and (admit is None or admit(payload)):
                 rows.append(i)
         return current.rows(rows)
 
     async def matching(self, budget: Budget, upstreams, cap_s: float, filters: common_pb2.Filters,
                        exclude_ids: set[str], want: int, limit: int,
-                       with_vectors: bool = True) -> tuple[CandidateSet, str]:
+                       with_vectors: bool = True,
+                       admit: Callable[[dict], bool] | None = None) -> tuple[CandidateSet, str]:
         """(candidates, index version): up to `limit` popular items that pass the request's
-        filters (categories and attributes; checked) and leave out exclude_ids, most popular
-        first. From the local pool when it holds at least `want` of them (or is the whole
-        catalog); else from one `upstreams.retrieval.TopPopular` call with the same filters
-        within the budget (stage "popular", at most cap_s seconds) - failing that, what the pool
-        has (fewer; the trace says why)."""
+        filters (categories and attributes; checked) and `admit` (the exclude rules:
+        services/gateway/rules.py RuleSet.admit; None: all pass), and leave out exclude_ids, most
+        popular first. From the local pool when it holds at least `want` of them (or is the
+        whole catalog); else from one `upstreams.retrieval.TopPopular` call with the same filters
+        within the budget (stage "popular", at most cap_s seconds; with `admit`, twice `limit`
+        asked, what it leaves out dropped) - failing that, what the pool has (fewer; the trace
+        says why)."""
         flt = SearchFilter.from_proto(filters, exclude_item_ids=())  # the ids: exclude_ids, a set already
-        local = self.select(flt, exclude_ids, limit)
+        local = self.select(flt, exclude_ids, limit, admit)
         if len(local.items) >= min(want, limit) or self.whole_catalog:
             return local, self.index_version
         request = retrieval_pb2.TopPopularRequest(
-            limit=limit, with_vectors=with_vectors,
+            limit=limit if admit is None else 2 * limit, with_vectors=with_vectors,
             filters=common_pb2.Filters(include_categories=filters.include_categories,
                                        exclude_categories=filters.exclude_categories,
                                        exclude_item_ids=sorted(exclude_ids), attributes=filters.attributes))
         reply = await budget.call("popular", cap_s, lambda t: upstreams.retrieval.TopPopular(request, timeout=t))
         if reply is None:
             return local, self.index_version
-        return CandidateSet.from_reply(reply), reply.index_version
+        found = CandidateSet.from_reply(reply).admitted(admit)
+        if len(found.items) > limit:
+            found = found.rows(list(range(limit)))
+        return found, reply.index_version

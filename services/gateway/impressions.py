@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from prometheus_client import Counter
 
@@ -20,14 +21,19 @@ log = logging.getLogger("recmesh.gateway.impressions")
 DROPPED = Counter("recmesh_impressions_dropped_total", "Impressions not delivered to the updater")
 
 
-def impression(request_id: str, user_id: str, ranking: ranker_pb2.RankResponse, k: int) -> updater_pb2.Impression:
+def impression(request_id: str, user_id: str, ranking: ranker_pb2.RankResponse, k: int,
+               shown: Sequence[ranker_pb2.RankedItem | None] | None = None) -> updater_pb2.Impression:
     """What one ranked answer showed: its top k in order (position from 0) with the features and
-    propensity the ranker saw them with, stamped now (ms since the Unix epoch)."""
+    propensity the ranker saw them with, stamped now (ms since the Unix epoch). shown: the
+    answer's items in order when business rules placed them (None at a position the ranker did
+    not score: left out, the others keep their positions); None: the ranking's top k."""
+    slots = list(enumerate(ranking.items[:k])) if shown is None else \
+        [(i, item) for i, item in enumerate(shown) if item is not None]
     return updater_pb2.Impression(
         request_id=request_id, user_id=user_id, timestamp_ms=now_ms(),
         ranker_version=ranking.model_version, feature_names=ranking.feature_names,
         items=[updater_pb2.ImpressedItem(item_id=item.item_id, position=i, features=item.features,
-                                         propensity=item.propensity) for i, item in enumerate(ranking.items[:k])],
+                                         propensity=item.propensity) for i, item in slots],
     )
 
 

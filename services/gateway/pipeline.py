@@ -1,8 +1,9 @@
 """The Recommend pipeline: user state (and the request's inline session events) -> history
-vectors -> interest -> candidates -> ranking -> the push of disliked items' neighbours, each stage
-under its own deadline, each failure answered by the next rung of the fallback ladder (README:
-Fallback ladder). Each stage returns what it found and the version that found it; the reply is
-assembled from those."""
+vectors -> interest -> candidates -> ranking -> the push of disliked items' neighbours ->
+business rules, each stage under its own deadline, each failure answered by the next rung of the
+fallback ladder (README: Fallback ladder). Each stage returns what it found and the version that
+found it; the reply is assembled from those, through the business rules (services/gateway/
+rules.py: the last step of every answer path)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from services.gateway.interest import InterestStage
 from services.gateway.item_cache import ItemCache
 from services.gateway.ranking import RankingStage
 from services.gateway.results import Encoded, Ranked, Retrieved, Signals
+from services.gateway.rules import NO_RULES, Entry, RuleSet, RulesStep, add_items, from_ranking, in_order
 from services.gateway.seen import SeenItems
 from services.gateway.shed import excluded_ids
 from services.gateway.shedding import IN_FULL, Plan
@@ -36,19 +38,21 @@ class Pipeline:
         self.interest = InterestStage(settings, upstreams)
         self.candidates = CandidateStage(settings, upstreams, popular)
         self.ranking = RankingStage(settings, upstreams)
+        self.rules = RulesStep(settings, upstreams)
         self._impressions = impressions
         self._s = settings
 
     async def run(self, request: recommendations_pb2.RecommendRequest, k: int, query: str, budget: Budget,
-                  plan: Plan = IN_FULL) -> recommendations_pb2.RecommendResponse:
+                  plan: Plan = IN_FULL, rules: RuleSet = NO_RULES) -> recommendations_pb2.RecommendResponse:
         """Up to k items for the request (k a checked page size, query its visible text, "" for
-        none), within the budget, skipping what the plan says. An upstream failing or late is no
-        error: degraded names, in order, the plan's reasons, then each failed stage and the
-        fallback that answered instead; stage_latency has one entry per stage called (ms);
-        versions: "encoder", "index", "ranker" - those that took part. A guest (user_id "",
-        request.session_events checked) is served from the session events alone; no impression
-        is logged for one (no feedback can name them). Raises InvalidArgument for a malformed
-        matrix in an upstream's reply."""
+        none), within the budget, skipping what the plan says, under `rules` (the business rules
+        of the request's surface and its own: services/gateway/rules.py, the last step). An
+        upstream failing or late is no error: degraded names, in order, the plan's reasons, then
+        each failed stage and the fallback that answered instead; stage_latency has one entry per
+        stage called (ms); versions: "encoder", "index", "ranker" - those that took part. A guest
+        (user_id "", request.session_events checked) is served from the session events alone; no
+        impression is logged for one (no feedback can name them). Raises InvalidArgument for a
+        malformed matrix in an upstream's reply."""
         trace = budget.trace
         for reason in plan.reasons:
             trace.degrade(reason)
@@ -60,46 +64,63 @@ class Pipeline:
         encoded = await self.interest.encode(budget, user_id, history, query, plan.skip_encoder)
         signals = Signals(encoded.interest, session, encoded.query)
 
-        excluded = excluded_ids(request.filters, history.seen, history.hidden)
-        retrieved = await self.candidates.retrieve(budget, request.filters, excluded, signals, k)
+        filters = rules.narrow(request.filters)  # the request's, and the exclude rules retrieval can apply
+        excluded = excluded_ids(filters, history.seen, history.hidden)
+        retrieved = await self.candidates.retrieve(budget, filters, excluded, signals, k, rules.admit)
         push = DislikePush.of(retrieved.candidates, history, self._s)
 
         ranked = None
+        reorders = rules.reorders
         if retrieved.candidates.items and not plan.skip_ranker:
-            # Asked for as many more as are pushed: those pushed off the page leave room to fill.
-            wanted = k + push.pushed if push is not None else k
+            # Rules that re-order (boost, promote) need every candidate's score (k 0: all), and pick
+            # the diverse slots themselves, over the boosted scores (services/gateway/rules.py).
+            # Otherwise as many more as are pushed: those pushed off the page leave room to fill.
+            wanted = 0 if reorders else k + push.pushed if push is not None else k
             ranked = await self.ranking.rank(budget, retrieved.candidates, signals, history, wanted,
-                                             request.diversity)
+                                             0.0 if reorders else request.diversity)
             if ranked is None:
                 trace.degrade("fallback:retrieval_order")
             elif push is not None:
-                ranked = Ranked(push.rerank(ranked.ranking, k), ranked.version)
-        return self._reply(budget, user_id, k, signals, encoded, retrieved, ranked, push)
+                ranked = Ranked(push.rerank(ranked.ranking, wanted or len(ranked.ranking.items)), ranked.version)
+        entries = self._entries(signals, retrieved, ranked, push, None if rules else k)
+        shown = await self.rules.apply(budget, rules, entries, k, filters, excluded,
+                                       request.diversity if ranked is not None and reorders else 0.0,
+                                       retrieved.candidates.vectors)
+        return self._reply(budget, user_id, k, encoded, retrieved, ranked, shown, bool(rules))
 
-    def _reply(self, budget: Budget, user_id: str, k: int, signals: Signals, encoded: Encoded,
-               retrieved: Retrieved, ranked: Ranked | None,
-               push: DislikePush | None) -> recommendations_pb2.RecommendResponse:
-        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
-        candidates = retrieved.candidates.items
+    @staticmethod
+    def _entries(signals: Signals, retrieved: Retrieved, ranked: Ranked | None, push: DislikePush | None,
+                 limit: int | None) -> list[Entry]:
+        """The answer's items before the rules: the ranker's order (pushed already), else
+        retrieval order with the push applied (the first `limit`; None: all)."""
+        candidates = retrieved.candidates
         if ranked is not None:
-            by_id = {c.item_id: c for c in candidates}
-            for item in ranked.ranking.items[:k]:
-                c = by_id[item.item_id]
-                reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories,
-                                score=item.score, reasons=item.reasons, attributes=c.attributes)
-            if user_id:  # a guest without an id: no feedback can ever join their impression
-                self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k))
+            return from_ranking(ranked.ranking, candidates.items)
+        # A user with no history is steered by their query, or by the cold-start interest
+        # (what people consume), not by recent activity.
+        reasons = (["fits your recent activity"] if signals.session is not None
+                   else ["matches what you typed"] if signals.query is not None else ["popular right now"])
+        if push is not None:
+            ordered, scores = push.reorder(candidates)
         else:
-            # A user with no history is steered by their query, or by the cold-start interest
-            # (what people consume), not by recent activity.
-            reasons = (["fits your recent activity"] if signals.session is not None
-                       else ["matches what you typed"] if signals.query is not None else ["popular right now"])
-            ordered, scores = (push.reorder(retrieved.candidates) if push is not None
-                               else (retrieved.candidates, [c.score for c in candidates]))
-            for c, score in zip(ordered.items[:k], scores, strict=False):
-                why = reasons + [push.reason[c.item_id]] if push is not None and c.item_id in push.reason else reasons
-                reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=score,
-                                reasons=why, attributes=c.attributes)
+            ordered, scores = candidates, [c.score for c in candidates.items]
+        listed = ordered.items[:limit]
+        # Rows name the candidates' vectors: only retrieval's own order keeps them.
+        entries = in_order(listed, scores[:len(listed)], reasons, rows=ordered is candidates)
+        if push is not None:
+            for e in entries:
+                if e.item_id in push.reason:
+                    e.reasons.append(push.reason[e.item_id])
+        return entries
+
+    def _reply(self, budget: Budget, user_id: str, k: int, encoded: Encoded, retrieved: Retrieved,
+               ranked: Ranked | None, shown: list[Entry], ruled: bool) -> recommendations_pb2.RecommendResponse:
+        reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
+        add_items(reply, shown)
+        if ranked is not None and user_id:  # a guest without an id: no feedback can ever join their impression
+            # Under rules, what was shown where (items the ranker did not score are left out).
+            self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k,
+                                             [e.ranked for e in shown] if ruled else None))
         versions = {"encoder": encoded.version, "index": retrieved.version,
                     "ranker": ranked.version if ranked is not None else None}
         reply.versions.update({name: version for name, version in versions.items() if version is not None})

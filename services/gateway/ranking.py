@@ -25,8 +25,9 @@ class RankingStage:
 
     async def rank(self, budget: Budget, candidates: CandidateSet, signals: Signals, history: History, k: int,
                    diversity: float) -> Ranked | None:
-        """The ranker's top k of the candidates (diversity in 0..1), or None when it failed or
-        was late (stage "ranker"; the trace says why)."""
+        """The ranker's top k of the candidates (k 0: all of them, ordered - what business rules
+        that re-order need; diversity in 0..1), or None when it failed or was late (stage
+        "ranker"; the trace says why)."""
         wire = getattr(self._up, "rank_wire", None)
         if wire is not None and candidates.wire is not None:
             # Retrieval's candidates go on as the bytes they came in (CandidateSet.wire), the

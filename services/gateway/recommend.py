@@ -5,11 +5,11 @@ SimilarItems its own pipeline's shed path); the gateway's per-user and per-item 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import prometheus_client as prom
 
-from recmesh.v1 import recommendations_pb2
+from recmesh.v1 import common_pb2, recommendations_pb2
 from services.gateway.anchor import AnchorStage
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
@@ -17,10 +17,12 @@ from services.gateway.fallbacks import PopularCandidates
 from services.gateway.impressions import ImpressionLog
 from services.gateway.item_cache import ItemCache
 from services.gateway.pipeline import Pipeline
+from services.gateway.rules import RuleSet, compile_rules, request_labels
 from services.gateway.seen import SeenItems
 from services.gateway.shed import ShedAnswers
 from services.gateway.shedding import AdaptiveShedding, Plan
 from services.gateway.similar import SimilarItemsPipeline
+from services.gateway.stored_rules import StoredRules
 from services.gateway.upstreams import Upstreams
 
 DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends and SimilarItems answered degraded, by reason",
@@ -52,6 +54,14 @@ class Recommender:
         RECOMMENDS_IN_FLIGHT.set_function(lambda: self.in_flight)
         self.shedding = AdaptiveShedding(settings.shed_slow, settings.shed_slow_share)
         SHED_PRESSURE.set_function(lambda: self.shedding.pressure)
+        # The updater's stored business rules, as this gateway last listed them (server.py keeps them fresh).
+        self.stored_rules = StoredRules()
+
+    def rules_for(self, surface: str, rules: Sequence[common_pb2.Rule], field: str = "rules") -> RuleSet:
+        """The business rules an answer on `surface` obeys: the stored ones of that surface, then
+        the request's own (checked already; `field` names them in reasons when unnamed)."""
+        stored = self.stored_rules.for_surface(surface)
+        return stored.then(compile_rules(rules, request_labels(rules, field))) if rules else stored
 
     def forget_user(self, user_id: str) -> None:
         """The user was deleted through this gateway."""
@@ -77,24 +87,29 @@ class Recommender:
         left to do real work, the answer is the popular list (degraded, saying why; services/
         gateway/shed.py) - shed fast rather than queued past its deadline. While the mesh is slow,
         adaptive shedding has a share skip the ranker, the encoder, or everything (the popular
-        list). Every answer leaves out the user's exclusions and applies the request's filters.
+        list). Every answer leaves out the user's exclusions, applies the request's filters, then
+        the business rules (the surface's stored ones, then the request's: services/gateway/rules.py).
         k: a checked page size; query: its visible text, "" for none; client_remaining_s: the
         client's deadline from now in seconds, None for none. An upstream failing or late is no
         error: the answer is degraded and says why (Pipeline.run)."""
+        rules = self.rules_for(request.context.surface, request.rules)
+
         async def answer(plan: Plan, budget: Budget) -> recommendations_pb2.RecommendResponse:
             if plan.shed:
-                return await self._shed_answers.answer(request, k, plan.reasons, budget)
-            return await self.pipeline.run(request, k, query, budget, plan)
+                return await self._shed_answers.answer(request, k, plan.reasons, budget, rules)
+            return await self.pipeline.run(request, k, query, budget, plan, rules)
 
         return await self._admitted(client_remaining_s, answer)
 
     async def similar_items(self, request: recommendations_pb2.SimilarItemsRequest, k: int, text: str,
                             client_remaining_s: float | None) -> recommendations_pb2.RecommendResponse:
-        """SimilarItems under Recommend's admission, budget and shedding (they share the mesh's
-        CPU): services/gateway/similar.py. k: a checked page size; text: a free-text anchor's
-        visible text, "" for an item anchor. Raises NotFound naming item_id for an unknown item."""
+        """SimilarItems under Recommend's admission, budget, shedding (they share the mesh's CPU)
+        and business rules (the surface's stored ones, then the request's): services/gateway/
+        similar.py. k: a checked page size; text: a free-text anchor's visible text, "" for an
+        item anchor. Raises NotFound naming item_id for an unknown item."""
+        rules = self.rules_for(request.context.surface, request.rules)
         return await self._admitted(client_remaining_s,
-                                    lambda plan, budget: self.similar.run(request, k, text, budget, plan))
+                                    lambda plan, budget: self.similar.run(request, k, text, budget, plan, rules))
 
     async def _admitted(self, client_remaining_s: float | None,
                         answer: Callable[[Plan, Budget], Awaitable[recommendations_pb2.RecommendResponse]]

@@ -9,8 +9,9 @@ from collections import Counter
 
 import grpc
 
-from recmesh.common.auth import AuthInterceptor, Client, load_keys, parse_keys
+from recmesh.common.auth import CLIENT_HEADER, AuthInterceptor, Client, client_name, load_keys, parse_keys
 from recmesh.common.errors import rpc_method
+from recmesh.common.rules import check_rule_name, check_stored_rule
 from recmesh.common.server import Service
 from recmesh.common.validation import check_events, check_id
 from recmesh.v1 import (
@@ -28,6 +29,8 @@ from services.gateway.upstreams import Upstreams
 from services.gateway.validation import check_item_ids, check_items, check_merge, check_recommend, check_similar
 
 log = logging.getLogger("recmesh.gateway")
+# A listing of the stored rules is a small read; one slower than this is retried at the next refresh.
+RULES_LIST_TIMEOUT_S = 2.0
 
 
 async def passthrough(context: grpc.aio.ServicerContext, call):
@@ -39,14 +42,18 @@ async def passthrough(context: grpc.aio.ServicerContext, call):
 
 
 class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
-    def __init__(self, settings: GatewaySettings):
+    def __init__(self, settings: GatewaySettings, keys: dict[str, Client] | None = None):
+        """keys: the API keys (None: authentication off), to name the client of an audited change."""
         self._s = settings
+        self._keys = keys
         self._up = Upstreams.connect(settings)
         self._popular = PopularCandidates()
         self._recommender = Recommender(settings, self._up, self._popular)
         self._weights = settings.event_weights()
         self._refresher: asyncio.Task | None = None
         self._soon: asyncio.Task | None = None
+        self._rules_refresher: asyncio.Task | None = None
+        self._rules_failing = False
 
     async def _refresh_popular(self) -> None:
         reply = await self._up.retrieval.TopPopular(
@@ -55,15 +62,44 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         self._popular.replace(reply, asked=self._s.popular_pool)
 
     async def warmup(self) -> None:
-        """SERVING only once the popular fallback is loaded: from then on every Recommend can be answered."""
-        while True:
-            try:
-                await self._refresh_popular()
-                break
-            except grpc.aio.AioRpcError as exc:
-                log.info("waiting for retrieval", extra={"status": exc.code().name})
-                await asyncio.sleep(0.5)
+        """SERVING only once the popular fallback and the stored business rules are loaded: from
+        then on every Recommend can be answered, and under the rules in force (an answer that
+        ignored a stored exclusion would be wrong, not degraded)."""
+        for load, upstream in ((self._refresh_popular, "retrieval"), (self._list_rules, "updater")):
+            while True:
+                try:
+                    await load()
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    log.info(f"waiting for {upstream}", extra={"status": exc.code().name})
+                    await asyncio.sleep(0.5)
         self._refresher = asyncio.create_task(self._refresh_loop())
+        self._rules_refresher = asyncio.create_task(self._rules_loop())
+
+    async def _list_rules(self) -> common_pb2.ListRulesResponse:
+        """The updater's stored rules, taken into this gateway's set unless a change was made
+        through it meanwhile (StoredRules.replace)."""
+        stored = self._recommender.stored_rules
+        writes = stored.writes
+        reply = await self._up.updater.ListRules(common_pb2.ListRulesRequest(), timeout=RULES_LIST_TIMEOUT_S)
+        stored.replace(reply.rules, writes)
+        return reply
+
+    async def _rules_loop(self) -> None:
+        """Lists the stored rules every rules_refresh_s; while the updater cannot answer, the last
+        listing stays in force (logged once when that starts and once when it ends)."""
+        while True:
+            await asyncio.sleep(self._s.rules_refresh_s)
+            try:
+                await self._list_rules()
+            except grpc.aio.AioRpcError as exc:
+                if not self._rules_failing:
+                    log.warning("stored rules not listed; keeping the last listing", extra={"status": exc.code().name})
+                self._rules_failing = True
+                continue
+            if self._rules_failing:
+                log.info("stored rules listed again")
+            self._rules_failing = False
 
     def _refresh_soon(self) -> None:
         """A pool refresh now, in the background (one at a time)."""
@@ -82,7 +118,7 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
             await self._refresh_once()
 
     async def close(self) -> None:
-        for task in (self._refresher, self._soon):
+        for task in (self._refresher, self._soon, self._rules_refresher):
             if task is not None:
                 task.cancel()
         # Impressions leave in batches (impression_flush_ms): the last ones go before the
@@ -214,6 +250,38 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         return common_pb2.MergeUsersResponse(events_moved=reply.events_moved)
 
 
+    def _on_behalf(self, context) -> tuple[tuple[str, str], ...]:
+        """Metadata naming the caller (the client its API key names) to the updater's audit log;
+        non-ASCII characters of a name escaped (metadata values are ASCII)."""
+        name = client_name(context.invocation_metadata(), self._keys)
+        return ((CLIENT_HEADER, name.encode("ascii", "backslashreplace").decode("ascii")),)
+
+    @rpc_method
+    async def PutRule(self, request, context):
+        check_stored_rule(request.rule, "rule", self._s.max_k)
+        stored = await passthrough(context, self._up.updater.PutRule(
+            request, timeout=self._write_timeout(context), metadata=self._on_behalf(context)))
+        self._recommender.stored_rules.put(stored)  # this gateway's next Recommend obeys it
+        return stored
+
+    @rpc_method
+    async def ListRules(self, request, context):
+        """The updater's listing (the stored set itself, not this gateway's copy of it)."""
+        stored = self._recommender.stored_rules
+        writes = stored.writes
+        reply = await passthrough(context, self._up.updater.ListRules(request, timeout=self._write_timeout(context)))
+        stored.replace(reply.rules, writes)
+        return reply
+
+    @rpc_method
+    async def DeleteRule(self, request, context):
+        name = check_rule_name(request.name, "name")
+        reply = await passthrough(context, self._up.updater.DeleteRule(
+            request, timeout=self._write_timeout(context), metadata=self._on_behalf(context)))
+        self._recommender.stored_rules.delete(name)
+        return reply
+
+
 # The scope each public method needs. Reading a user's history is as privileged as deleting it.
 METHOD_SCOPES = {
     "/recmesh.v1.Recommendations/Recommend": "recommend",
@@ -225,6 +293,10 @@ METHOD_SCOPES = {
     "/recmesh.v1.Recommendations/DeleteItems": "catalog:write",
     "/recmesh.v1.Recommendations/GetUserProfile": "admin",
     "/recmesh.v1.Recommendations/DeleteUser": "admin",
+    # Stored business rules change every answer of their surfaces: as privileged as the above.
+    "/recmesh.v1.Recommendations/PutRule": "admin",
+    "/recmesh.v1.Recommendations/ListRules": "admin",
+    "/recmesh.v1.Recommendations/DeleteRule": "admin",
 }
 
 
@@ -242,7 +314,7 @@ def api_keys(settings: GatewaySettings) -> dict[str, Client] | None:
 
 def build_service(settings: GatewaySettings) -> Service:
     keys = api_keys(settings)  # a bad key file stops the gateway here, before it listens
-    servicer = GatewayServicer(settings)
+    servicer = GatewayServicer(settings, keys)
     if keys is None:
         log.warning("no API keys configured: the public API is open to anyone who can reach it")
 

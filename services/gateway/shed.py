@@ -1,8 +1,9 @@
 """Recommends answered at the door (`shed:overload`, `shed:late_arrival`, `shed:slow_mesh`): the
-popular list, under the same rules as every other answer - the request's filters, and the user's
+popular list, under the same rules as every other answer - the request's filters, the user's
 exclusions (the items they have seen, unless filters.exclude_seen is false; those they hid or
 disliked, always; filters.exclude_item_ids; and the items of the request's session_events as
-the full path excludes them) - without the pipeline.
+the full path excludes them) and the business rules (services/gateway/rules.py) - without the
+pipeline.
 
 The seen and hidden items come from the gateway's cache (services/gateway/seen.py); when it
 holds no complete entry for the user, the updater is asked once (GetUserState: an in-memory read, a
@@ -22,6 +23,7 @@ from recmesh.v1 import common_pb2, recommendations_pb2, updater_pb2
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.fallbacks import PopularCandidates
+from services.gateway.rules import NO_RULES, RuleSet, RulesStep, add_items, in_order
 from services.gateway.seen import SEEN_UNKNOWN, SeenItems
 from services.gateway.upstreams import Upstreams
 
@@ -51,11 +53,13 @@ class ShedAnswers:
         self._up = upstreams
         self._popular = popular
         self._seen = seen
+        self._rules = RulesStep(settings, upstreams)
 
-    async def answer(self, request, k: int, reasons: Sequence[str],
-                     budget: Budget) -> recommendations_pb2.RecommendResponse:
-        """Up to k popular items for the request (k whenever k pass its filters and exclusions
-        and retrieval answers in time), within the budget (the client's remaining time),
+    async def answer(self, request, k: int, reasons: Sequence[str], budget: Budget,
+                     rules: RuleSet = NO_RULES) -> recommendations_pb2.RecommendResponse:
+        """Up to k popular items for the request (k whenever k pass its filters, exclusions and
+        exclude rules and retrieval answers in time), within the budget (the client's remaining
+        time), under `rules` (services/gateway/rules.py: the last step of every answer path),
         degraded [reasons (why it was shed: its Plan's), then any stage that failed]: an
         upstream failing or late is no error."""
         s = self._s
@@ -63,14 +67,18 @@ class ShedAnswers:
         if not complete:  # what this gateway knows is left out; the reply says the rest may not be
             budget.trace.degrade(SEEN_UNKNOWN)
         inline_seen, inline_hidden = inline_items(request.session_events)
+        filters = rules.narrow(request.filters)  # the request's, and the exclude rules retrieval can apply
+        excluded = excluded_ids(filters, seen | inline_seen, hidden | inline_hidden)
+        # Rules that re-order (boost, promote) choose among more than the page: the pool's best.
+        limit = max(k, s.candidates) if rules.reorders else k
         found, version = await self._popular.matching(
-            budget, self._up, s.retrieval_cap_ms * MS, request.filters,
-            excluded_ids(request.filters, seen | inline_seen, hidden | inline_hidden), want=k, limit=k,
-            with_vectors=False)
+            budget, self._up, s.retrieval_cap_ms * MS, filters,
+            excluded, want=k, limit=limit, with_vectors=False, admit=rules.admit)
+        entries = in_order(found.items, [c.popularity for c in found.items], ["popular right now"],
+                           found.payloads, rows=False)
+        shown = await self._rules.apply(budget, rules, entries, k, filters, excluded)
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
-        for c in found.items[:k]:
-            reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories, score=c.popularity,
-                            reasons=["popular right now"], attributes=c.attributes)
+        add_items(reply, shown)
         reply.versions["index"] = version
         reply.degraded.extend(reasons)
         budget.report(reply)

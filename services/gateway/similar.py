@@ -7,7 +7,8 @@ the request's filters and the user's exclusions on every path, and `degraded` na
     2. retrieval.Search for the anchor's neighbours  and the user's interest (encoder;
        (session source: its catalog vector, warm     the session direction stands in)  at once
        items only; query source: its text vector)
-    3. scores and reasons (recmesh/models/similar.py), then final_step (the page)
+    3. scores and reasons (recmesh/models/similar.py)
+    4. business rules (services/gateway/rules.py: the last step of every answer, Recommend's too)
 
 Fallback ladder: the anchor unknown in time (retrieval or, for a text, the encoder failing or
 late) or Search failing or late - the gateway's popular pool with the request's filters and the
@@ -21,6 +22,7 @@ interest, else the session direction re-orders (`fallback:cached_interest`, `fal
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Awaitable, Iterator
 from dataclasses import replace
@@ -37,9 +39,9 @@ from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.dislikes import DislikePush
 from services.gateway.fallbacks import CandidateSet, PopularCandidates
-from services.gateway.final_step import OrderedItem, final_step
 from services.gateway.history import HistoryStage
 from services.gateway.interest import InterestStage
+from services.gateway.rules import NO_RULES, Entry, RuleSet, RulesStep, add_items, position_logit
 from services.gateway.seen import SEEN_UNKNOWN
 from services.gateway.shed import ShedAnswers, excluded_ids
 from services.gateway.shedding import RUNGS, SKIP_RANKER, Plan
@@ -72,14 +74,16 @@ class SimilarItemsPipeline:
         self._interest = interest
         self._shed = shed
         self._weights = Weights(settings.similar_behaviour_weight, settings.similar_interest_weight)
+        self._rules = RulesStep(settings, upstreams)
 
     async def run(self, request: recommendations_pb2.SimilarItemsRequest, k: int, text: str, budget: Budget,
-                  plan: Plan) -> recommendations_pb2.RecommendResponse:
+                  plan: Plan, rules: RuleSet = NO_RULES) -> recommendations_pb2.RecommendResponse:
         """Up to k items like the request's anchor (k a checked page size; text the visible text
         of a free-text anchor, "" for an item), never the anchor itself, within the budget,
-        skipping what the plan says. Each item passed the request's filters and the user's
-        exclusions (seen items unless filters.exclude_seen is false; hidden and disliked ones
-        always; filters.exclude_item_ids).
+        skipping what the plan says, under `rules` (the business rules of the request's surface
+        and its own: services/gateway/rules.py, the last step). Each item passed the request's
+        filters and the user's exclusions (seen items unless filters.exclude_seen is false;
+        hidden and disliked ones always; filters.exclude_item_ids) - the anchor is one of them.
         An upstream failing or late is no error: degraded names, in order, the plan's reasons,
         then each failed stage and the fallback that answered instead. Raises NotFound naming
         item_id for an item retrieval does not hold; InvalidArgument for a malformed matrix in
@@ -96,7 +100,8 @@ class SimilarItemsPipeline:
         if anchor is None:
             anchor = NO_ANCHOR
         versions["index" if item_id else "encoder"] = anchor_version
-        excluded = excluded_ids(request.filters, seen, hidden)
+        filters = rules.narrow(request.filters)  # the request's, and the exclude rules retrieval can apply
+        excluded = excluded_ids(filters, seen, hidden)
         if item_id:
             excluded.add(item_id)
 
@@ -105,7 +110,7 @@ class SimilarItemsPipeline:
         # The candidates' catalog vectors: for the interest, and for the push of disliked items' likes.
         with_vectors = wants_interest or (history is not None and bool(history.disliked))
         (found, index_version), (interest, interest_version) = await _both(
-            self._neighbours(budget, anchor, request.filters, excluded, k, plan, with_vectors=with_vectors),
+            self._neighbours(budget, anchor, filters, excluded, k, plan, with_vectors=with_vectors),
             self._user_interest(budget, request.user_id, history, plan) if wants_interest else _nothing())
         versions["index"] = index_version or versions.get("index")
         versions["encoder"] = versions.get("encoder") or interest_version
@@ -115,14 +120,19 @@ class SimilarItemsPipeline:
             if not plan.shed:
                 trace.degrade("fallback:popular_candidates")
             found, pool_version = await self._popular.matching(
-                budget, self._up, self._s.retrieval_cap_ms * MS, request.filters, excluded, want=k,
-                limit=self._s.popular_pool)
+                budget, self._up, self._s.retrieval_cap_ms * MS, filters, excluded, want=k,
+                limit=self._s.popular_pool, admit=rules.admit)
             found = found.for_query(anchor.text_vector)
             versions["index"] = versions.get("index") or pool_version
+        else:
+            found = found.admitted(rules.admit)
 
+        # The page: k entries, or the best max(k, candidates) when rules may re-order or drop some.
+        ordered = self._ordered(anchor, found, interest, history, from_pool, k)
+        entries = list(itertools.islice(ordered, max(k, self._s.candidates) if rules else k))
+        shown = await self._rules.apply(budget, rules, entries, k, filters, excluded)
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
-        final_step(reply, self._ordered(anchor, found, interest, history, from_pool, k), k,
-                   never=frozenset({item_id}) if item_id else frozenset())
+        add_items(reply, shown)
         reply.versions.update({name: version for name, version in versions.items() if version})
         budget.report(reply)
         return reply
@@ -181,11 +191,12 @@ class SimilarItemsPipeline:
         return CandidateSet.from_reply(found, with_query=anchor.text_vector is not None), version
 
     def _ordered(self, anchor: Anchor, found: CandidateSet, interest: np.ndarray | None, history: History | None,
-                 from_pool: bool, k: int) -> Iterator[OrderedItem]:
-        """The candidates best first, with their scores and reasons (made as the page takes
-        them: a page is k of hundreds). Items like the user's disliked ones are pushed down
-        (services/gateway/dislikes.py), saying so. From the pool, items sharing a category with
-        the anchor come first (each group by score)."""
+                 from_pool: bool, k: int) -> Iterator[Entry]:
+        """The candidates best first, as the rules step takes them (the score shown: the blend's;
+        the order the rules move: a position's logit, as for every list no ranker scored), with
+        their reasons (made as the page takes them: a page is k of hundreds). Items like the
+        user's disliked ones are pushed down (services/gateway/dislikes.py), saying so. From the
+        pool, items sharing a category with the anchor come first (each group by score)."""
         items = found.items
         if not items:
             return
@@ -199,11 +210,11 @@ class SimilarItemsPipeline:
         if from_pool and anchor.categories:
             on_topic = set(anchor.categories)
             order.sort(key=lambda row: not on_topic.intersection(items[row].categories))  # stable
-        for row in order:
+        for position, row in enumerate(order):
             said = reasons(anchor, scored, row, items[row].categories) or [POPULAR]
             if push is not None and items[row].item_id in push.reason:
                 said.append(push.reason[items[row].item_id])
-            yield OrderedItem(items[row], float(scored.scores[row]), said)
+            yield Entry(items[row], float(scored.scores[row]), position_logit(position), said, row=row)
 
 
 async def _nothing() -> tuple[None, None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from recmesh.common import clock, limits
 from recmesh.common.errors import InvalidArgument
+from recmesh.common.rules import check_rules
 from recmesh.common.validation import (
     check_attribute_filters,
     check_event_fields,
@@ -29,6 +30,7 @@ def check_recommend(request, settings: GatewaySettings) -> tuple[int, str]:
     _check_context(request.context)
     if not 0.0 <= request.diversity <= 1.0:  # NaN fails this too
         raise InvalidArgument("diversity", f"must be in 0..1, got {request.diversity}")
+    check_rules(request.rules, "rules", settings.max_k)
     return k, query
 
 
@@ -50,10 +52,7 @@ def check_similar(request, settings: GatewaySettings) -> tuple[int, str]:
     k = _check_k(request, settings)
     _check_filters(request.filters, settings)
     _check_context(request.context)
-    if request.rules:
-        # Refused, not ignored, until business rules reach SimilarItems: the place they apply is
-        # services/gateway/final_step.py.
-        raise InvalidArgument("rules", "not supported yet")
+    check_rules(request.rules, "rules", settings.max_k)
     return k, text
 
 

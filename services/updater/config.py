@@ -23,6 +23,10 @@ class UpdaterSettings(ServiceSettings):
     store: Literal["sqlite", "redis"] = "sqlite"
     # Default: the var's, $RECMESH_VAR/updater/events.sqlite (recmesh/common/paths.py).
     log_path: Path = Field(default_factory=lambda: var_paths().event_log)
+    # The stored business rules (sqlite store; recmesh/events/rulestore.py): a file of their own
+    # beside the log. Default: rules.sqlite in log_path's folder. The redis store keeps them in
+    # its Redis, shared by the replicas.
+    rules_path: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "recmesh"
     # How long an event_id is remembered for idempotency in Redis (SQLite: forever).

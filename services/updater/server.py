@@ -1,7 +1,8 @@
-"""recmesh.v1.Updater: a thin servicer over the updater's two roles - events and per-user state
-(services/updater/events.py: Ingest, the stored part of GetUserState, DeleteUser and MergeUsers)
-and online learning (services/updater/learning.py: LogImpressions, WatchParameters, and the
-joiner's part of GetUserState, DeleteUser and MergeUsers). Every committed new event is handed
+"""recmesh.v1.Updater: a thin servicer over the updater's roles - events and per-user state
+(services/updater/events.py: Ingest, the stored part of GetUserState, DeleteUser and MergeUsers),
+online learning (services/updater/learning.py: LogImpressions, WatchParameters, and the joiner's
+part of GetUserState, DeleteUser and MergeUsers), and the stored business rules
+(services/updater/rules.py: PutRule, ListRules, DeleteRule). Every committed new event is handed
 from the first to the second."""
 
 from __future__ import annotations
@@ -10,21 +11,32 @@ from contextlib import aclosing
 
 import grpc
 
+from recmesh.common.auth import CLIENT_HEADER
 from recmesh.common.errors import rpc_method
 from recmesh.common.server import Service
 from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
 from services.updater.config import UpdaterSettings
 from services.updater.events import EventsRole
 from services.updater.learning import LearningRole
+from services.updater.rules import RulesRole
+
+
+def caller(context) -> tuple[str, str]:
+    """(the client a forwarding gateway authenticated - its CLIENT_HEADER - or "direct" for a
+    call from inside the mesh, the peer's address): who an audited change is from."""
+    client = dict(context.invocation_metadata() or ()).get(CLIENT_HEADER, "")
+    return str(client) or "direct", context.peer() or ""
 
 
 class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     def __init__(self, settings: UpdaterSettings):
         self.learning = LearningRole(settings)
         self.events = EventsRole(settings, on_new=self.learning.feedback)
+        self.rules = RulesRole(settings)
 
     async def load(self) -> None:
         await self.events.open()  # from here on, state is complete and calls are served
+        await self.rules.open()  # after the events: a Redis store has been checked durable there
         await self.learning.start()
 
     @rpc_method
@@ -61,8 +73,21 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
             self.learning.merge_users(request.from_user_id, request.into_user_id)
         return common_pb2.MergeUsersResponse(events_moved=moved)
 
+    @rpc_method
+    async def PutRule(self, request, context):
+        return await self.rules.put(request, *caller(context))
+
+    @rpc_method
+    async def ListRules(self, request, context):
+        return await self.rules.list()
+
+    @rpc_method
+    async def DeleteRule(self, request, context):
+        return await self.rules.delete(request, *caller(context))
+
     async def close(self) -> None:
         await self.learning.close()
+        await self.rules.close()
         await self.events.close()
 
 

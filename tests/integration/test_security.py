@@ -30,6 +30,12 @@ CALLS = {
     "DeleteItems": R.DeleteItemsRequest(item_ids=["sec-item"]),
     "GetUserProfile": R.GetUserProfileRequest(user_id="sec-user"),
     "DeleteUser": R.DeleteUserRequest(user_id="sec-user"),
+    # A rule of a surface no other test names.
+    "PutRule": common_pb2.PutRuleRequest(rule=common_pb2.StoredRule(
+        rule=common_pb2.Rule(name="sec-rule", exclude=True, match=common_pb2.ItemMatch(item_ids=["1"])),
+        surfaces=["sec-surface"])),
+    "ListRules": common_pb2.ListRulesRequest(),
+    "DeleteRule": common_pb2.DeleteRuleRequest(name="sec-rule"),
 }
 
 

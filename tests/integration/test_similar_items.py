@@ -167,11 +167,20 @@ def test_bad_input_is_named(client, kwargs, code, field):
     assert raised.value.code() == code and raised.value.details().startswith(f"{field}:"), raised.value.details()
 
 
-def test_rules_are_refused_until_they_reach_similar_items(gateway_channel):
-    from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
+def test_business_rules_of_the_request_and_of_its_surface_apply(client, user):
+    from recmesh.client import exclude, pin
 
-    request = recommendations_pb2.SimilarItemsRequest(item_id=STAR_WARS, rules=[common_pb2.Rule(name="r", boost=2)])
-    with pytest.raises(grpc.RpcError) as raised:
-        recommendations_pb2_grpc.RecommendationsStub(gateway_channel).SimilarItems(request, timeout=2)
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.details() == "rules: not supported yet"
+    top = ids(undegraded(lambda: client.similar_items(STAR_WARS, k=10)))
+    reply = undegraded(lambda: client.similar_items(STAR_WARS, k=10, rules=[
+        exclude(name="not_first", item_ids=[top[0]]), pin(top[5], 0, name="feature"), pin(STAR_WARS, 1)]))
+    assert len(reply.items) == 10 and ids(reply)[0] == top[5]
+    assert top[0] not in ids(reply) and STAR_WARS not in ids(reply)  # a pin never brings the anchor in
+    surface, name = f"pdp-{user}", f"no_scifi_{user}"
+    client.put_rule(exclude(name=name, categories=["Sci-Fi"]), surfaces=[surface])
+    try:
+        stored = undegraded(lambda: client.similar_items(STAR_WARS, k=10, surface=surface))
+        elsewhere = undegraded(lambda: client.similar_items(STAR_WARS, k=10, surface="home"))
+    finally:
+        client.delete_rule(name)
+    assert len(stored.items) == 10 and not any("Sci-Fi" in item.categories for item in stored.items)
+    assert any("Sci-Fi" in item.categories for item in elsewhere.items)

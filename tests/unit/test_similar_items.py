@@ -252,6 +252,27 @@ def test_hidden_and_disliked_items_never_come_back_and_a_dislike_pushes_its_like
         assert pushed and all("Documentary" in item.categories for item in pushed)  # like T27
 
 
+@pytest.mark.parametrize("how", ["full", "shed:overload", "fallback:popular_candidates"])
+def test_business_rules_are_the_last_step_on_every_path_and_never_bring_the_anchor_back(monkeypatch, how):
+    rules = [common_pb2.Rule(name="no_17_27", exclude=True, match=common_pb2.ItemMatch(item_ids=["p17", "p27"])),
+             common_pb2.Rule(name="lift", boost=1000.0, match=common_pb2.ItemMatch(item_ids=["p87"])),
+             common_pb2.Rule(name="feature", pin=common_pb2.Pin(item_id="p197", position=1)),
+             common_pb2.Rule(name="self", pin=common_pb2.Pin(item_id="p7", position=2))]
+
+    async def scenario():
+        mesh = SimilarMesh()
+        g = await gateway(monkeypatch, mesh)
+        mesh.down = {"Search"} if how == "fallback:popular_candidates" else set()
+        return await similar(g, how if how in SHED else "full", item_id="p7", k=5, rules=rules,
+                             filters={"include_categories": ["Documentary"]})
+
+    reply = asyncio.run(scenario())
+    assert len(reply.items) == 5 and set(ids(reply)) <= set(DOCUMENTARIES)
+    assert not {"p7", "p17", "p27"} & set(ids(reply))  # the anchor is no candidate: not even a pin brings it
+    assert ids(reply)[:2] == ["p87", "p197"]
+    assert reply.items[0].reasons[0] == "boosted ×1e+03 by rule:lift"
+
+
 def test_an_unknown_item_is_not_found_and_nothing_is_searched(monkeypatch):
     async def scenario():
         mesh = SimilarMesh()
@@ -295,7 +316,9 @@ def test_an_anchor_looked_up_once_is_served_from_the_gateways_cache_until_upsert
     ({"item_id": "p1", "filters": {"include_categories": [""]}}, "filters.include_categories[0]"),
     ({"item_id": "p1", "filters": {"attributes": [common_pb2.AttributeFilter(name="price")]}},
      "filters.attributes[0]"),
-    ({"item_id": "p1", "rules": [common_pb2.Rule(name="r", boost=2.0)]}, "rules"),
+    ({"item_id": "p1", "rules": [common_pb2.Rule(name="r", boost=-2.0,
+                                                  match=common_pb2.ItemMatch(categories=["Drama"]))]},
+     "rules[0].boost"),
 ])
 def test_bad_input_is_invalid_argument_naming_the_field(monkeypatch, fields, field):
     async def scenario():

@@ -85,12 +85,13 @@ def rank(request: ranker_pb2.RankRequest, scorer: Scorer, rng: np.random.Generat
     top = mmr(scores, cand, k, request.diversity, mmr_pool_factor)
     top, propensity = explore(top, n, exploration, rng)
     titles = [r.title for r in request.recent]
+    mean = contributions.mean(axis=0)  # every item's reasons compare it with the same average
     reply.feature_names.extend(feats.FEATURES)
     for i, p in zip(top, propensity, strict=True):
         reply.items.add(
             item_id=ids[i],
             score=float(scores[i]),
-            reasons=explain(contributions, features, i, categories[i], affinity, titles, max_reasons),
+            reasons=explain(contributions, features, i, categories[i], affinity, titles, max_reasons, mean),
             features=features.values[i].tolist(),
             propensity=float(p),
         )

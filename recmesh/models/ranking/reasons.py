@@ -18,9 +18,12 @@ def explain(
     category_affinity: dict[str, float],
     recent_titles: list[str],
     max_reasons: int,
+    mean: np.ndarray | None = None,
 ) -> list[str]:
+    """mean: contributions.mean(axis=0), when the caller explains many items of one list (computed
+    once, not per item)."""
     # Compare with the average candidate: a feature everyone shares explains nothing.
-    lift = contributions[index] - contributions.mean(axis=0)
+    lift = contributions[index] - (contributions.mean(axis=0) if mean is None else mean)
     reasons: list[str] = []
     for f in np.argsort(-lift):
         if lift[f] <= 0 or contributions[index, f] < MIN_CONTRIBUTION:
