@@ -23,6 +23,7 @@ R = recommendations_pb2
 CALLS = {
     "Recommend": R.RecommendRequest(user_id="sec-user", k=3),
     "SimilarItems": R.SimilarItemsRequest(item_id="1", user_id="sec-user", k=3),
+    "MergeUsers": common_pb2.MergeUsersRequest(from_user_id="sec-guest", into_user_id="sec-user"),
     "TrackEvents": R.TrackEventsRequest(events=[common_pb2.Event(
         event_id="sec-1", user_id="sec-user", item_id="1", type=common_pb2.EventType.EVENT_TYPE_VIEW)]),
     "UpsertItems": R.UpsertItemsRequest(items=[common_pb2.Item(item_id="sec-item", title="Security test film",
