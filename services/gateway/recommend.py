@@ -25,6 +25,10 @@ from services.gateway.upstreams import Upstreams
 
 DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends and SimilarItems answered degraded, by reason",
                        ["reason"])
+# Answers naming at least one degraded reason (one answer may name several above): the console's
+# degraded share is this over the OK answers.
+DEGRADED_ANSWERS = prom.Counter("recmesh_degraded_answers_total",
+                                "Recommends and SimilarItems answered with at least one degraded reason")
 RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight",
                                   "Recommends and SimilarItems admitted and in progress")
 SHED_PRESSURE = prom.Gauge("recmesh_gateway_shed_pressure",
@@ -106,6 +110,8 @@ class Recommender:
             self.shedding.observe(budget.share_used(reply.total_ms), others_in_flight=self.in_flight)
         for reason in reply.degraded:
             DEGRADED.labels(reason).inc()
+        if reply.degraded:
+            DEGRADED_ANSWERS.inc()
         return reply
 
     def _admit(self, client_remaining_s: float | None) -> Plan:
