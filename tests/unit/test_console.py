@@ -1,0 +1,163 @@
+"""The console's parts without a mesh: live numbers from Prometheus text, its settings, its
+login and its answers to bad input and to a gateway that is not there (services/console)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from recmesh.common.auth import make_key
+from recmesh.common.config import load_settings
+from recmesh.common.local import free_port
+from services.console.config import ConsoleSettings
+from services.console.live import Live, Sample, parse_gateway, parse_ranker, quantile, window
+from services.console.server import build_app, changes
+
+GATEWAY_TEXT = """\
+# TYPE recmesh_rpc_requests_total counter
+recmesh_rpc_requests_total{service="gateway",method="Recommend",code="OK"} 90.0
+recmesh_rpc_requests_total{service="gateway",method="Recommend",code="INVALID_ARGUMENT"} 5.0
+recmesh_rpc_requests_total{service="gateway",method="SimilarItems",code="OK"} 10.0
+recmesh_rpc_requests_total{service="gateway",method="TrackEvents",code="OK"} 1000.0
+# TYPE recmesh_rpc_latency_seconds histogram
+recmesh_rpc_latency_seconds_bucket{service="gateway",method="Recommend",le="0.01"} 50.0
+recmesh_rpc_latency_seconds_bucket{service="gateway",method="Recommend",le="0.1"} 95.0
+recmesh_rpc_latency_seconds_bucket{service="gateway",method="Recommend",le="+Inf"} 95.0
+recmesh_rpc_latency_seconds_count{service="gateway",method="Recommend"} 95.0
+recmesh_rpc_latency_seconds_sum{service="gateway",method="Recommend"} 2.0
+recmesh_rpc_latency_seconds_bucket{service="gateway",method="SimilarItems",le="0.01"} 0.0
+recmesh_rpc_latency_seconds_bucket{service="gateway",method="SimilarItems",le="0.1"} 10.0
+recmesh_rpc_latency_seconds_bucket{service="gateway",method="SimilarItems",le="+Inf"} 10.0
+recmesh_rpc_latency_seconds_count{service="gateway",method="SimilarItems"} 10.0
+recmesh_rpc_latency_seconds_sum{service="gateway",method="SimilarItems"} 0.5
+# TYPE recmesh_degraded_answers_total counter
+recmesh_degraded_answers_total 4.0
+"""
+
+
+def test_a_gateway_scrape_counts_answers_degraded_ones_and_latency_buckets():
+    sample = parse_gateway(GATEWAY_TEXT, at=100.0)
+    assert (sample.calls, sample.answered, sample.degraded) == (105, 100, 4)  # TrackEvents is not an answer
+    assert sample.buckets == ((0.01, 50.0), (0.1, 105.0), (float("inf"), 105.0))
+
+
+def test_p99_is_interpolated_inside_its_bucket_as_prometheus_does():
+    assert quantile(0.5, [(0.01, 50.0), (0.1, 100.0), (float("inf"), 100.0)]) == pytest.approx(0.01)
+    assert quantile(0.99, [(0.01, 50.0), (0.1, 100.0), (float("inf"), 100.0)]) == pytest.approx(0.0982)
+    assert quantile(0.99, [(0.01, 0.0), (0.1, 0.0), (float("inf"), 10.0)]) == pytest.approx(0.1)  # past the last
+    assert quantile(0.99, [(0.01, 0.0), (float("inf"), 0.0)]) is None
+
+
+def test_a_window_is_the_difference_of_two_scrapes():
+    old = Sample(100.0, 100, 90, 10, ((0.01, 80.0), (0.1, 100.0), (float("inf"), 100.0)))
+    new = Sample(110.0, 200, 190, 15, ((0.01, 80.0), (0.1, 200.0), (float("inf"), 200.0)))
+    w = window(old, new)
+    assert w.throughput == pytest.approx(10.0) and w.calls == 100
+    assert 10 < w.p99_ms < 100  # every new call fell in 10..100 ms, none below
+    assert w.degraded_share == pytest.approx(0.05)
+    quiet = window(new, Sample(120.0, 200, 190, 15, new.buckets))
+    assert quiet.throughput == 0 and quiet.p99_ms is None and quiet.degraded_share is None
+
+
+def test_a_gateway_restart_starts_the_window_afresh():
+    live = Live(ConsoleSettings(gateway_metrics_url="http://127.0.0.1:1/metrics", live_window_s=60))
+    live.add(Sample(0.0, 500, 500, 0, ()))
+    assert live.current() is None
+    live.add(Sample(5.0, 3, 3, 0, ()))  # counters went down: a new gateway process
+    assert live.current() is None and len(live.samples) == 1
+    live.add(Sample(10.0, 13, 13, 1, ()))
+    assert live.current().calls == 10
+
+
+def test_the_ranker_scrape_gives_its_version_and_freshness():
+    text = ('recmesh_serving_version_info{service="ranker",component="parameters",version="ranker-online-1"} 1.0\n'
+            "recmesh_ranker_parameters_trained_through_seconds 1700000000.5\n"
+            "recmesh_ranker_parameters_serving_since_seconds 1700000001.0\n")
+    ranker = parse_ranker(text)
+    assert (ranker.version, ranker.trained_through, ranker.serving_since) == ("ranker-online-1", 1700000000.5,
+                                                                              1700000001.0)
+    assert parse_ranker("recmesh_ranker_parameters_serving_since_seconds 1.0\n") is None
+
+
+def test_what_a_query_changed():
+    plain = {"items": [{"item_id": i} for i in ("a", "b", "c")]}
+    with_query = {"items": [{"item_id": i} for i in ("c", "d", "a")]}
+    assert changes(plain, with_query) == {"entering": ["d"], "leaving": ["b"]}
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"RECMESH_CONSOLE_GATEWAY_METRICS_URL": "gateway:9090/metrics"}, "gateway_metrics_url"),
+    ({"RECMESH_CONSOLE_SCRAPE_INTERVAL_S": "10", "RECMESH_CONSOLE_LIVE_WINDOW_S": "5"}, "live_window_s"),
+    ({"RECMESH_CONSOLE_CALL_TIMEOUT_S": "0"}, "call_timeout_s"),
+    ({"RECMESH_CONSOLE_API_KEYS_FILE": "/no/such/keys"}, "api_keys_file"),
+])
+def test_a_bad_setting_stops_the_console_naming_it(monkeypatch, env, named):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(ConsoleSettings, [])
+    assert named in str(stopped.value)
+
+
+ADMIN, ADMIN_LINE = make_key(["admin"], "ops")
+WEB, WEB_LINE = make_key(["recommend"], "web")
+
+
+async def _client(**settings) -> TestClient:
+    # A gateway address nothing listens on: calls fail UNAVAILABLE within the deadline.
+    app = build_app(ConsoleSettings(gateway_addr=f"127.0.0.1:{free_port()}", call_timeout_s=0.5, **settings))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client
+
+
+def test_the_console_asks_for_an_admin_token():
+    async def run():
+        client = await _client(api_keys=f"{ADMIN_LINE};{WEB_LINE}")
+        try:
+            refused = await client.get("/")
+            assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
+            assert (await client.get("/", headers={"Authorization": "Bearer rmk_nope"})).status == 401
+            no_scope = await client.get("/", headers={"Authorization": f"Bearer {WEB}"})
+            assert no_scope.status == 403 and "lacks scope 'admin'" in await no_scope.text()
+            assert (await client.get("/", headers={"Authorization": f"Bearer {ADMIN}"})).status == 200
+            basic = base64.b64encode(f"anyone:{ADMIN}".encode()).decode()
+            assert (await client.get("/", headers={"Authorization": f"Basic {basic}"})).status == 200
+            assert (await client.get("/healthz")).status == 200  # probes stay open
+        finally:
+            await client.close()
+    asyncio.run(run())
+
+
+def test_bad_input_is_400_naming_the_field_and_a_gateway_failure_is_shown():
+    async def run():
+        client = await _client()
+        try:
+            for path, field in (("/api/users/u1?k=ten", "k"), ("/api/users/u1?k=101", "k"),
+                                ("/api/search?text=", "text"), ("/api/users/" + "x" * 200, "user_id"),
+                                ("/api/users/u1?query=" + "q" * 1001, "query")):
+                reply = await client.get(path)
+                assert reply.status == 400, path
+                assert (await reply.json())["error"]["field"] == field, path
+            page = await client.get("/users/u1?k=ten")
+            assert page.status == 400 and "k: must be a whole number" in await page.text()
+            down = await client.get("/api/items/260")
+            error = (await down.json())["error"]
+            assert down.status == 502 and error["code"] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+            assert error["gateway"] == "SimilarItems"
+            assert (await client.get("/readyz")).status == 503  # the gateway is not SERVING
+        finally:
+            await client.close()
+    asyncio.run(run())
+
+
+def test_the_live_plot_is_a_png():
+    from services.console.plots import live_png
+
+    old = Sample(100.0, 100, 90, 10, ((0.01, 80.0), (float("inf"), 100.0)))
+    new = Sample(105.0, 150, 140, 12, ((0.01, 120.0), (float("inf"), 150.0)))
+    assert live_png([(105.0, window(old, new))], now=106.0).startswith(b"\x89PNG")
+    assert live_png([], now=106.0).startswith(b"\x89PNG")
