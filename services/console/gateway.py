@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recmesh.common.channels import FAST_RECONNECT, GRPC_OPTIONS
-from recmesh.common.transport import aio_channel
+from recmesh.common.transport import PREVIEW_HEADER, aio_channel
 from recmesh.v1 import recommendations_pb2, recommendations_pb2_grpc
 from services.console.config import ConsoleSettings
 
@@ -48,10 +48,10 @@ class Gateway:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = (("authorization", f"Bearer {settings.gateway_token}"),) if settings.gateway_token else ()
 
-    async def _call(self, method: str, request):
+    async def _call(self, method: str, request, preview: bool = False):
+        metadata = (*self._metadata, (PREVIEW_HEADER, "1")) if preview else self._metadata
         try:
-            return await getattr(self._stub, method)(request, timeout=self._s.call_timeout_s,
-                                                     metadata=self._metadata)
+            return await getattr(self._stub, method)(request, timeout=self._s.call_timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise GatewayError(method, exc.code(), exc.details() or exc.code().name) from None
 
@@ -59,7 +59,10 @@ class Gateway:
         return await self._call("GetUserProfile", recommendations_pb2.GetUserProfileRequest(user_id=user_id))
 
     async def recommend(self, user_id: str, k: int, query: str = "") -> recommendations_pb2.RecommendResponse:
-        return await self._call("Recommend", recommendations_pb2.RecommendRequest(user_id=user_id, k=k, query=query))
+        """A preview: the user is not shown these, so the gateway logs no impression (looking
+        must not change the user's next answers)."""
+        return await self._call("Recommend", recommendations_pb2.RecommendRequest(user_id=user_id, k=k, query=query),
+                                preview=True)
 
     async def user(self, user_id: str, k: int, query: str) -> Lookup:
         """Profile, the list now and the list with the query, asked at the same time."""

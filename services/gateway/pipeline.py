@@ -37,7 +37,7 @@ class Pipeline:
         self._impressions = impressions
 
     async def run(self, request: recommendations_pb2.RecommendRequest, k: int, query: str, budget: Budget,
-                  plan: Plan = IN_FULL) -> recommendations_pb2.RecommendResponse:
+                  plan: Plan = IN_FULL, log_impression: bool = True) -> recommendations_pb2.RecommendResponse:
         """Up to k items for the request (k a checked page size, query its visible text, "" for
         none), within the budget, skipping what the plan says. An upstream failing or late is no
         error: degraded names, in order, the plan's reasons, then each failed stage and the
@@ -63,10 +63,11 @@ class Pipeline:
             ranked = await self.ranking.rank(budget, retrieved.candidates, signals, history, k, request.diversity)
             if ranked is None:
                 trace.degrade("fallback:retrieval_order")
-        return self._reply(budget, user_id, k, signals, encoded, retrieved, ranked)
+        return self._reply(budget, user_id, k, signals, encoded, retrieved, ranked, log_impression)
 
     def _reply(self, budget: Budget, user_id: str, k: int, signals: Signals, encoded: Encoded,
-               retrieved: Retrieved, ranked: Ranked | None) -> recommendations_pb2.RecommendResponse:
+               retrieved: Retrieved, ranked: Ranked | None,
+               log_impression: bool = True) -> recommendations_pb2.RecommendResponse:
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
         candidates = retrieved.candidates.items
         if ranked is not None:
@@ -75,7 +76,8 @@ class Pipeline:
                 c = by_id[item.item_id]
                 reply.items.add(item_id=c.item_id, title=c.title, categories=c.categories,
                                 score=item.score, reasons=item.reasons, attributes=c.attributes)
-            self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k))
+            if log_impression:  # False for a preview (the console): nobody was shown these
+                self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k))
         else:
             # A user with no history is steered by their query, or by the cold-start interest
             # (what people consume), not by recent activity.

@@ -67,19 +67,21 @@ class Recommender:
         self._items.forget(item_ids)
 
     async def recommend(self, request: recommendations_pb2.RecommendRequest, k: int, query: str,
-                        client_remaining_s: float | None) -> recommendations_pb2.RecommendResponse:
+                        client_remaining_s: float | None, preview: bool = False
+                        ) -> recommendations_pb2.RecommendResponse:
         """Admission first: past max_in_flight Recommends, with too little of the client's time
         left to do real work, the answer is the popular list (degraded, saying why; services/
         gateway/shed.py) - shed fast rather than queued past its deadline. While the mesh is slow,
         adaptive shedding has a share skip the ranker, the encoder, or everything (the popular
         list). Every answer leaves out the user's exclusions and applies the request's filters.
         k: a checked page size; query: its visible text, "" for none; client_remaining_s: the
-        client's deadline from now in seconds, None for none. An upstream failing or late is no
-        error: the answer is degraded and says why (Pipeline.run)."""
+        client's deadline from now in seconds, None for none; preview: not shown to the user, so
+        no impression is logged (PREVIEW_HEADER). An upstream failing or late is no error: the
+        answer is degraded and says why (Pipeline.run)."""
         async def answer(plan: Plan, budget: Budget) -> recommendations_pb2.RecommendResponse:
             if plan.shed:
                 return await self._shed_answers.answer(request, k, plan.reasons, budget)
-            return await self.pipeline.run(request, k, query, budget, plan)
+            return await self.pipeline.run(request, k, query, budget, plan, log_impression=not preview)
 
         return await self._admitted(client_remaining_s, answer)
 

@@ -12,6 +12,7 @@ import grpc
 from recmesh.common.auth import AuthInterceptor, Client, load_keys, parse_keys
 from recmesh.common.errors import rpc_method
 from recmesh.common.server import Service
+from recmesh.common.transport import PREVIEW_HEADER
 from recmesh.common.validation import check_events, check_id
 from recmesh.v1 import (
     encoder_pb2,
@@ -97,7 +98,8 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
     @rpc_method
     async def Recommend(self, request, context):
         k, query = check_recommend(request, self._s)
-        return await self._recommender.recommend(request, k, query, context.time_remaining())
+        preview = dict(context.invocation_metadata() or ()).get(PREVIEW_HEADER) == "1"
+        return await self._recommender.recommend(request, k, query, context.time_remaining(), preview=preview)
 
     @rpc_method
     async def SimilarItems(self, request, context):

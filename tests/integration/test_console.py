@@ -18,11 +18,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 
 from recmesh.client import Event
 from recmesh.common.auth import make_key
 from recmesh.common.local import REPO, die_with_parent, free_port
+from recmesh.v1 import updater_pb2, updater_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -192,6 +194,27 @@ def test_search_live_numbers_and_versions(console, client):
     assert status == 200 and headers["Content-Type"] == "image/png" and png.startswith(b"\x89PNG")
     status, page, _ = _get(f"{url}/")
     assert status == 200 and b"answers/s" in page and live["ranker"]["version"].encode() in page
+
+
+def test_looking_at_a_user_does_not_change_their_recommendations(console, client, stack, user):
+    """The console's Recommends are previews: no impression, so nothing it showed counts as
+    "shown and not chosen" in the user's next answer - unlike a Recommend the user was shown."""
+    url, _ = console
+    client.track_events([Event(user, item, "click") for item in SCI_FI])
+    with grpc.insecure_channel(stack.address("updater")) as channel:
+        updater = updater_pb2_grpc.UpdaterStub(channel)
+
+        def skipped() -> dict[str, int]:
+            time.sleep(0.6)  # past the gateway's impression batch window (250 ms)
+            return dict(updater.GetUserState(updater_pb2.GetUserStateRequest(user_id=user), timeout=5).skipped)
+
+        first = json.loads(_get(f"{url}/api/users/{user}?query=space")[1])
+        again = json.loads(_get(f"{url}/api/users/{user}?query=space")[1])
+        assert skipped() == {}
+        assert [i["item_id"] for i in again["recommendations"]["items"]] == \
+            [i["item_id"] for i in first["recommendations"]["items"]]
+        shown = client.recommend(user, k=5)  # what the user is shown is logged, and counts
+        assert set(skipped()) == {i.item_id for i in shown.items}
 
 
 def test_sigterm_drains_and_stops(console):
