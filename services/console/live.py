@@ -7,16 +7,19 @@ Over a window (newest scrape against the oldest one inside live_window_s):
   increments, interpolated inside the bucket as Prometheus' histogram_quantile does;
 - degraded share: answers naming at least one degraded reason (recmesh_degraded_answers_total)
   per OK answer.
-A counter that went down (the gateway restarted) starts the window afresh."""
+Summed over every gateway replica the URL's host resolves to; a replica whose counters went
+down (it restarted) counts from its restart."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -109,78 +112,145 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     return lower
 
 
-def window(old: Sample, new: Sample) -> Window:
-    seconds = new.at - old.at
-    calls = new.calls - old.calls
-    answered = new.answered - old.answered
-    olds = dict(old.buckets)
-    increments = [(bound, count - olds.get(bound, 0.0)) for bound, count in new.buckets]
-    p99 = quantile(0.99, increments) if calls > 0 else None
-    return Window(seconds, calls / seconds if seconds > 0 else 0.0, None if p99 is None else p99 * 1000,
-                  (new.degraded - old.degraded) / answered if answered > 0 else None, int(calls))
-
-
 def _reset(old: Sample, new: Sample) -> bool:
     return new.calls < old.calls or new.degraded < old.degraded
 
 
+@dataclass(frozen=True)
+class Round:
+    """One scrape of every gateway replica: address -> its sample."""
+
+    at: float
+    samples: dict[str, Sample]
+
+
+def combined(old: Round, new: Round) -> Window:
+    """The window between two rounds over every replica in both (one that restarted in
+    between counts from its restart: its counts since then are its increments)."""
+    calls = answered = degraded = 0.0
+    increments: dict[float, float] = {}
+    for address, n in new.samples.items():
+        o = old.samples.get(address)
+        if o is None:
+            continue  # new to the list: its increments start at the next round
+        if _reset(o, n):
+            o = Sample(o.at, 0.0, 0.0, 0.0, ())
+        calls += n.calls - o.calls
+        answered += n.answered - o.answered
+        degraded += n.degraded - o.degraded
+        olds = dict(o.buckets)
+        for bound, count in n.buckets:
+            increments[bound] = increments.get(bound, 0.0) + count - olds.get(bound, 0.0)
+    seconds = new.at - old.at
+    p99 = quantile(0.99, sorted(increments.items())) if calls > 0 else None
+    return Window(seconds, calls / seconds if seconds > 0 else 0.0, None if p99 is None else p99 * 1000,
+                  degraded / answered if answered > 0 else None, int(calls))
+
+
+async def addresses(url: str) -> list[str]:
+    """Every address the URL's host resolves to (a Kubernetes headless Service: each replica),
+    as host:port."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    found = []
+    for family, _, _, _, sockaddr in infos:
+        address = f"[{sockaddr[0]}]:{sockaddr[1]}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{sockaddr[1]}"
+        if address not in found:
+            found.append(address)
+    return found
+
+
+def at_address(url: str, address: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(netloc=address))
+
+
 @dataclass
 class Live:
-    """The scrapes so far and the loop that takes them."""
+    """The scrape rounds so far and the loop that takes them. A metrics URL whose host names
+    several addresses (a headless Service) is scraped at each of them: the live numbers are the
+    whole gateway's, every ranker replica's version is known."""
 
     settings: ConsoleSettings
-    samples: deque = field(init=False)
-    ranker: RankerParameters | None = None
+    rounds: deque = field(init=False)
+    rankers: dict[str, RankerParameters] = field(default_factory=dict)
     gateway_error: str = ""
     ranker_error: str = ""
 
     def __post_init__(self) -> None:
-        self.samples = deque(maxlen=self.settings.live_history)
+        self.rounds = deque(maxlen=self.settings.live_history)
 
     @property
     def configured(self) -> bool:
         return bool(self.settings.gateway_metrics_url)
 
-    def add(self, sample: Sample) -> None:
-        if self.samples and _reset(self.samples[-1], sample):
-            self.samples.clear()
-        self.samples.append(sample)
+    def add(self, round_: Round) -> None:
+        self.rounds.append(round_)
 
     def current(self) -> Window | None:
-        """Over the last live_window_s; None until two scrapes are in."""
-        if len(self.samples) < 2:
+        """Over the last live_window_s; None until two rounds are in."""
+        if len(self.rounds) < 2:
             return None
-        newest = self.samples[-1]
-        oldest = next(s for s in self.samples if newest.at - s.at <= self.settings.live_window_s + 1e-6)
+        newest = self.rounds[-1]
+        oldest = next(r for r in self.rounds if newest.at - r.at <= self.settings.live_window_s + 1e-6)
         if oldest is newest:
-            oldest = self.samples[-2]
-        return window(oldest, newest)
+            oldest = self.rounds[-2]
+        return combined(oldest, newest)
 
     def series(self) -> list[tuple[float, Window]]:
         """One window per scrape interval, for the plot: (its end time, the window)."""
-        samples = list(self.samples)
-        return [(new.at, window(old, new)) for old, new in zip(samples, samples[1:], strict=False)]
+        rounds = list(self.rounds)
+        return [(new.at, combined(old, new)) for old, new in zip(rounds, rounds[1:], strict=False)]
 
-    async def _get(self, session: aiohttp.ClientSession, url: str) -> str:
+    def ranker_of(self, version: str) -> RankerParameters | None:
+        """A ranker replica serving this version (the earliest to take it), if one was scraped."""
+        serving = [r for r in self.rankers.values() if r.version == version]
+        return min(serving, key=lambda r: r.serving_since) if serving else None
+
+    async def _scrape_all(self, session: aiohttp.ClientSession, url: str) -> tuple[dict[str, str], list[str]]:
+        """address -> metrics text, and what failed (one line each)."""
         timeout = aiohttp.ClientTimeout(total=self.settings.scrape_timeout_s)
-        async with session.get(url, timeout=timeout) as response:
-            response.raise_for_status()
-            return await response.text()
+        texts, errors = {}, []
+        try:
+            found = await addresses(url)
+        except OSError as exc:
+            return {}, [f"{url}: cannot resolve: {exc}"]
+
+        async def one(address: str) -> None:
+            try:
+                async with session.get(at_address(url, address), timeout=timeout,
+                                       headers={"Host": urlsplit(url).netloc}) as response:
+                    response.raise_for_status()
+                    texts[address] = await response.text()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                errors.append(f"{at_address(url, address)}: {type(exc).__name__}: {exc}")
+
+        await asyncio.gather(*(one(a) for a in found))
+        return texts, errors
 
     async def scrape(self, session: aiohttp.ClientSession) -> None:
         s = self.settings
         if s.gateway_metrics_url:
+            texts, errors = await self._scrape_all(session, s.gateway_metrics_url)
+            now = time.time()
             try:
-                self.add(parse_gateway(await self._get(session, s.gateway_metrics_url), time.time()))
-                self.gateway_error = ""
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                self.gateway_error = f"{s.gateway_metrics_url}: {type(exc).__name__}: {exc}"
+                samples = {address: parse_gateway(text, now) for address, text in texts.items()}
+            except ValueError as exc:
+                samples, errors = {}, [*errors, f"{s.gateway_metrics_url}: not Prometheus text: {exc}"]
+            if samples:
+                self.add(Round(now, samples))
+            self.gateway_error = "; ".join(errors)
         if s.ranker_metrics_url:
-            try:
-                self.ranker = parse_ranker(await self._get(session, s.ranker_metrics_url))
-                self.ranker_error = ""
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                self.ranker_error = f"{s.ranker_metrics_url}: {type(exc).__name__}: {exc}"
+            texts, errors = await self._scrape_all(session, s.ranker_metrics_url)
+            rankers = {}
+            for address, text in texts.items():
+                try:
+                    if (parsed := parse_ranker(text)) is not None:
+                        rankers[address] = parsed
+                except ValueError as exc:
+                    errors.append(f"{address}: not Prometheus text: {exc}")
+            self.rankers = rankers
+            self.ranker_error = "; ".join(errors)
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session:

@@ -136,12 +136,13 @@ def _ago(seconds: float) -> str:
 
 # ---- what the pages and the JSON show ----
 
-def answer(reply: recommendations_pb2.RecommendResponse, ranker: RankerParameters | None, now: float) -> dict:
+def answer(reply: recommendations_pb2.RecommendResponse, live: Live, now: float) -> dict:
     return {
         "request_id": reply.request_id,
         "items": [{"item_id": i.item_id, "title": i.title, "categories": list(i.categories),
                    "score": round(i.score, 4), "reasons": list(i.reasons)} for i in reply.items],
-        "versions": [{"component": name, "version": version, "freshness": freshness(name, version, ranker, now)}
+        "versions": [{"component": name, "version": version,
+                      "freshness": freshness(live.ranker_of(version), now) if name == "ranker" else ""}
                      for name, version in sorted(reply.versions.items())],
         "stage_latency": [{"stage": s.stage, "ms": round(s.ms, 2)} for s in reply.stage_latency],
         "degraded": list(reply.degraded),
@@ -149,12 +150,11 @@ def answer(reply: recommendations_pb2.RecommendResponse, ranker: RankerParameter
     }
 
 
-def freshness(component: str, version: str, ranker: RankerParameters | None, now: float) -> str:
-    """How old the ranker's parameter version is, from the ranker's metrics; "" when unknown."""
-    if component != "ranker" or ranker is None:
+def freshness(ranker: RankerParameters | None, now: float) -> str:
+    """How old a ranker parameter version is, from the metrics of a ranker serving it; "" when
+    no scraped ranker serves it (not configured, or a replica the scrape did not reach)."""
+    if ranker is None:
         return ""
-    if ranker.version != version:
-        return f"the scraped ranker serves {ranker.version}"
     served = f"served since {_ago(now - ranker.serving_since)}" if ranker.serving_since else ""
     if ranker.trained_through <= 0:
         return ", ".join(filter(None, ["shipped or trained offline (no online feedback)", served]))
@@ -182,7 +182,6 @@ def changes(plain: dict, with_query: dict) -> dict:
 
 def live_view(live: Live, now: float) -> dict:
     window = live.current()
-    ranker = live.ranker
     return {
         "configured": live.configured,
         "error": live.gateway_error,
@@ -191,8 +190,9 @@ def live_view(live: Live, now: float) -> dict:
             "p99_ms": None if window.p99_ms is None else round(window.p99_ms, 1),
             "degraded_share": None if window.degraded_share is None else round(window.degraded_share, 4),
             "calls": window.calls},
-        "ranker": None if ranker is None else {
-            "version": ranker.version, "freshness": freshness("ranker", ranker.version, ranker, now)},
+        "rankers": [{"version": version, "replicas": sum(r.version == version for r in live.rankers.values()),
+                     "freshness": freshness(live.ranker_of(version), now)}
+                    for version in sorted({r.version for r in live.rankers.values()})],
         "ranker_error": live.ranker_error,
     }
 
@@ -251,12 +251,12 @@ async def user_page(request: web.Request) -> web.Response:
     query = check_query(request.query.get("query", ""), "query", limits.QUERY_CHARS)
     k = _k(request, s.default_k)
     lookup = await request.app[GATEWAY].user(user_id, k, query)
-    ranker = request.app[LIVE].ranker
-    plain = answer(lookup.plain, ranker, now)
+    live = request.app[LIVE]
+    plain = answer(lookup.plain, live, now)
     data = {"user_id": user_id, "query": query, "k": k, "profile": profile(lookup.profile), "recommendations": plain,
             "with_query": None, "changes": None, "events_shown": EVENTS_SHOWN}
     if lookup.with_query is not None:
-        data["with_query"] = answer(lookup.with_query, ranker, now)
+        data["with_query"] = answer(lookup.with_query, live, now)
         data["changes"] = changes(plain, data["with_query"])
     _remember(request, data["with_query"] or plain)
     return _respond(request, Page("user.html", f"User {user_id}"), data)
@@ -267,7 +267,7 @@ async def item_page(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
     item_id = check_id(request.match_info["item_id"], "item_id")
     k = _k(request, s.default_k)
-    similar = answer(await request.app[GATEWAY].similar_to_item(item_id, k), request.app[LIVE].ranker, time.time())
+    similar = answer(await request.app[GATEWAY].similar_to_item(item_id, k), request.app[LIVE], time.time())
     _remember(request, similar)
     return _respond(request, Page("item.html", f"Item {item_id}"), {"item_id": item_id, "k": k, "similar": similar})
 
@@ -279,7 +279,7 @@ async def search_page(request: web.Request) -> web.Response:
     if not text:
         raise InvalidArgument("text", "must not be empty")
     k = _k(request, s.default_k)
-    found = answer(await request.app[GATEWAY].search(text, k), request.app[LIVE].ranker, time.time())
+    found = answer(await request.app[GATEWAY].search(text, k), request.app[LIVE], time.time())
     _remember(request, found)
     return _respond(request, Page("search.html", f"Search {text}"), {"text": text, "k": k, "found": found})
 
@@ -317,12 +317,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready while not draining and the gateway answers its health check SERVING."""
+    """Ready until SIGTERM. Not tied to the gateway's health: while the gateway is down the
+    console is what shows it (its pages answer with the gateway's error), so it stays in its
+    Service; the body says whether the gateway is SERVING."""
     if request.app[STATE].get("draining"):
         return web.Response(status=503, text="draining")
-    if not await request.app[GATEWAY].serving():
-        return web.Response(status=503, text=f"gateway {request.app[SETTINGS].gateway_addr} not SERVING")
-    return web.Response(text="ready")
+    serving = await request.app[GATEWAY].serving()
+    return web.Response(text=f"ready; gateway {request.app[SETTINGS].gateway_addr} "
+                             f"{'SERVING' if serving else 'not SERVING'}")
 
 
 def build_app(settings: ConsoleSettings) -> web.Application:
