@@ -139,6 +139,12 @@ def test_a_user_page_shows_recommendations_and_a_typed_query_changes_them(consol
     similar = _ids(page, "similar")
     assert similar and "260" not in similar
     page.screenshot(path=str(shots / "console-item.png"), full_page=True)
+
+    page.goto(f"{url}/")  # the live numbers from the calls above, and the plot drawn on the server
+    page.wait_for_selector("#live")
+    assert page.locator("img[src='/live.png']").evaluate("img => img.complete && img.naturalWidth") > 0
+    assert page.locator("#rankers").inner_text()
+    page.screenshot(path=str(shots / "console-overview.png"), full_page=True)
     context.close()
 
 
@@ -189,11 +195,12 @@ def test_search_live_numbers_and_versions(console, client):
         assert time.monotonic() < deadline, live
         time.sleep(0.5)
     assert window["throughput"] > 0 and 0 < window["p99_ms"] < 5000 and 0 <= window["degraded_share"] <= 1
-    assert live["ranker"]["version"] and "served since" in live["ranker"]["freshness"]
+    (ranker,) = live["rankers"]
+    assert ranker["version"] and ranker["replicas"] == 1 and "served since" in ranker["freshness"]
     status, png, headers = _get(f"{url}/live.png")
     assert status == 200 and headers["Content-Type"] == "image/png" and png.startswith(b"\x89PNG")
     status, page, _ = _get(f"{url}/")
-    assert status == 200 and b"answers/s" in page and live["ranker"]["version"].encode() in page
+    assert status == 200 and b"answers/s" in page and ranker["version"].encode() in page
 
 
 def test_looking_at_a_user_does_not_change_their_recommendations(console, client, stack, user):

@@ -178,3 +178,19 @@ def test_the_live_plot_is_a_png():
     new = Sample(105.0, 150, 140, 12, ((0.01, 120.0), (float("inf"), 150.0)))
     assert live_png([(105.0, window(old, new))], now=106.0).startswith(b"\x89PNG")
     assert live_png([], now=106.0).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("keys, named", [
+    (WEB_LINE, "no key has the admin scope"),
+    ("sha256:abc admin ops", "RECMESH_CONSOLE_API_KEYS:1"),
+])
+def test_keys_no_one_could_use_stop_the_console_at_start(keys, named):
+    import subprocess
+    import sys
+
+    from recmesh.common.local import REPO
+
+    env = {"PATH": "/usr/bin:/bin", "RECMESH_CONSOLE_API_KEYS": keys, "RECMESH_CONSOLE_PORT": str(free_port())}
+    done = subprocess.run([sys.executable, "-m", "services.console"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0 and named in done.stderr
