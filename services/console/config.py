@@ -54,6 +54,8 @@ class ConsoleSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _windows(self):
+        if self.max_connection_age_s:
+            raise ValueError("max_connection_age_s: a gRPC server setting; the console serves HTTP")
         if self.live_window_s < self.scrape_interval_s:
             raise ValueError(f"live_window_s ({self.live_window_s}) must be at least scrape_interval_s "
                              f"({self.scrape_interval_s})")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recmesh.common import tracing
 from recmesh.common.channels import FAST_RECONNECT, GRPC_OPTIONS
 from recmesh.common.transport import PREVIEW_HEADER, aio_channel
 from recmesh.v1 import recommendations_pb2, recommendations_pb2_grpc
@@ -43,7 +44,9 @@ class Lookup:
 class Gateway:
     def __init__(self, settings: ConsoleSettings):
         self._s = settings
-        self._channel = aio_channel(settings.gateway_addr, settings, GRPC_OPTIONS + FAST_RECONNECT)
+        # Traced like the gateway's own calls when tracing is on: a console lookup is one trace.
+        self._channel = aio_channel(settings.gateway_addr, settings, GRPC_OPTIONS + FAST_RECONNECT,
+                                    tracing.client_interceptors())
         self._stub = recommendations_pb2_grpc.RecommendationsStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = (("authorization", f"Bearer {settings.gateway_token}"),) if settings.gateway_token else ()

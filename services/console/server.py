@@ -19,7 +19,7 @@ import jinja2
 from aiohttp import BasicAuth, web
 from prometheus_client import Counter
 
-from recmesh.common import limits
+from recmesh.common import limits, tracing
 from recmesh.common.auth import Client, digest, load_keys, parse_keys
 from recmesh.common.config import load_settings
 from recmesh.common.errors import InvalidArgument
@@ -340,11 +340,11 @@ def build_app(settings: ConsoleSettings) -> web.Application:
     r = app.router
     r.add_get("/", overview)
     r.add_get("/go", lookup_form)
-    r.add_get("/users/{user_id}", user_page, name="user_id_page")
-    r.add_get("/items/{item_id}", item_page, name="item_id_page")
+    r.add_get("/users/{user_id:.+}", user_page, name="user_id_page")
+    r.add_get("/items/{item_id:.+}", item_page, name="item_id_page")
     r.add_get("/search", search_page)
-    r.add_get("/api/users/{user_id}", user_page)
-    r.add_get("/api/items/{item_id}", item_page)
+    r.add_get("/api/users/{user_id:.+}", user_page)
+    r.add_get("/api/items/{item_id:.+}", item_page)
     r.add_get("/api/search", search_page)
     r.add_get("/api/live", live_json)
     r.add_get("/live.png", live_png)
@@ -407,6 +407,7 @@ async def serve(settings: ConsoleSettings) -> None:
 def main() -> None:
     settings = load_settings(ConsoleSettings)
     setup_logging("console", settings.log_level)
+    tracing.setup("console", settings.trace_exporter)  # before the gateway channel is built
     try:
         keys = console_keys(settings)  # a bad key line stops the console at start, naming it
     except (OSError, ValueError) as exc:

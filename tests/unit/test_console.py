@@ -109,6 +109,7 @@ def test_what_a_query_changed():
     ({"RECMESH_CONSOLE_SCRAPE_INTERVAL_S": "10", "RECMESH_CONSOLE_LIVE_WINDOW_S": "5"}, "live_window_s"),
     ({"RECMESH_CONSOLE_CALL_TIMEOUT_S": "0"}, "call_timeout_s"),
     ({"RECMESH_CONSOLE_API_KEYS_FILE": "/no/such/keys"}, "api_keys_file"),
+    ({"RECMESH_CONSOLE_MAX_CONNECTION_AGE_S": "60"}, "max_connection_age_s"),
 ])
 def test_a_bad_setting_stops_the_console_naming_it(monkeypatch, env, named):
     for name, value in env.items():
@@ -160,6 +161,8 @@ def test_bad_input_is_400_naming_the_field_and_a_gateway_failure_is_shown():
                 assert (await reply.json())["error"]["field"] == field, path
             page = await client.get("/users/u1?k=ten")
             assert page.status == 400 and "k: must be a whole number" in await page.text()
+            slashed = await client.get("/api/users/a%2Fb?k=0")  # an id with a slash reaches its page
+            assert slashed.status == 400 and (await slashed.json())["error"]["field"] == "k"
             down = await client.get("/api/items/260")
             error = (await down.json())["error"]
             assert down.status == 502 and error["code"] in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
