@@ -381,7 +381,9 @@ async def serve(settings: ConsoleSettings) -> None:
     app = build_app(settings)
     if app[KEYS] is None:
         log.warning("no keys: the console is open to anyone who reaches it (set RECMESH_CONSOLE_API_KEYS_FILE)")
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.grace_s, access_log=None)
+    # aiohttp reads a shutdown timeout of 0 as "wait without limit": GRACE_S 0 means no grace.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=max(settings.grace_s, 0.001),
+                           access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=_ssl(settings))
     try:

@@ -197,3 +197,65 @@ def test_keys_no_one_could_use_stop_the_console_at_start(keys, named):
     done = subprocess.run([sys.executable, "-m", "services.console"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0 and named in done.stderr
+
+
+def test_sigterm_lets_a_request_in_flight_finish_then_stops():
+    """A stand-in gateway that takes a second to answer GetUserProfile: SIGTERM arrives while
+    the console waits for it; the page is still answered, then the console exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.request
+    from concurrent import futures
+
+    import grpc
+
+    from recmesh.common.local import REPO
+    from recmesh.v1 import recommendations_pb2, recommendations_pb2_grpc
+
+    class SlowGateway(recommendations_pb2_grpc.RecommendationsServicer):
+        def GetUserProfile(self, request, context):
+            time.sleep(1.0)
+            return recommendations_pb2.UserProfile(user_id=request.user_id, event_count=3)
+
+        def Recommend(self, request, context):
+            return recommendations_pb2.RecommendResponse(request_id="r")
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    recommendations_pb2_grpc.add_RecommendationsServicer_to_server(SlowGateway(), server)
+    gateway_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "RECMESH_CONSOLE_PORT": str(port), "RECMESH_CONSOLE_GRACE_S": "5",
+           "RECMESH_CONSOLE_GATEWAY_ADDR": f"127.0.0.1:{gateway_port}"}
+    console = subprocess.Popen([sys.executable, "-m", "services.console"], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1).close()
+                break
+            except OSError:
+                assert console.poll() is None and time.monotonic() < deadline, console.stderr.read()
+                time.sleep(0.1)
+        answered = {}
+
+        def ask():
+            with urllib.request.urlopen(f"{url}/api/users/u1", timeout=10) as reply:
+                answered["status"], answered["body"] = reply.status, reply.read()
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(0.4)  # the console is waiting for the slow profile
+        console.send_signal(signal.SIGTERM)
+        asking.join(10)
+        assert answered["status"] == 200 and b'"event_count": 3' in answered["body"]
+        assert console.wait(10) == 0
+    finally:
+        if console.poll() is None:
+            console.kill()
+        server.stop(0)
