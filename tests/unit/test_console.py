@@ -259,3 +259,15 @@ def test_sigterm_lets_a_request_in_flight_finish_then_stops():
         if console.poll() is None:
             console.kill()
         server.stop(0)
+
+
+def test_a_local_stack_with_the_console_points_it_at_its_gateway_and_metrics(tmp_path):
+    from recmesh.tools.devstack import Stack
+
+    stack = Stack(var=tmp_path, console=True)
+    env = stack._env("console")
+    assert env["RECMESH_CONSOLE_GATEWAY_ADDR"] == stack.address("gateway")
+    assert env["RECMESH_CONSOLE_PORT"] == str(stack.ports["console"])
+    assert env["RECMESH_CONSOLE_GATEWAY_METRICS_URL"] == f"http://127.0.0.1:{stack.metrics_ports['gateway']}/metrics"
+    assert env["RECMESH_CONSOLE_RANKER_METRICS_URL"] == f"http://127.0.0.1:{stack.metrics_ports['ranker']}/metrics"
+    assert "console" not in Stack(var=tmp_path).ports  # only when asked
