@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BENCH_INSTALLED := $(VENV)/.bench-installed
+# The console's browser test drives Chromium from Debian's packages (never a downloaded browser).
+CHROMIUM := /usr/bin/chromium
+BROWSER_INSTALLED := $(VENV)/.browser-installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
 .PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos certs images k8s lint clean
@@ -25,6 +28,14 @@ $(BENCH_INSTALLED): $(INSTALLED)
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	touch $@
 
+# Debian's chromium when it is missing: apt-get as root, else one line saying what to install.
+$(BROWSER_INSTALLED): $(INSTALLED)
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium || exit 1; \
+	  else echo "the console's browser test needs Chromium at $(CHROMIUM): apt-get install -y chromium (as root)"; exit 1; fi; \
+	fi
+	touch $@
+
 # Stubs are checked in (a test keeps them fresh); regenerate after editing protos/.
 protos: $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
@@ -43,14 +54,15 @@ train: $(INSTALLED)
 run: bootstrap
 	$(PY) -m recmesh run
 
-# The tests run `recmesh load` and `recmesh eval` too (small): they need the bench extra.
-test: $(BENCH_INSTALLED)
+# The tests run `recmesh load` and `recmesh eval` too (small): they need the bench extra; the
+# console's test a browser.
+test: $(BENCH_INSTALLED) $(BROWSER_INSTALLED)
 	$(PY) -m pytest
 
 test-unit: $(BENCH_INSTALLED)
 	$(PY) -m pytest -m "not integration"
 
-test-integration: $(BENCH_INSTALLED)
+test-integration: $(BENCH_INSTALLED) $(BROWSER_INSTALLED)
 	$(PY) -m pytest -m integration
 
 # Measurements, not tests: JSON + PNG under results/.
@@ -93,7 +105,7 @@ certs: $(INSTALLED)
 IMAGE_TAG ?= 0.1.0
 OVERLAY ?= dev
 images:
-	for s in gateway encoder retrieval ranker updater; do \
+	for s in gateway encoder retrieval ranker updater console; do \
 	  docker build -f services/$$s/Dockerfile -t recmesh/$$s:$(IMAGE_TAG) . || exit 1; done
 	docker build -f deploy/triton/Dockerfile -t recmesh/triton:$(IMAGE_TAG) .
 

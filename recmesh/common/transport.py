@@ -18,6 +18,10 @@ import grpc
 from recmesh.common.auth import refusal
 
 INTERNAL_HEADER = "x-recmesh-internal"
+# A Recommend carrying this metadata (value "1") is a preview, not shown to the user (the
+# console): answered in full, but no impression is logged - an impression makes every item in
+# it "shown and not chosen" for the user's next answers, so looking would change what is seen.
+PREVIEW_HEADER = "x-recmesh-preview"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 

@@ -85,11 +85,11 @@ def cmd_run(args) -> None:
     check_port(args.port)
     ports = {"gateway": args.port} if args.port else {}
     started = time.perf_counter()
-    print("starting tritonserver, updater, retrieval, ranker, encoder, gateway ...", flush=True)
-    stack = Stack(ports=ports)
+    print("starting tritonserver, updater, retrieval, ranker, encoder, gateway, console ...", flush=True)
+    stack = Stack(ports=ports, console=True)
     try:
         stack.start()
-        print(f"Triton and all five services ready after {time.perf_counter() - started:.1f} s "
+        print(f"Triton, the five services and the console ready after {time.perf_counter() - started:.1f} s "
               f"(logs in {stack.var / 'logs'})")
         for name in stack.ports:
             print(f"   {name:9} {stack.address(name)}")
@@ -100,7 +100,8 @@ def cmd_run(args) -> None:
             return
         user, query = ("42", "space opera") if script is MOVIELENS else ("someone", script.query)
         print(f"\nrecmesh is up: try `{_cli_name()} --target {stack.address('gateway')} recommend --user {user} "
-              f"--query \"{query}\"` in another shell. Ctrl-C stops everything.", flush=True)
+              f"--query \"{query}\"` in another shell, or open the console at {stack.console_url}users/{user}. "
+              "Ctrl-C stops everything.", flush=True)
         supervisor = stack.supervise()  # a crashed service is started again, and said so
         reported = 0
         while True:

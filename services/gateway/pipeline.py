@@ -43,7 +43,8 @@ class Pipeline:
         self._s = settings
 
     async def run(self, request: recommendations_pb2.RecommendRequest, k: int, query: str, budget: Budget,
-                  plan: Plan = IN_FULL, rules: RuleSet = NO_RULES) -> recommendations_pb2.RecommendResponse:
+                  plan: Plan = IN_FULL, rules: RuleSet = NO_RULES,
+                  log_impression: bool = True) -> recommendations_pb2.RecommendResponse:
         """Up to k items for the request (k a checked page size, query its visible text, "" for
         none), within the budget, skipping what the plan says, under `rules` (the business rules
         of the request's surface and its own: services/gateway/rules.py, the last step). An
@@ -51,8 +52,8 @@ class Pipeline:
         each failed stage and the fallback that answered instead; stage_latency has one entry per
         stage called (ms); versions: "encoder", "index", "ranker" - those that took part. A guest
         (user_id "", request.session_events checked) is served from the session events alone; no
-        impression is logged for one (no feedback can name them). Raises InvalidArgument for a
-        malformed matrix in an upstream's reply."""
+        impression is logged for one (no feedback can name them), nor when log_impression is
+        False (a preview). Raises InvalidArgument for a malformed matrix in an upstream's reply."""
         trace = budget.trace
         for reason in plan.reasons:
             trace.degrade(reason)
@@ -86,7 +87,7 @@ class Pipeline:
         shown = await self.rules.apply(budget, rules, entries, k, filters, excluded,
                                        request.diversity if ranked is not None and reorders else 0.0,
                                        retrieved.candidates.vectors)
-        return self._reply(budget, user_id, k, encoded, retrieved, ranked, shown, bool(rules))
+        return self._reply(budget, user_id, k, encoded, retrieved, ranked, shown, bool(rules), log_impression)
 
     @staticmethod
     def _entries(signals: Signals, retrieved: Retrieved, ranked: Ranked | None, push: DislikePush | None,
@@ -114,10 +115,13 @@ class Pipeline:
         return entries
 
     def _reply(self, budget: Budget, user_id: str, k: int, encoded: Encoded, retrieved: Retrieved,
-               ranked: Ranked | None, shown: list[Entry], ruled: bool) -> recommendations_pb2.RecommendResponse:
+               ranked: Ranked | None, shown: list[Entry], ruled: bool,
+               log_impression: bool = True) -> recommendations_pb2.RecommendResponse:
         reply = recommendations_pb2.RecommendResponse(request_id=uuid.uuid4().hex)
         add_items(reply, shown)
-        if ranked is not None and user_id:  # a guest without an id: no feedback can ever join their impression
+        # Not for a guest without an id (no feedback can ever join their impression), nor for a
+        # preview (the console: nobody was shown these).
+        if ranked is not None and user_id and log_impression:
             # Under rules, what was shown where (items the ranker did not score are left out).
             self._impressions.log(impression(reply.request_id, user_id, ranked.ranking, k,
                                              [e.ranked for e in shown] if ruled else None))

@@ -27,6 +27,10 @@ from services.gateway.upstreams import Upstreams
 
 DEGRADED = prom.Counter("recmesh_degraded_total", "Recommends and SimilarItems answered degraded, by reason",
                        ["reason"])
+# Answers naming at least one degraded reason (one answer may name several above): the console's
+# degraded share is this over the OK answers.
+DEGRADED_ANSWERS = prom.Counter("recmesh_degraded_answers_total",
+                                "Recommends and SimilarItems answered with at least one degraded reason")
 RECOMMENDS_IN_FLIGHT = prom.Gauge("recmesh_gateway_recommends_in_flight",
                                   "Recommends and SimilarItems admitted and in progress")
 SHED_PRESSURE = prom.Gauge("recmesh_gateway_shed_pressure",
@@ -82,7 +86,8 @@ class Recommender:
         self._items.forget(item_ids)
 
     async def recommend(self, request: recommendations_pb2.RecommendRequest, k: int, query: str,
-                        client_remaining_s: float | None) -> recommendations_pb2.RecommendResponse:
+                        client_remaining_s: float | None, preview: bool = False
+                        ) -> recommendations_pb2.RecommendResponse:
         """Admission first: past max_in_flight Recommends, with too little of the client's time
         left to do real work, the answer is the popular list (degraded, saying why; services/
         gateway/shed.py) - shed fast rather than queued past its deadline. While the mesh is slow,
@@ -90,14 +95,15 @@ class Recommender:
         list). Every answer leaves out the user's exclusions, applies the request's filters, then
         the business rules (the surface's stored ones, then the request's: services/gateway/rules.py).
         k: a checked page size; query: its visible text, "" for none; client_remaining_s: the
-        client's deadline from now in seconds, None for none. An upstream failing or late is no
-        error: the answer is degraded and says why (Pipeline.run)."""
+        client's deadline from now in seconds, None for none; preview: not shown to the user, so
+        no impression is logged (PREVIEW_HEADER). An upstream failing or late is no error: the
+        answer is degraded and says why (Pipeline.run)."""
         rules = self.rules_for(request.context.surface, request.rules)
 
         async def answer(plan: Plan, budget: Budget) -> recommendations_pb2.RecommendResponse:
             if plan.shed:
                 return await self._shed_answers.answer(request, k, plan.reasons, budget, rules)
-            return await self.pipeline.run(request, k, query, budget, plan, rules)
+            return await self.pipeline.run(request, k, query, budget, plan, rules, log_impression=not preview)
 
         return await self._admitted(client_remaining_s, answer)
 
@@ -130,6 +136,8 @@ class Recommender:
             self.shedding.observe(budget.share_used(reply.total_ms), others_in_flight=self.in_flight)
         for reason in reply.degraded:
             DEGRADED.labels(reason).inc()
+        if reply.degraded:
+            DEGRADED_ANSWERS.inc()
         return reply
 
     def _admit(self, client_remaining_s: float | None) -> Plan:

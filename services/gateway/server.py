@@ -13,6 +13,7 @@ from recmesh.common.auth import CLIENT_HEADER, AuthInterceptor, Client, client_n
 from recmesh.common.errors import rpc_method
 from recmesh.common.rules import check_rule_name, check_stored_rule
 from recmesh.common.server import Service
+from recmesh.common.transport import PREVIEW_HEADER
 from recmesh.common.validation import check_events, check_id
 from recmesh.v1 import (
     common_pb2,
@@ -135,7 +136,8 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
     @rpc_method
     async def Recommend(self, request, context):
         k, query = check_recommend(request, self._s)
-        return await self._recommender.recommend(request, k, query, context.time_remaining())
+        preview = dict(context.invocation_metadata() or ()).get(PREVIEW_HEADER) == "1"
+        return await self._recommender.recommend(request, k, query, context.time_remaining(), preview=preview)
 
     @rpc_method
     async def SimilarItems(self, request, context):

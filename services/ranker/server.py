@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import grpc
 import numpy as np
+from prometheus_client import Gauge
 
 from recmesh.common.channels import FAST_RECONNECT
 from recmesh.common.errors import rpc_method
@@ -20,6 +22,19 @@ from recmesh.v1 import ranker_pb2, ranker_pb2_grpc, updater_pb2, updater_pb2_grp
 from services.ranker.config import RankerSettings
 
 log = logging.getLogger("recmesh.ranker")
+# How fresh the served parameters are (the console shows it beside the version): the newest
+# feedback the version learned from (0 for a shipped or offline-trained one), and since when
+# this process serves it.
+TRAINED_THROUGH = Gauge("recmesh_ranker_parameters_trained_through_seconds",
+                        "Unix time of the newest feedback the served parameter version learned from (0: none)")
+SERVING_SINCE = Gauge("recmesh_ranker_parameters_serving_since_seconds",
+                      "Unix time this ranker began serving its parameter version")
+
+
+def _serving(scorer: Scorer) -> None:
+    set_version("ranker", "parameters", scorer.version)
+    TRAINED_THROUGH.set(scorer.trained_through_ms / 1000)
+    SERVING_SINCE.set(time.time())
 
 
 class RankerServicer(ranker_pb2_grpc.RankerServicer):
@@ -27,7 +42,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
         self._settings = settings
         self._scorer = scorer
         self._rng = np.random.default_rng()
-        set_version("ranker", "parameters", scorer.version)
+        _serving(scorer)
 
     @property
     def version(self) -> str:
@@ -43,7 +58,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
     def swap(self, scorer: Scorer) -> None:
         """Calls in flight finish on the version they started with; the next ones use this."""
         self._scorer = scorer
-        set_version("ranker", "parameters", scorer.version)
+        _serving(scorer)
 
 
 async def watch_parameters(servicer: RankerServicer, settings: RankerSettings) -> None:

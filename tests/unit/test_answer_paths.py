@@ -184,6 +184,9 @@ class Context:
     def time_remaining(self):
         return None if self._deadline is None else self._deadline - time.perf_counter()
 
+    def invocation_metadata(self):
+        return ()
+
     async def abort(self, code, details):
         raise AssertionError(f"{code.name}: {details}")
 

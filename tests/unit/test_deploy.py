@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.console.config import ConsoleSettings
 from services.encoder.config import EncoderSettings
 from services.gateway.config import GatewaySettings
 from services.ranker.config import RankerSettings
@@ -27,8 +28,10 @@ K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ["dev", "gpu", "prod"]
 KUBERNETES = "1.37.0"
 SETTINGS = {"gateway": GatewaySettings, "encoder": EncoderSettings, "retrieval": RetrievalSettings,
-            "ranker": RankerSettings, "updater": UpdaterSettings}
+            "ranker": RankerSettings, "updater": UpdaterSettings, "console": ConsoleSettings}
 PORTS = {"gateway": 50060, "encoder": 50061, "retrieval": 50062, "ranker": 50063, "updater": 50064}
+# The console serves HTTP: its probes are /healthz (startup, liveness) and /readyz (readiness).
+HTTP_PORTS = {"console": 8080}
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 
 
@@ -81,8 +84,12 @@ def test_every_container_is_non_root_read_only_bounded_and_probed(overlay):
         if service in PORTS:  # recmesh's own services: grpc.health.v1 through native gRPC probes
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert c[probe]["grpc"]["port"] == PORTS[service], where
+        if service in HTTP_PORTS:
+            for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                                ("livenessProbe", "/healthz")):
+                assert c[probe]["httpGet"] == {"path": path, "port": HTTP_PORTS[service]}, where
         checked += 1
-    assert checked >= 9
+    assert checked >= 10
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -121,7 +128,7 @@ def test_prod_scales_spreads_budgets_and_allows_only_the_call_graph():
                 for target in targets:
                     sources.setdefault(target, set()).update(_selected(peer.get("podSelector", {})) or {"*"})
     assert sources["redis"] == {"updater"} and sources["triton"] == {"encoder"}
-    assert sources["updater"] == {"gateway", "ranker"} and sources["ranker"] == {"gateway"}
+    assert sources["updater"] == {"gateway", "ranker"} and sources["ranker"] == {"gateway", "console"}
     assert sources["qdrant"] == {"retrieval", "catalog", "qdrant"}
 
 
@@ -157,7 +164,7 @@ DOCKERFILES = sorted([*REPO.glob("services/*/Dockerfile"), REPO / "deploy" / "tr
 
 
 def test_an_image_per_service_and_for_triton():
-    assert {p.parent.name for p in DOCKERFILES} == {*PORTS, "triton"}
+    assert {p.parent.name for p in DOCKERFILES} == {*PORTS, *HTTP_PORTS, "triton"}
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
