@@ -1,0 +1,1 @@
+"""Experiments: variants of what the mesh serves, assigned by user, measured online."""

@@ -1,0 +1,141 @@
+"""What each answer served under an experiment led to: the answers' log joined with feedback.
+
+One row per answer shown (its experiment, variant, user, request id, the items in order, the
+answer's latency and whether it was degraded); feedback marks the row it answers: the first item
+event on a shown item is a click at that item's position (a view of a recommendation is its
+click-through, as in online learning's join), a purchase of a shown item a conversion. Feedback
+that names the answer's request id joins that answer; feedback without one joins the user's
+newest answer showing the item within `window_ms`.
+
+SQLite (WAL, synchronous=FULL): the counts survive a restart, and the report reads the same
+rows the join wrote. User ids are stored as keyed BLAKE2b digests (as in the event log's
+indexes): deleting a user removes their rows, and nothing else in the file names them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS answers (
+  request_id TEXT PRIMARY KEY,
+  experiment TEXT NOT NULL,
+  variant TEXT NOT NULL,
+  user_key BLOB NOT NULL,
+  shown_ms INTEGER NOT NULL,
+  items TEXT NOT NULL,            -- JSON list of item ids, in the order shown
+  latency_ms REAL NOT NULL,
+  degraded INTEGER NOT NULL,
+  clicked_position INTEGER,       -- 0-based position of the first clicked item; NULL: none
+  converted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS answers_by_user ON answers (user_key, shown_ms);
+CREATE INDEX IF NOT EXISTS answers_by_experiment ON answers (experiment, variant);
+"""
+
+
+@dataclass(frozen=True)
+class VariantSample:
+    """Per-user sums of one variant (arrays of one length, one entry per user), plus the
+    answers' latencies. answers: answers shown; clicked: answers with a click; converted:
+    answers with a purchase of a shown item; reciprocal_rank: sum over answers of 1/(position+1)
+    of the first click (0 without one); degraded: degraded answers."""
+
+    answers: np.ndarray
+    clicked: np.ndarray
+    converted: np.ndarray
+    reciprocal_rank: np.ndarray
+    degraded: np.ndarray
+    latency_ms: np.ndarray
+
+    @property
+    def users(self) -> int:
+        return len(self.answers)
+
+
+class OutcomeLog:
+    def __init__(self, path: Path, window_ms: int):
+        self.window_ms = window_ms
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'user_key'").fetchone()
+        if row is None:
+            key = secrets.token_bytes(32)
+            self._db.execute("INSERT INTO meta VALUES ('user_key', ?)", (key,))
+        else:
+            key = row[0]
+        self._key = key
+
+    def _user(self, user_id: str) -> bytes:
+        return hashlib.blake2b(user_id.encode(), key=self._key, digest_size=16).digest()
+
+    def record_answer(self, *, experiment: str, variant: str, user_id: str, request_id: str, shown_ms: int,
+                      item_ids: list[str], latency_ms: float, degraded: bool) -> None:
+        """Idempotent by request_id (a resent batch is not counted twice)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO answers (request_id, experiment, variant, user_key, shown_ms, items, latency_ms,"
+            " degraded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (request_id, experiment, variant, self._user(user_id), shown_ms, json.dumps(item_ids), latency_ms,
+             int(degraded)))
+
+    def record_feedback(self, *, user_id: str, item_id: str, at_ms: int, purchase: bool,
+                        request_id: str = "") -> bool:
+        """Marks the answer this item event answers; False when it answers none."""
+        if request_id:
+            rows = self._db.execute("SELECT request_id, items, clicked_position, converted FROM answers"
+                                    " WHERE request_id = ? AND user_key = ?", (request_id, self._user(user_id)))
+        else:
+            rows = self._db.execute(
+                "SELECT request_id, items, clicked_position, converted FROM answers WHERE user_key = ?"
+                " AND shown_ms BETWEEN ? AND ? ORDER BY shown_ms DESC",
+                (self._user(user_id), at_ms - self.window_ms, at_ms))
+        for answer_id, items, clicked, converted in rows.fetchall():
+            shown = json.loads(items)
+            if item_id not in shown:
+                continue
+            position = shown.index(item_id)
+            self._db.execute(
+                "UPDATE answers SET clicked_position = ?, converted = ? WHERE request_id = ?",
+                (position if clicked is None else min(clicked, position), int(converted or purchase), answer_id))
+            return True
+        return False
+
+    def delete_user(self, user_id: str) -> int:
+        return self._db.execute("DELETE FROM answers WHERE user_key = ?", (self._user(user_id),)).rowcount
+
+    def experiments(self) -> list[str]:
+        return [name for (name,) in self._db.execute("SELECT DISTINCT experiment FROM answers ORDER BY experiment")]
+
+    def sample(self, experiment: str) -> dict[str, VariantSample]:
+        """Each variant's per-user sums for the experiment (variants with no answer are absent)."""
+        per_user = self._db.execute(
+            "SELECT variant, COUNT(*), SUM(clicked_position IS NOT NULL), SUM(converted),"
+            " SUM(CASE WHEN clicked_position IS NULL THEN 0.0 ELSE 1.0 / (clicked_position + 1) END),"
+            " SUM(degraded) FROM answers WHERE experiment = ? GROUP BY variant, user_key ORDER BY variant",
+            (experiment,)).fetchall()
+        latencies: dict[str, list[float]] = {}
+        for variant, latency in self._db.execute(
+                "SELECT variant, latency_ms FROM answers WHERE experiment = ?", (experiment,)):
+            latencies.setdefault(variant, []).append(latency)
+        by_variant: dict[str, list[tuple]] = {}
+        for variant, *sums in per_user:
+            by_variant.setdefault(variant, []).append(sums)
+        out = {}
+        for variant, rows in by_variant.items():
+            cols = np.array(rows, np.float64).T
+            out[variant] = VariantSample(cols[0], cols[1], cols[2], cols[3], cols[4],
+                                         np.array(latencies[variant], np.float64))
+        return out
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,75 @@
+"""The answers' log joined with feedback, and the report over it (recmesh/experiments)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from recmesh.experiments.outcomes import OutcomeLog
+from recmesh.experiments.report import plot, summarize, text
+
+
+@pytest.fixture
+def log(tmp_path):
+    out = OutcomeLog(tmp_path / "outcomes.sqlite", window_ms=60_000)
+    yield out
+    out.close()
+
+
+def answer(log, request_id, user, variant="A", items=("a", "b", "c"), at=1_000, degraded=False, latency=20.0):
+    log.record_answer(experiment="e", variant=variant, user_id=user, request_id=request_id, shown_ms=at,
+                      item_ids=list(items), latency_ms=latency, degraded=degraded)
+
+
+def test_feedback_joins_by_request_id_else_the_newest_answer_showing_the_item(log):
+    answer(log, "r1", "u1", at=1_000)
+    answer(log, "r2", "u1", items=("c", "d"), at=2_000)
+    assert log.record_feedback(user_id="u1", item_id="c", at_ms=3_000, purchase=False)  # newest: r2, position 0
+    assert log.record_feedback(user_id="u1", item_id="b", at_ms=3_000, purchase=True, request_id="r1")
+    assert not log.record_feedback(user_id="u1", item_id="z", at_ms=3_000, purchase=False)  # not shown
+    assert not log.record_feedback(user_id="u2", item_id="a", at_ms=3_000, purchase=False)  # another user
+    assert not log.record_feedback(user_id="u1", item_id="a", at_ms=90_000, purchase=False)  # past the window
+    s = log.sample("e")["A"]
+    assert s.answers.tolist() == [2] and s.clicked.tolist() == [2] and s.converted.tolist() == [1]
+    assert s.reciprocal_rank.tolist() == [pytest.approx(1 / 1 + 1 / 2)]
+
+
+def test_counts_are_per_answer_and_survive_a_restart_and_a_resent_batch(tmp_path):
+    path = tmp_path / "o.sqlite"
+    first = OutcomeLog(path, window_ms=60_000)
+    answer(first, "r1", "u1")
+    answer(first, "r1", "u1")  # the same batch sent again
+    first.record_feedback(user_id="u1", item_id="a", at_ms=1_500, purchase=False)
+    first.record_feedback(user_id="u1", item_id="c", at_ms=1_600, purchase=False)  # a later, lower click
+    first.close()
+    again = OutcomeLog(path, window_ms=60_000)
+    s = again.sample("e")["A"]
+    assert s.answers.tolist() == [1] and s.reciprocal_rank.tolist() == [1.0]
+    answer(again, "r9", "someone-distinctive-42")
+    raw = b"".join(f.read_bytes() for f in tmp_path.iterdir())
+    assert b"someone-distinctive-42" not in raw  # user ids are stored as keyed digests only
+    assert again.delete_user("u1") == 1 and list(again.sample("e")["A"].answers) == [1]
+    again.close()
+
+
+def test_report_counts_intervals_and_guardrail(log, tmp_path):
+    rng = np.random.default_rng(0)
+    for u in range(400):
+        variant = "A" if u % 2 else "B"
+        p = 0.5 if variant == "A" else 0.15
+        for j in range(5):
+            rid = f"r{u}-{j}"
+            answer(log, rid, f"u{u}", variant=variant, at=10_000 * j)
+            if rng.random() < p:
+                log.record_feedback(user_id=f"u{u}", item_id="a", at_ms=10_000 * j + 5, purchase=False, request_id=rid)
+    summary = summarize("e", log.sample("e"), control="A", min_users=100)
+    assert summary["variants"]["A"]["answers"] == 1000 and summary["variants"]["B"]["answers"] == 1000
+    assert summary["variants"]["A"]["clicks"] + summary["variants"]["B"]["clicks"] == sum(
+        v["clicks"] for v in summary["variants"].values())
+    delta = summary["against_control"]["B"]["difference"]["ctr_at_k"]
+    assert delta["high"] < 0 and summary["against_control"]["B"]["guardrail"]["stop"]
+    assert "STOP" in text(summary)
+    json.dumps(summary)  # JSON-able
+    assert plot(summary, tmp_path / "e.png").stat().st_size > 1000
+    with pytest.raises(KeyError, match="control"):
+        summarize("e", log.sample("e"), control="C")
