@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from recmesh.common.paths import var_paths
 from recmesh.v1 import common_pb2
 
 ET = common_pb2.EventType
@@ -145,3 +146,19 @@ def checked_file(path: Path | None) -> Path | None:
     name); returns the path."""
     load_event_weights(path)
     return path
+
+
+class EventWeightsSetting(BaseModel):
+    """The event_weights_file setting, for the services' settings classes that read the weights
+    (gateway: the interest model's inputs; updater: the learner's labels): this JSON file when it
+    is there (default: the var's catalog/event_weights.json), else the defaults; checked at start."""
+
+    event_weights_file: Path | None = Field(default_factory=lambda: var_paths().event_weights)
+
+    @field_validator("event_weights_file")
+    @classmethod
+    def _event_weights_readable(cls, value: Path | None) -> Path | None:
+        return checked_file(value)
+
+    def event_weights(self) -> EventWeights:
+        return load_event_weights(self.event_weights_file)

@@ -7,7 +7,6 @@ from pydantic_settings import SettingsConfigDict
 
 from recmesh.common import limits
 from recmesh.common.config import ServiceSettings
-from recmesh.common.paths import var_paths
 from recmesh.events import weights
 
 # Gateway settings that narrow a limit every stage shares: (ceiling, its name in limits.py).
@@ -20,7 +19,7 @@ _SHARED_LIMITS = {
 }
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, weights.EventWeightsSetting):
     model_config = SettingsConfigDict(env_prefix="RECMESH_GATEWAY_")
 
     port: int = 50060
@@ -142,15 +141,3 @@ class GatewaySettings(ServiceSettings):
     dislike_push: float = Field(default=4.0, ge=0, allow_inf_nan=False)
     dislike_similar_from: float = Field(default=0.6, ge=-1, lt=1)
     dislikes_pushing: int = Field(default=20, ge=0)
-
-    # The catalog's event weights (recmesh/events/weights.py): this JSON file when it is there
-    # (default: the var's catalog/event_weights.json), else the defaults. Checked at start.
-    event_weights_file: Path | None = Field(default_factory=lambda: var_paths().event_weights)
-
-    @field_validator("event_weights_file")
-    @classmethod
-    def _event_weights_readable(cls, value: Path | None) -> Path | None:
-        return weights.checked_file(value)
-
-    def event_weights(self) -> weights.EventWeights:
-        return weights.load_event_weights(self.event_weights_file)

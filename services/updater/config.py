@@ -13,7 +13,7 @@ from recmesh.events import weights
 from recmesh.models.ranking.scorer import start_params_dir
 
 
-class UpdaterSettings(ServiceSettings):
+class UpdaterSettings(ServiceSettings, weights.EventWeightsSetting):
     model_config = SettingsConfigDict(env_prefix="RECMESH_UPDATER_")
 
     port: int = 50064
@@ -61,15 +61,3 @@ class UpdaterSettings(ServiceSettings):
     join_window_s: float = Field(default=1800.0, gt=0)
     max_impression_items: int = Field(default=1000, ge=1)
     max_impressions_per_call: int = Field(default=1000, ge=1)
-
-    # The catalog's event weights (recmesh/events/weights.py): this JSON file when it is there
-    # (default: the var's catalog/event_weights.json), else the defaults. Checked at start.
-    event_weights_file: Path | None = Field(default_factory=lambda: var_paths().event_weights)
-
-    @field_validator("event_weights_file")
-    @classmethod
-    def _event_weights_readable(cls, value: Path | None) -> Path | None:
-        return weights.checked_file(value)
-
-    def event_weights(self) -> weights.EventWeights:
-        return weights.load_event_weights(self.event_weights_file)
