@@ -10,7 +10,7 @@ import re
 
 from recmesh.common import limits
 from recmesh.common.errors import InvalidArgument
-from recmesh.common.validation import check_attribute_filters, check_id, check_labels
+from recmesh.common.validation import check_attribute_filters, check_id, check_labels, check_name
 from recmesh.v1 import common_pb2
 
 ACTIONS = ("boost", "pin", "promote_share", "exclude")
@@ -20,13 +20,7 @@ _RULE_NAME = re.compile(f"[A-Za-z0-9_.:-]{{1,{limits.RULE_NAME_CHARS}}}")
 def check_rule_name(name: str, field: str) -> str:
     """A rule's name: 1..RULE_NAME_CHARS of A-Z, a-z, 0-9 and _ . : - (it is shown in reasons as
     "rule:<name>" and used as a key in the updater's store)."""
-    if _RULE_NAME.fullmatch(name):
-        return name
-    if not name:
-        raise InvalidArgument(field, "must not be empty")
-    if len(name) > limits.RULE_NAME_CHARS:
-        raise InvalidArgument(field, f"longer than {limits.RULE_NAME_CHARS} characters ({len(name)})")
-    raise InvalidArgument(field, f"{name[:limits.RULE_NAME_CHARS]!r} may hold only A-Z, a-z, 0-9 and _ . : -")
+    return check_name(name, field, _RULE_NAME, limits.RULE_NAME_CHARS, "A-Z, a-z, 0-9 and _ . : -")
 
 
 def has_condition(match: common_pb2.ItemMatch) -> bool:

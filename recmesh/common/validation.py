@@ -132,16 +132,22 @@ def check_item(item: common_pb2.Item, field: str) -> None:
 _ATTRIBUTE_NAME = re.compile(f"[A-Za-z0-9_]{{1,{limits.ATTRIBUTE_NAME_CHARS}}}")
 
 
-def check_attribute_name(name: str, field: str) -> str:
-    """An attribute's name: 1..ATTRIBUTE_NAME_CHARS of A-Z, a-z, 0-9 and _ (filters address it
-    as a payload path, "attributes.<name>": no dot or bracket may reshape that path)."""
-    if _ATTRIBUTE_NAME.fullmatch(name):
+def check_name(name: str, field: str, pattern: re.Pattern, max_chars: int, allowed: str) -> str:
+    """A name that must fully match `pattern` (1..max_chars of the characters `allowed` says):
+    INVALID_ARGUMENT naming the field says which of empty, too long or a wrong character."""
+    if pattern.fullmatch(name):
         return name
     if not name:
         raise InvalidArgument(field, "must not be empty")
-    if len(name) > limits.ATTRIBUTE_NAME_CHARS:
-        raise InvalidArgument(field, f"longer than {limits.ATTRIBUTE_NAME_CHARS} characters ({len(name)})")
-    raise InvalidArgument(field, f"{_quoted(name)} may hold only A-Z, a-z, 0-9 and _")
+    if len(name) > max_chars:
+        raise InvalidArgument(field, f"longer than {max_chars} characters ({len(name)})")
+    raise InvalidArgument(field, f"{_quoted(name)} may hold only {allowed}")
+
+
+def check_attribute_name(name: str, field: str) -> str:
+    """An attribute's name: 1..ATTRIBUTE_NAME_CHARS of A-Z, a-z, 0-9 and _ (filters address it
+    as a payload path, "attributes.<name>": no dot or bracket may reshape that path)."""
+    return check_name(name, field, _ATTRIBUTE_NAME, limits.ATTRIBUTE_NAME_CHARS, "A-Z, a-z, 0-9 and _")
 
 
 def _quoted(name: str) -> str:
