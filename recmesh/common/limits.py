@@ -42,6 +42,14 @@ MATCH_CATEGORIES = 64
 RULE_SURFACES = 32  # StoredRule.surfaces
 # A pin's position is below the largest page any gateway serves (its max_k narrows this).
 PIN_POSITIONS = 1000
+# Values a rule's match names (ids, categories, attribute tests and their any_of values) - in one
+# rule, over a request's rules, over the stored set. Each value is checked on arrival (on the
+# gateway's event loop) and the stored set is listed by every gateway twice a second: without
+# these, requests whose every field is within its own limit stalled the gateway for seconds, and
+# a stored set of a few such rules outgrew the 16 MiB message cap (hostile-input review).
+MATCH_VALUES = 1000
+RULE_VALUES_PER_REQUEST = 1000
+STORED_RULE_VALUES = 10_000
 
 # Per user: the items remembered as seen (updater), every one of which a search may exclude.
 SEEN_ITEMS = 5000

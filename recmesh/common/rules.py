@@ -27,12 +27,23 @@ def has_condition(match: common_pb2.ItemMatch) -> bool:
     return bool(match.item_ids or match.categories or match.attributes)
 
 
+def match_values(match: common_pb2.ItemMatch) -> int:
+    """How many values a match names: its ids, categories, attribute tests and their any_of
+    values (counted without reading them: the limits on it bound the cost of checking them)."""
+    return (len(match.item_ids) + len(match.categories) + len(match.attributes)
+            + sum(len(a.any_of.values) for a in match.attributes))
+
+
 def check_match(match: common_pb2.ItemMatch, field: str) -> None:
-    """At least one condition; ids (at most MATCH_ITEM_IDS), categories (MATCH_CATEGORIES) and
-    attribute tests (as Filters.attributes: check_attribute_filters) each within limits."""
+    """At least one condition; at most MATCH_VALUES values in all; ids (at most MATCH_ITEM_IDS),
+    categories (MATCH_CATEGORIES) and attribute tests (as Filters.attributes:
+    check_attribute_filters) each within limits."""
     if not has_condition(match):
         raise InvalidArgument(field, "set item_ids, categories or attributes (a rule with no condition would "
                                      "act on every item)")
+    if (values := match_values(match)) > limits.MATCH_VALUES:
+        raise InvalidArgument(field, f"at most {limits.MATCH_VALUES} ids, categories, attribute tests and "
+                                     f"their values in all, got {values}")
     check_labels(match.item_ids, f"{field}.item_ids", limits.MATCH_ITEM_IDS, limits.ID_CHARS)
     check_labels(match.categories, f"{field}.categories", limits.MATCH_CATEGORIES)
     check_attribute_filters(match.attributes, f"{field}.attributes")
@@ -66,9 +77,13 @@ def check_rule(rule: common_pb2.Rule, field: str, max_position: int = limits.PIN
 
 
 def check_rules(rules, field: str, max_position: int = limits.PIN_POSITIONS) -> None:
-    """A request's rules (RecommendRequest.rules): at most RULES_PER_REQUEST, each checked."""
+    """A request's rules (RecommendRequest.rules): at most RULES_PER_REQUEST, naming at most
+    RULE_VALUES_PER_REQUEST values in all (counted before any is read), each checked."""
     if len(rules) > limits.RULES_PER_REQUEST:
         raise InvalidArgument(field, f"at most {limits.RULES_PER_REQUEST} rules per request, got {len(rules)}")
+    if (values := sum(match_values(rule.match) for rule in rules)) > limits.RULE_VALUES_PER_REQUEST:
+        raise InvalidArgument(field, f"at most {limits.RULE_VALUES_PER_REQUEST} ids, categories, attribute tests "
+                                     f"and their values over all rules of a request, got {values}")
     for i, rule in enumerate(rules):
         check_rule(rule, f"{field}[{i}]", max_position)
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import BasicAuth, web
@@ -290,7 +291,13 @@ async def lookup_form(request: web.Request) -> web.Response:
     for field in ("user_id", "item_id"):
         if field in request.query:
             value = check_id(request.query[field].strip(), field)
-            raise web.HTTPFound(request.app.router[f"{field}_page"].url_for(**{field: value}))
+            # The id as one percent-encoded path segment: a "/" in it must not split it, and a
+            # browser resolves "." and ".." segments (encoded or not) - a redirect to one would
+            # leave /users/ for another page.
+            if value in (".", ".."):
+                raise InvalidArgument(field, f"{value!r} cannot be a page's address; use the API")
+            page = request.app.router[f"{field}_page"].url_for(**{field: "-"}).path[:-1]
+            raise web.HTTPFound(page + quote(value, safe=""))
     raise InvalidArgument("user_id", "give user_id or item_id")
 
 

@@ -74,10 +74,9 @@ class Recommender:
 
     def merged(self, from_user: str, into_user: str) -> None:
         """from_user's events moved to into_user through this gateway: from_user has nothing
-        left, and into_user's seen and hidden items and interest are asked afresh."""
-        now = time.monotonic()
-        self.seen.forget(from_user, now)
-        self.seen.invalidate([into_user])
+        left, and into_user's seen items and interest are asked afresh (the hides learned of either
+still hold)."""
+        self.seen.merge(from_user, into_user, time.monotonic())
         self.pipeline.interest.forget(from_user)
         self.pipeline.interest.forget(into_user)
 

@@ -9,6 +9,12 @@ without one, an incomplete entry: what was tracked here, the older history unkno
 on DeleteUser through this gateway, asked afresh after a MergeUsers through it. An entry lives
 `ttl_s` from its snapshot at most.
 
+Hidden and disliked items are also held apart, past the TTL and past an entry's invalidation
+(duplicates acknowledged, a merge): a hide is never taken back, so an old set of them can only
+lack newer hides - never hold one too many - and an answer made without the updater still leaves
+out every hide this gateway has learned (the updater keeps the newest limits.HIDDEN_ITEMS; so
+does this set). Forgotten on DeleteUser through this gateway; a merge moves them to the target.
+
 Consistency across gateway replicas: the full pipeline asks the updater on every Recommend, so
 it sees every event acknowledged by any replica. An answer made from this cache holds what the
 updater said at this replica's last GetUserState for the user (at most `ttl_s` ago) plus every
@@ -71,11 +77,42 @@ class SeenItems:
         self._ttl_s = ttl_s
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._held = 0  # ids held over all entries
+        # user id -> every hidden or disliked item learned here (LRU in users, as many as entries)
+        self._hidden: OrderedDict[str, dict[str, None]] = OrderedDict()
+        self._hidden_held = 0
+
+    def _learn_hidden(self, user_id: str, item_ids: Iterable[str]) -> None:
+        if self._users == 0:
+            return
+        held = self._hidden.pop(user_id, None) or {}
+        self._hidden_held -= len(held)
+        for item_id in item_ids:
+            held.pop(item_id, None)
+            held[item_id] = None  # newest last
+        while len(held) > limits.HIDDEN_ITEMS:
+            del held[next(iter(held))]
+        if held:
+            self._hidden[user_id] = held
+            self._hidden_held += len(held)
+        while self._hidden and (len(self._hidden) > self._users or self._hidden_held > self._max_ids):
+            _, evicted = self._hidden.popitem(last=False)
+            self._hidden_held -= len(evicted)
+
+    def _forget_hidden(self, user_id: str) -> dict[str, None]:
+        held = self._hidden.pop(user_id, None) or {}
+        self._hidden_held -= len(held)
+        return held
 
     def lookup(self, user_id: str, now: float) -> Seen | None:
-        """The user's seen items, or None when this gateway knows nothing fresh of them."""
+        """The user's seen items, or None when this gateway knows nothing of them; without a
+        fresh entry, the hidden items it learned (an incomplete Seen)."""
         entry = self._live(user_id, now)
-        return None if entry is None else Seen(frozenset(entry.ids), entry.complete, frozenset(entry.hidden))
+        hidden = self._hidden.get(user_id)
+        if hidden is not None:
+            self._hidden.move_to_end(user_id)
+        if entry is None:
+            return None if hidden is None else Seen(frozenset(), False, frozenset(hidden))
+        return Seen(frozenset(entry.ids), entry.complete, frozenset(entry.hidden).union(hidden or ()))
 
     def replace(self, user_id: str, item_ids: Iterable[str], asked_at: float, hidden: Iterable[str] = ()) -> None:
         """The updater's seen and hidden sets for the user, as asked for at `asked_at`
@@ -87,7 +124,9 @@ class SeenItems:
         tracked = {i: t for i, t in old.tracked.items() if t >= asked_at} if old is not None else {}
         tracked_hidden = {i: t for i, t in old.tracked_hidden.items() if t >= asked_at} if old is not None else {}
         ids = set(item_ids) | tracked.keys()  # from a set: a copy, ~0.1 ms for 5000 ids
-        self._put(user_id, _Entry(ids, True, asked_at, tracked, set(hidden) | tracked_hidden.keys(), tracked_hidden))
+        hidden = set(hidden) | tracked_hidden.keys()
+        self._learn_hidden(user_id, hidden)
+        self._put(user_id, _Entry(ids, True, asked_at, tracked, hidden, tracked_hidden))
 
     def add(self, user_id: str, item_ids: Iterable[str], now: float, hidden: Iterable[str] = ()) -> None:
         """Items the user just interacted with, and those of them hidden or disliked (events
@@ -103,6 +142,7 @@ class SeenItems:
         for item_id in hidden:
             entry.hidden.add(item_id)
             entry.tracked_hidden[item_id] = now
+        self._learn_hidden(user_id, entry.tracked_hidden)
         self._put(user_id, entry)
 
     def add_events(self, events: Iterable[common_pb2.Event], now: float) -> None:
@@ -124,6 +164,9 @@ class SeenItems:
         gateway holds of these users is asked afresh next time."""
         if duplicates:
             self.invalidate(event.user_id for event in events)
+            for event in events:  # acknowledged: applied now or before (a hide is never taken back)
+                if hides_item(event):
+                    self._learn_hidden(event.user_id, (event.item_id,))
         else:
             self.add_events(events, now)
 
@@ -132,7 +175,16 @@ class SeenItems:
 
     def forget(self, user_id: str, now: float) -> None:
         """The user was deleted: nothing seen, and no snapshot asked before now comes back."""
+        self._forget_hidden(user_id)
         self._put(user_id, _Entry(set(), True, now))
+
+    def merge(self, from_user: str, into_user: str, now: float) -> None:
+        """from_user's events moved to into_user: from_user has nothing left; what this gateway
+        holds of into_user is asked afresh, but the hides it learned of either still hold."""
+        moved = self._forget_hidden(from_user)
+        self.forget(from_user, now)
+        self.invalidate([into_user])
+        self._learn_hidden(into_user, moved)
 
     def invalidate(self, user_ids: Iterable[str]) -> None:
         """What this gateway holds of these users may be wrong (e.g. events acknowledged as

@@ -271,3 +271,22 @@ def test_a_local_stack_with_the_console_points_it_at_its_gateway_and_metrics(tmp
     assert env["RECMESH_CONSOLE_GATEWAY_METRICS_URL"] == f"http://127.0.0.1:{stack.metrics_ports['gateway']}/metrics"
     assert env["RECMESH_CONSOLE_RANKER_METRICS_URL"] == f"http://127.0.0.1:{stack.metrics_ports['ranker']}/metrics"
     assert "console" not in Stack(var=tmp_path).ports  # only when asked
+
+
+def test_the_lookup_form_redirects_to_the_id_as_one_encoded_segment():
+    """/go?user_id=../../admin redirected to /users/../../admin, which a browser resolves to
+    /admin (hostile-input review): the id is one percent-encoded segment, dot segments refused."""
+    async def run():
+        client = await _client()
+        try:
+            for value, location in (("../../admin", "/users/..%2F..%2Fadmin"), ("a b/c", "/users/a%20b%2Fc"),
+                                    ("42", "/users/42")):
+                reply = await client.get("/go", params={"user_id": value}, allow_redirects=False)
+                assert reply.status == 302 and reply.headers["Location"] == location, value
+            item = await client.get("/go", params={"item_id": "x/y"}, allow_redirects=False)
+            assert item.headers["Location"] == "/items/x%2Fy"
+            dots = await client.get("/go", params={"user_id": ".."}, allow_redirects=False)
+            assert dots.status == 400 and "user_id" in await dots.text()
+        finally:
+            await client.close()
+    asyncio.run(run())

@@ -347,3 +347,31 @@ def test_the_cli_reads_rules_from_flags_and_json():
                 ["recommend", "--user", "u", "--rule", "{"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+def test_rules_whose_fields_are_each_within_limits_are_bounded_in_all_before_they_are_read():
+    """16 rules x 32 attribute tests x 1000 values passed every per-field limit and took the
+    gateway's event loop ~3 s to check (hostile-input review): the total is refused first."""
+    import time
+
+    from recmesh.common import limits as lim
+    from recmesh.common.errors import InvalidArgument
+    from recmesh.common.rules import check_rule, check_rules
+    from recmesh.v1 import common_pb2 as pb
+
+    def heavy(n_values: int) -> pb.Rule:
+        tests = [pb.AttributeFilter(name=f"a{j}", any_of=pb.StringSet(values=[f"v{i}" * 20 for i in range(n_values)]))
+                 for j in range(32)]
+        return pb.Rule(boost=2.0, match=pb.ItemMatch(attributes=tests))
+
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgument) as err:
+        check_rules([heavy(1000)] * 16, "rules")
+    assert err.value.field == "rules" and time.perf_counter() - started < 0.5
+    with pytest.raises(InvalidArgument) as err:
+        check_rule(heavy(1000), "rules[0]")
+    assert err.value.field == "rules[0].match"
+    per_test = lim.MATCH_VALUES // 32 - 1
+    check_rule(heavy(per_test), "rules[0]")  # within MATCH_VALUES: accepted
+    with pytest.raises(InvalidArgument, match="over all rules"):
+        check_rules([heavy(per_test)] * 2, "rules")

@@ -53,3 +53,37 @@ def test_off_holds_nothing():
         cache.add("u", ["a"], now=0.0)
         cache.replace("v", ["a"], asked_at=0.0)
         assert cache.lookup("u", 0.0) is None and cache.lookup("v", 0.0) is None
+
+
+def hide(user: str, item: str, kind=ET.EVENT_TYPE_HIDE) -> common_pb2.Event:
+    return common_pb2.Event(user_id=user, item_id=item, type=kind)
+
+
+def test_hides_outlive_the_ttl_and_an_invalidation_and_move_with_a_merge():
+    """A hide is never taken back: answers made without the updater leave out every hide this
+    gateway learned, after the entry expired (TTL), after a retry acknowledged as a duplicate
+    invalidated it, and on the account a guest was merged into - found by the hostile-input
+    review: each of these brought a hidden item back on a shed answer."""
+    cache = SeenItems(users=10, max_ids=100, ttl_s=60)
+    cache.note_ingested([hide("u", "h1"), hide("u", "d1", ET.EVENT_TYPE_DISLIKE)], duplicates=0, now=0.0)
+    after_ttl = cache.lookup("u", 120.0)
+    assert after_ttl == Seen(frozenset(), complete=False, hidden=frozenset({"h1", "d1"}))
+    cache.note_ingested([hide("u", "h2")], duplicates=1, now=130.0)  # a retry: the entry is dropped
+    assert cache.lookup("u", 131.0).hidden == {"h1", "d1", "h2"}
+    cache.replace("u", ["x"], asked_at=140.0, hidden=["h1"])  # the updater's newest 1 of them
+    assert cache.lookup("u", 141.0).hidden >= {"h1", "d1", "h2"}
+    cache.note_ingested([hide("guest", "g1")], duplicates=0, now=150.0)
+    cache.merge("guest", "u", now=151.0)
+    assert cache.lookup("guest", 152.0) == Seen(frozenset(), complete=True)
+    assert cache.lookup("u", 152.0).hidden == {"h1", "d1", "h2", "g1"}
+    cache.forget("u", now=160.0)  # deleted through this gateway: nothing of theirs is left
+    assert cache.lookup("u", 161.0) == Seen(frozenset(), complete=True)
+
+
+def test_hides_held_apart_are_bounded_in_users_and_ids():
+    cache = SeenItems(users=2, max_ids=5, ttl_s=60)
+    for user in ("a", "b", "c"):
+        cache.add(user, ["x"], now=0.0, hidden=["x"])
+    assert cache.lookup("a", 100.0) is None  # least recently used user past the bound
+    cache.add("b", [f"i{n}" for n in range(6)], now=1.0, hidden=[f"i{n}" for n in range(6)])
+    assert cache._hidden_held <= 5
