@@ -21,7 +21,9 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 
 
 def _estimate_dict(e: Estimate) -> dict:
-    clean = (lambda v: None if math.isnan(v) else round(v, 6))
+    def clean(v: float) -> float | None:
+        return None if math.isnan(v) else round(v, 6)
+
     return {"value": clean(e.value), "low": clean(e.low), "high": clean(e.high)}
 
 
@@ -42,7 +44,8 @@ def summarize(experiment: str, samples: dict[str, VariantSample], control: str, 
         variants[name] = {
             "users": s.users, "answers": int(s.answers.sum()), "clicks": int(s.clicked.sum()),
             "conversions": int(s.converted.sum()),
-            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))} if len(lat) else None,
+            "latency_ms": ({"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
+                           if len(lat) else None),
             "metrics": {m: _estimate_dict(e) for m, e in estimates[name].items()},
         }
     comparisons = {}
@@ -89,12 +92,13 @@ def plot(summary: dict, path: Path) -> Path:
 
     names = list(summary["variants"])
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, METRICS, strict=True):
         vals = [summary["variants"][n]["metrics"][metric] for n in names]
         ys = [v["value"] if v["value"] is not None else np.nan for v in vals]
-        err = [[(y - v["low"]) if v["low"] is not None else 0 for y, v in zip(ys, vals)],
-               [(v["high"] - y) if v["high"] is not None else 0 for y, v in zip(ys, vals)]]
-        ax.bar(names, ys, yerr=err, capsize=6, color=["#4c72b0" if n == summary["control"] else "#dd8452" for n in names])
+        err = [[(y - v["low"]) if v["low"] is not None else 0 for y, v in zip(ys, vals, strict=True)],
+               [(v["high"] - y) if v["high"] is not None else 0 for y, v in zip(ys, vals, strict=True)]]
+        colors = ["#4c72b0" if n == summary["control"] else "#dd8452" for n in names]
+        ax.bar(names, ys, yerr=err, capsize=6, color=colors)
         ax.set_title(metric)
     fig.suptitle(f"experiment {summary['experiment']}: {summary['level']:.0%} intervals")
     fig.tight_layout()
