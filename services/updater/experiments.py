@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
@@ -40,6 +42,11 @@ from recmesh.v1 import common_pb2, updater_pb2
 from services.updater.config import UpdaterSettings
 
 log = logging.getLogger("recmesh.updater.experiments")
+# Feedback can commit before the answer it names is recorded (impressions leave the gateway in
+# batches, after the reply): feedback that joins no answer yet is held this long, at most this
+# much of it, and tried again as answers arrive.
+HOLD_S = 60.0
+HELD_MAX = 10_000
 RUNNING, STOPPED = common_pb2.EXPERIMENT_STATE_RUNNING, common_pb2.EXPERIMENT_STATE_STOPPED
 # Item events that answer an answer shown: the user went for the item (a click-through); a
 # purchase is also a conversion. Hide, dislike, rate and search answer none.
@@ -66,9 +73,15 @@ class ExperimentsRole:
         self._ready = False
         self._guardrail: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # one change at a time: "at most one running" holds on this replica
+        # Feedback waiting for its answer (outcome thread only): (held until, monotonic s; record_feedback's arguments).
+        self._held: deque[tuple[float, dict]] = deque(maxlen=HELD_MAX)
+        # Whether an experiment ran when last looked (open, put, stop, each guardrail check): only
+        # then is unjoined feedback held (most feedback answers no experiment's answer).
+        self._running = False
 
     async def open(self) -> None:
         count = await self.store.open()
+        self._running = any(e.state == RUNNING for e in await self.store.list())
         self._outcomes = await self._run(OutcomeLog, self._outcomes_path, int(self._s.join_window_s * 1000))
         self._ready = True
         self._guardrail = asyncio.create_task(self._guard_forever())
@@ -114,6 +127,7 @@ class ExperimentsRole:
             done, _ = await self.store.put(stored, STORED_EXPERIMENTS)
             if not done:
                 raise FailedPrecondition(f"experiment.name: {STORED_EXPERIMENTS} experiments are kept already")
+            self._running = True
         log.info("experiment put", extra={"audit": "experiments", "action": "create", "client": client, "peer": peer,
                                           "experiment_name": stored.name, "experiment": rule_json(stored)})
         return stored
@@ -204,14 +218,36 @@ class ExperimentsRole:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if self._held:
+            self._join_held({r["request_id"] for r in rows}, {r["user_id"] for r in rows})
+
+    def _join(self, feedback: dict) -> None:
+        """Feedback joined now, else held for HOLD_S (its answer may not be recorded yet)."""
+        if not self._outcomes.record_feedback(**feedback) and self._running:
+            self._held.append((time.monotonic() + HOLD_S, feedback))
+
+    def _join_held(self, request_ids: set[str], users: set[str]) -> None:
+        """Held feedback naming one of these answers (or, naming none, from one of these users)
+        tried again, in the order it came; what has waited HOLD_S is dropped."""
+        now, keep = time.monotonic(), deque(maxlen=HELD_MAX)
+        for until, feedback in self._held:
+            if until < now:
+                continue
+            named = feedback["request_id"]
+            if (named in request_ids if named else feedback["user_id"] in users) \
+                    and self._outcomes.record_feedback(**feedback):
+                continue
+            keep.append((until, feedback))
+        self._held = keep
 
     def feedback(self, event: LoggedEvent) -> None:
         """A committed new event: a click-through or purchase of an item shown under an
         experiment marks that answer (by the event's request_id, else the user's newest answer
-        within the join window showing the item)."""
+        within the join window showing the item); held a while when that answer is not
+        recorded yet."""
         if self._outcomes is None or event.type not in CLICK_THROUGH:
             return
-        self._submit(lambda: self._outcomes.record_feedback(
+        self._submit(self._join, dict(
             user_id=event.user_id, item_id=event.item_id, at_ms=event.timestamp_ms,
             purchase=event.type == common_pb2.EVENT_TYPE_PURCHASE, request_id=event.request_id))
 
@@ -222,6 +258,7 @@ class ExperimentsRole:
     async def guard_once(self) -> list[str]:
         """The guardrail's check of the running experiment; the variants it stopped for."""
         running = [e for e in await self.store.list() if e.state == RUNNING]
+        self._running = bool(running)
         stopped = []
         for experiment in running:
             summary = await self._summary(experiment)

@@ -120,3 +120,26 @@ def test_one_runs_at_a_time_names_are_not_reused_and_unknown_names_are_not_found
         await role.close()
 
     run(scenario())
+
+
+def test_feedback_that_commits_before_its_answer_is_recorded_is_joined_when_the_answer_comes(tmp_path):
+    """Impressions leave the gateway in batches after the reply: a quick click can commit first."""
+    async def scenario():
+        role = ExperimentsRole(settings(tmp_path))
+        await role.open()
+        await role.put(experiment(), "test", "")
+        role.feedback(LoggedEvent("ev-1", "u1", "3", common_pb2.EVENT_TYPE_CLICK, "", 0.0, 2_000, "r1"))
+        role.feedback(LoggedEvent("ev-2", "u1", "3", common_pb2.EVENT_TYPE_PURCHASE, "", 0.0, 2_001, "r1"))
+        role.feedback(LoggedEvent("ev-3", "u1", "9", common_pb2.EVENT_TYPE_CLICK, "", 0.0, 2_002, "r1"))  # not shown
+        await _flush(role)
+        role.record([updater_pb2.Impression(
+            request_id="r1", user_id="u1", timestamp_ms=1_000, experiment="e1", variant="A", latency_ms=5.0,
+            items=[updater_pb2.ImpressedItem(item_id=str(i), position=i) for i in range(5)])])
+        await _flush(role)
+        sample = (await role._run(role._outcomes.sample, "e1"))["A"]
+        assert (sample.answers.sum(), sample.clicked.sum(), sample.converted.sum()) == (1, 1, 1)
+        assert sample.reciprocal_rank.sum() == 1 / 4  # the click at position 3
+        assert len(role._held) == 1  # the item that was not shown: still waiting, dropped after HOLD_S
+        await role.close()
+
+    run(scenario())
