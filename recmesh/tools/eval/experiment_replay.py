@@ -29,6 +29,7 @@ from recmesh.common.local import REPO
 from recmesh.common.paths import served_artifact
 from recmesh.experiments.report import plot, text
 from recmesh.tools.catalog import movielens
+from recmesh.tools.cli import _variant_flag
 from recmesh.tools.eval.live import fresh_mesh, track_all
 from recmesh.tools.eval.streaming import pick_users, rate_event
 from recmesh.tools.extras import require
@@ -37,12 +38,14 @@ EXPERIMENT = "replay-ranker-vs-retrieval"
 PURCHASE_RATING = 4.5
 
 
-def run(n_users: int, stream: int, seed: int, out: Path, k: int = 10, population: str = "held_out") -> dict:
+def run(n_users: int, stream: int, seed: int, out: Path, k: int = 10, population: str = "held_out",
+        b_overrides: dict | None = None) -> dict:
     """population: "held_out" (the served model never saw their events: an honest absolute
     CTR, but only 100 users, too few to separate close variants) or "all" (every user with
     enough ratings: the interest model was trained on the others' whole histories, replayed
     ratings included, so both arms' absolute numbers are inflated alike; the comparison of
-    orderings over the same candidates stays fair)."""
+    orderings over the same candidates stays fair). b_overrides: variant B's overrides
+    (client.variant_proto's keys; default: retrieval order)."""
     import torch
 
     catalog = movielens.load(REPO / "data" / "ml-latest-small")
@@ -55,8 +58,8 @@ def run(n_users: int, stream: int, seed: int, out: Path, k: int = 10, population
     sent = {"answers": {}, "clicks": {}, "conversions": {}}
     stopped_after = None
     with fresh_mesh(timeout_s=5.0) as rm:
-        rm.put_experiment(EXPERIMENT, [{"name": "A", "share": 0.5},
-                                       {"name": "B", "share": 0.5, "ranking": "retrieval_order"}])
+        b = {"name": "B", "share": 0.5, **(b_overrides or {"ranking": "retrieval_order"})}
+        rm.put_experiment(EXPERIMENT, [{"name": "A", "share": 0.5}, b])
         for done, (uid, ratings) in enumerate(users.items(), start=1):
             user = f"xr-{uid}"
             prefix, future = ratings[:-stream], ratings[-stream:]
@@ -88,7 +91,8 @@ def run(n_users: int, stream: int, seed: int, out: Path, k: int = 10, population
 
     delta = summary["against_control"]["B"]["difference"]["ctr_at_k"]
     results = {
-        "experiment": EXPERIMENT, "population": population, "users": len(users), "events_per_user": stream, "k": k,
+        "experiment": EXPERIMENT, "b": b, "population": population, "users": len(users),
+        "events_per_user": stream, "k": k,
         "seconds": round(time.perf_counter() - started, 1),
         "sent": sent, "guardrail_stopped_after_answers": stopped_after,
         "stopped_reason": listed.stopped_reason,
@@ -96,7 +100,8 @@ def run(n_users: int, stream: int, seed: int, out: Path, k: int = 10, population
         "report": summary,
     }
     out.mkdir(parents=True, exist_ok=True)
-    stem = "replay" if population == "held_out" else f"replay-{population}"
+    stem = "-".join(["replay", *([] if population == "held_out" else [population]),
+                     *(f"{key}{value}" for key, value in (b_overrides or {}).items())])
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     (out / f"{stem}.txt").write_text(text(summary) + "\n")
     plot(summary, out / f"{stem}.png")
@@ -109,13 +114,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--stream", type=int, default=10, help="replayed ratings per user")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--b", type=_variant_flag, default=None, metavar="B=0.5:key=value,...",
+                        help="variant B's overrides, as `recmesh experiments put --variant` writes them (default: "
+                             "B=0.5:ranking=retrieval_order), e.g. B=0.5:diversity=1 (MMR for variety alone)")
     parser.add_argument("--population", choices=("held_out", "all"), default="held_out",
                         help="replay the served model's held-out users (100), or every user with enough ratings "
                              "(seen in training: absolute numbers inflated alike in both arms)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "experiments")
     args = parser.parse_args(argv)
     require(parser.prog, "bench")  # the plot comes last: check before the work
-    results = run(args.users, args.stream, args.seed, args.out, population=args.population)
+    b = {key: value for key, value in (args.b or {}).items() if key not in ("name", "share")} or None
+    results = run(args.users, args.stream, args.seed, args.out, population=args.population, b_overrides=b)
     print(text(results["report"]))
     print(json.dumps({key: results[key] for key in ("sent", "guardrail_stopped_after_answers", "stopped_reason",
                                                    "b_behind_a_on_ctr", "seconds")}, indent=2))
