@@ -20,10 +20,15 @@
         rm.recommend("u42", rules=[boost(2.0, attributes={"brand": "HP"}), pin("p1", 0)])
         rm.put_rule(exclude(name="no_recalls", item_ids=["p7"]), surfaces=["home"])
         rm.list_rules(); rm.delete_rule("no_recalls")
+        # An experiment: half the users get retrieval order; reply.variant names each answer's arm.
+        rm.put_experiment("rank-vs-retrieval", [{"name": "A", "share": 0.5},
+                                                {"name": "B", "share": 0.5, "ranking": "retrieval_order"}])
+        rm.experiment_report("rank-vs-retrieval"); rm.stop_experiment("rank-vs-retrieval")
 """
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping
@@ -167,6 +172,25 @@ def item_proto(item: common_pb2.Item | Mapping[str, Any]) -> common_pb2.Item:
     fields = dict(item)
     attributes = {name: attribute_value(value) for name, value in (fields.pop("attributes", None) or {}).items()}
     return common_pb2.Item(**fields, attributes=attributes)
+
+
+RANKING_MODES = {"model": common_pb2.RANKING_MODE_MODEL, "retrieval_order": common_pb2.RANKING_MODE_RETRIEVAL_ORDER}
+
+
+def variant_proto(variant: common_pb2.ExperimentVariant | Mapping[str, Any]) -> common_pb2.ExperimentVariant:
+    """An experiment's variant from {"name", "share", "diversity"?, "exploration"?, "ranking"?
+    ("model" | "retrieval_order")}; an ExperimentVariant as it is. KeyError naming an unknown
+    ranking mode."""
+    if isinstance(variant, common_pb2.ExperimentVariant):
+        return variant
+    overrides = common_pb2.VariantOverrides()
+    if variant.get("diversity") is not None:
+        overrides.diversity = float(variant["diversity"])
+    if variant.get("exploration") is not None:
+        overrides.exploration = float(variant["exploration"])
+    if variant.get("ranking"):
+        overrides.ranking = RANKING_MODES[variant["ranking"]]
+    return common_pb2.ExperimentVariant(name=variant["name"], share=float(variant["share"]), overrides=overrides)
 
 
 def item_match(item_ids: Iterable[str] = (), categories: Iterable[str] = (),
@@ -341,6 +365,40 @@ class RecmeshClient:
         reply = self._stub.DeleteRule(common_pb2.DeleteRuleRequest(name=name),
                                       timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
         return reply.deleted
+
+    def put_experiment(self, name: str, variants: Iterable[common_pb2.ExperimentVariant | Mapping[str, Any]],
+                       control: str = "", primary_metric: str = "",
+                       timeout_s: float | None = None) -> common_pb2.Experiment:
+        """Starts an experiment (RUNNING at once; docs/experiments.md). variants: in assignment
+        order, each an ExperimentVariant or {"name", "share", and overrides: "diversity" (0..1),
+        "exploration" (0..1), "ranking" ("model" | "retrieval_order")}; shares sum to 1. control:
+        the variant compared against (default the first); primary_metric: what the guardrail tests
+        (ctr_at_k by default, conversion, mrr). Needs the admin scope. grpc.RpcError
+        INVALID_ARGUMENT naming the field; FAILED_PRECONDITION when the name is taken or another
+        experiment is running."""
+        request = common_pb2.PutExperimentRequest(experiment=common_pb2.Experiment(
+            name=name, variants=[variant_proto(v) for v in variants], control=control,
+            primary_metric=primary_metric))
+        return self._stub.PutExperiment(request, timeout=timeout_s or max(self.timeout_s, 5.0),
+                                        metadata=self._metadata)
+
+    def list_experiments(self, timeout_s: float | None = None) -> list[common_pb2.Experiment]:
+        """Every experiment kept, running and stopped, in creation order."""
+        reply = self._stub.ListExperiments(common_pb2.ListExperimentsRequest(),
+                                           timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
+        return list(reply.experiments)
+
+    def stop_experiment(self, name: str, reason: str = "", timeout_s: float | None = None) -> common_pb2.Experiment:
+        """Stops an experiment (everyone is then served the mesh's defaults); NOT_FOUND naming name."""
+        return self._stub.StopExperiment(common_pb2.StopExperimentRequest(name=name, reason=reason),
+                                         timeout=timeout_s or max(self.timeout_s, 5.0), metadata=self._metadata)
+
+    def experiment_report(self, name: str, timeout_s: float | None = None) -> dict:
+        """The experiment's report (recmesh/experiments/report.py summarize, plus its state):
+        per-variant counts and metrics with intervals, each variant against the control."""
+        reply = self._stub.GetExperimentReport(common_pb2.GetExperimentReportRequest(name=name),
+                                               timeout=timeout_s or max(self.timeout_s, 10.0), metadata=self._metadata)
+        return json.loads(reply.report_json)
 
     def close(self) -> None:
         self._channel.close()

@@ -85,22 +85,36 @@ def text(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> Path:
-    """One panel per metric: each variant's value with its interval."""
+    """One panel per metric: each variant's value with its interval; a last one with each
+    variant minus the control on the primary metric (interval; red where the guardrail stops it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(summary["variants"])
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
-    for ax, metric in zip(axes, METRICS, strict=True):
+    fig, axes = plt.subplots(1, len(METRICS) + 1, figsize=(4 * (len(METRICS) + 1), 3.2))
+    for ax, metric in zip(axes, METRICS, strict=False):
         vals = [summary["variants"][n]["metrics"][metric] for n in names]
         ys = [v["value"] if v["value"] is not None else np.nan for v in vals]
         err = [[(y - v["low"]) if v["low"] is not None else 0 for y, v in zip(ys, vals, strict=True)],
                [(v["high"] - y) if v["high"] is not None else 0 for y, v in zip(ys, vals, strict=True)]]
-        colours = ["#4c72b0" if n == summary["control"] else "#dd8452" for n in names]
-        ax.bar(names, ys, yerr=err, capsize=6, color=colours)
+        colors = ["#4c72b0" if n == summary["control"] else "#dd8452" for n in names]
+        ax.bar(names, ys, yerr=err, capsize=6, color=colors)
         ax.set_title(metric)
+    # The last panel: each variant minus the control on the primary metric, and the guardrail's call.
+    ax, primary = axes[-1], summary["primary"]
+    others = list(summary["against_control"])
+    for x, name in enumerate(others):
+        d = summary["against_control"][name]["difference"][primary]
+        if d["value"] is not None:
+            stop = summary["against_control"][name]["guardrail"]["stop"]
+            ax.errorbar([x], [d["value"]], yerr=[[d["value"] - d["low"]], [d["high"] - d["value"]]], fmt="o",
+                        capsize=6, color="#c44e52" if stop else "#55a868")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(others)), [f"{n} - {summary['control']}" for n in others])
+    ax.set_xlim(-0.5, max(len(others), 1) - 0.5)
+    ax.set_title(f"{primary}: difference (red: guardrail stops)")
     fig.suptitle(f"experiment {summary['experiment']}: {summary['level']:.0%} intervals")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

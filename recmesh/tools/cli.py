@@ -336,6 +336,67 @@ def cmd_rules(args) -> None:
                     print(_shown_rule(stored))
 
 
+def _variant_flag(text: str) -> dict:
+    """--variant NAME=SHARE[:key=value,...] (keys diversity, exploration, ranking) as
+    client.variant_proto's mapping, e.g. B=0.5:ranking=retrieval_order,diversity=0.3."""
+    head, _, rest = text.partition(":")
+    name, eq, share = head.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(f"NAME=SHARE[:key=value,...] expected, got {text!r}")
+    try:
+        variant: dict = {"name": name, "share": float(share)}
+        for pair in filter(None, rest.split(",")):
+            key, _, value = pair.partition("=")
+            if key not in ("diversity", "exploration", "ranking"):
+                raise argparse.ArgumentTypeError(f"unknown override {key!r} (diversity, exploration, ranking)")
+            variant[key] = value if key == "ranking" else float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if variant.get("ranking", "model") not in ("model", "retrieval_order"):
+        raise argparse.ArgumentTypeError(f"ranking: model or retrieval_order, got {variant['ranking']!r}")
+    return variant
+
+
+def _shown_experiment(e) -> str:
+    """An experiment on one line: name, state, variants with shares and overrides."""
+    from google.protobuf import json_format
+
+    from recmesh.v1 import common_pb2
+
+    state = common_pb2.ExperimentState.Name(e.state).removeprefix("EXPERIMENT_STATE_")
+    variants = ", ".join(
+        f"{v.name} {v.share:g}" + (f" {json.dumps(json_format.MessageToDict(v.overrides))}"
+                                   if v.overrides.ListFields() else "") for v in e.variants)
+    return (f"{e.name}: {state} (control {e.control}, primary {e.primary_metric}): {variants}"
+            + (f"; stopped: {e.stopped_reason}" if e.stopped_reason else ""))
+
+
+def cmd_experiments(args) -> None:
+    with _client(args) as rm:
+        if args.action == "put":
+            _print_message(rm.put_experiment(args.name, args.variant, control=args.control or "",
+                                             primary_metric=args.primary or ""))
+        elif args.action == "stop":
+            _print_message(rm.stop_experiment(args.name, reason=args.reason or ""))
+        elif args.action == "list":
+            experiments = rm.list_experiments()
+            if args.json:
+                from recmesh.v1 import common_pb2
+
+                _print_message(common_pb2.ListExperimentsResponse(experiments=experiments))
+            else:
+                for e in experiments:
+                    print(_shown_experiment(e))
+        else:
+            from recmesh.experiments.report import plot, text
+
+            summary = rm.experiment_report(args.name)
+            print(json.dumps(summary, indent=2) if args.json else
+                  text(summary) if summary["variants"] else f"no report yet: {summary.get('note', '')}")
+            if args.png is not None and summary["variants"]:
+                print(f"wrote {plot(summary, args.png)}", file=sys.stderr)
+
+
 def cmd_track(args) -> None:
     from recmesh.client import Event
 
@@ -507,6 +568,32 @@ def build_parser() -> argparse.ArgumentParser:
     r = rules.add_parser("delete", help="delete a stored rule by name")
     r.add_argument("name")
     r.set_defaults(func=cmd_rules)
+
+    p = sub.add_parser("experiments", help="experiments: put (start one), list, stop, report (per-variant online "
+                                           "metrics with intervals; needs the admin scope; docs/experiments.md)")
+    experiments = p.add_subparsers(dest="action", required=True)
+    r = experiments.add_parser("put", help="start an experiment (one runs at a time)")
+    r.add_argument("name", help="1..64 of A-Z a-z 0-9 _ . - (also the assignment hash's key)")
+    r.add_argument("--variant", action="append", required=True, type=_variant_flag,
+                   metavar="NAME=SHARE[:key=value,...]",
+                   help="a variant, in assignment order (repeat; shares sum to 1); overrides: diversity=0..1, "
+                        "exploration=0..1, ranking=model|retrieval_order, e.g. B=0.5:ranking=retrieval_order")
+    r.add_argument("--control", help="the variant the others are compared with (default: the first)")
+    r.add_argument("--primary", help="the guardrail's metric: ctr_at_k (default), conversion or mrr")
+    r.set_defaults(func=cmd_experiments)
+    r = experiments.add_parser("list", help="every experiment, running and stopped, in creation order")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_experiments)
+    r = experiments.add_parser("stop", help="stop an experiment: everyone is served the defaults again")
+    r.add_argument("name")
+    r.add_argument("--reason", help="why, for the record")
+    r.set_defaults(func=cmd_experiments)
+    r = experiments.add_parser("report", help="per-variant impressions, CTR@k, conversion, MRR, latency, degraded "
+                                              "share with 95%% intervals; each against the control; the guardrail")
+    r.add_argument("name")
+    r.add_argument("--json", action="store_true", help="the report as JSON")
+    r.add_argument("--png", type=Path, metavar="PATH", help="also plot the metrics with their intervals here")
+    r.set_defaults(func=cmd_experiments)
 
     p = sub.add_parser("track", help="report one event")
     p.add_argument("--user", required=True)

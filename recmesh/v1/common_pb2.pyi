@@ -18,6 +18,18 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_SEARCH: _ClassVar[EventType]
     EVENT_TYPE_HIDE: _ClassVar[EventType]
     EVENT_TYPE_DISLIKE: _ClassVar[EventType]
+
+class ExperimentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPERIMENT_STATE_UNSPECIFIED: _ClassVar[ExperimentState]
+    EXPERIMENT_STATE_RUNNING: _ClassVar[ExperimentState]
+    EXPERIMENT_STATE_STOPPED: _ClassVar[ExperimentState]
+
+class RankingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANKING_MODE_UNSPECIFIED: _ClassVar[RankingMode]
+    RANKING_MODE_MODEL: _ClassVar[RankingMode]
+    RANKING_MODE_RETRIEVAL_ORDER: _ClassVar[RankingMode]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_VIEW: EventType
 EVENT_TYPE_CLICK: EventType
@@ -27,6 +39,12 @@ EVENT_TYPE_RATE: EventType
 EVENT_TYPE_SEARCH: EventType
 EVENT_TYPE_HIDE: EventType
 EVENT_TYPE_DISLIKE: EventType
+EXPERIMENT_STATE_UNSPECIFIED: ExperimentState
+EXPERIMENT_STATE_RUNNING: ExperimentState
+EXPERIMENT_STATE_STOPPED: ExperimentState
+RANKING_MODE_UNSPECIFIED: RankingMode
+RANKING_MODE_MODEL: RankingMode
+RANKING_MODE_RETRIEVAL_ORDER: RankingMode
 
 class Event(_message.Message):
     __slots__ = ("event_id", "user_id", "item_id", "type", "query", "value", "timestamp_ms", "request_id")
@@ -234,3 +252,79 @@ class DeleteRuleResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class VariantOverrides(_message.Message):
+    __slots__ = ("diversity", "exploration", "ranking")
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
+    diversity: float
+    exploration: float
+    ranking: RankingMode
+    def __init__(self, diversity: _Optional[float] = ..., exploration: _Optional[float] = ..., ranking: _Optional[_Union[RankingMode, str]] = ...) -> None: ...
+
+class ExperimentVariant(_message.Message):
+    __slots__ = ("name", "share", "overrides")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    share: float
+    overrides: VariantOverrides
+    def __init__(self, name: _Optional[str] = ..., share: _Optional[float] = ..., overrides: _Optional[_Union[VariantOverrides, _Mapping]] = ...) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("name", "variants", "control", "primary_metric", "state", "stopped_reason", "created_ms", "stopped_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_METRIC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    variants: _containers.RepeatedCompositeFieldContainer[ExperimentVariant]
+    control: str
+    primary_metric: str
+    state: ExperimentState
+    stopped_reason: str
+    created_ms: int
+    stopped_ms: int
+    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ExperimentVariant, _Mapping]]] = ..., control: _Optional[str] = ..., primary_metric: _Optional[str] = ..., state: _Optional[_Union[ExperimentState, str]] = ..., stopped_reason: _Optional[str] = ..., created_ms: _Optional[int] = ..., stopped_ms: _Optional[int] = ...) -> None: ...
+
+class PutExperimentRequest(_message.Message):
+    __slots__ = ("experiment",)
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment: Experiment
+    def __init__(self, experiment: _Optional[_Union[Experiment, _Mapping]] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+
+class StopExperimentRequest(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetExperimentReportRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetExperimentReportResponse(_message.Message):
+    __slots__ = ("report_json",)
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    report_json: str
+    def __init__(self, report_json: _Optional[str] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recmesh/v1/recommendations.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"\xf3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12$\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x13.recmesh.v1.Filters\x12$\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x13.recmesh.v1.Context\x12\x11\n\tdiversity\x18\x06 \x01(\x02\x12\x1f\n\x05rules\x18\x07 \x03(\x0b\x32\x10.recmesh.v1.Rule\x12)\n\x0esession_events\x18\x08 \x03(\x0b\x32\x11.recmesh.v1.EventB\x04\n\x02_k\"\xd6\x01\n\x13SimilarItemsRequest\x12\x11\n\x07item_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12$\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x13.recmesh.v1.Filters\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12$\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x13.recmesh.v1.Context\x12\x1f\n\x05rules\x18\x07 \x03(\x0b\x32\x10.recmesh.v1.RuleB\x08\n\x06\x61nchorB\x04\n\x02_k\"\xf5\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12?\n\nattributes\x18\x06 \x03(\x0b\x32+.recmesh.v1.RecommendedItem.AttributesEntry\x1aM\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.recmesh.v1.AttributeValue:\x02\x38\x01\"\x98\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.recmesh.v1.RecommendedItem\x12=\n\x08versions\x18\x03 \x03(\x0b\x32+.recmesh.v1.RecommendResponse.VersionsEntry\x12/\n\rstage_latency\x18\x04 \x03(\x0b\x32\x18.recmesh.v1.StageLatency\x12\x10\n\x08\x64\x65graded\x18\x05 \x03(\t\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x12TrackEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.recmesh.v1.Event\";\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"5\n\x12UpsertItemsRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.recmesh.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"(\n\x15GetUserProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"4\n\x10\x43\x61tegoryAffinity\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"\xab\x01\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x03\x12(\n\rrecent_events\x18\x03 \x03(\x0b\x32\x11.recmesh.v1.Event\x12\x16\n\x0erecent_queries\x18\x04 \x03(\t\x12\x34\n\x0etop_categories\x18\x05 \x03(\x0b\x32\x1c.recmesh.v1.CategoryAffinity\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x44\x65leteUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x32\xd9\x06\n\x0fRecommendations\x12H\n\tRecommend\x12\x1c.recmesh.v1.RecommendRequest\x1a\x1d.recmesh.v1.RecommendResponse\x12N\n\x0bTrackEvents\x12\x1e.recmesh.v1.TrackEventsRequest\x1a\x1f.recmesh.v1.TrackEventsResponse\x12N\n\x0bUpsertItems\x12\x1e.recmesh.v1.UpsertItemsRequest\x1a\x1f.recmesh.v1.UpsertItemsResponse\x12N\n\x0b\x44\x65leteItems\x12\x1e.recmesh.v1.DeleteItemsRequest\x1a\x1f.recmesh.v1.DeleteItemsResponse\x12L\n\x0eGetUserProfile\x12!.recmesh.v1.GetUserProfileRequest\x1a\x17.recmesh.v1.UserProfile\x12K\n\nDeleteUser\x12\x1d.recmesh.v1.DeleteUserRequest\x1a\x1e.recmesh.v1.DeleteUserResponse\x12N\n\x0cSimilarItems\x12\x1f.recmesh.v1.SimilarItemsRequest\x1a\x1d.recmesh.v1.RecommendResponse\x12K\n\nMergeUsers\x12\x1d.recmesh.v1.MergeUsersRequest\x1a\x1e.recmesh.v1.MergeUsersResponse\x12=\n\x07PutRule\x12\x1a.recmesh.v1.PutRuleRequest\x1a\x16.recmesh.v1.StoredRule\x12H\n\tListRules\x12\x1c.recmesh.v1.ListRulesRequest\x1a\x1d.recmesh.v1.ListRulesResponse\x12K\n\nDeleteRule\x12\x1d.recmesh.v1.DeleteRuleRequest\x1a\x1e.recmesh.v1.DeleteRuleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recmesh/v1/recommendations.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"\xf3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12$\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x13.recmesh.v1.Filters\x12$\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x13.recmesh.v1.Context\x12\x11\n\tdiversity\x18\x06 \x01(\x02\x12\x1f\n\x05rules\x18\x07 \x03(\x0b\x32\x10.recmesh.v1.Rule\x12)\n\x0esession_events\x18\x08 \x03(\x0b\x32\x11.recmesh.v1.EventB\x04\n\x02_k\"\xd6\x01\n\x13SimilarItemsRequest\x12\x11\n\x07item_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0e\n\x01k\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12$\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x13.recmesh.v1.Filters\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12$\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x13.recmesh.v1.Context\x12\x1f\n\x05rules\x18\x07 \x03(\x0b\x32\x10.recmesh.v1.RuleB\x08\n\x06\x61nchorB\x04\n\x02_k\"\xf5\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12?\n\nattributes\x18\x06 \x03(\x0b\x32+.recmesh.v1.RecommendedItem.AttributesEntry\x1aM\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.recmesh.v1.AttributeValue:\x02\x38\x01\"\xa9\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.recmesh.v1.RecommendedItem\x12=\n\x08versions\x18\x03 \x03(\x0b\x32+.recmesh.v1.RecommendResponse.VersionsEntry\x12/\n\rstage_latency\x18\x04 \x03(\x0b\x32\x18.recmesh.v1.StageLatency\x12\x10\n\x08\x64\x65graded\x18\x05 \x03(\t\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12\x0f\n\x07variant\x18\x07 \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x12TrackEventsRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.recmesh.v1.Event\";\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"5\n\x12UpsertItemsRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.recmesh.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"(\n\x15GetUserProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"4\n\x10\x43\x61tegoryAffinity\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"\xab\x01\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x03\x12(\n\rrecent_events\x18\x03 \x03(\x0b\x32\x11.recmesh.v1.Event\x12\x16\n\x0erecent_queries\x18\x04 \x03(\t\x12\x34\n\x0etop_categories\x18\x05 \x03(\x0b\x32\x1c.recmesh.v1.CategoryAffinity\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x44\x65leteUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x32\xb5\t\n\x0fRecommendations\x12H\n\tRecommend\x12\x1c.recmesh.v1.RecommendRequest\x1a\x1d.recmesh.v1.RecommendResponse\x12N\n\x0bTrackEvents\x12\x1e.recmesh.v1.TrackEventsRequest\x1a\x1f.recmesh.v1.TrackEventsResponse\x12N\n\x0bUpsertItems\x12\x1e.recmesh.v1.UpsertItemsRequest\x1a\x1f.recmesh.v1.UpsertItemsResponse\x12N\n\x0b\x44\x65leteItems\x12\x1e.recmesh.v1.DeleteItemsRequest\x1a\x1f.recmesh.v1.DeleteItemsResponse\x12L\n\x0eGetUserProfile\x12!.recmesh.v1.GetUserProfileRequest\x1a\x17.recmesh.v1.UserProfile\x12K\n\nDeleteUser\x12\x1d.recmesh.v1.DeleteUserRequest\x1a\x1e.recmesh.v1.DeleteUserResponse\x12N\n\x0cSimilarItems\x12\x1f.recmesh.v1.SimilarItemsRequest\x1a\x1d.recmesh.v1.RecommendResponse\x12K\n\nMergeUsers\x12\x1d.recmesh.v1.MergeUsersRequest\x1a\x1e.recmesh.v1.MergeUsersResponse\x12=\n\x07PutRule\x12\x1a.recmesh.v1.PutRuleRequest\x1a\x16.recmesh.v1.StoredRule\x12H\n\tListRules\x12\x1c.recmesh.v1.ListRulesRequest\x1a\x1d.recmesh.v1.ListRulesResponse\x12K\n\nDeleteRule\x12\x1d.recmesh.v1.DeleteRuleRequest\x1a\x1e.recmesh.v1.DeleteRuleResponse\x12I\n\rPutExperiment\x12 .recmesh.v1.PutExperimentRequest\x1a\x16.recmesh.v1.Experiment\x12Z\n\x0fListExperiments\x12\".recmesh.v1.ListExperimentsRequest\x1a#.recmesh.v1.ListExperimentsResponse\x12K\n\x0eStopExperiment\x12!.recmesh.v1.StopExperimentRequest\x1a\x16.recmesh.v1.Experiment\x12\x66\n\x13GetExperimentReport\x12&.recmesh.v1.GetExperimentReportRequest\x1a\'.recmesh.v1.GetExperimentReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,31 +45,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDEDITEM_ATTRIBUTESENTRY']._serialized_start=705
   _globals['_RECOMMENDEDITEM_ATTRIBUTESENTRY']._serialized_end=782
   _globals['_RECOMMENDRESPONSE']._serialized_start=785
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1065
-  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._serialized_start=1018
-  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._serialized_end=1065
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=1067
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=1122
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1124
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1183
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1185
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1238
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1240
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1279
-  _globals['_DELETEITEMSREQUEST']._serialized_start=1281
-  _globals['_DELETEITEMSREQUEST']._serialized_end=1319
-  _globals['_DELETEITEMSRESPONSE']._serialized_start=1321
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=1359
-  _globals['_GETUSERPROFILEREQUEST']._serialized_start=1361
-  _globals['_GETUSERPROFILEREQUEST']._serialized_end=1401
-  _globals['_CATEGORYAFFINITY']._serialized_start=1403
-  _globals['_CATEGORYAFFINITY']._serialized_end=1455
-  _globals['_USERPROFILE']._serialized_start=1458
-  _globals['_USERPROFILE']._serialized_end=1629
-  _globals['_DELETEUSERREQUEST']._serialized_start=1631
-  _globals['_DELETEUSERREQUEST']._serialized_end=1667
-  _globals['_DELETEUSERRESPONSE']._serialized_start=1669
-  _globals['_DELETEUSERRESPONSE']._serialized_end=1713
-  _globals['_RECOMMENDATIONS']._serialized_start=1716
-  _globals['_RECOMMENDATIONS']._serialized_end=2573
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1082
+  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._serialized_start=1035
+  _globals['_RECOMMENDRESPONSE_VERSIONSENTRY']._serialized_end=1082
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=1084
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=1139
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1141
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1200
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1202
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1255
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1257
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1296
+  _globals['_DELETEITEMSREQUEST']._serialized_start=1298
+  _globals['_DELETEITEMSREQUEST']._serialized_end=1336
+  _globals['_DELETEITEMSRESPONSE']._serialized_start=1338
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=1376
+  _globals['_GETUSERPROFILEREQUEST']._serialized_start=1378
+  _globals['_GETUSERPROFILEREQUEST']._serialized_end=1418
+  _globals['_CATEGORYAFFINITY']._serialized_start=1420
+  _globals['_CATEGORYAFFINITY']._serialized_end=1472
+  _globals['_USERPROFILE']._serialized_start=1475
+  _globals['_USERPROFILE']._serialized_end=1646
+  _globals['_DELETEUSERREQUEST']._serialized_start=1648
+  _globals['_DELETEUSERREQUEST']._serialized_end=1684
+  _globals['_DELETEUSERRESPONSE']._serialized_start=1686
+  _globals['_DELETEUSERRESPONSE']._serialized_end=1730
+  _globals['_RECOMMENDATIONS']._serialized_start=1733
+  _globals['_RECOMMENDATIONS']._serialized_end=2938
 # @@protoc_insertion_point(module_scope)

@@ -69,7 +69,7 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Mapping[str, _common_pb2.AttributeValue]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "items", "versions", "stage_latency", "degraded", "total_ms")
+    __slots__ = ("request_id", "items", "versions", "stage_latency", "degraded", "total_ms", "variant")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,13 +83,15 @@ class RecommendResponse(_message.Message):
     STAGE_LATENCY_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     versions: _containers.ScalarMap[str, str]
     stage_latency: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageLatency]
     degraded: _containers.RepeatedScalarFieldContainer[str]
     total_ms: float
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., versions: _Optional[_Mapping[str, str]] = ..., stage_latency: _Optional[_Iterable[_Union[_common_pb2.StageLatency, _Mapping]]] = ..., degraded: _Optional[_Iterable[str]] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    variant: str
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., versions: _Optional[_Mapping[str, str]] = ..., stage_latency: _Optional[_Iterable[_Union[_common_pb2.StageLatency, _Mapping]]] = ..., degraded: _Optional[_Iterable[str]] = ..., total_ms: _Optional[float] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class TrackEventsRequest(_message.Message):
     __slots__ = ("events",)

@@ -81,6 +81,26 @@ class UpdaterStub:
                 request_serializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.FromString,
                 _registered_method=True)
+        self.PutExperiment = channel.unary_unary(
+                '/recmesh.v1.Updater/PutExperiment',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.PutExperimentRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/recmesh.v1.Updater/ListExperiments',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.StopExperiment = channel.unary_unary(
+                '/recmesh.v1.Updater/StopExperiment',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.StopExperimentRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.Experiment.FromString,
+                _registered_method=True)
+        self.GetExperimentReport = channel.unary_unary(
+                '/recmesh.v1.Updater/GetExperimentReport',
+                request_serializer=recmesh_dot_v1_dot_common__pb2.GetExperimentReportRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_common__pb2.GetExperimentReportResponse.FromString,
+                _registered_method=True)
 
 
 class UpdaterServicer:
@@ -149,6 +169,32 @@ class UpdaterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutExperiment(self, request, context):
+        """The experiments, durable in the updater's store; their outcomes are the impressions that
+        name an experiment joined with the feedback that follows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExperiments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopExperiment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExperimentReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UpdaterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +242,26 @@ def add_UpdaterServicer_to_server(servicer, server):
                     servicer.DeleteRule,
                     request_deserializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.SerializeToString,
+            ),
+            'PutExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutExperiment,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.PutExperimentRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.Experiment.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'StopExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopExperiment,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.StopExperimentRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.Experiment.SerializeToString,
+            ),
+            'GetExperimentReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperimentReport,
+                    request_deserializer=recmesh_dot_v1_dot_common__pb2.GetExperimentReportRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_common__pb2.GetExperimentReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +508,114 @@ class Updater:
             '/recmesh.v1.Updater/DeleteRule',
             recmesh_dot_v1_dot_common__pb2.DeleteRuleRequest.SerializeToString,
             recmesh_dot_v1_dot_common__pb2.DeleteRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/PutExperiment',
+            recmesh_dot_v1_dot_common__pb2.PutExperimentRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/ListExperiments',
+            recmesh_dot_v1_dot_common__pb2.ListExperimentsRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/StopExperiment',
+            recmesh_dot_v1_dot_common__pb2.StopExperimentRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.Experiment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperimentReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/GetExperimentReport',
+            recmesh_dot_v1_dot_common__pb2.GetExperimentReportRequest.SerializeToString,
+            recmesh_dot_v1_dot_common__pb2.GetExperimentReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

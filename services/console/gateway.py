@@ -4,6 +4,7 @@ and an explicit deadline; a gateway error is kept (code + details) for the page 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -12,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recmesh.common import tracing
 from recmesh.common.channels import FAST_RECONNECT, GRPC_OPTIONS
 from recmesh.common.transport import PREVIEW_HEADER, aio_channel
-from recmesh.v1 import recommendations_pb2, recommendations_pb2_grpc
+from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
 from services.console.config import ConsoleSettings
 
 
@@ -81,6 +82,15 @@ class Gateway:
     async def search(self, text: str, k: int) -> recommendations_pb2.RecommendResponse:
         """Catalog search: the items closest to a free text (SimilarItems' text anchor)."""
         return await self._call("SimilarItems", recommendations_pb2.SimilarItemsRequest(text=text, k=k))
+
+    async def experiments(self) -> list[common_pb2.Experiment]:
+        """Every experiment, running and stopped, in creation order."""
+        return list((await self._call("ListExperiments", common_pb2.ListExperimentsRequest())).experiments)
+
+    async def experiment_report(self, name: str) -> dict:
+        """The experiment's report (recmesh/experiments/report.py summarize, plus its state)."""
+        reply = await self._call("GetExperimentReport", common_pb2.GetExperimentReportRequest(name=name))
+        return json.loads(reply.report_json)
 
     async def serving(self) -> bool:
         """The gateway's grpc.health.v1 says SERVING (the console's readiness)."""

@@ -10,6 +10,7 @@ import binascii
 import logging
 import signal
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from recmesh.common.errors import InvalidArgument
 from recmesh.common.logs import setup_logging
 from recmesh.common.metrics import serve_metrics
 from recmesh.common.validation import check_id, check_query, check_text
+from recmesh.experiments.wire import check_experiment_name
 from recmesh.v1 import common_pb2, recommendations_pb2
 from services.console.config import ConsoleSettings
 from services.console.gateway import Gateway, GatewayError
@@ -301,6 +303,54 @@ async def lookup_form(request: web.Request) -> web.Response:
     raise InvalidArgument("user_id", "give user_id or item_id")
 
 
+def experiment_row(e) -> dict:
+    """An experiment as the pages show it (common.proto Experiment, state by name)."""
+    from google.protobuf import json_format
+
+    return {"name": e.name, "state": common_pb2.ExperimentState.Name(e.state).removeprefix("EXPERIMENT_STATE_"),
+            "control": e.control, "primary": e.primary_metric, "stopped_reason": e.stopped_reason,
+            "created": _when(e.created_ms), "stopped": _when(e.stopped_ms) if e.stopped_ms else "",
+            "variants": [{"name": v.name, "share": v.share,
+                          "overrides": json_format.MessageToDict(v.overrides, preserving_proto_field_name=True)}
+                         for v in e.variants]}
+
+
+@handles_errors
+async def experiments_page(request: web.Request) -> web.Response:
+    rows = [experiment_row(e) for e in await request.app[GATEWAY].experiments()]
+    return _respond(request, Page("experiments.html", "Experiments"), {"experiments": rows})
+
+
+@handles_errors
+async def experiment_page(request: web.Request) -> web.Response:
+    """One experiment's report: per-variant metrics with intervals, against the control, the
+    guardrail's decision, and its plot (/experiments/<name>.png)."""
+    from recmesh.experiments.report import text
+
+    name = check_experiment_name(request.match_info["name"], "name")
+    report = await request.app[GATEWAY].experiment_report(name)
+    table = text(report) if report["variants"] else report.get("note", "")
+    return _respond(request, Page("experiment.html", f"Experiment {name}"),
+                    {"name": name, "report": report, "table": table})
+
+
+@handles_errors
+async def experiment_png(request: web.Request) -> web.Response:
+    from recmesh.experiments.report import plot
+
+    name = check_experiment_name(request.match_info["name"], "name")
+    report = await request.app[GATEWAY].experiment_report(name)
+    if not report["variants"]:
+        raise web.HTTPNotFound(text=f"no answers recorded under {name} yet")
+
+    def draw() -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            return plot(report, Path(tmp) / "report.png").read_bytes()
+
+    png = await asyncio.get_running_loop().run_in_executor(None, draw)
+    return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-store"})
+
+
 async def overview(request: web.Request) -> web.Response:
     now = time.time()
     return render(request, Page("index.html", "recmesh console"), live=live_view(request.app[LIVE], now),
@@ -353,6 +403,11 @@ def build_app(settings: ConsoleSettings) -> web.Application:
     r.add_get("/api/users/{user_id:.+}", user_page)
     r.add_get("/api/items/{item_id:.+}", item_page)
     r.add_get("/api/search", search_page)
+    r.add_get("/experiments", experiments_page)
+    r.add_get("/experiments/{name}.png", experiment_png)
+    r.add_get("/experiments/{name}", experiment_page)
+    r.add_get("/api/experiments", experiments_page)
+    r.add_get("/api/experiments/{name}", experiment_page)
     r.add_get("/api/live", live_json)
     r.add_get("/live.png", live_png)
     r.add_get("/healthz", healthz)

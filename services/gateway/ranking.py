@@ -24,27 +24,29 @@ class RankingStage:
         self._up = upstreams
 
     async def rank(self, budget: Budget, candidates: CandidateSet, signals: Signals, history: History, k: int,
-                   diversity: float) -> Ranked | None:
+                   diversity: float, exploration: float | None = None) -> Ranked | None:
         """The ranker's top k of the candidates (k 0: all of them, ordered - what business rules
-        that re-order need; diversity in 0..1), or None when it failed or was late (stage
-        "ranker"; the trace says why)."""
+        that re-order need; diversity in 0..1; exploration in 0..1, None: the ranker's setting),
+        or None when it failed or was late (stage "ranker"; the trace says why)."""
         wire = getattr(self._up, "rank_wire", None)
         if wire is not None and candidates.wire is not None:
             # Retrieval's candidates go on as the bytes they came in (CandidateSet.wire), the
             # rest of the request serialised after them: the same RankRequest, parsed.
             def call(t):
-                return wire(candidates.wire + self._request(candidates, signals, history, k, diversity,
-                                                            with_candidates=False).SerializeToString(),
-                            timeout=t)
+                rest = self._request(candidates, signals, history, k, diversity, with_candidates=False,
+                                     exploration=exploration)
+                return wire(candidates.wire + rest.SerializeToString(), timeout=t)
         else:
             def call(t):
-                return self._up.ranker.Rank(self._request(candidates, signals, history, k, diversity), timeout=t)
+                return self._up.ranker.Rank(self._request(candidates, signals, history, k, diversity,
+                                                                  exploration=exploration), timeout=t)
         # Built only when the ranker is called: not when too little time is left for it.
         ranking = await budget.call("ranker", self._s.ranker_cap_ms * MS, call)
         return None if ranking is None else Ranked(ranking, ranking.model_version)
 
     def _request(self, found: CandidateSet, signals: Signals, history: History, k: int,
-                 diversity: float, with_candidates: bool = True) -> ranker_pb2.RankRequest:
+                 diversity: float, with_candidates: bool = True,
+                 exploration: float | None = None) -> ranker_pb2.RankRequest:
         """The RankRequest for these candidates; with_candidates False: all of it but
         `candidates` and `candidate_vectors` (found.wire holds those)."""
         last = {e.item_id: i for i, e in enumerate(history.entries)}  # later events win
@@ -57,6 +59,8 @@ class RankingStage:
             skipped = {i: n for i, n in history.skipped.items() if i in ids}
         with_found = {"candidates": found.items, "candidate_vectors": to_matrix(found.vectors)} if with_candidates \
             else {}
+        if exploration is not None:
+            with_found["exploration"] = exploration
         return ranker_pb2.RankRequest(
             **with_found,
             query_similarity=found.query_similarity,

@@ -13,6 +13,7 @@ from recmesh.v1 import common_pb2, recommendations_pb2
 from services.gateway.anchor import AnchorStage
 from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
+from services.gateway.experiments import Experiments
 from services.gateway.fallbacks import PopularCandidates
 from services.gateway.impressions import ImpressionLog
 from services.gateway.item_cache import ItemCache
@@ -60,6 +61,8 @@ class Recommender:
         SHED_PRESSURE.set_function(lambda: self.shedding.pressure)
         # The updater's stored business rules, as this gateway last listed them (server.py keeps them fresh).
         self.stored_rules = StoredRules()
+        # The updater's experiments, kept fresh the same way: which variant each user is in.
+        self.experiments = Experiments()
 
     def rules_for(self, surface: str, rules: Sequence[common_pb2.Rule], field: str = "rules") -> RuleSet:
         """The business rules an answer on `surface` obeys: the stored ones of that surface, then
@@ -96,15 +99,26 @@ still hold)."""
         k: a checked page size; query: its visible text, "" for none; client_remaining_s: the
         client's deadline from now in seconds, None for none; preview: not shown to the user, so
         no impression is logged (PREVIEW_HEADER). An upstream failing or late is no error: the
-        answer is degraded and says why (Pipeline.run)."""
+        answer is degraded and says why (Pipeline.run). A user in a running experiment's variant
+        is served its overrides (services/gateway/experiments.py); the reply names the variant
+        (reply.variant) and, unless a preview, every answer of theirs - whatever its path - goes
+        to the experiment's outcomes with its items, latency and degraded flag."""
         rules = self.rules_for(request.context.surface, request.rules)
+        arm = self.experiments.assign(request.user_id)
 
         async def answer(plan: Plan, budget: Budget) -> recommendations_pb2.RecommendResponse:
             if plan.shed:
                 return await self._shed_answers.answer(request, k, plan.reasons, budget, rules)
+            if arm is not None:
+                plan = arm.serve(request, plan)
             return await self.pipeline.run(request, k, query, budget, plan, rules, log_impression=not preview)
 
-        return await self._admitted(client_remaining_s, answer)
+        reply = await self._admitted(client_remaining_s, answer)
+        if arm is not None:
+            reply.variant = arm.label
+            if not preview:
+                self.impressions.log(arm.impression(request.user_id, reply))
+        return reply
 
     async def similar_items(self, request: recommendations_pb2.SimilarItemsRequest, k: int, text: str,
                             client_remaining_s: float | None) -> recommendations_pb2.RecommendResponse:

@@ -14,7 +14,8 @@ from recmesh.common.errors import rpc_method
 from recmesh.common.rules import check_rule_name, check_stored_rule
 from recmesh.common.server import Service
 from recmesh.common.transport import PREVIEW_HEADER
-from recmesh.common.validation import check_events, check_id
+from recmesh.common.validation import check_events, check_id, check_text
+from recmesh.experiments.wire import STOP_REASON_CHARS, check_experiment_name, check_experiment_proto
 from recmesh.v1 import (
     common_pb2,
     encoder_pb2,
@@ -66,7 +67,8 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         """SERVING only once the popular fallback and the stored business rules are loaded: from
         then on every Recommend can be answered, and under the rules in force (an answer that
         ignored a stored exclusion would be wrong, not degraded)."""
-        for load, upstream in ((self._refresh_popular, "retrieval"), (self._list_rules, "updater")):
+        for load, upstream in ((self._refresh_popular, "retrieval"), (self._list_rules, "updater"),
+                               (self._list_experiments, "updater")):
             while True:
                 try:
                     await load()
@@ -86,13 +88,24 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         stored.replace(reply.rules, writes)
         return reply
 
+    async def _list_experiments(self) -> common_pb2.ListExperimentsResponse:
+        """The updater's experiments, taken as _list_rules takes the rules."""
+        experiments = self._recommender.experiments
+        writes = experiments.writes
+        reply = await self._up.updater.ListExperiments(common_pb2.ListExperimentsRequest(),
+                                                       timeout=RULES_LIST_TIMEOUT_S)
+        experiments.replace(reply.experiments, writes)
+        return reply
+
     async def _rules_loop(self) -> None:
-        """Lists the stored rules every rules_refresh_s; while the updater cannot answer, the last
-        listing stays in force (logged once when that starts and once when it ends)."""
+        """Lists the stored rules and the experiments every rules_refresh_s; while the updater
+        cannot answer, the last listings stay in force (logged once when that starts and once
+        when it ends)."""
         while True:
             await asyncio.sleep(self._s.rules_refresh_s)
             try:
                 await self._list_rules()
+                await self._list_experiments()
             except grpc.aio.AioRpcError as exc:
                 if not self._rules_failing:
                     log.warning("stored rules not listed; keeping the last listing", extra={"status": exc.code().name})
@@ -251,6 +264,37 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
         self._recommender.merged(from_user, into_user)
         return common_pb2.MergeUsersResponse(events_moved=reply.events_moved)
 
+    @rpc_method
+    async def PutExperiment(self, request, context):
+        check_experiment_proto(request.experiment)
+        stored = await passthrough(context, self._up.updater.PutExperiment(
+            request, timeout=self._write_timeout(context), metadata=self._on_behalf(context)))
+        self._recommender.experiments.put(stored)  # this gateway's next Recommend assigns it
+        return stored
+
+    @rpc_method
+    async def ListExperiments(self, request, context):
+        experiments = self._recommender.experiments
+        writes = experiments.writes
+        reply = await passthrough(context, self._up.updater.ListExperiments(
+            request, timeout=self._write_timeout(context)))
+        experiments.replace(reply.experiments, writes)
+        return reply
+
+    @rpc_method
+    async def StopExperiment(self, request, context):
+        check_experiment_name(request.name, "name")
+        check_text(request.reason, "reason", STOP_REASON_CHARS)
+        stopped = await passthrough(context, self._up.updater.StopExperiment(
+            request, timeout=self._write_timeout(context), metadata=self._on_behalf(context)))
+        self._recommender.experiments.put(stopped)  # nobody here is assigned from now on
+        return stopped
+
+    @rpc_method
+    async def GetExperimentReport(self, request, context):
+        check_experiment_name(request.name, "name")
+        return await passthrough(context, self._up.updater.GetExperimentReport(
+            request, timeout=self._write_timeout(context)))
 
     def _on_behalf(self, context) -> tuple[tuple[str, str], ...]:
         """Metadata naming the caller (the client its API key names) to the updater's audit log;
@@ -299,6 +343,11 @@ METHOD_SCOPES = {
     "/recmesh.v1.Recommendations/PutRule": "admin",
     "/recmesh.v1.Recommendations/ListRules": "admin",
     "/recmesh.v1.Recommendations/DeleteRule": "admin",
+    # Experiments change what users are served, and their reports are the business's numbers.
+    "/recmesh.v1.Recommendations/PutExperiment": "admin",
+    "/recmesh.v1.Recommendations/ListExperiments": "admin",
+    "/recmesh.v1.Recommendations/StopExperiment": "admin",
+    "/recmesh.v1.Recommendations/GetExperimentReport": "admin",
 }
 
 

@@ -41,6 +41,8 @@ class Plan:
     skip_encoder: bool = False
     shed: bool = False
     reasons: tuple[str, ...] = ()
+    # The ranker's exploration share for this call (an experiment's variant); None: the ranker's own.
+    exploration: float | None = None
 
     @classmethod
     def shed_at_door(cls, reason: str) -> "Plan":

@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from recmesh.common.channels import FAST_RECONNECT
-from recmesh.common.errors import rpc_method
+from recmesh.common.errors import InvalidArgument, rpc_method
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.transport import aio_channel
@@ -52,7 +52,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServicer):
     async def Rank(self, request, context):
         s = self._settings
         # self._scorer is read once: one version for the whole call, even if a swap lands meanwhile.
-        return rank(request, self._scorer, self._rng, max_candidates=s.max_candidates, exploration=s.exploration,
+        exploration = s.exploration
+        if request.HasField("exploration"):  # an experiment's variant sets its own share
+            if not 0.0 <= request.exploration <= 1.0:  # NaN fails too
+                raise InvalidArgument("exploration", f"must be in [0, 1], got {request.exploration}")
+            exploration = request.exploration
+        return rank(request, self._scorer, self._rng, max_candidates=s.max_candidates, exploration=exploration,
                     mmr_pool_factor=s.mmr_pool_factor, max_reasons=s.max_reasons)
 
     def swap(self, scorer: Scorer) -> None:

@@ -27,6 +27,19 @@ class UpdaterSettings(ServiceSettings, weights.EventWeightsSetting):
     # beside the log. Default: rules.sqlite in log_path's folder. The redis store keeps them in
     # its Redis, shared by the replicas.
     rules_path: Path | None = None
+    # The experiments (sqlite store; recmesh/events/rulestore.py) and their outcomes (answers
+    # shown under one joined with feedback: recmesh/experiments/outcomes.py, SQLite with either
+    # store). Defaults: experiments.sqlite and outcomes.sqlite in log_path's folder.
+    experiments_path: Path | None = None
+    outcomes_path: Path | None = None
+    # The guardrail (services/updater/experiments.py): the running experiment is checked every
+    # guardrail_s; a variant whose primary metric is worse than the control's with the whole
+    # guardrail_level interval of the difference below zero, both arms having at least
+    # guardrail_min_users users, stops the experiment. report_level: the reports' intervals.
+    guardrail_s: float = Field(default=5.0, gt=0)
+    guardrail_min_users: int = Field(default=100, ge=2)
+    guardrail_level: float = Field(default=0.99, gt=0, lt=1)
+    report_level: float = Field(default=0.95, gt=0, lt=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "recmesh"
     # How long an event_id is remembered for idempotency in Redis (SQLite: forever).

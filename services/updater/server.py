@@ -1,9 +1,10 @@
 """recmesh.v1.Updater: a thin servicer over the updater's roles - events and per-user state
 (services/updater/events.py: Ingest, the stored part of GetUserState, DeleteUser and MergeUsers),
 online learning (services/updater/learning.py: LogImpressions, WatchParameters, and the joiner's
-part of GetUserState, DeleteUser and MergeUsers), and the stored business rules
-(services/updater/rules.py: PutRule, ListRules, DeleteRule). Every committed new event is handed
-from the first to the second."""
+part of GetUserState, DeleteUser and MergeUsers), the stored business rules
+(services/updater/rules.py: PutRule, ListRules, DeleteRule) and the experiments
+(services/updater/experiments.py: their calls, and LogImpressions' impressions that name one).
+Every committed new event is handed from the first to the second and the fourth."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from recmesh.common.server import Service
 from recmesh.v1 import common_pb2, updater_pb2, updater_pb2_grpc
 from services.updater.config import UpdaterSettings
 from services.updater.events import EventsRole
+from services.updater.experiments import ExperimentsRole
 from services.updater.learning import LearningRole
 from services.updater.rules import RulesRole
 
@@ -30,13 +32,20 @@ def caller(context) -> tuple[str, str]:
 
 class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     def __init__(self, settings: UpdaterSettings):
+        self._max_impressions = settings.max_impressions_per_call
         self.learning = LearningRole(settings)
-        self.events = EventsRole(settings, on_new=self.learning.feedback)
+        self.experiments = ExperimentsRole(settings)
+        self.events = EventsRole(settings, on_new=self._on_new)
         self.rules = RulesRole(settings)
+
+    def _on_new(self, event) -> None:
+        self.learning.feedback(event)
+        self.experiments.feedback(event)
 
     async def load(self) -> None:
         await self.events.open()  # from here on, state is complete and calls are served
         await self.rules.open()  # after the events: a Redis store has been checked durable there
+        await self.experiments.open()
         await self.learning.start()
 
     @rpc_method
@@ -45,7 +54,18 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
 
     @rpc_method
     async def LogImpressions(self, request, context):
-        return self.learning.log_impressions(request)
+        """Impressions naming an experiment go to its outcomes (they carry no features: not
+        learned from), the others to online learning; all or none (the experiments' are checked
+        first, then learning checks and takes its own, then the experiments' are recorded)."""
+        tagged = [(n, i) for n, i in enumerate(request.impressions) if i.experiment]
+        if not tagged or len(request.impressions) > self._max_impressions:  # learning refuses the latter
+            return self.learning.log_impressions(request)
+        self.experiments.check_impressions([i for _, i in tagged], [f"impressions[{n}]." for n, _ in tagged])
+        untagged = [i for i in request.impressions if not i.experiment]
+        if untagged:
+            self.learning.log_impressions(updater_pb2.LogImpressionsRequest(impressions=untagged))
+        self.experiments.record([i for _, i in tagged])
+        return updater_pb2.LogImpressionsResponse()
 
     async def WatchParameters(self, request, context):
         async with aclosing(self.learning.watch(request.known_version)) as versions:
@@ -64,6 +84,7 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     async def DeleteUser(self, request, context):
         deleted = await self.events.delete_user(request.user_id)
         self.learning.forget_user(request.user_id)
+        self.experiments.forget_user(request.user_id)
         return updater_pb2.DeleteUserStateResponse(events_deleted=deleted)
 
     @rpc_method
@@ -85,7 +106,24 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     async def DeleteRule(self, request, context):
         return await self.rules.delete(request, *caller(context))
 
+    @rpc_method
+    async def PutExperiment(self, request, context):
+        return await self.experiments.put(request, *caller(context))
+
+    @rpc_method
+    async def ListExperiments(self, request, context):
+        return await self.experiments.list()
+
+    @rpc_method
+    async def StopExperiment(self, request, context):
+        return await self.experiments.stop(request, *caller(context))
+
+    @rpc_method
+    async def GetExperimentReport(self, request, context):
+        return await self.experiments.report(request)
+
     async def close(self) -> None:
+        await self.experiments.close()
         await self.learning.close()
         await self.rules.close()
         await self.events.close()

@@ -101,3 +101,45 @@ def test_the_updater_keeps_rules_where_its_events_are(tmp_path):
     assert isinstance(local, SqliteRules) and local._path == tmp_path / "updater" / "rules.sqlite"
     chosen = make_rule_store(UpdaterSettings(log_path=tmp_path / "events.sqlite", rules_path=tmp_path / "r.sqlite"))
     assert chosen._path == tmp_path / "r.sqlite"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_experiments_live_beside_the_rules_in_either_store_and_stay_apart(kind, tmp_path, redis_server):
+    """The same generic store holds experiments (common.proto Experiment) in a table / hash of
+    their own: a rule and an experiment of one name do not meet."""
+    from recmesh.events.rulestore import EXPERIMENTS, RedisNamed, SqliteNamed
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+
+    def make(which):
+        if kind == "redis":
+            return RedisNamed(redis_server.url, prefix, which)
+        return SqliteNamed(tmp_path / "store.sqlite", which)
+
+    experiment = common_pb2.Experiment(name="a", control="A", state=common_pb2.EXPERIMENT_STATE_RUNNING, variants=[
+        common_pb2.ExperimentVariant(name="A", share=0.5), common_pb2.ExperimentVariant(
+            name="B", share=0.5, overrides=common_pb2.VariantOverrides(diversity=0.25))])
+
+    async def go():
+        experiments, rules = make(EXPERIMENTS), (RedisRules(redis_server.url, prefix) if kind == "redis"
+                                                 else SqliteRules(tmp_path / "store.sqlite"))
+        await experiments.open()
+        await rules.open()
+        await experiments.put(experiment, max_rules=10)
+        await rules.put(rule("a"), max_rules=10)
+        stopped = common_pb2.Experiment()
+        stopped.CopyFrom(experiment)
+        stopped.state = common_pb2.EXPERIMENT_STATE_STOPPED
+        replaced = await experiments.put(stopped, max_rules=10)
+        await experiments.close()
+        await rules.close()
+        again = make(EXPERIMENTS)
+        await again.open()
+        listed = await again.list()
+        await again.close()
+        return replaced, listed
+
+    replaced, listed = asyncio.run(go())
+    assert replaced == (True, experiment)
+    assert len(listed) == 1 and listed[0].state == common_pb2.EXPERIMENT_STATE_STOPPED
+    assert listed[0].variants[1].overrides.diversity == pytest.approx(0.25)

@@ -137,6 +137,46 @@ def test_an_excluded_match_never_appears_on_the_full_the_shed_and_the_ranker_dow
         assert len(reply.items) == 10 and count(reply, "Comedy") == 0, (list(reply.degraded), ids(reply))
 
 
+def test_boost_bury_and_pin_hold_with_the_ranker_killed(stack, client, user):
+    """With the ranker down every answer is retrieval order (`fallback:retrieval_order`): the
+    rules re-order it all the same - a boosted brand rises, a buried category falls, a pinned
+    item sits in its slot."""
+    items = {f"{user}-{brand.lower()}-{n}": brand for brand in ("Acme", "Zenith") for n in range(4)}
+    client.upsert_items([{"item_id": item_id, "title": f"{brand} Star Fleet Saga part {item_id[-1]}",
+                          "categories": ["Sci-Fi"], "description": "A space opera: starships, an empire, a rebellion.",
+                          "attributes": {"brand": brand}} for item_id, brand in items.items()])
+    acme = [item_id for item_id, brand in items.items() if brand == "Acme"]
+    query = "space opera starship saga"
+
+    def unranked(**kwargs):
+        """An answer of the ranker-down path itself (not shed, browned out or otherwise degraded on a busy host)."""
+        for _ in range(5):
+            reply = client.recommend(user, timeout_s=3.0, **kwargs)
+            if list(reply.degraded) == ["fallback:retrieval_order"]:
+                return reply
+        raise AssertionError(f"no ranker-down answer in 5 tries: {list(reply.degraded)}")
+
+    stack.signal("ranker", signal.SIGKILL)
+    try:
+        plain = unranked(query=query, k=30)
+        boosted = unranked(query=query, k=30, rules=[boost(20.0, name="brand_acme", attributes={"brand": "Acme"})])
+        cold = unranked(k=10)
+        buried = unranked(k=10, rules=[boost(0.01, categories=["Drama"])])
+        pinned = unranked(k=10, rules=[pin("1", 3, name="toy_story")])
+    finally:
+        stack.restart("ranker")
+        client.delete_items(items)
+
+    def best(reply) -> int:
+        return min((ids(reply).index(i) for i in acme if i in ids(reply)), default=len(reply.items))
+
+    assert best(boosted) < best(plain), (ids(plain)[:15], ids(boosted)[:15])
+    assert count(cold, "Drama") > 0 and count(buried, "Drama") < count(cold, "Drama"), (ids(cold), ids(buried))
+    assert pinned.items[3].item_id == "1" and pinned.items[3].reasons[0] == "pinned by rule:toy_story"
+    for reply in (boosted, buried, pinned):
+        assert len(reply.items) == len(plain.items if reply is boosted else cold.items)
+
+
 def test_a_stored_rule_applies_at_once_is_listed_and_deleted(client, user, surface):
     name = f"no-comedy-{surface}"
     before = undegraded(lambda: client.recommend(user, k=10, surface=surface))

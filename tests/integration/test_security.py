@@ -37,6 +37,14 @@ CALLS = {
         surfaces=["sec-surface"])),
     "ListRules": common_pb2.ListRulesRequest(),
     "DeleteRule": common_pb2.DeleteRuleRequest(name="sec-rule"),
+    # Variants that serve alike (no overrides); `secured` stops it when the module ends. The
+    # report and stop name one `secured` started and stopped already (stopping it again is OK).
+    "PutExperiment": common_pb2.PutExperimentRequest(experiment=common_pb2.Experiment(
+        name="sec-exp", variants=[common_pb2.ExperimentVariant(name="a", share=0.5),
+                                  common_pb2.ExperimentVariant(name="b", share=0.5)])),
+    "ListExperiments": common_pb2.ListExperimentsRequest(),
+    "StopExperiment": common_pb2.StopExperimentRequest(name="sec-exp-stopped"),
+    "GetExperimentReport": common_pb2.GetExperimentReportRequest(name="sec-exp-stopped"),
 }
 
 
@@ -52,7 +60,20 @@ def secured(stack):
         "RECMESH_GATEWAY_API_KEYS": lines[0], "RECMESH_GATEWAY_RATE_LIMIT_PER_S": "2",
         "RECMESH_GATEWAY_RATE_LIMIT_BURST": "5"})
     with grpc.insecure_channel(address) as channel, grpc.insecure_channel(limited) as limited_channel:
-        yield channel, limited_channel, tokens
+        admin = recommendations_pb2_grpc.RecommendationsStub(channel)
+        metadata = (("authorization", f"Bearer {tokens['admin']}"),)
+        admin.PutExperiment(common_pb2.PutExperimentRequest(experiment=common_pb2.Experiment(
+            name="sec-exp-stopped", variants=CALLS["PutExperiment"].experiment.variants)), timeout=10,
+            metadata=metadata)
+        admin.StopExperiment(CALLS["StopExperiment"], timeout=10, metadata=metadata)
+        try:
+            yield channel, limited_channel, tokens
+        finally:  # the session's other tests are served outside any experiment
+            try:
+                admin.StopExperiment(common_pb2.StopExperimentRequest(name="sec-exp"), timeout=10, metadata=metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
 
 
 def call(channel, method: str, token: str | None):

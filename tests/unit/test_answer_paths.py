@@ -171,6 +171,7 @@ class Mesh:
         return retrieval_pb2.UpsertResponse(upserted=len(request.items))
 
     async def LogImpressions(self, request, timeout):
+        self.impressions = [*getattr(self, "impressions", []), *request.impressions]
         return updater_pb2.LogImpressionsResponse()
 
     async def close(self):
@@ -653,3 +654,27 @@ def test_a_user_past_the_seen_bound_is_asked_of_the_updater_not_guessed(monkeypa
 
     shed = asyncio.run(scenario())
     assert "p0" not in ids(shed) and "seen_items:unknown" not in shed.degraded
+
+
+@pytest.mark.parametrize("how", ["full", *BROWNOUT, *SHED])
+def test_every_path_under_an_experiment_names_the_variant_and_logs_the_answer_shown(monkeypatch, how):
+    """The variant is the user's whatever the path; the answer's items, latency and degraded
+    flag go to the experiment's outcomes (previews excepted)."""
+    async def scenario():
+        mesh = Mesh()
+        g = await gateway(monkeypatch, mesh)
+        g._recommender.experiments.put(common_pb2.Experiment(
+            name="e", state=common_pb2.EXPERIMENT_STATE_RUNNING, created_ms=1, variants=[
+                common_pb2.ExperimentVariant(name="A", share=0.5), common_pb2.ExperimentVariant(name="B", share=0.5)]))
+        reply = await recommend(g, "u-exp", 4, how)
+        await g._recommender.impressions.flush(timeout_s=1.0)
+        return mesh, reply, g._recommender.experiments.assign("u-exp").label
+
+    mesh, reply, label = asyncio.run(scenario())
+    assert reply.variant == label
+    tagged = [i for i in mesh.impressions if i.experiment]
+    assert len(tagged) == 1 and f"{tagged[0].experiment}/{tagged[0].variant}" == label
+    assert [i.item_id for i in tagged[0].items] == ids(reply) and [i.position for i in tagged[0].items] == [0, 1, 2, 3]
+    assert tagged[0].request_id == reply.request_id and tagged[0].degraded == bool(reply.degraded)
+    assert tagged[0].latency_ms == pytest.approx(reply.total_ms) and not tagged[0].items[0].features
+    assert bool(reply.degraded) == (how != "full")

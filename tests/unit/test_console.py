@@ -290,3 +290,76 @@ def test_the_lookup_form_redirects_to_the_id_as_one_encoded_segment():
         finally:
             await client.close()
     asyncio.run(run())
+
+
+class _ExperimentsGateway:
+    """Stands in for the gateway's two experiment calls: one stopped experiment, its report made
+    by the real report code over real per-user sums."""
+
+    def __init__(self, real):
+        self._real = real
+
+    async def experiments(self):
+        from recmesh.v1 import common_pb2
+
+        return [common_pb2.Experiment(
+            name="e1", control="A", primary_metric="ctr_at_k", state=common_pb2.EXPERIMENT_STATE_STOPPED,
+            stopped_reason="guardrail: B against A on ctr_at_k: significantly worse", created_ms=1_000,
+            stopped_ms=2_000, variants=[common_pb2.ExperimentVariant(name="A", share=0.5),
+                                        common_pb2.ExperimentVariant(name="B", share=0.5, overrides=common_pb2.
+                                                                     VariantOverrides(diversity=0.3))])]
+
+    async def experiment_report(self, name):
+        import numpy as np
+
+        from recmesh.experiments.outcomes import VariantSample
+        from recmesh.experiments.report import summarize
+
+        rng = np.random.default_rng(0)
+
+        def sample(p):
+            clicked = (rng.random(200) < p).astype(float)
+            ones = np.ones(200)
+            return VariantSample(ones, clicked, clicked * 0, clicked, ones * 0, ones * 10)
+        return {**summarize(name, {"A": sample(0.3), "B": sample(0.1)}, control="A"), "state": "STOPPED",
+                "stopped_reason": "guardrail"}
+
+    async def close(self):
+        await self._real.close()
+
+
+def test_the_experiments_pages_list_them_and_show_a_report_with_its_plot():
+    from services.console.server import GATEWAY
+
+    async def run():
+        app = build_app(ConsoleSettings(gateway_addr=f"127.0.0.1:{free_port()}", call_timeout_s=0.5))
+        app[GATEWAY] = _ExperimentsGateway(app[GATEWAY])
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            listed = await (await client.get("/api/experiments")).json()
+            assert listed["experiments"][0]["state"] == "STOPPED"
+            assert listed["experiments"][0]["variants"][1]["overrides"] == {"diversity": pytest.approx(0.3)}
+            page = await client.get("/experiments")
+            assert page.status == 200 and "significantly worse" in await page.text()
+            report = await client.get("/experiments/e1")
+            text = await report.text()
+            assert report.status == 200 and "B - A on ctr_at_k" in text and "/experiments/e1.png" in text
+            png = await client.get("/experiments/e1.png")
+            assert png.status == 200 and (await png.read()).startswith(b"\x89PNG")
+            bad = await client.get("/api/experiments/no%20spaces")
+            assert bad.status == 400 and (await bad.json())["error"]["field"] == "name"
+        finally:
+            await client.close()
+    asyncio.run(run())
+
+
+def test_the_experiments_page_shows_a_gateway_failure():
+    async def run():
+        client = await _client()
+        try:
+            down = await client.get("/api/experiments")
+            assert down.status == 502 and (await down.json())["error"]["gateway"] == "ListExperiments"
+        finally:
+            await client.close()
+    asyncio.run(run())
