@@ -80,6 +80,10 @@ class SqliteNamed:
         self._db: sqlite3.Connection | None = None
         self._rules: dict = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=kind.table)
+        # A change reads the records held, writes the file, then updates them: concurrent
+        # changes one after another, or 16 puts at once each saw room under max_rules and two
+        # deletes of one name both found it (hostile-input review).
+        self._changing = asyncio.Lock()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -100,23 +104,25 @@ class SqliteNamed:
 
     async def put(self, rule, max_rules: int) -> tuple[bool, object | None]:
         name = self._kind.name_of(rule)
-        old = self._rules.get(name)
-        if old is None and len(self._rules) >= max_rules:
-            return False, None
-        text = rule_json(rule)
-        await self._run(lambda: self._db.execute(
-            f"INSERT OR REPLACE INTO {self._kind.table} (name, rule) VALUES (?, ?)", (name, text)))
-        self._rules[name] = rule
-        return True, old
+        async with self._changing:
+            old = self._rules.get(name)
+            if old is None and len(self._rules) >= max_rules:
+                return False, None
+            text = rule_json(rule)
+            await self._run(lambda: self._db.execute(
+                f"INSERT OR REPLACE INTO {self._kind.table} (name, rule) VALUES (?, ?)", (name, text)))
+            self._rules[name] = rule
+            return True, old
 
     async def list(self) -> list:
         return [self._rules[name] for name in sorted(self._rules)]
 
     async def delete(self, name: str):
-        if name not in self._rules:
-            return None
-        await self._run(lambda: self._db.execute(f"DELETE FROM {self._kind.table} WHERE name = ?", (name,)))
-        return self._rules.pop(name)
+        async with self._changing:
+            if name not in self._rules:
+                return None
+            await self._run(lambda: self._db.execute(f"DELETE FROM {self._kind.table} WHERE name = ?", (name,)))
+            return self._rules.pop(name)
 
     async def close(self) -> None:
         if self._db is not None:

@@ -8,11 +8,12 @@ rule's updated_ms)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from recmesh.common import clock, limits
 from recmesh.common.errors import FailedPrecondition, Unavailable
-from recmesh.common.rules import check_rule_name, check_stored_rule
+from recmesh.common.rules import check_rule_name, check_stored_rule, match_values
 from recmesh.events.rulestore import RedisRules, RuleStore, SqliteRules, rule_json
 from recmesh.v1 import common_pb2
 from services.updater.config import UpdaterSettings
@@ -32,6 +33,7 @@ class RulesRole:
 
     def __init__(self, settings: UpdaterSettings):
         self.store = make_rule_store(settings)
+        self._putting = asyncio.Lock()
         self._ready = False
 
     async def open(self) -> None:
@@ -51,7 +53,14 @@ class RulesRole:
         stored = common_pb2.StoredRule()
         stored.CopyFrom(request.rule)
         stored.updated_ms = clock.now_ms()
-        done, old = await self.store.put(stored, limits.STORED_RULES)
+        async with self._putting:  # the size check and the put as one (on this replica)
+            held = sum(match_values(r.rule.match) for r in await self.store.list() if r.rule.name != stored.rule.name)
+            if held + match_values(stored.rule.match) > limits.STORED_RULE_VALUES:
+                raise FailedPrecondition(
+                    f"rule.rule.match: the stored rules would name {held + match_values(stored.rule.match)} ids, "
+                    f"categories, attribute tests and values in all, more than {limits.STORED_RULE_VALUES} (every "
+                    "gateway lists them twice a second); delete rules, or narrow this one")
+            done, old = await self.store.put(stored, limits.STORED_RULES)
         if not done:
             raise FailedPrecondition(f"rule.rule.name: {limits.STORED_RULES} rules are stored already (the most "
                                      "there may be); delete one, or replace one by its name")

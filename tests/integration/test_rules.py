@@ -152,7 +152,8 @@ def test_boost_bury_and_pin_hold_with_the_ranker_killed(stack, client, user):
         """An answer of the ranker-down path itself (not shed, browned out or otherwise degraded on a busy host)."""
         for _ in range(5):
             reply = client.recommend(user, timeout_s=3.0, **kwargs)
-            if list(reply.degraded) == ["fallback:retrieval_order"]:
+            if "fallback:retrieval_order" in reply.degraded and not any(
+                    d.startswith(("shed:", "brownout:")) for d in reply.degraded):
                 return reply
         raise AssertionError(f"no ranker-down answer in 5 tries: {list(reply.degraded)}")
 

@@ -375,3 +375,62 @@ def test_rules_whose_fields_are_each_within_limits_are_bounded_in_all_before_the
     check_rule(heavy(per_test), "rules[0]")  # within MATCH_VALUES: accepted
     with pytest.raises(InvalidArgument, match="over all rules"):
         check_rules([heavy(per_test)] * 2, "rules")
+
+
+def test_concurrent_changes_of_the_sqlite_store_hold_its_limit_and_delete_once(tmp_path):
+    """16 puts at once each saw room under the limit (up to 78 of 64 stored), and two deletes of
+    one name both found it (INTERNAL KeyError) - hostile-input review."""
+    import asyncio
+
+    from recmesh.events.rulestore import SqliteRules
+    from recmesh.v1 import common_pb2 as pb
+
+    def named(name: str) -> pb.StoredRule:
+        return pb.StoredRule(rule=pb.Rule(name=name, exclude=True, match=pb.ItemMatch(item_ids=["x"])))
+
+    async def run():
+        store = SqliteRules(tmp_path / "rules.sqlite")
+        await store.open()
+        try:
+            for n in range(6):
+                await store.put(named(f"r{n}"), max_rules=8)
+            done = await asyncio.gather(*(store.put(named(f"new{n}"), max_rules=8) for n in range(16)))
+            assert sum(ok for ok, _ in done) == 2 and len(await store.list()) == 8
+            deleted = await asyncio.gather(*(store.delete("r0") for _ in range(4)))
+            assert sum(d is not None for d in deleted) == 1
+        finally:
+            await store.close()
+    asyncio.run(run())
+
+
+def test_the_stored_set_is_bounded_in_values_in_all(tmp_path):
+    """Six stored rules of 32 x 1000 values each (within every per-field limit) outgrew the 16 MiB
+    message cap of ListRules, which every gateway calls twice a second (hostile-input review)."""
+    import asyncio
+
+    from recmesh.common.errors import FailedPrecondition
+    from recmesh.v1 import common_pb2 as pb
+    from services.updater.config import UpdaterSettings
+    from services.updater.rules import RulesRole
+
+    def big(name: str) -> pb.PutRuleRequest:
+        ids = [f"{name}-{i}" for i in range(limits.MATCH_ITEM_IDS)]
+        tests = [pb.AttributeFilter(name=f"a{j}", any_of=pb.StringSet(values=[f"v{i}" for i in range(80)]))
+                 for j in range(10)]
+        return pb.PutRuleRequest(rule=pb.StoredRule(rule=pb.Rule(name=name, exclude=True, match=pb.ItemMatch(
+            item_ids=ids, attributes=tests))))
+
+    async def go():
+        role = RulesRole(UpdaterSettings(log_path=tmp_path / "events.sqlite"))
+        await role.open()
+        try:
+            per_rule = 100 + 10 + 800
+            fits = limits.STORED_RULE_VALUES // per_rule
+            for n in range(fits):
+                await role.put(big(f"r{n}"), "ops", "peer")
+            await role.put(big("r0"), "ops", "peer")  # replacing one never counts it twice
+            with pytest.raises(FailedPrecondition, match=r"^rule\.rule\.match"):
+                await role.put(big("one-more"), "ops", "peer")
+        finally:
+            await role.close()
+    asyncio.run(go())
