@@ -179,8 +179,8 @@ RANKING_MODES = {"model": common_pb2.RANKING_MODE_MODEL, "retrieval_order": comm
 
 def variant_proto(variant: common_pb2.ExperimentVariant | Mapping[str, Any]) -> common_pb2.ExperimentVariant:
     """An experiment's variant from {"name", "share", "diversity"?, "exploration"?, "ranking"?
-    ("model" | "retrieval_order")}; an ExperimentVariant as it is. KeyError naming an unknown
-    ranking mode."""
+    ("model" | "retrieval_order"), "ranker_version"? (a parameter version's name)}; an
+    ExperimentVariant as it is. KeyError naming an unknown ranking mode."""
     if isinstance(variant, common_pb2.ExperimentVariant):
         return variant
     overrides = common_pb2.VariantOverrides()
@@ -190,6 +190,8 @@ def variant_proto(variant: common_pb2.ExperimentVariant | Mapping[str, Any]) -> 
         overrides.exploration = float(variant["exploration"])
     if variant.get("ranking"):
         overrides.ranking = RANKING_MODES[variant["ranking"]]
+    if variant.get("ranker_version"):
+        overrides.ranker_version = str(variant["ranker_version"])
     return common_pb2.ExperimentVariant(name=variant["name"], share=float(variant["share"]), overrides=overrides)
 
 
@@ -371,7 +373,8 @@ class RecmeshClient:
                        timeout_s: float | None = None) -> common_pb2.Experiment:
         """Starts an experiment (RUNNING at once; docs/experiments.md). variants: in assignment
         order, each an ExperimentVariant or {"name", "share", and overrides: "diversity" (0..1),
-        "exploration" (0..1), "ranking" ("model" | "retrieval_order")}; shares sum to 1. control:
+        "exploration" (0..1), "ranking" ("model" | "retrieval_order"), "ranker_version" (a
+        parameter version the updater has)}; shares sum to 1. control:
         the variant compared against (default the first); primary_metric: what the guardrail tests
         (ctr_at_k by default, conversion, mrr). Needs the admin scope. grpc.RpcError
         INVALID_ARGUMENT naming the field; FAILED_PRECONDITION when the name is taken or another

@@ -7,6 +7,7 @@ from __future__ import annotations
 from recmesh.common.errors import InvalidArgument
 from recmesh.experiments.assignment import NAME, Experiment, Variant
 from recmesh.experiments.report import METRICS
+from recmesh.models.ranking.scorer import check_version_name
 from recmesh.v1 import common_pb2
 
 # Experiments kept (running and stopped, for their reports); a new one past it is refused.
@@ -23,13 +24,16 @@ def check_experiment_name(name: str, field: str) -> str:
 
 
 def check_overrides(overrides: common_pb2.VariantOverrides, field: str) -> None:
-    """diversity and exploration in [0, 1] when set; ranking a known mode."""
+    """diversity and exploration in [0, 1] when set; ranking a known mode; ranker_version empty
+    or a version's name (whether it exists is the updater's to say: PutExperiment)."""
     if overrides.HasField("diversity") and not 0.0 <= overrides.diversity <= 1.0:  # NaN fails too
         raise InvalidArgument(f"{field}.diversity", f"must be in [0, 1], got {overrides.diversity}")
     if overrides.HasField("exploration") and not 0.0 <= overrides.exploration <= 1.0:
         raise InvalidArgument(f"{field}.exploration", f"must be in [0, 1], got {overrides.exploration}")
     if overrides.ranking not in common_pb2.RankingMode.values():
         raise InvalidArgument(f"{field}.ranking", f"unknown ranking mode {overrides.ranking}")
+    if overrides.ranker_version:
+        check_version_name(overrides.ranker_version, f"{field}.ranker_version")
 
 
 def check_experiment_proto(experiment: common_pb2.Experiment) -> Experiment:

@@ -337,8 +337,9 @@ def cmd_rules(args) -> None:
 
 
 def _variant_flag(text: str) -> dict:
-    """--variant NAME=SHARE[:key=value,...] (keys diversity, exploration, ranking) as
-    client.variant_proto's mapping, e.g. B=0.5:ranking=retrieval_order,diversity=0.3."""
+    """--variant NAME=SHARE[:key=value,...] (keys diversity, exploration, ranking,
+    ranker_version) as client.variant_proto's mapping, e.g.
+    B=0.5:ranking=retrieval_order,diversity=0.3 or B=0.5:ranker_version=ranker-linear-v2."""
     head, _, rest = text.partition(":")
     name, eq, share = head.partition("=")
     if not eq:
@@ -347,9 +348,10 @@ def _variant_flag(text: str) -> dict:
         variant: dict = {"name": name, "share": float(share)}
         for pair in filter(None, rest.split(",")):
             key, _, value = pair.partition("=")
-            if key not in ("diversity", "exploration", "ranking"):
-                raise argparse.ArgumentTypeError(f"unknown override {key!r} (diversity, exploration, ranking)")
-            variant[key] = value if key == "ranking" else float(value)
+            if key not in ("diversity", "exploration", "ranking", "ranker_version"):
+                raise argparse.ArgumentTypeError(
+                    f"unknown override {key!r} (diversity, exploration, ranking, ranker_version)")
+            variant[key] = value if key in ("ranking", "ranker_version") else float(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     if variant.get("ranking", "model") not in ("model", "retrieval_order"):
@@ -577,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--variant", action="append", required=True, type=_variant_flag,
                    metavar="NAME=SHARE[:key=value,...]",
                    help="a variant, in assignment order (repeat; shares sum to 1); overrides: diversity=0..1, "
-                        "exploration=0..1, ranking=model|retrieval_order, e.g. B=0.5:ranking=retrieval_order")
+                        "exploration=0..1, ranking=model|retrieval_order, ranker_version=VERSION (a parameter "
+                        "version the updater has: frozen, while the others follow the learner), "
+                        "e.g. B=0.5:ranking=retrieval_order")
     r.add_argument("--control", help="the variant the others are compared with (default: the first)")
     r.add_argument("--primary", help="the guardrail's metric: ctr_at_k (default), conversion or mrr")
     r.set_defaults(func=cmd_experiments)

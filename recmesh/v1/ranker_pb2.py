@@ -26,7 +26,7 @@ from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 from recmesh.v1 import retrieval_pb2 as recmesh_dot_v1_dot_retrieval__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recmesh/v1/ranker.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\x1a\x1arecmesh/v1/retrieval.proto\",\n\nRecentItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"\xb0\x05\n\x0bRankRequest\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.recmesh.v1.Candidate\x12-\n\x11\x63\x61ndidate_vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12$\n\x08interest\x18\x03 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12(\n\x0cquery_vector\x18\x04 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12H\n\x11\x63\x61tegory_affinity\x18\x05 \x03(\x0b\x32-.recmesh.v1.RankRequest.CategoryAffinityEntry\x12&\n\x06recent\x18\x06 \x03(\x0b\x32\x16.recmesh.v1.RecentItem\x12*\n\x0erecent_vectors\x18\x07 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\t\n\x01k\x18\x08 \x01(\x05\x12\x32\n\x16\x63\x61ndidate_text_vectors\x18\t \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12#\n\x07session\x18\n \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x11\n\tdiversity\x18\x0b \x01(\x02\x12\x35\n\x07skipped\x18\x0c \x03(\x0b\x32$.recmesh.v1.RankRequest.SkippedEntry\x12\x18\n\x10query_similarity\x18\r \x03(\x02\x12\x18\n\x0b\x65xploration\x18\x0e \x01(\x01H\x00\x88\x01\x01\x1a\x37\n\x15\x43\x61tegoryAffinityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x0e\n\x0c_exploration\"c\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\x02\x12\x12\n\npropensity\x18\x05 \x01(\x02\"c\n\x0cRankResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.recmesh.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t2C\n\x06Ranker\x12\x39\n\x04Rank\x12\x17.recmesh.v1.RankRequest\x1a\x18.recmesh.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recmesh/v1/ranker.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\x1a\x1arecmesh/v1/retrieval.proto\",\n\nRecentItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\"\xcc\x05\n\x0bRankRequest\x12)\n\ncandidates\x18\x01 \x03(\x0b\x32\x15.recmesh.v1.Candidate\x12-\n\x11\x63\x61ndidate_vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12$\n\x08interest\x18\x03 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12(\n\x0cquery_vector\x18\x04 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12H\n\x11\x63\x61tegory_affinity\x18\x05 \x03(\x0b\x32-.recmesh.v1.RankRequest.CategoryAffinityEntry\x12&\n\x06recent\x18\x06 \x03(\x0b\x32\x16.recmesh.v1.RecentItem\x12*\n\x0erecent_vectors\x18\x07 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\t\n\x01k\x18\x08 \x01(\x05\x12\x32\n\x16\x63\x61ndidate_text_vectors\x18\t \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12#\n\x07session\x18\n \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x11\n\tdiversity\x18\x0b \x01(\x02\x12\x35\n\x07skipped\x18\x0c \x03(\x0b\x32$.recmesh.v1.RankRequest.SkippedEntry\x12\x18\n\x10query_similarity\x18\r \x03(\x02\x12\x18\n\x0b\x65xploration\x18\x0e \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\x12parameters_version\x18\x0f \x01(\t\x1a\x37\n\x15\x43\x61tegoryAffinityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x0e\n\x0c_exploration\"c\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\x02\x12\x12\n\npropensity\x18\x05 \x01(\x02\"c\n\x0cRankResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.recmesh.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rfeature_names\x18\x03 \x03(\t2C\n\x06Ranker\x12\x39\n\x04Rank\x12\x17.recmesh.v1.RankRequest\x1a\x18.recmesh.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,15 +40,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECENTITEM']._serialized_start=92
   _globals['_RECENTITEM']._serialized_end=136
   _globals['_RANKREQUEST']._serialized_start=139
-  _globals['_RANKREQUEST']._serialized_end=827
-  _globals['_RANKREQUEST_CATEGORYAFFINITYENTRY']._serialized_start=708
-  _globals['_RANKREQUEST_CATEGORYAFFINITYENTRY']._serialized_end=763
-  _globals['_RANKREQUEST_SKIPPEDENTRY']._serialized_start=765
-  _globals['_RANKREQUEST_SKIPPEDENTRY']._serialized_end=811
-  _globals['_RANKEDITEM']._serialized_start=829
-  _globals['_RANKEDITEM']._serialized_end=928
-  _globals['_RANKRESPONSE']._serialized_start=930
-  _globals['_RANKRESPONSE']._serialized_end=1029
-  _globals['_RANKER']._serialized_start=1031
-  _globals['_RANKER']._serialized_end=1098
+  _globals['_RANKREQUEST']._serialized_end=855
+  _globals['_RANKREQUEST_CATEGORYAFFINITYENTRY']._serialized_start=736
+  _globals['_RANKREQUEST_CATEGORYAFFINITYENTRY']._serialized_end=791
+  _globals['_RANKREQUEST_SKIPPEDENTRY']._serialized_start=793
+  _globals['_RANKREQUEST_SKIPPEDENTRY']._serialized_end=839
+  _globals['_RANKEDITEM']._serialized_start=857
+  _globals['_RANKEDITEM']._serialized_end=956
+  _globals['_RANKRESPONSE']._serialized_start=958
+  _globals['_RANKRESPONSE']._serialized_end=1057
+  _globals['_RANKER']._serialized_start=1059
+  _globals['_RANKER']._serialized_end=1126
 # @@protoc_insertion_point(module_scope)

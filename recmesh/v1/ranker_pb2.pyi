@@ -17,7 +17,7 @@ class RecentItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k", "candidate_text_vectors", "session", "diversity", "skipped", "query_similarity", "exploration")
+    __slots__ = ("candidates", "candidate_vectors", "interest", "query_vector", "category_affinity", "recent", "recent_vectors", "k", "candidate_text_vectors", "session", "diversity", "skipped", "query_similarity", "exploration", "parameters_version")
     class CategoryAffinityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class RankRequest(_message.Message):
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     QUERY_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_VERSION_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[_retrieval_pb2.Candidate]
     candidate_vectors: _common_pb2.Matrix
     interest: _common_pb2.Matrix
@@ -60,7 +61,8 @@ class RankRequest(_message.Message):
     skipped: _containers.ScalarMap[str, int]
     query_similarity: _containers.RepeatedScalarFieldContainer[float]
     exploration: float
-    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., candidate_text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., diversity: _Optional[float] = ..., skipped: _Optional[_Mapping[str, int]] = ..., query_similarity: _Optional[_Iterable[float]] = ..., exploration: _Optional[float] = ...) -> None: ...
+    parameters_version: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[_retrieval_pb2.Candidate, _Mapping]]] = ..., candidate_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., category_affinity: _Optional[_Mapping[str, float]] = ..., recent: _Optional[_Iterable[_Union[RecentItem, _Mapping]]] = ..., recent_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., candidate_text_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., session: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., diversity: _Optional[float] = ..., skipped: _Optional[_Mapping[str, int]] = ..., query_similarity: _Optional[_Iterable[float]] = ..., exploration: _Optional[float] = ..., parameters_version: _Optional[str] = ...) -> None: ...
 
 class RankedItem(_message.Message):
     __slots__ = ("item_id", "score", "reasons", "features", "propensity")

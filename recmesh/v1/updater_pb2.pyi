@@ -59,6 +59,12 @@ class WatchParametersRequest(_message.Message):
     known_version: str
     def __init__(self, known_version: _Optional[str] = ...) -> None: ...
 
+class GetParametersRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
 class RankerParameters(_message.Message):
     __slots__ = ("version", "spec_json", "trained_through_ms")
     VERSION_FIELD_NUMBER: _ClassVar[int]

@@ -61,6 +61,11 @@ class UpdaterStub:
                 request_serializer=recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
                 _registered_method=True)
+        self.GetParameters = channel.unary_unary(
+                '/recmesh.v1.Updater/GetParameters',
+                request_serializer=recmesh_dot_v1_dot_updater__pb2.GetParametersRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
+                _registered_method=True)
         self.MergeUsers = channel.unary_unary(
                 '/recmesh.v1.Updater/MergeUsers',
                 request_serializer=recmesh_dot_v1_dot_common__pb2.MergeUsersRequest.SerializeToString,
@@ -138,6 +143,15 @@ class UpdaterServicer:
     def WatchParameters(self, request, context):
         """The ranker parameters the online learner publishes: the current version at once (unless
         the caller already has it), then every new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetParameters(self, request, context):
+        """One version by name: published (params_dir) or a start version (shipped_params_dir), as
+        kept on disk - what a ranker serves a request that pins it (RankRequest.parameters_version).
+        NOT_FOUND naming version when neither folder has it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +235,11 @@ def add_UpdaterServicer_to_server(servicer, server):
             'WatchParameters': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchParameters,
                     request_deserializer=recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.SerializeToString,
+            ),
+            'GetParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetParameters,
+                    request_deserializer=recmesh_dot_v1_dot_updater__pb2.GetParametersRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_updater__pb2.RankerParameters.SerializeToString,
             ),
             'MergeUsers': grpc.unary_unary_rpc_method_handler(
@@ -399,6 +418,33 @@ class Updater:
             target,
             '/recmesh.v1.Updater/WatchParameters',
             recmesh_dot_v1_dot_updater__pb2.WatchParametersRequest.SerializeToString,
+            recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Updater/GetParameters',
+            recmesh_dot_v1_dot_updater__pb2.GetParametersRequest.SerializeToString,
             recmesh_dot_v1_dot_updater__pb2.RankerParameters.FromString,
             options,
             channel_credentials,

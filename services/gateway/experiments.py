@@ -35,8 +35,8 @@ class Arm:
         return f"{self.experiment}/{self.variant}"
 
     def serve(self, request: recommendations_pb2.RecommendRequest, plan: Plan) -> Plan:
-        """The variant's overrides applied: its diversity on the request, its exploration share and
-        ranking mode on the plan (retrieval order skips the ranker with no degraded reason: the
+        """The variant's overrides applied: its diversity on the request, its exploration share,
+        ranker version and ranking mode on the plan (retrieval order skips the ranker with no degraded reason: the
         variant's design, not a failure)."""
         o = self.overrides
         if o.HasField("diversity"):
@@ -44,6 +44,8 @@ class Arm:
         changes = {}
         if o.HasField("exploration"):
             changes["exploration"] = o.exploration
+        if o.ranker_version:
+            changes["parameters_version"] = o.ranker_version
         if o.ranking == common_pb2.RANKING_MODE_RETRIEVAL_ORDER:
             changes["skip_ranker"] = True
         return dataclasses.replace(plan, **changes) if changes else plan

@@ -78,7 +78,8 @@ class Pipeline:
             # Otherwise as many more as are pushed: those pushed off the page leave room to fill.
             wanted = 0 if reorders else k + push.pushed if push is not None else k
             ranked = await self.ranking.rank(budget, retrieved.candidates, signals, history, wanted,
-                                             0.0 if reorders else request.diversity, plan.exploration)
+                                             0.0 if reorders else request.diversity, plan.exploration,
+                                             plan.parameters_version)
             if ranked is None:
                 trace.degrade("fallback:retrieval_order")
             elif push is not None:

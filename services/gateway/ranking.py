@@ -24,9 +24,10 @@ class RankingStage:
         self._up = upstreams
 
     async def rank(self, budget: Budget, candidates: CandidateSet, signals: Signals, history: History, k: int,
-                   diversity: float, exploration: float | None = None) -> Ranked | None:
+                   diversity: float, exploration: float | None = None, parameters_version: str = "") -> Ranked | None:
         """The ranker's top k of the candidates (k 0: all of them, ordered - what business rules
         that re-order need; diversity in 0..1; exploration in 0..1, None: the ranker's setting),
+        parameters_version: the ranker version to score with, "": its current),
         or None when it failed or was late (stage "ranker"; the trace says why)."""
         wire = getattr(self._up, "rank_wire", None)
         if wire is not None and candidates.wire is not None:
@@ -34,19 +35,20 @@ class RankingStage:
             # rest of the request serialised after them: the same RankRequest, parsed.
             def call(t):
                 rest = self._request(candidates, signals, history, k, diversity, with_candidates=False,
-                                     exploration=exploration)
+                                     exploration=exploration, parameters_version=parameters_version)
                 return wire(candidates.wire + rest.SerializeToString(), timeout=t)
         else:
             def call(t):
                 return self._up.ranker.Rank(self._request(candidates, signals, history, k, diversity,
-                                                                  exploration=exploration), timeout=t)
+                                                          exploration=exploration,
+                                                          parameters_version=parameters_version), timeout=t)
         # Built only when the ranker is called: not when too little time is left for it.
         ranking = await budget.call("ranker", self._s.ranker_cap_ms * MS, call)
         return None if ranking is None else Ranked(ranking, ranking.model_version)
 
     def _request(self, found: CandidateSet, signals: Signals, history: History, k: int,
                  diversity: float, with_candidates: bool = True,
-                 exploration: float | None = None) -> ranker_pb2.RankRequest:
+                 exploration: float | None = None, parameters_version: str = "") -> ranker_pb2.RankRequest:
         """The RankRequest for these candidates; with_candidates False: all of it but
         `candidates` and `candidate_vectors` (found.wire holds those)."""
         last = {e.item_id: i for i, e in enumerate(history.entries)}  # later events win
@@ -72,4 +74,5 @@ class RankingStage:
             k=k,
             diversity=diversity,
             skipped=skipped,
+            parameters_version=parameters_version,
         )

@@ -43,6 +43,8 @@ class Plan:
     reasons: tuple[str, ...] = ()
     # The ranker's exploration share for this call (an experiment's variant); None: the ranker's own.
     exploration: float | None = None
+    # The ranker parameter version for this call (an experiment's variant); "": the ranker's current.
+    parameters_version: str = ""
 
     @classmethod
     def shed_at_door(cls, reason: str) -> "Plan":

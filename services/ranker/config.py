@@ -24,5 +24,9 @@ class RankerSettings(ServiceSettings):
     # Share of replies where one slot shows a candidate from below the top k, chosen uniformly
     # (logged with its propensity), so that learning does not see only its own choices.
     exploration: float = Field(default=0.05, ge=0.0, le=1.0)
+    # Parameter versions pinned by requests (RankRequest.parameters_version: an experiment's
+    # variant) kept loaded, least recently used out first; a version not kept is loaded again
+    # from params_dir or the updater (Updater.GetParameters) on its next request.
+    pinned_versions: int = Field(default=4, ge=1)
     # Diversity (maximal marginal relevance) re-ranks this many times k of the best candidates.
     mmr_pool_factor: int = Field(default=3, ge=1)

@@ -38,6 +38,7 @@ from recmesh.experiments.wire import (
     control_of,
     primary_of,
 )
+from recmesh.models.ranking.scorer import find_params
 from recmesh.v1 import common_pb2, updater_pb2
 from services.updater.config import UpdaterSettings
 
@@ -108,6 +109,7 @@ class ExperimentsRole:
         are kept."""
         check_experiment_proto(request.experiment)
         self._check_ready()
+        await self._check_versions(request.experiment)
         async with self._lock:
             listed = await self._listed()
             if any(e.name == request.experiment.name for e in listed):
@@ -131,6 +133,18 @@ class ExperimentsRole:
         log.info("experiment put", extra={"audit": "experiments", "action": "create", "client": client, "peer": peer,
                                           "experiment_name": stored.name, "experiment": rule_json(stored)})
         return stored
+
+    async def _check_versions(self, experiment: common_pb2.Experiment) -> None:
+        """Every pinned ranker version is one this updater has (published, or a start version):
+        FailedPrecondition naming the variant's field otherwise - refused now, not served a
+        fallback for the experiment's whole run. The learner never deletes a published version,
+        so one that exists now is there for the experiment's run."""
+        folders = (self._s.params_dir, self._s.shipped_params_dir)
+        for i, variant in enumerate(experiment.variants):
+            version = variant.overrides.ranker_version
+            if version and await asyncio.to_thread(find_params, version, *folders) is None:
+                raise FailedPrecondition(f"experiment.variants[{i}].overrides.ranker_version: no ranker version "
+                                         f"{version!r} in the updater's published or start versions")
 
     async def list(self) -> common_pb2.ListExperimentsResponse:
         self._check_ready()

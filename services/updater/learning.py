@@ -18,12 +18,19 @@ from pathlib import Path
 from prometheus_client import Counter
 
 from recmesh.common.clock import now_ms
-from recmesh.common.errors import InvalidArgument
+from recmesh.common.errors import InvalidArgument, NotFound
 from recmesh.common.metrics import set_version
 from recmesh.common.validation import check_id
 from recmesh.events.eventlog import LoggedEvent
 from recmesh.models.ranking.features import FEATURES
-from recmesh.models.ranking.scorer import Scorer, load_params, newest_params, save_params
+from recmesh.models.ranking.scorer import (
+    Scorer,
+    check_version_name,
+    find_params,
+    load_params,
+    newest_params,
+    save_params,
+)
 from recmesh.models.ranking.training import LabelledList, OnlineLearner, Publication, Round
 from recmesh.v1 import updater_pb2
 from services.updater.config import UpdaterSettings
@@ -125,6 +132,17 @@ class LearningRole:
                 yield _parameters(scorer)
         finally:
             self._watchers.discard(queue)
+
+    async def parameters(self, version: str) -> updater_pb2.RankerParameters:
+        """One version by name as kept on disk (published, else a start version): what a ranker
+        pinned to it serves. NotFound naming version when neither folder has it."""
+        check_version_name(version, "version")
+        s = self._settings
+        # Not on the training pool: a long round must not hold a pinned request up.
+        path = await asyncio.to_thread(find_params, version, s.params_dir, s.shipped_params_dir)
+        if path is None:
+            raise NotFound("version", f"no ranker version {version!r} in the published or start versions")
+        return _parameters(await asyncio.to_thread(load_params, path))
 
     async def _learn_forever(self) -> None:
         loop = asyncio.get_running_loop()

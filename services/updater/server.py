@@ -95,6 +95,10 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
         return common_pb2.MergeUsersResponse(events_moved=moved)
 
     @rpc_method
+    async def GetParameters(self, request, context):
+        return await self.learning.parameters(request.version)
+
+    @rpc_method
     async def PutRule(self, request, context):
         return await self.rules.put(request, *caller(context))
 

@@ -44,9 +44,22 @@ def test_an_unknown_ranking_mode_is_named():
         check_experiment_proto(e)
 
 
+def test_a_malformed_ranker_version_is_named():
+    for bad in ("../params/x", ".x", "a b", "v" * 129):
+        e = exp({"name": "A", "share": 0.5}, {"name": "B", "share": 0.5, "ranker_version": bad})
+        with pytest.raises(InvalidArgument) as err:
+            check_experiment_proto(e)
+        assert err.value.field == "experiment.variants[1].overrides.ranker_version"
+    fine = exp({"name": "A", "share": 0.5}, {"name": "B", "share": 0.5, "ranker_version": "ranker-linear-v2"})
+    check_experiment_proto(fine)  # whether it exists is the updater's to say (PutExperiment)
+    assert fine.variants[1].overrides.ranker_version == "ranker-linear-v2"
+
+
 def test_the_cli_reads_variants_with_their_overrides():
     assert _variant_flag("B=0.5:ranking=retrieval_order,diversity=0.3") == {
         "name": "B", "share": 0.5, "ranking": "retrieval_order", "diversity": 0.3}
+    assert _variant_flag("B=0.5:ranker_version=ranker-online-20261207T101010-00003") == {
+        "name": "B", "share": 0.5, "ranker_version": "ranker-online-20261207T101010-00003"}
     for bad in ("B", "B=x", "B=0.5:colour=red", "B=0.5:ranking=random"):
         with pytest.raises(argparse.ArgumentTypeError):
             _variant_flag(bad)
@@ -61,6 +74,8 @@ def test_a_variant_changes_the_plan_and_the_request_and_nothing_else():
     assert request.diversity == pytest.approx(0.4)
     control = Arm("e", "A", common_pb2.VariantOverrides())
     assert control.serve(request, IN_FULL) is IN_FULL
+    pinned = Arm("e", "C", variant_proto({"name": "C", "share": 0.5, "ranker_version": "ranker-linear-v2"}).overrides)
+    assert pinned.serve(request, IN_FULL) == Plan(parameters_version="ranker-linear-v2")
 
 
 def test_only_a_running_experiment_assigns_and_stickily():

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from recmesh.common.errors import InvalidArgument
 from recmesh.common.paths import var_paths
 from recmesh.models.ranking.features import FEATURES
 
@@ -103,6 +105,29 @@ def save_params(scorer: Scorer, params_dir: Path, **extra) -> Path:
     tmp.write_text(json.dumps(scorer.to_spec(**extra), indent=1))
     os.replace(tmp, path)
     return path
+
+
+# A version's name: its file's name in a params folder, so never a path.
+VERSION = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+def check_version_name(version: str, field: str) -> str:
+    """A parameter version's name (1..128 of [A-Za-z0-9_.-], not starting with a dot), else
+    InvalidArgument naming field."""
+    if not VERSION.fullmatch(version):
+        raise InvalidArgument(field, f"a parameter version is 1..128 of [A-Za-z0-9_.-], not starting with '.'; "
+                                     f"got {version[:140]!r}")
+    return version
+
+
+def find_params(version: str, *folders: Path) -> Path | None:
+    """<folder>/<version>.json of the first folder that has it; None: none has. version must
+    have passed check_version_name."""
+    for folder in folders:
+        path = folder / f"{version}.json"
+        if path.is_file():
+            return path
+    return None
 
 
 def newest_params(params_dir: Path) -> Path:
