@@ -3,11 +3,15 @@ session's other tests must not meet one): two variants - the ranker's order agai
 order - each user always in the same one, the shares within statistical tolerance, every reply
 naming its variant, the retrieval-order variant really skipping the ranker without being marked
 degraded, and the report's counts equal to the answers and the feedback sent. Durable across an
-updater restart; stopped, nobody is assigned; bad definitions INVALID_ARGUMENT naming the field."""
+updater restart; stopped, nobody is assigned; bad definitions INVALID_ARGUMENT naming the field.
+Variants pinning ranker parameter versions (an older published one, the shipped start one) are
+served exactly those while the control follows the updater's current one; a version the
+updater does not have is refused at PutExperiment, naming the field."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 import uuid
@@ -18,6 +22,8 @@ import pytest
 from scipy.stats import chisquare
 
 from recmesh.client import Event, RecmeshClient
+from recmesh.common.paths import var_paths
+from recmesh.models.ranking.scorer import SHIPPED_PARAMS, newest_params
 from recmesh.tools.devstack import Stack
 from recmesh.v1 import common_pb2
 
@@ -28,12 +34,21 @@ USERS = 300
 # Park, Matrix, Fight Club, Shawshank, Lion King, Alien, Fargo).
 FILMS = ["1", "6", "260", "296", "356", "480", "2571", "2959", "318", "364", "1214", "608"]
 ANSWERS_PER_USER = 2
+# Two versions "published" before the mesh starts (the shipped weights under other names, so the
+# other tests' orders are the shipped ones): the updater serves the newer, the ranker follows it.
+SHIPPED_VERSION = json.loads(newest_params(SHIPPED_PARAMS).read_text())["version"]
+OLDER, NEWER = "ranker-online-20260101T000000-00001", "ranker-online-20260101T000000-00002"
 
 
 @pytest.fixture(scope="module")
 def mesh(catalog, tmp_path_factory):
     var = tmp_path_factory.mktemp("var-experiments")
     shutil.copytree(catalog / "catalog", var / "catalog")  # an empty event log: only this test's users
+    published = var_paths(var).ranker_params
+    published.mkdir(parents=True)
+    for version in (OLDER, NEWER):
+        spec = json.loads(newest_params(SHIPPED_PARAMS).read_text()) | {"version": version}
+        (published / f"{version}.json").write_text(json.dumps(spec))
     # No exploration (answers are the ranker's order), no learning; the guardrail checks often
     # but waits for more users than this test has (tests/unit/test_experiment_guardrail.py tests
     # its decisions).
@@ -187,3 +202,60 @@ def test_unknown_experiments_are_not_found_and_bad_names_invalid(mesh):
         client.put_experiment("x", [{"name": "A", "share": 0.5}, {"name": "B", "share": 0.5}], control="C")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(
         "experiment.control:")
+
+
+def _serving(client: RecmeshClient, version: str, timeout_s: float = 20.0) -> None:
+    """Waits until the ranker serves `version` (it follows the updater's stream after starting
+    from its own start version)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = client.recommend(f"probe-{uuid.uuid4().hex[:8]}", k=5)
+        if reply.versions.get("ranker") == version:
+            return
+        assert time.monotonic() < deadline, f"the ranker serves {reply.versions.get('ranker')!r}, not {version!r}"
+        time.sleep(0.2)
+
+
+def test_variants_pinning_ranker_versions_are_served_those_while_the_control_follows_the_current(mesh):
+    stack, client = mesh
+    _serving(client, NEWER)
+    name = f"pinned-{uuid.uuid4().hex[:8]}"
+    # B: an older published version (the ranker asks the updater for it); C: the shipped start one.
+    stored = client.put_experiment(name, [{"name": "A", "share": 0.4},
+                                          {"name": "B", "share": 0.3, "ranker_version": OLDER},
+                                          {"name": "C", "share": 0.3, "ranker_version": SHIPPED_VERSION}])
+    assert [v.overrides.ranker_version for v in stored.variants] == ["", OLDER, SHIPPED_VERSION]
+    expected = {"A": NEWER, "B": OLDER, "C": SHIPPED_VERSION}
+    served = defaultdict(Counter)
+    users = [f"pin-{uuid.uuid4().hex[:10]}" for _ in range(60)]
+    client.track_events([Event(u, FILMS[int(_chosen(u, "pinfilm") * len(FILMS))], "view") for u in users])
+    try:
+        for user in users:
+            reply = client.recommend(user, k=10)
+            variant = reply.variant.rsplit("/", 1)[1]
+            assert not reply.degraded, (variant, list(reply.degraded))  # a pinned version is no failure
+            served[variant][reply.versions.get("ranker")] += 1
+        assert set(served) == {"A", "B", "C"}, served
+        for variant, versions in served.items():
+            assert set(versions) == {expected[variant]}, (variant, versions)
+        # Every answer recorded for the report, as any variant's.
+        report = _report_when(client, name, lambda r: all(
+            r["variants"].get(v, {}).get("answers") == sum(served[v].values()) for v in "ABC"))
+        assert {v: report["variants"][v]["answers"] for v in "ABC"} == {v: sum(served[v].values()) for v in "ABC"}
+    finally:
+        client.stop_experiment(name, reason="test over")
+
+
+def test_an_unknown_ranker_version_is_refused_at_put_naming_the_field(mesh):
+    _, client = mesh
+    with pytest.raises(grpc.RpcError) as err:
+        client.put_experiment("pin-unknown", [{"name": "A", "share": 0.5},
+                                              {"name": "B", "share": 0.5, "ranker_version": "ranker-never-published"}])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details().startswith("experiment.variants[1].overrides.ranker_version:"), err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        client.put_experiment("pin-bad", [{"name": "A", "share": 0.5},
+                                          {"name": "B", "share": 0.5, "ranker_version": "../../etc/passwd"}])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("experiment.variants[1].overrides.ranker_version:"), err.value.details()
+    assert "pin-unknown" not in {e.name for e in client.list_experiments()}
