@@ -1,11 +1,11 @@
 """What each answer served under an experiment led to: the answers' log joined with feedback.
 
 One row per answer shown (its experiment, variant, user, request id, the items in order, the
-answer's latency and whether it was degraded); feedback marks the row it answers: the first item
-event on a shown item is a click at that item's position (a view of a recommendation is its
-click-through, as in online learning's join), a purchase of a shown item a conversion. Feedback
-that names the answer's request id joins that answer; feedback without one joins the user's
-newest answer showing the item within `window_ms`.
+answer's latency, whether it was degraded and the ranker version that ranked it); feedback
+marks the row it answers: the first item event on a shown item is a click at that item's
+position (a view of a recommendation is its click-through, as in online learning's join), a
+purchase of a shown item a conversion. Feedback that names the answer's request id joins that
+answer; feedback without one joins the user's newest answer showing the item within `window_ms`.
 
 SQLite (WAL, synchronous=FULL): the counts survive a restart, and the report reads the same
 rows the join wrote. User ids are stored as keyed BLAKE2b digests (as in the event log's
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS answers (
   latency_ms REAL NOT NULL,
   degraded INTEGER NOT NULL,
   clicked_position INTEGER,       -- 0-based position of the first clicked item; NULL: none
-  converted INTEGER NOT NULL DEFAULT 0
+  converted INTEGER NOT NULL DEFAULT 0,
+  ranker_version TEXT NOT NULL DEFAULT ''  -- the parameter version that ranked it; '': not the ranker's
 );
 CREATE INDEX IF NOT EXISTS answers_by_user ON answers (user_key, shown_ms);
 CREATE INDEX IF NOT EXISTS answers_by_experiment ON answers (experiment, variant);
@@ -68,6 +69,9 @@ class OutcomeLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {name for _, name, *_ in self._db.execute("PRAGMA table_info(answers)")}
+        if "ranker_version" not in columns:  # a file from before answers named their ranker version
+            self._db.execute("ALTER TABLE answers ADD COLUMN ranker_version TEXT NOT NULL DEFAULT ''")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'user_key'").fetchone()
         if row is None:
             key = secrets.token_bytes(32)
@@ -80,13 +84,13 @@ class OutcomeLog:
         return hashlib.blake2b(user_id.encode(), key=self._key, digest_size=16).digest()
 
     def record_answer(self, *, experiment: str, variant: str, user_id: str, request_id: str, shown_ms: int,
-                      item_ids: list[str], latency_ms: float, degraded: bool) -> None:
+                      item_ids: list[str], latency_ms: float, degraded: bool, ranker_version: str = "") -> None:
         """Idempotent by request_id (a resent batch is not counted twice)."""
         self._db.execute(
             "INSERT OR IGNORE INTO answers (request_id, experiment, variant, user_key, shown_ms, items, latency_ms,"
-            " degraded) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " degraded, ranker_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (request_id, experiment, variant, self._user(user_id), shown_ms, json.dumps(item_ids), latency_ms,
-             int(degraded)))
+             int(degraded), ranker_version))
 
     def record_feedback(self, *, user_id: str, item_id: str, at_ms: int, purchase: bool,
                         request_id: str = "") -> bool:
@@ -135,6 +139,15 @@ class OutcomeLog:
             cols = np.array(rows, np.float64).T
             out[variant] = VariantSample(cols[0], cols[1], cols[2], cols[3], cols[4],
                                          np.array(latencies[variant], np.float64))
+        return out
+
+    def ranker_versions(self, experiment: str) -> dict[str, dict[str, int]]:
+        """variant -> ranker version -> answers it ranked ('': answers the ranker did not rank)."""
+        out: dict[str, dict[str, int]] = {}
+        for variant, version, answers in self._db.execute(
+                "SELECT variant, ranker_version, COUNT(*) FROM answers WHERE experiment = ?"
+                " GROUP BY variant, ranker_version ORDER BY variant, ranker_version", (experiment,)):
+            out.setdefault(variant, {})[version] = answers
         return out
 
     def close(self) -> None:

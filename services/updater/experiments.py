@@ -38,7 +38,7 @@ from recmesh.experiments.wire import (
     control_of,
     primary_of,
 )
-from recmesh.models.ranking.scorer import find_params
+from recmesh.models.ranking.scorer import VERSION_CHARS, find_params
 from recmesh.v1 import common_pb2, updater_pb2
 from services.updater.config import UpdaterSettings
 
@@ -186,6 +186,7 @@ class ExperimentsRole:
         """report.summarize of the experiment's outcomes so far, with its state; before the
         control has an answer, the variants' counts only."""
         samples = await self._run(self._outcomes.sample, experiment.name)
+        versions = await self._run(self._outcomes.ranker_versions, experiment.name)
         s = self._s
         try:
             summary = summarize(experiment.name, samples, control_of(experiment), primary_of(experiment),
@@ -196,6 +197,8 @@ class ExperimentsRole:
                        "primary": primary_of(experiment), "level": s.report_level,
                        "guardrail_level": s.guardrail_level, "variants": {}, "against_control": {},
                        "note": exc.args[0]}
+        for variant, shown in summary["variants"].items():  # which parameter versions ranked its answers
+            shown["ranker_versions"] = versions.get(variant, {})
         summary["state"] = common_pb2.ExperimentState.Name(experiment.state).removeprefix("EXPERIMENT_STATE_")
         summary["stopped_reason"] = experiment.stopped_reason
         return summary
@@ -212,6 +215,8 @@ class ExperimentsRole:
                 raise InvalidArgument(f"{at}items", f"at most {self._s.max_impression_items} items")
             for i, item in enumerate(impression.items):
                 check_id(item.item_id, f"{at}items[{i}].item_id")
+            if len(impression.ranker_version) > VERSION_CHARS:
+                raise InvalidArgument(f"{at}ranker_version", f"longer than {VERSION_CHARS} characters")
 
     def record(self, impressions: Sequence[updater_pb2.Impression]) -> None:
         """Answers shown under an experiment (checked: check_impressions), in the outcome log."""
@@ -219,7 +224,8 @@ class ExperimentsRole:
             rows = [dict(experiment=i.experiment, variant=i.variant, user_id=i.user_id, request_id=i.request_id,
                          shown_ms=i.timestamp_ms or clock.now_ms(),
                          item_ids=[item.item_id for item in sorted(i.items, key=lambda it: it.position)],
-                         latency_ms=i.latency_ms, degraded=i.degraded) for i in impressions]
+                         latency_ms=i.latency_ms, degraded=i.degraded, ranker_version=i.ranker_version)
+                    for i in impressions]
             self._submit(self._record_all, rows)
 
     def _record_all(self, rows: list[dict]) -> None:

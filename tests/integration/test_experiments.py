@@ -233,15 +233,18 @@ def test_variants_pinning_ranker_versions_are_served_those_while_the_control_fol
         for user in users:
             reply = client.recommend(user, k=10)
             variant = reply.variant.rsplit("/", 1)[1]
-            assert not reply.degraded, (variant, list(reply.degraded))  # a pinned version is no failure
-            served[variant][reply.versions.get("ranker")] += 1
+            # A pinned version is no ranker failure (other stages may be late on a loaded machine).
+            assert "fallback:retrieval_order" not in reply.degraded, (variant, list(reply.degraded))
+            # A brownout skipping the ranker on a loaded machine answers unranked ("" in the report).
+            served[variant][reply.versions.get("ranker", "")] += 1
         assert set(served) == {"A", "B", "C"}, served
         for variant, versions in served.items():
-            assert set(versions) == {expected[variant]}, (variant, versions)
-        # Every answer recorded for the report, as any variant's.
+            assert set(versions) - {""} == {expected[variant]}, (variant, versions)
+        # Every answer recorded for the report, as any variant's, with the version that ranked it.
         report = _report_when(client, name, lambda r: all(
             r["variants"].get(v, {}).get("answers") == sum(served[v].values()) for v in "ABC"))
         assert {v: report["variants"][v]["answers"] for v in "ABC"} == {v: sum(served[v].values()) for v in "ABC"}
+        assert {v: report["variants"][v]["ranker_versions"] for v in "ABC"} == {v: dict(served[v]) for v in "ABC"}
     finally:
         client.stop_experiment(name, reason="test over")
 

@@ -52,6 +52,27 @@ def test_counts_are_per_answer_and_survive_a_restart_and_a_resent_batch(tmp_path
     again.close()
 
 
+def test_answers_keep_the_ranker_version_and_an_older_file_gains_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)  # the answers table as written before answers named their version
+    old.executescript("""CREATE TABLE answers (request_id TEXT PRIMARY KEY, experiment TEXT NOT NULL,
+        variant TEXT NOT NULL, user_key BLOB NOT NULL, shown_ms INTEGER NOT NULL, items TEXT NOT NULL,
+        latency_ms REAL NOT NULL, degraded INTEGER NOT NULL, clicked_position INTEGER,
+        converted INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO answers VALUES ('r0', 'e', 'A', x'00', 1, '["a"]', 5.0, 0, NULL, 0);""")
+    old.commit()
+    old.close()
+    log = OutcomeLog(path, window_ms=60_000)
+    for n, (variant, version) in enumerate([("A", "v-live"), ("A", "v-live"), ("B", "v-frozen"), ("B", "")]):
+        log.record_answer(experiment="e", variant=variant, user_id=f"u{n}", request_id=f"r{n + 1}", shown_ms=1_000,
+                          item_ids=["a"], latency_ms=5.0, degraded=False, ranker_version=version)
+    assert log.ranker_versions("e") == {"A": {"": 1, "v-live": 2}, "B": {"": 1, "v-frozen": 1}}
+    assert log.sample("e")["A"].answers.sum() == 3  # the older row still counts
+    log.close()
+
+
 def test_report_counts_intervals_and_guardrail(log, tmp_path):
     rng = np.random.default_rng(0)
     for u in range(400):

@@ -108,7 +108,8 @@ def save_params(scorer: Scorer, params_dir: Path, **extra) -> Path:
 
 
 # A version's name: its file's name in a params folder, so never a path.
-VERSION = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+VERSION_CHARS = 128
+VERSION = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{VERSION_CHARS - 1}}}")
 
 
 def check_version_name(version: str, field: str) -> str:
