@@ -262,3 +262,30 @@ def test_an_unknown_ranker_version_is_refused_at_put_naming_the_field(mesh):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("experiment.variants[1].overrides.ranker_version:"), err.value.details()
     assert "pin-unknown" not in {e.name for e in client.list_experiments()}
+
+
+def test_a_pinned_version_gone_before_first_use_answers_retrieval_order_saying_why(mesh):
+    stack, client = mesh
+    _serving(client, NEWER)
+    published = var_paths(stack.var).ranker_params
+    version = f"ranker-online-20260101T000000-{uuid.uuid4().hex[:5]}"  # published while the mesh runs
+    spec = json.loads(newest_params(SHIPPED_PARAMS).read_text()) | {"version": version}
+    (published / f"{version}.json").write_text(json.dumps(spec))
+    name = f"gone-{uuid.uuid4().hex[:8]}"
+    client.put_experiment(name, [{"name": "A", "share": 0.5}, {"name": "B", "share": 0.5, "ranker_version": version}])
+    try:
+        (published / f"{version}.json").unlink()  # removed by hand before any answer asked for it
+        seen = set()
+        for user in (f"gone-{uuid.uuid4().hex[:10]}" for _ in range(40)):
+            reply = client.recommend(user, k=10)
+            variant = reply.variant.rsplit("/", 1)[1]
+            seen.add(variant)
+            if variant == "B":  # the ranker refused (NOT_FOUND), the gateway fell back, saying why
+                assert reply.items and "ranker" not in reply.versions, reply.versions
+                assert {"ranker:not_found", "fallback:retrieval_order"} <= set(reply.degraded), list(reply.degraded)
+            else:
+                assert "fallback:retrieval_order" not in reply.degraded
+                assert reply.versions.get("ranker", NEWER) == NEWER  # (absent only in a brownout)
+        assert seen == {"A", "B"}
+    finally:
+        client.stop_experiment(name, reason="test over")
