@@ -81,6 +81,10 @@ def text(summary: dict) -> str:
             lines.append(f"{name} - {summary['control']} on {summary['primary']}: {d['value']:+.4f} "
                          f"[{d['low']:+.4f}, {d['high']:+.4f}]; guardrail: "
                          f"{'STOP' if c['guardrail']['stop'] else 'keep'} ({c['guardrail']['reason']})")
+    for name, v in summary["variants"].items():  # the updater's report adds which versions ranked them
+        if v.get("ranker_versions"):
+            ranked = ", ".join(f"{version or 'unranked'} {n}" for version, n in v["ranker_versions"].items())
+            lines.append(f"{name} ranked by: {ranked}")
     return "\n".join(lines)
 
 

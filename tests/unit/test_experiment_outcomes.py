@@ -70,6 +70,11 @@ def test_answers_keep_the_ranker_version_and_an_older_file_gains_the_column(tmp_
                           item_ids=["a"], latency_ms=5.0, degraded=False, ranker_version=version)
     assert log.ranker_versions("e") == {"A": {"": 1, "v-live": 2}, "B": {"": 1, "v-frozen": 1}}
     assert log.sample("e")["A"].answers.sum() == 3  # the older row still counts
+    summary = summarize("e", log.sample("e"), control="A")
+    for variant, shown in summary["variants"].items():  # as the updater's report adds them
+        shown["ranker_versions"] = log.ranker_versions("e")[variant]
+    assert text(summary).splitlines()[-2:] == ["A ranked by: unranked 1, v-live 2",
+                                              "B ranked by: unranked 1, v-frozen 1"]
     log.close()
 
 
