@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> dict:
         return asyncio.run(drive(targets, rates, args.seconds, args.budget_ms, args.query_share, args.track_ratio,
                                  cpu))
 
-    floor = None
+    floor, rss = None, None
     if args.target:
         steps = go(args.target.split(","))
     else:  # our own mesh over a private copy of the bootstrapped catalog and event log
@@ -318,13 +318,15 @@ def run(args: argparse.Namespace) -> dict:
             gateways = [stack.address("gateway"),
                         *(stack.start_replica("gateway", str(i)) for i in range(2, args.gateways + 1))]
             steps = go(gateways, stack.cpu_seconds)
+            rss = stack.rss_mib()  # after the steps: caches as full as the load made them
             if not args.no_floor:
                 stack.stop()  # the floor runs alone, over the shard and log the load left
                 floor = measure_floor(stack, args)
     with_floor(steps, floor)
     results = {"query_share": args.query_share, "track_per_recommend": args.track_ratio,
                "seconds_per_step": args.seconds, "steps": steps, "highest_sustainable_per_s": sustainable(steps),
-               "highest_full_service_per_s": sustainable(steps, FULL_SERVICE_DEGRADED), "compute_floor": floor}
+               "highest_full_service_per_s": sustainable(steps, FULL_SERVICE_DEGRADED), "compute_floor": floor,
+               "rss_mib_after_steps": rss}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=2))
     plot(steps, args.out / "load.png", floor["compute_floor_ms_per_recommend"] if floor else None)
