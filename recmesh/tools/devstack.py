@@ -129,6 +129,9 @@ class Stack:
     # Prometheus endpoints (http://host:port/metrics), one per service.
     metrics_ports: dict[str, int] = field(default_factory=dict)
     stopping: bool = False
+    # Seconds `with Stack(...)` waits for each process to serve (retrieval loads its catalog
+    # first: ~2 min for 1 M items on this project's 2-core host).
+    start_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
         for name in SERVICES:
@@ -294,7 +297,7 @@ class Stack:
         return supervisor
 
     def __enter__(self) -> "Stack":
-        return self.start()
+        return self.start(self.start_timeout_s)
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -28,7 +28,8 @@ scale"). Three commands:
   and qdrant-client's local mode (brute force, in Python: `--local-max-items`) beside it.
   `--grid` builds a vector-only shard per (m, ef_construct) (every segment searched through
   its graph: full_scan_threshold 1 KiB) to choose the parameters.
-- `plot`: results/scale/*.json into one PNG (recall@100 against latency per ef and size).
+- `plot`: results/scale/*.json into one PNG (recall@100 against latency per ef and size) and
+  markdown tables (scale.md: build, memory, recall, and `recmesh load --out <folder>/load-<N>`).
 
 Everything runs in this process, the shard opened directly (qdrant_edge), no services."""
 
@@ -498,6 +499,63 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report(folder: Path) -> str:
+    """Markdown tables of what `derive`, `recall` and `recmesh load --out <folder>/load-<N>` wrote
+    in folder: build and memory per catalog size, recall@100 and latency per source and ef, and
+    the load steps (with each process's RSS after them)."""
+    derived = sorted((json.loads(f.read_text()) for f in folder.glob("derive-*.json")), key=lambda r: r["items"])
+    recalls = sorted((json.loads(f.read_text()) for f in folder.glob("recall-*.json")), key=lambda r: r["items"])
+    lines = []
+    if derived:
+        base = derived[0]["retrieval_open"]
+        lines += ["| items | build (bootstrap) s | fill s | HNSW build s | shard on disk MiB (segments) "
+                  "| retrieval: open s | retrieval RSS MiB | RSS per added item (KiB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for d in derived:
+            o = d["retrieval_open"]
+            added = d["items"] - derived[0]["items"]
+            per = f"{(o['rss_mib_after'] - base['rss_mib_after']) * 1024 / added:.2f}" if added else "-"
+            lines.append(f"| {d['items']:,} | {d['bootstrap_seconds']} | {d['fill_seconds']} | {d['index_seconds']} | "
+                         f"{d['shard_disk_mib']} ({d.get('shard_segments_mib', '-')}) | {o['open_seconds']} | "
+                         f"{o['rss_mib_after']} | {per} |")
+        lines.append("")
+    for r in recalls:
+        efs = list(next(iter(r["shard"]["sources"].values()))["by_ef"])
+        local = r.get("qdrant_client_local", {})
+        lines += [f"{r['items']:,} items, HNSW {r['shard']['hnsw']}: recall@100 (p50 / p99 ms per query)", "",
+                  "| source | " + " | ".join(f"ef {e}" for e in efs) + " | Edge exact | qdrant-client local |",
+                  "|---|" + "---|" * (len(efs) + 2)]
+        for name, row in r["shard"]["sources"].items():
+            cells = [f"{v['recall_at_100']:.3f} ({v['p50_ms']:.2f} / {v['p99_ms']:.2f})" for v in row["by_ef"].values()]
+            ex = row["exact"]
+            loc = local.get(name)
+            lines.append(f"| {name} ({row['metric']}) | " + " | ".join(cells) + f" | {ex['recall_at_100']:.3f} "
+                         f"({ex['p50_ms']:.2f} / {ex['p99_ms']:.2f}) | "
+                         + (f"{loc['recall_at_100']:.3f} ({loc['p50_ms']:.2f} / {loc['p99_ms']:.2f})" if loc else "-")
+                         + " |")
+        for g in r.get("grid", []):
+            cells = [f"{name} " + "/".join(f"{v['recall_at_100']:.3f}" for v in row["by_ef"].values())
+                     for name, row in g["sources"].items()]
+            lines.append(f"| grid m={g['m']} ef_construct={g['ef_construct']} {g.get('interest', '')} "
+                         f"(built {g['index_seconds']} s) | " + "; ".join(cells) + " |" + " |" * (len(efs) + 1))
+        lines.append("")
+    for f in sorted(folder.glob("load-*/load.json"), key=lambda f: int(f.parent.name.split("-")[1])):
+        r = json.loads(f.read_text())
+        lines += [f"`recmesh load` over {int(f.parent.name.split('-')[1]):,} items: highest full-service rate "
+                  f"{r['highest_full_service_per_s']:g}/s, highest sustainable {r['highest_sustainable_per_s']:g}/s; "
+                  f"RSS after the steps (MiB): {r.get('rss_mib_after_steps')}", "",
+                  "| offered/s | achieved/s | p50 ms | p99 ms | in time | degraded "
+                  "| CPU ms per Recommend (retrieval) |",
+                  "|---|---|---|---|---|---|---|"]
+        for st in r["steps"]:
+            cpu = st.get("cpu_ms_per_recommend", {})
+            lines.append(f"| {st['offered_per_s']:g} | {st['achieved_per_s']} | {st['p50_ms']} | {st['p99_ms']} | "
+                         f"{st['in_time_share']:.2%} | {st['degraded_share']:.2%} | {cpu.get('total', '-')} "
+                         f"({cpu.get('retrieval', '-')}) |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def grid_entry(text: str) -> tuple[HnswParams, bool]:
     """"m:ef_construct" (INTEREST norm-completed) or "m:ef_construct:plain"."""
     parts = text.split(":")
@@ -551,7 +609,9 @@ def main(argv: list[str] | None = None) -> None:
         if not found:
             parser.error(f"--results: no recall-*.json in {args.results}")
         plot(found, args.png)
-        print(f"wrote {args.png}")
+        (args.results / "scale.md").write_text(report(args.results))
+        print(report(args.results))
+        print(f"wrote {args.png} and {args.results / 'scale.md'}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "derive":
