@@ -192,10 +192,11 @@ def edge_search(shard, name: str, queries: np.ndarray, k: int, ef: int | None, b
 
 
 def measure_shard(shard, point_ids: np.ndarray, matrices: dict[str, np.ndarray], queries: dict[str, np.ndarray],
-                  efs: Sequence[int], bound: float | None, k: int = K) -> dict:
+                  efs: Sequence[int], bound: float | None, k: int = K, exact_queries: int | None = None) -> dict:
     """Per source: recall@k and latency at each ef, and Qdrant's exact search's latency (and
-    its recall: 1 unless Qdrant and numpy disagree). matrices: INTEREST (n, dim) and QUERY
-    (n, text_dim) rows aligned with point_ids; queries: (q, d) per source."""
+    its recall: 1 unless Qdrant and numpy disagree) over the first exact_queries queries (None:
+    all). matrices: INTEREST (n, dim) and QUERY (n, text_dim) rows aligned with point_ids;
+    queries: (q, d) per source."""
     out = {}
     for name, metric in SOURCES.items():
         matrix = matrices[INTEREST if name == SESSION else name]
@@ -204,8 +205,10 @@ def measure_shard(shard, point_ids: np.ndarray, matrices: dict[str, np.ndarray],
         for ef in efs:
             found, seconds = edge_search(shard, name, queries[name], k, ef, bound)
             row["by_ef"][str(ef)] = {"recall_at_100": round(recall_at_k(found, truth, k), 4), **latency(seconds)}
-        found, seconds = edge_search(shard, name, queries[name], k, None, bound)
-        row["exact"] = {"recall_at_100": round(recall_at_k(found, truth, k), 4), **latency(seconds)}
+        some = len(queries[name]) if exact_queries is None else exact_queries
+        found, seconds = edge_search(shard, name, queries[name][:some], k, None, bound)
+        row["exact"] = {"recall_at_100": round(recall_at_k(found, truth[:some], k), 4), **latency(seconds),
+                        "queries": len(found)}
         out[name] = row
         print(f"  {name}: " + ", ".join(f"ef {ef} recall@100 {v['recall_at_100']} p50 {v['p50_ms']} ms"
                                         for ef, v in row["by_ef"].items())
@@ -259,26 +262,27 @@ def shard_vectors(shard, dim: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
     ids, interest, text = [], [], []
     offset = None
-    while True:
+    while True:  # numpy per batch: a million vectors as Python floats would not fit in memory
         records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=4096, with_payload=False,
                                                         with_vector=[INTEREST, QUERY]))
-        for r in records:
-            ids.append(r.id)
-            interest.append(r.vector[INTEREST][:dim])
-            text.append(r.vector[QUERY])
+        if records:
+            ids.append(np.array([r.id for r in records], np.int64))
+            interest.append(np.array([r.vector[INTEREST][:dim] for r in records], np.float32))
+            text.append(np.array([r.vector[QUERY] for r in records], np.float32))
         if offset is None:
             break
-    return np.asarray(ids, np.int64), {INTEREST: np.asarray(interest, np.float32), QUERY: np.asarray(text, np.float32)}
+    return np.concatenate(ids), {INTEREST: np.concatenate(interest), QUERY: np.concatenate(text)}
 
 
-def real_queries(var: Path, n: int, seed: int) -> dict[str, np.ndarray]:
+def real_queries(var: Path, point_ids: np.ndarray, vectors: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]:
     """n queries per source from the var's real users and catalog (module docstring): users
     with at least 5 events on catalog items, sampled; their last events (the interest model's
     window) give the interest vector and the session direction; typed phrases from the items'
-    first two categories and tags, encoded by the var's language model."""
+    first two categories and tags (synthetic copies left out), encoded by the var's language
+    model. point_ids (n,) and vectors (n, dim): the shard's points and catalog vectors."""
     from recmesh.common.paths import served_artifact, served_text_model, text_model_name, var_paths
     from recmesh.events.eventlog import EventLog
-    from recmesh.index.edge import EdgeItemStore
+    from recmesh.index.layout import point_id
     from recmesh.models.interest.served import ServedInterestModel
     from recmesh.models.session import session_vector
     from recmesh.models.text import load_text_model
@@ -286,36 +290,31 @@ def real_queries(var: Path, n: int, seed: int) -> dict[str, np.ndarray]:
 
     paths = var_paths(var)
     rng = np.random.default_rng(seed)
-    store = EdgeItemStore.open(paths.shard_dir)
+    row_of = {int(p): row for row, p in enumerate(point_ids.tolist())}
+    log = EventLog(paths.event_log)
     try:
-        log = EventLog(paths.event_log)
-        try:
-            by_user: dict[str, list] = {}
-            for e in log.replay():
-                by_user.setdefault(e.user_id, []).append(e)
-        finally:
-            log.close()
-        model = ServedInterestModel(served_artifact(var), threads=1, runtime="onnx")
-        users = sorted(u for u, events in by_user.items() if len(events) >= 5)
-        interest, session = [], []
-        for u in rng.permutation(users).tolist():
-            events = sorted(by_user[u], key=lambda e: e.timestamp_ms)[-model.config.max_len:]
-            found = store.get([e.item_id for e in events], with_vectors=True)
-            known = {it.item_id: row for row, it in enumerate(found.items)}
-            events = [e for e in events if e.item_id in known]
-            if len(events) < 5:
-                continue
-            vecs = found.vectors[[known[e.item_id] for e in events]]
-            h = model.interest(vecs, [e.type for e in events], [e.value for e in events],
-                               [e.timestamp_ms for e in events])
-            interest.append(h)
-            session.append(session_vector(vecs))
-            if len(interest) == n:
-                break
+        by_user: dict[str, list] = {}
+        for e in log.replay():
+            by_user.setdefault(e.user_id, []).append(e)
     finally:
-        store.close()
+        log.close()
+    model = ServedInterestModel(served_artifact(var), threads=1, runtime="onnx")
+    users = sorted(u for u, events in by_user.items() if len(events) >= 5)
+    interest, session = [], []
+    for u in rng.permutation(users).tolist():
+        events = [e for e in sorted(by_user[u], key=lambda e: e.timestamp_ms)[-model.config.max_len:]
+                  if point_id(e.item_id) in row_of]
+        if len(events) < 5:
+            continue
+        vecs = vectors[[row_of[point_id(e.item_id)] for e in events]]
+        interest.append(model.interest(vecs, [e.type for e in events], [e.value for e in events],
+                                       [e.timestamp_ms for e in events]))
+        session.append(session_vector(vecs))
+        if len(interest) == n:
+            break
     phrases = sorted({" ".join([*it.categories[:2], *list(it.tags)[:2]]).lower()
-                      for it in read_items(paths.catalog_items) if it.categories or it.tags})
+                      for it in read_items(paths.catalog_items)
+                      if (it.categories or it.tags) and SUFFIX not in it.title})
     phrases = [phrases[i] for i in rng.choice(len(phrases), size=min(n, len(phrases)), replace=False)]
     model_dir = served_text_model(var)
     text = load_text_model("onnx-fp32", model_dir, text_model_name(model_dir), threads=2).encode(phrases)
@@ -406,7 +405,7 @@ def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int
 
 
 def recall(var: Path, efs: Sequence[int], n_queries: int, seed: int, local_max_items: int,
-           grid: Sequence[tuple[HnswParams, bool]] = ()) -> dict:
+           grid: Sequence[tuple[HnswParams, bool]] = (), exact_queries: int | None = None) -> dict:
     """recall@100 and latency of the var's shard (and of a vector-only shard per grid entry:
     (parameters, whether INTEREST is stored norm-completed as the shard build stores it, or
     plain as shards before it))."""
@@ -416,18 +415,19 @@ def recall(var: Path, efs: Sequence[int], n_queries: int, seed: int, local_max_i
     from recmesh.index.edge import EdgeItemStore, interest_stored
 
     paths = var_paths(var)
-    queries = real_queries(var, n_queries, seed)
     meta = json.loads((paths.shard_dir.parent / f"{paths.shard_dir.name}.meta.json").read_text())
     bound = meta.get("interest_norm_bound")
     shard = qe.EdgeShard.load(str(paths.shard_dir))
     try:
         ids, matrices = shard_vectors(shard, int(meta["dim"]))
+        queries = real_queries(var, ids, matrices[INTEREST], n_queries, seed)
         print(f"{var}: {len(ids)} items, HNSW {meta.get('hnsw', 'Qdrant defaults')}, INTEREST norm bound {bound}",
               flush=True)
         result = {"var": str(var), "items": len(ids), "k": K,
                   "queries": {name: len(q) for name, q in queries.items()},
                   "shard": {"hnsw": meta.get("hnsw", HnswParams().as_dict()), "interest_norm_bound": bound,
-                            "sources": measure_shard(shard, ids, matrices, queries, efs, bound)}}
+                            "sources": measure_shard(shard, ids, matrices, queries, efs, bound,
+                                                     exact_queries=exact_queries)}}
     finally:
         shard.close()
     if grid:
@@ -593,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--ef", default="32,64,128,256", help="search ef values (comma-separated)")
     r.add_argument("--queries", type=int, default=300, help="queries per source")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--exact-queries", type=int, default=None,
+                   help="queries per source through Qdrant's exact search (default: all; it is slow at 1 M)")
     r.add_argument("--grid", default="",
                    help="HNSW m:ef_construct to build and compare, e.g. 8:64,16:100,32:200; m:ef_construct:plain "
                         "stores INTEREST without the norm-completing component (as shards before it)")
@@ -630,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
             grid = [grid_entry(pair) for pair in args.grid.split(",") if pair]
         except argparse.ArgumentTypeError as exc:
             parser.error(str(exc))
-        result = recall(args.var, efs, args.queries, args.seed, args.local_max_items, grid)
+        result = recall(args.var, efs, args.queries, args.seed, args.local_max_items, grid, args.exact_queries)
         path = args.out / f"recall-{result['items']}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("grid", "shard")}, indent=1))
