@@ -78,7 +78,7 @@ load: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh load
 
 # Catalog scale (docs/scaling.md): for each of SCALE_ITEMS, a var vector-jittered from the
-# var's catalog (kept under SCALE_DIR: built once - 1 M items take ~25 min here), recall@100
+# var's catalog (kept under SCALE_DIR: built once - 100 k items take 2 min here, 1 M over an hour), recall@100
 # of its HNSW shard against exact search, then `recmesh load` over it; results/scale/.
 SCALE_ITEMS ?= 100000 1000000
 SCALE_DIR ?= /tmp/recmesh-scale
