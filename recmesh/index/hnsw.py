@@ -4,9 +4,9 @@
 (RECMESH_RETRIEVAL_HNSW_EF). Qdrant searches a segment whose vectors take fewer than
 `full_scan_threshold_kb` KiB exactly (no graph).
 
-The defaults were chosen on the real embeddings (MovieLens, 9,742 items) and verified at 100 k
-and 1 M items by `python -m recmesh.tools.bench.scale` (docs/scaling.md, "Catalog scale"):
-recall@100 against exact search >= 0.95 for every source the retrieval queries. The build
+The defaults were chosen on the real embeddings (MovieLens, 9,742 items) and checked at 100 k
+items by `recmesh scale` (docs/scaling.md, "Catalog scale"): with search ef 256, recall@100
+against exact search >= 0.95 for every source the retrieval queries. The build
 reads them from the environment (RECMESH_INDEX_HNSW_M, _EF_CONSTRUCT,
 _FULL_SCAN_THRESHOLD_KB); the catalog's manifest (catalog/BUILD.json) and the shard's
 metadata record the values it was built with."""
