@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 BROWSER_INSTALLED := $(VENV)/.browser-installed
 PROTOS := $(wildcard protos/recmesh/v1/*.proto)
 
-.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load chaos certs images k8s lint clean
+.PHONY: install protos bootstrap train run test test-unit test-integration bench eval load scale chaos certs images k8s lint clean
 
 install: $(INSTALLED)
 
@@ -91,6 +91,22 @@ eval: bootstrap $(BENCH_INSTALLED)
 # rate with p99 within the 100 ms budget (~3 min).
 load: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh load
+
+# Catalog scale (docs/scaling.md): for each of SCALE_ITEMS, a var vector-jittered from the
+# var's catalog (kept under SCALE_DIR: built once - 100 k items take 2 min here, 1 M over an hour), recall@100
+# of its HNSW shard against exact search, then `recmesh load` over it; results/scale/.
+SCALE_ITEMS ?= 100000 1000000
+SCALE_DIR ?= /tmp/recmesh-scale
+SCALE_RATES ?= 40,80,100,120
+scale: bootstrap $(BENCH_INSTALLED)
+	for n in $(SCALE_ITEMS); do \
+	  [ -f $(SCALE_DIR)/v$$n/catalog/BUILD.json ] || $(PY) -m recmesh scale derive --base-var $${RECMESH_VAR:-var} \
+	    --items $$n --out-var $(SCALE_DIR)/v$$n --out results/scale || exit 1; \
+	  $(PY) -m recmesh scale recall --var $(SCALE_DIR)/v$$n --out results/scale || exit 1; \
+	  RECMESH_VAR=$(SCALE_DIR)/v$$n $(PY) -m recmesh load --rates $(SCALE_RATES) --seconds 15 --no-floor \
+	    --out results/scale/load-$$n || exit 1; \
+	done
+	$(PY) -m recmesh scale plot --results results/scale --png results/scale/scale.png
 
 # Faults under steady load: SIGKILL and SIGSTOP each service and Triton in turn, a local
 # supervisor restarts what dies; in-time share, degraded share and recovery per fault (~2 min).

@@ -32,6 +32,7 @@ from recmesh.index.base import (
     stored_item,
     with_popularity,
 )
+from recmesh.index.hnsw import HnswParams
 from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
 
 
@@ -84,16 +85,21 @@ class QdrantServerStore(ItemIndex):
 
     @classmethod
     def create(cls, client: QdrantClient, collection: str, dim: int, text_dim: int, version: str,
-               shards: int = 1, replication: int = 1, hnsw_ef: int = 128) -> "QdrantServerStore":
+               shards: int = 1, replication: int = 1, hnsw_ef: int = 128,
+               hnsw: HnswParams | None = None) -> "QdrantServerStore":
         """A new collection `collection` through `client`, spread over `shards` shards of
-        `replication` copies each; its metadata (dims, version, layout) in the collection's."""
-        meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT}
+        `replication` copies each, its HNSW graphs built with `hnsw` (default HnswParams());
+        its metadata (dims, version, layout, HNSW parameters) in the collection's."""
+        hnsw = HnswParams() if hnsw is None else hnsw
+        meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT, "hnsw": hnsw.as_dict()}
         client.create_collection(
             collection,
             vectors_config={INTEREST: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
                             SESSION: qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
                             QUERY: qm.VectorParams(size=text_dim, distance=qm.Distance.COSINE)},
             shard_number=shards, replication_factor=replication, metadata=meta,
+            hnsw_config=qm.HnswConfigDiff(m=hnsw.m, ef_construct=hnsw.ef_construct,
+                                          full_scan_threshold=hnsw.full_scan_threshold_kb),
         )
         client.create_payload_index(collection, "categories", qm.PayloadSchemaType.KEYWORD)
         client.create_payload_index(collection, "popularity", qm.PayloadSchemaType.FLOAT)

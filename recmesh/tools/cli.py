@@ -17,14 +17,14 @@ DEFAULT_TARGET = "localhost:50060"
 # Subcommands that hand all their arguments to a module's main().
 PASS_THROUGH = {"eval": "recmesh.tools.eval.run", "train": "recmesh.tools.eval.release",
                 "tune-text": "recmesh.tools.eval.release", "load": "recmesh.tools.loadtest",
-                "chaos": "recmesh.tools.chaos"}
+                "chaos": "recmesh.tools.chaos", "scale": "recmesh.tools.bench.scale"}
 # The function of the module a pass-through command calls, when it is not main().
 PASS_THROUGH_ENTRY = {"tune-text": "tune_text_main"}
 # Subcommands that write into the var (RECMESH_VAR): checked before they start.
 WRITES_VAR = {"eval", "train", "tune-text", "load", "chaos", "bootstrap", "import", "run"}
 # The extras (recmesh.tools.extras) each subcommand needs; the others need only the client's dependencies.
 NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "tune-text": ("serve",), "load": ("serve", "bench"),
-         "chaos": ("serve", "bench"),
+         "chaos": ("serve", "bench"), "scale": ("serve", "bench"),
          "bootstrap": ("serve",), "import": ("serve",), "run": ("serve",), "publish-catalog": ("serve",)}
 
 
@@ -507,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "events, publish it only if better; --every MINUTES for a schedule "
                                       "(recmesh tune-text --help)")
     sub.add_parser("load", help="open-loop load test through the gateway, as `make load` (recmesh load --help)")
+    sub.add_parser("scale", help="the catalog at 100 k / 1 M items: derive a var by vector jitter, HNSW recall@100 "
+                   "against exact search (recmesh scale --help)")
     sub.add_parser("chaos", help="kill and stop each service under load, as `make chaos` (recmesh chaos --help)")
 
     p = sub.add_parser("demo", help="play the scripted session against a running gateway")

@@ -63,6 +63,30 @@ def process_tree_cpu_s(pids: dict[str, int]) -> dict[str, float]:
     return {name: tree(pid) for name, pid in pids.items()}
 
 
+def process_tree_rss_mib(pids: dict[str, int]) -> dict[str, float]:
+    """Resident memory (MiB) of each named process and all its live descendants (Triton's model
+    stubs are its children), from /proc; 0 for one that is gone. Pages shared between a parent
+    and its children count in each."""
+    parents: dict[int, int] = {}
+    rss: dict[int, float] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        pid = int(status.parent.name)
+        parents[pid] = int(fields.get("PPid", "0").strip() or 0)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024 if "VmRSS" in fields else 0.0
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+
+    def tree(pid: int) -> float:
+        return rss.get(pid, 0.0) + sum(tree(child) for child in children.get(pid, []))
+
+    return {name: round(tree(pid), 1) for name, pid in pids.items()}
+
+
 def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
@@ -128,6 +152,9 @@ class Stack:
     # Also start the console (services/console: pages over the gateway, its live numbers from
     # the gateway's and the ranker's metrics), open: no keys on loopback.
     console: bool = False
+    # Seconds `with Stack(...)` waits for each process to serve (retrieval loads its catalog
+    # first: ~2 min for 1 M items on this project's 2-core host).
+    start_timeout_s: float = 180.0
 
     def __post_init__(self) -> None:
         for name in (*SERVICES, CONSOLE) if self.console else SERVICES:
@@ -285,12 +312,20 @@ class Stack:
         if self.redis is not None:
             self.redis.stop()
 
+    def _live_pids(self) -> dict[str, int]:
+        procs = {**self.procs, **{name: server.proc for name, server in (("triton", self.triton), ("redis", self.redis))
+                                  if server is not None and server.proc is not None}}
+        return {name: p.pid for name, p in procs.items() if p.poll() is None}
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each live service process, Triton (with its model stubs)
         and Redis."""
-        procs = {**self.procs, **{name: server.proc for name, server in (("triton", self.triton), ("redis", self.redis))
-                                  if server is not None and server.proc is not None}}
-        return process_tree_cpu_s({name: p.pid for name, p in procs.items() if p.poll() is None})
+        return process_tree_cpu_s(self._live_pids())
+
+    def rss_mib(self) -> dict[str, float]:
+        """Resident memory (MiB) now of each live service process, Triton (with its model
+        stubs) and Redis."""
+        return process_tree_rss_mib(self._live_pids())
 
     def supervise(self, interval_s: float = 0.1) -> "Supervisor":
         """Restart any service (and Triton) that exits, until the stack stops."""
@@ -299,7 +334,7 @@ class Stack:
         return supervisor
 
     def __enter__(self) -> "Stack":
-        return self.start()
+        return self.start(self.start_timeout_s)
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -308,23 +308,25 @@ def run(args: argparse.Namespace) -> dict:
         return asyncio.run(drive(targets, rates, args.seconds, args.budget_ms, args.query_share, args.track_ratio,
                                  cpu))
 
-    floor = None
+    floor, rss = None, None
     if args.target:
         steps = go(args.target.split(","))
     else:  # our own mesh over a private copy of the bootstrapped catalog and event log
         from recmesh.tools.devstack import private_stack
 
-        with private_stack() as stack:
+        with private_stack(start_timeout_s=args.start_timeout_s) as stack:
             gateways = [stack.address("gateway"),
                         *(stack.start_replica("gateway", str(i)) for i in range(2, args.gateways + 1))]
             steps = go(gateways, stack.cpu_seconds)
+            rss = stack.rss_mib()  # after the steps: caches as full as the load made them
             if not args.no_floor:
                 stack.stop()  # the floor runs alone, over the shard and log the load left
                 floor = measure_floor(stack, args)
     with_floor(steps, floor)
     results = {"query_share": args.query_share, "track_per_recommend": args.track_ratio,
                "seconds_per_step": args.seconds, "steps": steps, "highest_sustainable_per_s": sustainable(steps),
-               "highest_full_service_per_s": sustainable(steps, FULL_SERVICE_DEGRADED), "compute_floor": floor}
+               "highest_full_service_per_s": sustainable(steps, FULL_SERVICE_DEGRADED), "compute_floor": floor,
+               "rss_mib_after_steps": rss}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=2))
     plot(steps, args.out / "load.png", floor["compute_floor_ms_per_recommend"] if floor else None)
@@ -345,6 +347,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the compute floor (measured after the steps on the local mesh only)")
     parser.add_argument("--floor-requests", type=int, default=400, help="Recommends the floor measures")
     parser.add_argument("--floor-warm-up", type=int, default=50, help="Recommends before the floor measures")
+    parser.add_argument("--start-timeout-s", type=float, default=180.0,
+                        help="seconds each process of the local mesh gets to serve (a large catalog loads first)")
     parser.add_argument("--out", type=Path, default=REPO / "results")
 
 
@@ -368,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_mix(parser, args.query_share, args.track_ratio, args.floor_requests, args.floor_warm_up,
               "--floor-requests", "--floor-warm-up")
+    if not args.start_timeout_s > 0:
+        parser.error(f"--start-timeout-s must be > 0, got {args.start_timeout_s}")
     require(parser.prog, "bench")  # the plot comes last: check before the work
     run(args)
 

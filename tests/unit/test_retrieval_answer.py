@@ -53,7 +53,7 @@ def reference_search(store: EdgeItemStore, sources, limit: int, flt: SearchFilte
     overfetch = len(excluded) <= store.MAX_OVERFETCH
     qfilter = edge_filter(flt.conditions(with_ids=not overfetch))
     fetch = limit + len(excluded) if overfetch else limit
-    requests = [qe.QueryRequest(query=qe.Query.Nearest(vector.tolist(), using=name), limit=fetch,
+    requests = [qe.QueryRequest(query=qe.Query.Nearest(store.query_vector(name, vector), using=name), limit=fetch,
                                 filter=qfilter, params=store._params, with_payload=False)
                 for name, vector in sources]
     scores: dict[str, float] = {}

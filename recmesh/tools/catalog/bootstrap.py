@@ -58,11 +58,14 @@ def text_key(data: Path, model_dir: Path, model_name: str, variant: str) -> str:
 
 
 def input_key(text: str, interest_model: Path) -> str:
-    """... and the catalog, also on the interest model that places the items, the shard layout
-    and the import recipe."""
+    """... and the catalog, also on the interest model that places the items, the shard layout,
+    the import recipe and the HNSW parameters (`recmesh.index.hnsw`)."""
+    from recmesh.index.hnsw import hnsw_params
     from recmesh.index.layout import LAYOUT
 
-    return hashlib.sha256(f"{text}|{LAYOUT}|{IMPORT_RECIPE}".encode() + interest_model.read_bytes()).hexdigest()[:16]
+    hnsw = sorted(hnsw_params().as_dict().items())
+    return hashlib.sha256(f"{text}|{LAYOUT}|{IMPORT_RECIPE}|{hnsw}".encode() + interest_model.read_bytes()
+                          ).hexdigest()[:16]
 
 
 def _legacy_vectors(path: Path, items: list[common_pb2.Item]) -> dict[bytes, np.ndarray]:

@@ -50,12 +50,13 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from recmesh.common.catalog import ITEM_TEXT_RECIPE, item_text
 from recmesh.common.paths import VAR_ENV, served_artifact, served_text_model, text_model_name, var_dir, var_paths
+from recmesh.index.hnsw import HnswParams, hnsw_params
 from recmesh.tools.catalog.snapshot import item_record, read_items, write_items
 from recmesh.tools.catalog.sources import (
     AttributeSpec,
@@ -418,12 +419,14 @@ def popularity(event_log, item_ids: list[str]) -> list[float]:
     return log_popularity(counts, item_ids)
 
 
-def build_key(spec: TextModelSpec, interest_model: Path, items: list[common_pb2.Item], pop: list[float]) -> str:
+def build_key(spec: TextModelSpec, interest_model: Path, items: list[common_pb2.Item], pop: list[float],
+              hnsw: HnswParams) -> str:
     """What the shard holds depends on: the layout, the text model, the interest model that
-    places the items, and every item with its popularity."""
+    places the items, every item with its popularity, and the HNSW parameters its graphs are
+    built with."""
     from recmesh.index.layout import LAYOUT
 
-    digest = hashlib.sha256(f"{IMPORT_RECIPE}|{LAYOUT}|{spec.key()}".encode())
+    digest = hashlib.sha256(f"{IMPORT_RECIPE}|{LAYOUT}|{spec.key()}|{sorted(hnsw.as_dict().items())}".encode())
     digest.update(interest_model.read_bytes())
     for item, p in zip(items, pop, strict=True):
         digest.update(json.dumps(item_record(item), sort_keys=True, ensure_ascii=False).encode())
@@ -432,25 +435,43 @@ def build_key(spec: TextModelSpec, interest_model: Path, items: list[common_pb2.
 
 
 def build_shard(shard_dir: Path, version: str, items: list[common_pb2.Item], pop: list[float],
-                text_vectors: np.ndarray, placer) -> None:
+                text_vectors: np.ndarray, placer, hnsw: HnswParams | None = None) -> dict:
     """A new shard of these items beside the live one, then swapped in: a failed build never
-    leaves half a catalog."""
+    leaves half a catalog. The items are placed in the catalog's space by `placer` (the
+    interest model); the rest is `write_shard`'s."""
+    vectors = placer.item_vectors(text_vectors, [it.item_id for it in items])
+    return write_shard(shard_dir, version, items, pop, vectors, text_vectors, hnsw)
+
+
+def write_shard(shard_dir: Path, version: str, items: Sequence[common_pb2.Item], pop: Sequence[float],
+                vectors: np.ndarray, text_vectors: np.ndarray, hnsw: HnswParams | None = None) -> dict:
+    """A new shard of these items (catalog vectors (n, dim), text vectors (n, text_dim), aligned
+    with items) built beside the live one at shard_dir, its HNSW graphs built with `hnsw`
+    (default: `hnsw_params()`, the environment's), then swapped in. Returns the seconds spent
+    filling it (`fill_seconds`) and building its indexes (`index_seconds`), and the HNSW
+    parameters (`hnsw`), and the INTEREST norm bound (`interest_norm_bound`: the longest catalog
+    vector's norm; `recmesh.index.edge.interest_stored`)."""
     from tqdm import tqdm
 
     from recmesh.index.edge import EdgeItemStore
     from recmesh.index.layout import item_payload
 
-    vectors = placer.item_vectors(text_vectors, [it.item_id for it in items])
+    hnsw = hnsw_params() if hnsw is None else hnsw
     staging = shard_dir.parent / f"{shard_dir.name}.building"
     for stale in (staging, staging.parent / f"{staging.name}.meta.json"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    store = EdgeItemStore.create(staging, placer.dim, text_vectors.shape[1], version=version)
+    started = time.perf_counter()
+    bound = max(float(np.linalg.norm(vectors, axis=1).max(initial=0.0)), 1e-6)
+    store = EdgeItemStore.create(staging, vectors.shape[1], text_vectors.shape[1], version=version, hnsw=hnsw,
+                                 interest_norm_bound=bound)
     with tqdm(total=len(items), desc="filling qdrant", unit="item", leave=False) as bar:
         for i in range(0, len(items), SHARD_CHUNK):
             payloads = [item_payload(it, pop[i + j]) for j, it in enumerate(items[i : i + SHARD_CHUNK])]
             bar.update(store.upsert(payloads, vectors[i : i + SHARD_CHUNK], text_vectors[i : i + SHARD_CHUNK]))
+    filled = time.perf_counter()
     store.optimize()
     store.close()  # flushes
+    indexed = time.perf_counter()
     # The live shard moves aside before the new one takes its place, and is removed only then.
     for suffix in ("", ".meta.json"):
         live = shard_dir.parent / f"{shard_dir.name}{suffix}"
@@ -460,6 +481,8 @@ def build_shard(shard_dir: Path, version: str, items: list[common_pb2.Item], pop
             live.rename(old)
         (staging.parent / f"{staging.name}{suffix}").rename(live)
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    return {"fill_seconds": round(filled - started, 1), "index_seconds": round(indexed - filled, 1),
+            "hnsw": hnsw.as_dict(), "interest_norm_bound": round(bound, 6)}
 
 
 def diff(old: dict[str, dict], new: list[common_pb2.Item]) -> dict[str, list[str]]:
@@ -531,7 +554,8 @@ def apply(var: Path, items: list[common_pb2.Item] | None, staging: EventStaging 
         event_log.close()
 
     # 4. The shard, unless it holds exactly this already.
-    key = build_key(spec, interest_model, items, pop)
+    hnsw = hnsw_params()
+    key = build_key(spec, interest_model, items, pop, hnsw)
     manifest_path = paths.catalog / "BUILD.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     shard_started = time.perf_counter()
@@ -541,10 +565,10 @@ def apply(var: Path, items: list[common_pb2.Item] | None, staging: EventStaging 
         from recmesh.models.interest.served import ServedInterestModel  # torch: only when placing items
 
         placer = ServedInterestModel(interest_model, threads=spec.threads, runtime="torch")  # item vectors only
-        build_shard(paths.shard_dir, f"catalog-{key}", items, pop, texts, placer)
+        built = build_shard(paths.shard_dir, f"catalog-{key}", items, pop, texts, placer, hnsw)
         manifest = {"key": key, "items": len(items), "dim": placer.dim, "text_model": spec.label,
                     "interest_model": placer.version, "events_seeded": report.get("events", {}).get("new", 0),
-                    "encode_seconds": encoded["encode_seconds"]}
+                    "encode_seconds": encoded["encode_seconds"], "hnsw": built["hnsw"]}
     report["shard"] = {"rebuilt": rebuild, "version": f"catalog-{key}",
                        "seconds": round(time.perf_counter() - shard_started, 1)}
 
