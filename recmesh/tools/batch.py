@@ -238,5 +238,7 @@ def run(args, filters: common_pb2.Filters, rules: Iterable[common_pb2.Rule] = ()
         print(f"\nrecmesh batch: interrupted; run the same command again to resume ({args.out})", file=sys.stderr)
         sys.exit(130)
     print(f"recmesh batch: {report.summary()}", file=sys.stderr)
+    if not report.failed:  # nothing to retry: no empty file left beside the output
+        failed_path.unlink(missing_ok=True)
     if report.failed:
         sys.exit(f"recmesh batch: {report.failed} users failed (listed in {failed_path}); run again to retry them")

@@ -283,10 +283,13 @@ def _print_answer(reply, as_json: bool) -> None:
     if as_json:
         _print_message(reply)
         return
+    if not reply.items:
+        print("(no item passes the filters and exclusions)")
     for i, item in enumerate(reply.items, start=1):
         print(f"{i:2}. [{item.item_id}] {item.title} ({'|'.join(item.categories)}){_shown_attributes(item.attributes)} "
               f"{item.score:.3f} - {'; '.join(item.reasons)}")
     print(f"-- {reply.total_ms:.1f} ms, versions {dict(reply.versions)}"
+          + (f", variant {reply.variant}" if reply.variant else "")
           + (f", degraded: {list(reply.degraded)}" if reply.degraded else ""))
 
 

@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     items_path, events_path = write_shop(args.out, args.format, args.items, args.users, args.events_per_user,
                                          args.seed)
     print(f"wrote {args.items} items to {items_path} and {args.users * args.events_per_user} events to "
-          f"{events_path}; import them with:\n  recmesh {shlex.join(import_command(items_path, events_path))}")
+          f"{events_path}; import them into a var of their own (not the one MovieLens is in) with:\n"
+          f"  RECMESH_VAR={shlex.quote(str(args.out.resolve() / 'var'))} "
+          f"recmesh {shlex.join(import_command(items_path, events_path))}")
 
 
 if __name__ == "__main__":
