@@ -9,23 +9,9 @@ import pytest
 
 from recmesh.client import Event
 from recmesh.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from tests.integration.answers import LATE_S, answered
 
 pytestmark = pytest.mark.integration
-
-LATE_S = 0.014  # under the gateway's min_admit_ms (15): shed as a late arrival, whatever the load
-
-
-def answered(call, tries: int = 5):
-    """The first answer to a call with a 14 ms deadline. One that misses it on the way (a busy
-    2-core host: the client's own serialisation, a scheduling gap) is asked again; one
-    answer is needed, and a late answer from the gateway would miss every try."""
-    for _ in range(tries):
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise
-    raise AssertionError(f"no answer within {LATE_S * 1000:.0f} ms in {tries} tries")
 
 
 def complete(call, tries: int = 3):

@@ -18,8 +18,7 @@ from recmesh.client import Event
 from recmesh.common.vectors import from_matrix
 from recmesh.tools import cli
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from tests.integration.answers import undegraded
-from tests.integration.test_faults_answers import LATE_S, answered
+from tests.integration.answers import LATE_S, answered, undegraded
 from tests.integration.test_mesh import FAMILY, HORROR, genre_count
 
 pytestmark = pytest.mark.integration

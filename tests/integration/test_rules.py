@@ -25,11 +25,10 @@ from recmesh.client import Event, RecmeshClient, boost, exclude, pin, promote
 from recmesh.common import limits
 from recmesh.common.auth import make_key
 from recmesh.v1 import common_pb2, recommendations_pb2, recommendations_pb2_grpc
-from tests.integration.answers import undegraded
+from tests.integration.answers import LATE_S, answered, undegraded
 
 pytestmark = pytest.mark.integration
 
-LATE_S = 0.014  # under the gateway's min_admit_ms (15): shed as a late arrival, whatever the load
 DRAMA = ["318", "1704", "2324", "527", "1193"]  # Shawshank, Good Will Hunting, Life Is Beautiful, Schindler, Cuckoo
 Rule, ItemMatch, Pin = common_pb2.Rule, common_pb2.ItemMatch, common_pb2.Pin
 
@@ -45,18 +44,6 @@ def count(reply, genre: str) -> int:
 @pytest.fixture
 def surface() -> str:
     return f"rules-{uuid.uuid4().hex[:8]}"
-
-
-def answered(call, tries: int = 5):
-    """The first answer to a call with a 14 ms deadline (one that missed it on a busy host is
-    asked again: a late answer from the gateway would miss every try)."""
-    for _ in range(tries):
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise
-    raise AssertionError(f"no answer within {LATE_S * 1000:.0f} ms in {tries} tries")
 
 
 def test_a_boosted_brand_rises_and_its_score_moves_by_ln_f(client, user):
