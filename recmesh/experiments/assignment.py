@@ -64,18 +64,24 @@ def bucket(salt: str, user_id: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
+def check_experiment_name(name: str, field: str) -> str:
+    """An experiment's or a variant's name: INVALID_ARGUMENT naming the field unless it is 1..64
+    of [A-Za-z0-9_.-]."""
+    if not NAME.fullmatch(name):
+        raise InvalidArgument(field, "1..64 of [A-Za-z0-9_.-]")
+    return name
+
+
 def check_experiment(experiment: Experiment, field_prefix: str = "experiment") -> None:
     """INVALID_ARGUMENT naming the field: name and variant names of [A-Za-z0-9_.-]{1,64}, at least
     two variants with distinct names, each share in (0, 1], shares summing to 1."""
-    if not NAME.fullmatch(experiment.name):
-        raise InvalidArgument(f"{field_prefix}.name", "1..64 of [A-Za-z0-9_.-]")
+    check_experiment_name(experiment.name, f"{field_prefix}.name")
     if len(experiment.variants) < 2:
         raise InvalidArgument(f"{field_prefix}.variants", "at least two variants are needed to compare")
     names: set[str] = set()
     for i, variant in enumerate(experiment.variants):
         at = f"{field_prefix}.variants[{i}]"
-        if not NAME.fullmatch(variant.name):
-            raise InvalidArgument(f"{at}.name", "1..64 of [A-Za-z0-9_.-]")
+        check_experiment_name(variant.name, f"{at}.name")
         if variant.name in names:
             raise InvalidArgument(f"{at}.name", f"duplicate variant {variant.name!r}")
         names.add(variant.name)

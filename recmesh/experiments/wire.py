@@ -5,7 +5,7 @@ whoever calls), and the assignment made from one (recmesh/experiments/assignment
 from __future__ import annotations
 
 from recmesh.common.errors import InvalidArgument
-from recmesh.experiments.assignment import NAME, Experiment, Variant
+from recmesh.experiments.assignment import Experiment, Variant
 from recmesh.experiments.report import METRICS
 from recmesh.models.ranking.scorer import check_version_name
 from recmesh.v1 import common_pb2
@@ -15,12 +15,6 @@ STORED_EXPERIMENTS = 100
 STOP_REASON_CHARS = 1000
 # The metrics the guardrail can test (degraded_share is the mesh's health, not the variant's merit).
 PRIMARY_METRICS = tuple(m for m in METRICS if m != "degraded_share")
-
-
-def check_experiment_name(name: str, field: str) -> str:
-    if not NAME.fullmatch(name):
-        raise InvalidArgument(field, "1..64 of [A-Za-z0-9_.-]")
-    return name
 
 
 def check_overrides(overrides: common_pb2.VariantOverrides, field: str) -> None:

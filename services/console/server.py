@@ -28,7 +28,7 @@ from recmesh.common.errors import InvalidArgument
 from recmesh.common.logs import setup_logging
 from recmesh.common.metrics import serve_metrics
 from recmesh.common.validation import check_id, check_query, check_text
-from recmesh.experiments.wire import check_experiment_name
+from recmesh.experiments.assignment import check_experiment_name
 from recmesh.v1 import common_pb2, recommendations_pb2
 from services.console.config import ConsoleSettings
 from services.console.gateway import Gateway, GatewayError

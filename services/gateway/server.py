@@ -15,7 +15,8 @@ from recmesh.common.rules import check_rule_name, check_stored_rule
 from recmesh.common.server import Service
 from recmesh.common.transport import PREVIEW_HEADER
 from recmesh.common.validation import check_events, check_id, check_text
-from recmesh.experiments.wire import STOP_REASON_CHARS, check_experiment_name, check_experiment_proto
+from recmesh.experiments.assignment import check_experiment_name
+from recmesh.experiments.wire import STOP_REASON_CHARS, check_experiment_proto
 from recmesh.v1 import (
     common_pb2,
     encoder_pb2,

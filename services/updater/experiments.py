@@ -28,12 +28,12 @@ from recmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound,
 from recmesh.common.validation import check_id
 from recmesh.events.eventlog import LoggedEvent
 from recmesh.events.rulestore import EXPERIMENTS, RedisNamed, RuleStore, SqliteNamed, rule_json
+from recmesh.experiments.assignment import check_experiment_name
 from recmesh.experiments.outcomes import OutcomeLog
 from recmesh.experiments.report import summarize
 from recmesh.experiments.wire import (
     STOP_REASON_CHARS,
     STORED_EXPERIMENTS,
-    check_experiment_name,
     check_experiment_proto,
     control_of,
     primary_of,
