@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import jinja2
 from aiohttp import BasicAuth, web
@@ -224,11 +224,37 @@ def failure(request: web.Request, status: int, error: dict) -> web.Response:
     return render(request, Page("error.html", "Error"), status=status, error=error)
 
 
+def check_utf8(request: web.Request) -> None:
+    """InvalidArgument naming the field when the URL's percent-encoded bytes are not UTF-8.
+
+    aiohttp keeps such a path segment as its literal "%FF" text and replaces such query bytes
+    with U+FFFD, so either would reach the gateway as another, valid id or text; the gRPC API
+    cannot be given them at all (its strings are UTF-8), so the console refuses them too. The
+    field is the route's path variable, or the query parameter's name."""
+    path, _, query = request.raw_path.partition("?")
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        names = list(request.match_info)
+        raise InvalidArgument(names[0] if names else "path", "is not UTF-8 text once percent-decoded") from None
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        try:
+            field = unquote_to_bytes(name.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("query string", "holds a parameter name that is not UTF-8 text") from None
+        try:
+            unquote_to_bytes(value.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(field, "is not UTF-8 text once percent-decoded") from None
+
+
 def handles_errors(fn: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    """Bad input: 400 naming the field. A gateway error: its status code and details, shown
-    (400 for INVALID_ARGUMENT, 404 NOT_FOUND, else 502)."""
+    """Bad input (check_utf8 first): 400 naming the field. A gateway error: its status code and
+    details, shown (400 for INVALID_ARGUMENT, 404 NOT_FOUND, else 502)."""
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
+            check_utf8(request)
             return await fn(request)
         except InvalidArgument as exc:
             return failure(request, 400, {"field": exc.field, "message": str(exc)})

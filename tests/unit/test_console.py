@@ -155,10 +155,17 @@ def test_bad_input_is_400_naming_the_field_and_a_gateway_failure_is_shown():
         try:
             for path, field in (("/api/users/u1?k=ten", "k"), ("/api/users/u1?k=101", "k"),
                                 ("/api/search?text=", "text"), ("/api/users/" + "x" * 200, "user_id"),
-                                ("/api/users/u1?query=" + "q" * 1001, "query")):
+                                ("/api/users/u1?query=" + "q" * 1001, "query"),
+                                # bytes that are not UTF-8: aiohttp would read the path's as the
+                                # literal text "%FF" and the query's as U+FFFD
+                                ("/api/users/%FF", "user_id"), ("/api/items/a%C3", "item_id"),
+                                ("/api/users/u1?query=%FE", "query"), ("/api/search?text=ab%E9", "text"),
+                                ("/api/experiments/e%FF", "name")):
                 reply = await client.get(path)
                 assert reply.status == 400, path
                 assert (await reply.json())["error"]["field"] == field, path
+            form = await client.get("/go?user_id=%FF", allow_redirects=False)  # no redirect to a mangled id
+            assert form.status == 400 and "user_id: is not UTF-8" in await form.text()
             page = await client.get("/users/u1?k=ten")
             assert page.status == 400 and "k: must be a whole number" in await page.text()
             slashed = await client.get("/api/users/a%2Fb?k=0")  # an id with a slash reaches its page
