@@ -17,6 +17,7 @@ import hashlib
 import json
 import secrets
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,33 @@ class VariantSample:
         return len(self.answers)
 
 
+def variant_samples(answers: Iterable[tuple[str, object, int | None, int, int, float]]) -> dict[str, VariantSample]:
+    """Per-user sums from answer rows (variant, user key, clicked position or None, converted
+    0/1, degraded 0/1, latency ms) - what OutcomeLog.sample sums in SQL, for a backend that
+    reads the rows (outcomes_redis.py). Users in key order within a variant."""
+    sums: dict[str, dict[object, list[float]]] = {}
+    latencies: dict[str, list[float]] = {}
+    for variant, user, clicked, converted, degraded, latency in answers:
+        row = sums.setdefault(variant, {}).setdefault(user, [0.0] * 5)
+        row[0] += 1
+        if clicked is not None:
+            row[1] += 1
+            row[3] += 1.0 / (clicked + 1)
+        row[2] += converted
+        row[4] += degraded
+        latencies.setdefault(variant, []).append(latency)
+    out = {}
+    for variant in sorted(sums):
+        cols = np.array([sums[variant][user] for user in sorted(sums[variant])], np.float64).T
+        out[variant] = VariantSample(cols[0], cols[1], cols[2], cols[3], cols[4],
+                                     np.array(latencies[variant], np.float64))
+    return out
+
+
 class OutcomeLog:
+    """The SQLite backend: one file, for the sqlite event store's one updater replica (the redis
+    store's replicas share recmesh/experiments/outcomes_redis.py's)."""
+
     def __init__(self, path: Path, window_ms: int):
         self.window_ms = window_ms
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +118,17 @@ class OutcomeLog:
             " degraded, ranker_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (request_id, experiment, variant, self._user(user_id), shown_ms, json.dumps(item_ids), latency_ms,
              int(degraded), ranker_version))
+
+    def record_answers(self, rows: Iterable[dict]) -> None:
+        """record_answer for each row (its keyword arguments), one transaction: one fsync."""
+        self._db.execute("BEGIN")
+        try:
+            for row in rows:
+                self.record_answer(**row)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def record_feedback(self, *, user_id: str, item_id: str, at_ms: int, purchase: bool,
                         request_id: str = "") -> bool:

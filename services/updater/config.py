@@ -28,8 +28,9 @@ class UpdaterSettings(ServiceSettings, weights.EventWeightsSetting):
     # its Redis, shared by the replicas.
     rules_path: Path | None = None
     # The experiments (sqlite store; recmesh/events/rulestore.py) and their outcomes (answers
-    # shown under one joined with feedback: recmesh/experiments/outcomes.py, SQLite with either
-    # store). Defaults: experiments.sqlite and outcomes.sqlite in log_path's folder.
+    # shown under one joined with feedback: recmesh/experiments/outcomes.py). Defaults:
+    # experiments.sqlite and outcomes.sqlite in log_path's folder. The redis store keeps both in
+    # its Redis, shared by the replicas (outcomes: recmesh/experiments/outcomes_redis.py).
     experiments_path: Path | None = None
     outcomes_path: Path | None = None
     # The guardrail (services/updater/experiments.py): the running experiment is checked every

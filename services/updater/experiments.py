@@ -8,10 +8,14 @@ significantly worse (recmesh/experiments/stats.py guardrail, at guardrail_level,
 have guardrail_min_users users) stops the experiment, saying so in stopped_reason and the log;
 every gateway then serves its defaults to everyone.
 
-The outcome log is a SQLite file owned by one thread (every write and report in order on it,
-off the event loop): an answer recorded before its feedback is always joined by it. With the
-redis store each replica keeps the outcomes of the impressions and events it was sent (a
-report reads one replica's); docs/experiments.md says so."""
+The outcome log is owned by one thread per replica (every write and report in order on it, off
+the event loop): an answer recorded before its feedback is always joined by it. Its backend
+follows the event store's: a SQLite file for the sqlite store's one replica, the shared Redis
+for the redis store's replicas (recmesh/experiments/outcomes_redis.py), so an answer recorded by
+one replica is joined by feedback any replica receives, and every replica's report and guardrail
+read all answers. Feedback that comes before its answer is held and tried again when this
+replica records answers of that user or request, and at each guardrail check (the answer may
+have been recorded by another replica)."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from recmesh.events.eventlog import LoggedEvent
 from recmesh.events.rulestore import EXPERIMENTS, RedisNamed, RuleStore, SqliteNamed, rule_json
 from recmesh.experiments.assignment import check_experiment_name
 from recmesh.experiments.outcomes import OutcomeLog
+from recmesh.experiments.outcomes_redis import RedisOutcomeLog
 from recmesh.experiments.report import summarize
 from recmesh.experiments.wire import (
     STOP_REASON_CHARS,
@@ -62,14 +67,21 @@ def make_experiment_store(settings: UpdaterSettings) -> RuleStore:
     return SqliteNamed(settings.experiments_path or settings.log_path.with_name("experiments.sqlite"), EXPERIMENTS)
 
 
+def make_outcome_log(settings: UpdaterSettings) -> OutcomeLog | RedisOutcomeLog:
+    """The outcome log of the event store's kind (blocking: open it off the event loop)."""
+    window_ms = int(settings.join_window_s * 1000)
+    if settings.store == "redis":
+        return RedisOutcomeLog(settings.redis_url, settings.redis_prefix, window_ms)
+    return OutcomeLog(settings.outcomes_path or settings.log_path.with_name("outcomes.sqlite"), window_ms)
+
+
 class ExperimentsRole:
     """Calls are UNAVAILABLE until open() has returned."""
 
     def __init__(self, settings: UpdaterSettings):
         self._s = settings
         self.store = make_experiment_store(settings)
-        self._outcomes_path = settings.outcomes_path or settings.log_path.with_name("outcomes.sqlite")
-        self._outcomes: OutcomeLog | None = None
+        self._outcomes: OutcomeLog | RedisOutcomeLog | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outcomes")
         self._ready = False
         self._guardrail: asyncio.Task | None = None
@@ -83,7 +95,7 @@ class ExperimentsRole:
     async def open(self) -> None:
         count = await self.store.open()
         self._running = any(e.state == RUNNING for e in await self.store.list())
-        self._outcomes = await self._run(OutcomeLog, self._outcomes_path, int(self._s.join_window_s * 1000))
+        self._outcomes = await self._run(make_outcome_log, self._s)
         self._ready = True
         self._guardrail = asyncio.create_task(self._guard_forever())
         log.info("experiment store open", extra={"experiments": count})
@@ -229,15 +241,7 @@ class ExperimentsRole:
             self._submit(self._record_all, rows)
 
     def _record_all(self, rows: list[dict]) -> None:
-        db = self._outcomes._db
-        db.execute("BEGIN")  # one fsync for the batch
-        try:
-            for row in rows:
-                self._outcomes.record_answer(**row)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self._outcomes.record_answers(rows)
         if self._held:
             self._join_held({r["request_id"] for r in rows}, {r["user_id"] for r in rows})
 
@@ -246,16 +250,17 @@ class ExperimentsRole:
         if not self._outcomes.record_feedback(**feedback) and self._running:
             self._held.append((time.monotonic() + HOLD_S, feedback))
 
-    def _join_held(self, request_ids: set[str], users: set[str]) -> None:
-        """Held feedback naming one of these answers (or, naming none, from one of these users)
-        tried again, in the order it came; what has waited HOLD_S is dropped."""
+    def _join_held(self, request_ids: set[str] | None, users: set[str] | None) -> None:
+        """Held feedback naming one of these answers (or, naming none, from one of these users;
+        None and None: all of it) tried again, in the order it came; what has waited HOLD_S is
+        dropped."""
         now, keep = time.monotonic(), deque(maxlen=HELD_MAX)
         for until, feedback in self._held:
             if until < now:
                 continue
             named = feedback["request_id"]
-            if (named in request_ids if named else feedback["user_id"] in users) \
-                    and self._outcomes.record_feedback(**feedback):
+            concerned = request_ids is None or (named in request_ids if named else feedback["user_id"] in users)
+            if concerned and self._outcomes.record_feedback(**feedback):
                 continue
             keep.append((until, feedback))
         self._held = keep
@@ -275,8 +280,15 @@ class ExperimentsRole:
         if self._outcomes is not None:
             self._submit(self._outcomes.delete_user, user_id)
 
+    def _join_all_held(self) -> None:
+        if self._held:
+            self._join_held(None, None)
+
     async def guard_once(self) -> list[str]:
-        """The guardrail's check of the running experiment; the variants it stopped for."""
+        """The guardrail's check of the running experiment; the variants it stopped for. Held
+        feedback is tried again first: its answer may have been recorded by another replica."""
+        if self._outcomes is not None:
+            await self._run(self._join_all_held)
         running = [e for e in await self.store.list() if e.state == RUNNING]
         self._running = bool(running)
         stopped = []
