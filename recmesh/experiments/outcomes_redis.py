@@ -86,11 +86,9 @@ class RedisOutcomeLog:
     def record_answer(self, *, experiment: str, variant: str, user_id: str, request_id: str, shown_ms: int,
                       item_ids: list[str], latency_ms: float, degraded: bool, ranker_version: str = "") -> None:
         """Idempotent by request_id (a resent batch is not counted twice)."""
-        user = self._user(user_id)
-        self._record(keys=[self._p + "a:" + request_id, self._p + "u:" + user, self._p + "e:" + experiment,
-                           self._p + "experiments"],
-                     args=[experiment, variant, user, shown_ms, json.dumps(item_ids), latency_ms, int(degraded),
-                           ranker_version, request_id])
+        self.record_answers([dict(experiment=experiment, variant=variant, user_id=user_id, request_id=request_id,
+                                  shown_ms=shown_ms, item_ids=item_ids, latency_ms=latency_ms, degraded=degraded,
+                                  ranker_version=ranker_version)])
 
     def record_answers(self, rows: Iterable[dict]) -> None:
         """record_answer for each row, one round trip."""

@@ -21,17 +21,7 @@ def answer(log, request_id, user, variant="A", items=("a", "b", "c"), at=1_000, 
                       item_ids=list(items), latency_ms=latency, degraded=degraded)
 
 
-def test_feedback_joins_by_request_id_else_the_newest_answer_showing_the_item(log):
-    answer(log, "r1", "u1", at=1_000)
-    answer(log, "r2", "u1", items=("c", "d"), at=2_000)
-    assert log.record_feedback(user_id="u1", item_id="c", at_ms=3_000, purchase=False)  # newest: r2, position 0
-    assert log.record_feedback(user_id="u1", item_id="b", at_ms=3_000, purchase=True, request_id="r1")
-    assert not log.record_feedback(user_id="u1", item_id="z", at_ms=3_000, purchase=False)  # not shown
-    assert not log.record_feedback(user_id="u2", item_id="a", at_ms=3_000, purchase=False)  # another user
-    assert not log.record_feedback(user_id="u1", item_id="a", at_ms=90_000, purchase=False)  # past the window
-    s = log.sample("e")["A"]
-    assert s.answers.tolist() == [2] and s.clicked.tolist() == [2] and s.converted.tolist() == [1]
-    assert s.reciprocal_rank.tolist() == [pytest.approx(1 / 1 + 1 / 2)]
+# The join's rules, on both backends: tests/integration/test_outcome_store.py.
 
 
 def test_counts_are_per_answer_and_survive_a_restart_and_a_resent_batch(tmp_path):
