@@ -15,11 +15,12 @@ from pathlib import Path
 from recmesh.common.paths import MAX_INTEREST_VARIANTS, interest_variant_artifacts, served_artifact, var_paths
 
 
-def listing(var: Path | None = None) -> list[dict]:
-    """[{"version", "default", "item_space", "catalog_compatible", "path"}], the default first."""
+def listing(var: Path | None = None, default: Path | None = None) -> list[dict]:
+    """[{"version", "default", "item_space", "catalog_compatible", "path"}], the default first
+    (default: the var's served model, served_artifact)."""
     from recmesh.models.interest.served import artifact_identity
 
-    default = served_artifact(var)
+    default = served_artifact(var) if default is None else Path(default)
     rows = []
     for path in (default, *interest_variant_artifacts(var_paths(var).interest_variants)):
         version, space = artifact_identity(path)
@@ -29,11 +30,12 @@ def listing(var: Path | None = None) -> list[dict]:
     return rows
 
 
-def add(artifact: Path, name: str | None = None, var: Path | None = None) -> Path:
+def add(artifact: Path, name: str | None = None, var: Path | None = None, default: Path | None = None) -> Path:
     """Installs `artifact` (an interest model file, e.g. var/models/<run>/<version>/interest_model.pt)
-    as a further interest model under `name` (default: its own version). ValueError when the name
-    is malformed or served already, when MAX_INTEREST_VARIANTS are there, or when the artifact was
-    trained for another item space than the default's. Returns the installed file."""
+    as a further interest model of `var` under `name` (default: its own version). default: the
+    interest model the var is served with (default: served_artifact(var)). ValueError when the
+    name is malformed or served already, when MAX_INTEREST_VARIANTS are there, or when the
+    artifact was trained for another item space than the default's. Returns the installed file."""
     from recmesh.common.errors import InvalidArgument
     from recmesh.models.interest.served import artifact_identity, copy_as_version
     from recmesh.models.ranking.scorer import check_version_name
@@ -47,7 +49,7 @@ def add(artifact: Path, name: str | None = None, var: Path | None = None) -> Pat
         check_version_name(name, "name")
     except InvalidArgument as exc:
         raise ValueError(str(exc)) from None
-    served = listing(var)
+    served = listing(var, default)
     if name in {row["version"] for row in served}:
         raise ValueError(f"an interest model named {name!r} is served already")
     if len(served) - 1 >= MAX_INTEREST_VARIANTS:

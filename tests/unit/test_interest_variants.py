@@ -31,6 +31,7 @@ from recmesh.models.interest.served import ServedInterestModel, artifact_identit
 from recmesh.models.interest.versions import parse_versions
 from recmesh.tools import interest_models
 from recmesh.tools.cli import _variant_flag
+from recmesh.tools.eval.experiment_replay import perturbed_interest_model
 from recmesh.tools.tritonserver import assemble_repository
 from recmesh.v1 import common_pb2, encoder_pb2, updater_pb2
 from services.encoder.backends import InProcessBackend
@@ -42,25 +43,12 @@ from tests.unit.test_answer_paths import DIM, Context, Mesh, gateway, recommend,
 from tests.unit.test_triton_models import FakeTensor, load_model, pb_utils  # noqa: F401
 
 ET = common_pb2.EventType
-ITEM_TOWER = ("text_proj.", "ids.")
 
 
 def perturbed_copy(source: Path, dest: Path, version: str, scale: float = 0.5, seed: int = 0,
                    item_tower: bool = False) -> Path:
-    """A real artifact derived from `source`: its sequence weights (and, with item_tower, its item
-    tower: another catalog space) moved by seeded noise of `scale` times each tensor's spread,
-    saved at `dest` under `version`."""
-    blob = torch.load(source, map_location="cpu", weights_only=True)
-    generator = torch.Generator().manual_seed(seed)
-    for key, tensor in blob["state"].items():
-        if not tensor.is_floating_point() or tensor.numel() < 2 or (key.startswith(ITEM_TOWER) and not item_tower):
-            continue
-        noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
-        blob["state"][key] = tensor + scale * tensor.std() * noise
-    blob["version"] = version
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(blob, dest)
-    return dest
+    """A real artifact derived from `source` (experiment_replay's deliberately worse model)."""
+    return perturbed_interest_model(source, dest, version, scale, seed, item_tower)
 
 
 @pytest.fixture(scope="module")
