@@ -15,8 +15,8 @@ from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.validation import check_item, check_query, visible_text
 from recmesh.common.vectors import from_matrix, to_matrix
-from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
 from recmesh.models.ranking.scorer import check_version_name
+from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.backends import EncoderBackend, InterestModelInfo, make_backend
 from services.encoder.config import EncoderSettings
 

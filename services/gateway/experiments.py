@@ -36,8 +36,8 @@ class Arm:
 
     def serve(self, request: recommendations_pb2.RecommendRequest, plan: Plan) -> Plan:
         """The variant's overrides applied: its diversity on the request, its exploration share,
-        ranker version, interest model and ranking mode on the plan (retrieval order skips the ranker with no degraded reason: the
-        variant's design, not a failure)."""
+        ranker version, interest model and ranking mode on the plan (retrieval order skips the
+        ranker with no degraded reason: the variant's design, not a failure)."""
         o = self.overrides
         if o.HasField("diversity"):
             request.diversity = o.diversity

@@ -18,14 +18,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import torch
 
 from recmesh.client import variant_proto
 from recmesh.common.errors import InvalidArgument
 from recmesh.common.paths import SHIPPED_ARTIFACT, var_paths
 from recmesh.common.vectors import first_row, to_matrix
 from recmesh.experiments.outcomes import OutcomeLog
-from recmesh.experiments.report import text
+from recmesh.experiments.report import METRICS, text
 from recmesh.experiments.wire import check_experiment_proto
 from recmesh.models.interest.served import ServedInterestModel, artifact_identity
 from recmesh.models.interest.versions import parse_versions
@@ -97,8 +96,9 @@ def test_the_repository_serves_each_model_in_its_own_version_folder(tmp_path, ar
     folder = repo / "interest_encoder"
     config_text = (folder / "config.pbtxt").read_text()
     assert "version_policy: { all { } }" in config_text
-    from tests.unit.test_triton_models import parse
     from google.protobuf.json_format import MessageToDict
+
+    from tests.unit.test_triton_models import parse
 
     config = MessageToDict(parse(folder / "config.pbtxt"), preserving_proto_field_name=True)
     versions = parse_versions(config["parameters"]["versions"]["string_value"], "")
@@ -214,7 +214,8 @@ def test_the_encoder_refuses_a_model_it_cannot_serve_naming_the_field(encoder, v
 def test_a_malformed_interest_model_is_invalid_naming_the_field():
     for bad in ("../x", ".hidden", "a b", "x" * 129):
         e = common_pb2.Experiment(name="e", variants=[
-            variant_proto({"name": "A", "share": 0.5}), variant_proto({"name": "B", "share": 0.5, "interest_model": bad})])
+            variant_proto({"name": "A", "share": 0.5}),
+            variant_proto({"name": "B", "share": 0.5, "interest_model": bad})])
         with pytest.raises(InvalidArgument) as err:
             check_experiment_proto(e)
         assert err.value.field == "experiment.variants[1].overrides.interest_model_version"
@@ -322,7 +323,8 @@ def test_each_variant_is_encoded_by_its_model_and_its_replies_say_so(monkeypatch
 
     mesh, replies = asyncio.run(scenario())
     (a, a_asked), (b, b_asked) = replies["A"], replies["B"]
-    assert [r.interest_model_version for r in a_asked] == [""] and [r.interest_model_version for r in b_asked] == ["m-b"]
+    assert [r.interest_model_version for r in a_asked] == [""]
+    assert [r.interest_model_version for r in b_asked] == ["m-b"]
     assert a.versions["encoder"] == "lm+llm-seq/m-a@test" and b.versions["encoder"] == "lm+llm-seq/m-b@test"
     logged = {i.variant: i.encoder_version for i in mesh.impressions if i.experiment}
     assert logged == {"A": "lm+llm-seq/m-a@test", "B": "lm+llm-seq/m-b@test"}
@@ -390,25 +392,15 @@ def test_the_report_counts_answers_by_the_encoder_version_and_names_each_variant
                           item_ids=["x"], latency_ms=1.0, degraded=False, encoder_version=version)
     assert log.encoder_versions("e") == {"A": {"": 1, "lm+llm-seq/m-a": 1}, "B": {"lm+llm-seq/m-b": 2}}
     log.close()
+    unmeasured = {m: {"value": None, "low": None, "high": None} for m in METRICS}
     summary = {"experiment": "e", "control": "A", "primary": "ctr_at_k", "level": 0.95, "against_control": {},
-               "variants": {"A": {"users": 2, "answers": 2, "metrics": {}, "interest_model_version": "",
+               "variants": {"A": {"users": 2, "answers": 2, "metrics": unmeasured, "interest_model_version": "",
                                   "encoder_versions": {"": 1, "lm+llm-seq/m-a": 1}},
-                            "B": {"users": 2, "answers": 2, "metrics": {}, "interest_model_version": "m-b",
+                            "B": {"users": 2, "answers": 2, "metrics": unmeasured, "interest_model_version": "m-b",
                                   "encoder_versions": {"lm+llm-seq/m-b": 2}}}}
-    from recmesh.experiments import report
-
-    lines = [line for line in text_without_metrics(report, summary).splitlines() if "interest model" in line]
+    lines = [line for line in text(summary).splitlines() if "interest model" in line]
     assert lines == ["A interest model: default; encoded by: no interest 1, lm+llm-seq/m-a 1",
                      "B interest model: m-b; encoded by: lm+llm-seq/m-b 2"]
-
-
-def text_without_metrics(report, summary) -> str:
-    metrics = report.METRICS
-    try:
-        report.METRICS = {}
-        return report.text(summary)
-    finally:
-        report.METRICS = metrics
 
 
 def test_the_updaters_report_names_each_variants_model_and_counts_answers_by_encoder_version(tmp_path):
@@ -435,6 +427,7 @@ def test_the_updaters_report_names_each_variants_model_and_counts_answers_by_enc
         return report
 
     report = asyncio.run(scenario())
-    assert report["variants"]["A"]["interest_model_version"] == "" and report["variants"]["B"]["interest_model_version"] == "m-b"
+    assert report["variants"]["A"]["interest_model_version"] == ""
+    assert report["variants"]["B"]["interest_model_version"] == "m-b"
     assert report["variants"]["A"]["encoder_versions"] == {"lm+llm-seq/m-a": 1}
     assert report["variants"]["B"]["encoder_versions"] == {"lm+llm-seq/m-b": 2}

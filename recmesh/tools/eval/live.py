@@ -28,7 +28,8 @@ def fresh_stack(catalog: Path | None = None, env: dict[str, str] | None = None,
 @contextmanager
 def fresh_mesh(catalog: Path | None = None, timeout_s: float = 1.0, env: dict[str, str] | None = None,
                interest_variants: dict[str, Path] | None = None) -> Iterator[RecmeshClient]:
-    with fresh_stack(catalog, env, interest_variants) as stack, RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
+    with fresh_stack(catalog, env, interest_variants) as stack, \
+            RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
         yield client
 
 

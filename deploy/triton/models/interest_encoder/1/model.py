@@ -30,7 +30,6 @@ def _vector(value: np.ndarray | None) -> np.ndarray:
 class TritonPythonModel:
     def initialize(self, args):
         from recmesh.models.interest.served import ServedInterestModel
-
         from recmesh.models.interest.versions import parse_versions
 
         config = json.loads(args["model_config"])
