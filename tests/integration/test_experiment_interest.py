@@ -25,9 +25,9 @@ from recmesh.common.vectors import first_row, to_matrix
 from recmesh.models.interest.served import artifact_identity
 from recmesh.tools import interest_models
 from recmesh.tools.devstack import Stack
+from recmesh.tools.eval.experiment_replay import perturbed_interest_model
 from recmesh.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from tests.integration.answers import undegraded
-from tests.unit.test_interest_variants import perturbed_copy
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +45,10 @@ def mesh(catalog, tmp_path_factory):
     work = tmp_path_factory.mktemp("artifacts")
     served = served_artifact(catalog)
     # The second model, installed through the product's path (it checks the item space).
-    interest_models.add(perturbed_copy(served, work / "b.pt", "b-trained", scale=0.5, seed=7), SECOND, var)
+    interest_models.add(perturbed_interest_model(served, work / "b.pt", "b-trained", scale=0.5, seed=7), SECOND, var)
     # One trained for another catalog space: `add` refuses it, so it is placed by hand - the
     # encoder serves it, but no variant may use it.
-    other = perturbed_copy(served, work / "x.pt", OTHER_SPACE, scale=0.5, seed=8, item_tower=True)
+    other = perturbed_interest_model(served, work / "x.pt", OTHER_SPACE, scale=0.5, seed=8, item_tower=True)
     with pytest.raises(ValueError, match="item space"):
         interest_models.add(other, None, var)
     (var_paths(var).interest_variants / OTHER_SPACE).mkdir(parents=True)

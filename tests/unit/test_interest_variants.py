@@ -44,17 +44,13 @@ from tests.unit.test_triton_models import FakeTensor, load_model, pb_utils  # no
 ET = common_pb2.EventType
 
 
-def perturbed_copy(source: Path, dest: Path, version: str, scale: float = 0.5, seed: int = 0,
-                   item_tower: bool = False) -> Path:
-    """A real artifact derived from `source` (experiment_replay's deliberately worse model)."""
-    return perturbed_interest_model(source, dest, version, scale, seed, item_tower)
-
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("artifacts")
-    return {"b": perturbed_copy(SHIPPED_ARTIFACT, folder / "b.pt", "interest-b"),
-            "other-space": perturbed_copy(SHIPPED_ARTIFACT, folder / "x.pt", "interest-x", item_tower=True)}
+    return {"b": perturbed_interest_model(SHIPPED_ARTIFACT, folder / "b.pt", "interest-b", 0.5),
+            "other-space": perturbed_interest_model(SHIPPED_ARTIFACT, folder / "x.pt", "interest-x", 0.5,
+                                                          item_tower=True)}
 
 
 # -- the artifact's catalog space -------------------------------------------------------------
