@@ -2,8 +2,9 @@
 typed query into a text vector. The gateway keeps each user's last interest: reused while the
 history it came from is exactly the same, and standing in when the encoder is late, down or
 browned out. Each is kept with the interest model it was asked of (an experiment's variant names
-one, common.proto VariantOverrides.interest_model_version; "" the encoder's default): it is reused
-or stands in only for a call asking the same model - one model's interest is never another's.
+one, common.proto VariantOverrides.interest_model_version; "" the encoder's default), one per model
+asked: it is reused or stands in only for a call asking the same model - one model's interest is
+never another's.
 
 A user with no history: with a typed query the encoder is asked as for anyone (an interest model
 with query fusion answers an interest for the query, cold + query); without one, the interest
@@ -67,7 +68,9 @@ class InterestStage:
     def __init__(self, settings: GatewaySettings, upstreams: Upstreams):
         self._s = settings
         self._up = upstreams
-        self._known: LruCache[str, KnownInterest] = LruCache(settings.interest_cache_users)
+        # Per user, by the interest model asked for: a user whose variant names another model (or
+        # who also asks SimilarItems, under the default) keeps each model's own.
+        self._known: LruCache[str, dict[str, KnownInterest]] = LruCache(settings.interest_cache_users)
         # By the interest model asked for ("": the default); a handful at most (the variants).
         self._cold: dict[str, ColdInterest] = {}
 
@@ -84,7 +87,7 @@ class InterestStage:
         (`fallback:session` with history, `fallback:popular` without). A user with no history
         and no query gets the model's cold-start interest (module docstring), or nothing when
         the model has none. `model`: the interest model to ask (an experiment's variant's; "": the
-        encoder's default); a last interest of another model is neither reused nor stands in.
+        encoder's default); only the user's last interest under that model is reused or stands in.
         Raises InvalidArgument for a malformed matrix in the encoder's reply."""
         if not history.entries and not query:
             return await self._cold_start(budget, skip_encoder, model)
@@ -92,10 +95,9 @@ class InterestStage:
                                                     interest_model_version=model)
         fingerprint = hashlib.blake2b(request.SerializeToString(deterministic=True), digest_size=16).digest()
         # A guest without an id (user_id "") has no interest of their own to keep or reuse.
-        known = self._known.get(user_id) if user_id else None
-        if known is not None and (known.model != model
-                                  or not known.stands_in_for(history, time.monotonic(), self._s.interest_standin_s)):
-            self._known.forget(user_id)
+        known = (self._known.get(user_id) or {}).get(model) if user_id else None
+        if known is not None and not known.stands_in_for(history, time.monotonic(), self._s.interest_standin_s):
+            self._drop(user_id, model)
             known = None
         # The interest is a function of exactly this input: the same input gives it again.
         reuse = (known is not None and bool(history.entries) and known.fingerprint == fingerprint
@@ -114,8 +116,9 @@ class InterestStage:
             return NOTHING_ENCODED
         interest = first_row(reply.interest, "interest")
         if interest is not None and history.entries and user_id:
-            self._known.put(user_id, KnownInterest(model, fingerprint, interest, reply.model_version,
-                                                   time.monotonic(), history.event_count))
+            kept = self._known.get(user_id) or {}
+            self._known.put(user_id, {**kept, model: KnownInterest(model, fingerprint, interest, reply.model_version,
+                                                                   time.monotonic(), history.event_count)})
         return Encoded(interest, first_row(reply.query_vector, "query_vector"), reply.model_version)
 
     async def _query_only(self, budget: Budget, user_id: str, known: KnownInterest | None, query: str,
@@ -131,8 +134,16 @@ class InterestStage:
         if reply is None:
             return Encoded(interest, None, version)
         if known is not None and reply.model_version != known.model_version:
-            self._known.forget(user_id)  # a new model: the next call recomputes the interest
+            self._drop(user_id, model)  # a new artifact by that name: the next call recomputes the interest
         return Encoded(interest, first_row(reply.query_vector, "query_vector"), version)
+
+    def _drop(self, user_id: str, model: str) -> None:
+        """The user's last interest under `model` is gone (their others stay)."""
+        kept = {m: k for m, k in (self._known.get(user_id) or {}).items() if m != model}
+        if kept:
+            self._known.put(user_id, kept)
+        else:
+            self._known.forget(user_id)
 
     async def _cold_start(self, budget: Budget, skip_encoder: bool, model: str) -> Encoded:
         """The cold-start interest of interest model `model` ("": the default) for a user with no

@@ -329,7 +329,8 @@ def test_each_variant_is_encoded_by_its_model_and_its_replies_say_so(monkeypatch
 def test_a_users_last_interest_stands_in_only_for_the_model_it_came_from(monkeypatch):
     """The user's interest from the default model; then the user's variant serves m-b and the
     encoder is down: the default's vector does not answer for m-b (fallback:session, no encoder
-    version); up again, m-b's interest, which then stands in for m-b when the encoder is down."""
+    version); up again, m-b's interest, which then stands in for m-b when the encoder is down;
+    the experiment stopped, the default's own last interest stands in for the default."""
     async def scenario():
         mesh = ModelsMesh()
         g = await gateway(monkeypatch, mesh)
@@ -344,9 +345,11 @@ def test_a_users_last_interest_stands_in_only_for_the_model_it_came_from(monkeyp
         await track(g, "u", ["p9"])  # a new history: the encoder is asked
         mesh.down = {"EncodeInterest"}
         under_b_down_again = await recommend(g, "u", 3)
-        return first, under_b_down, under_b, reused, under_b_down_again
+        g._recommender.experiments.put(stopped(mesh.stored[-1]))  # as StopExperiment through this gateway
+        back = await recommend(g, "u", 3)
+        return first, under_b_down, under_b, reused, under_b_down_again, back
 
-    first, under_b_down, under_b, reused, again = asyncio.run(scenario())
+    first, under_b_down, under_b, reused, again, back = asyncio.run(scenario())
     assert not first.degraded and first.versions["encoder"] == "lm+llm-seq/m-a@test"
     assert under_b_down.degraded == ["encoder:unavailable", "fallback:session"]
     assert "encoder" not in under_b_down.versions  # no interest answered
@@ -354,6 +357,8 @@ def test_a_users_last_interest_stands_in_only_for_the_model_it_came_from(monkeyp
     assert not reused.degraded and reused.versions["encoder"] == "lm+llm-seq/m-b@test"
     assert again.degraded == ["encoder:unavailable", "fallback:cached_interest"]
     assert again.versions["encoder"] == "lm+llm-seq/m-b@test"
+    assert back.degraded == ["encoder:unavailable", "fallback:cached_interest"] and not back.variant
+    assert back.versions["encoder"] == "lm+llm-seq/m-a@test"
 
 
 def stopped(e: common_pb2.Experiment) -> common_pb2.Experiment:
