@@ -179,7 +179,8 @@ RANKING_MODES = {"model": common_pb2.RANKING_MODE_MODEL, "retrieval_order": comm
 
 def variant_proto(variant: common_pb2.ExperimentVariant | Mapping[str, Any]) -> common_pb2.ExperimentVariant:
     """An experiment's variant from {"name", "share", "diversity"?, "exploration"?, "ranking"?
-    ("model" | "retrieval_order"), "ranker_version"? (a parameter version's name)}; an
+    ("model" | "retrieval_order"), "ranker_version"? (a parameter version's name),
+    "interest_model"? (an interest model's version, Encoder.ListInterestModels)}; an
     ExperimentVariant as it is. KeyError naming an unknown ranking mode."""
     if isinstance(variant, common_pb2.ExperimentVariant):
         return variant
@@ -192,6 +193,8 @@ def variant_proto(variant: common_pb2.ExperimentVariant | Mapping[str, Any]) -> 
         overrides.ranking = RANKING_MODES[variant["ranking"]]
     if variant.get("ranker_version"):
         overrides.ranker_version = str(variant["ranker_version"])
+    if variant.get("interest_model"):
+        overrides.interest_model_version = str(variant["interest_model"])
     return common_pb2.ExperimentVariant(name=variant["name"], share=float(variant["share"]), overrides=overrides)
 
 
@@ -374,7 +377,8 @@ class RecmeshClient:
         """Starts an experiment (RUNNING at once; docs/experiments.md). variants: in assignment
         order, each an ExperimentVariant or {"name", "share", and overrides: "diversity" (0..1),
         "exploration" (0..1), "ranking" ("model" | "retrieval_order"), "ranker_version" (a
-        parameter version the updater has)}; shares sum to 1. control:
+        parameter version the updater has), "interest_model" (an interest model the encoder
+        serves for the catalog's item space: `recmesh interest-models list`)}; shares sum to 1. control:
         the variant compared against (default the first); primary_metric: what the guardrail tests
         (ctr_at_k by default, conversion, mrr). Needs the admin scope. grpc.RpcError
         INVALID_ARGUMENT naming the field; FAILED_PRECONDITION when the name is taken or another

@@ -88,6 +88,13 @@ class VarPaths:
         return self.models / "served" / SHIPPED_ARTIFACT.name
 
     @property
+    def interest_variants(self) -> Path:
+        """Further interest models served beside the var's own for experiments' variants
+        (interest_variants/<version>/interest_model.pt, added by `recmesh experiments
+        add-interest`); each must share the served model's item space (the catalog's)."""
+        return self.models / "served" / "interest_variants"
+
+    @property
     def own_text_model(self) -> Path:
         """Where `recmesh train` installs this var's fine-tuned language model (a Hugging Face
         folder: config.json, model.safetensors, tokenizer files, report.json), whether or not
@@ -128,6 +135,20 @@ def served_artifact(var: Path | None = None) -> Path:
     `recmesh train`) if it has one, else the shipped one."""
     own = var_paths(var).own_artifact
     return own if own.is_file() else SHIPPED_ARTIFACT
+
+
+# Interest models served beside the default (each is one more model instance in memory).
+MAX_INTEREST_VARIANTS = 4
+
+
+def interest_variant_artifacts(folder: Path | None = None) -> list[Path]:
+    """The further interest models in `folder` (default: the var's VarPaths.interest_variants),
+    by version name; at most MAX_INTEREST_VARIANTS, else ValueError naming the folder."""
+    folder = var_paths().interest_variants if folder is None else Path(folder)
+    found = sorted(p for p in folder.glob(f"*/{SHIPPED_ARTIFACT.name}") if p.is_file()) if folder.is_dir() else []
+    if len(found) > MAX_INTEREST_VARIANTS:
+        raise ValueError(f"{folder}: {len(found)} interest models, at most {MAX_INTEREST_VARIANTS} are served")
+    return found
 
 
 def bundled_text_model() -> Path:

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS answers (
   degraded INTEGER NOT NULL,
   clicked_position INTEGER,       -- 0-based position of the first clicked item; NULL: none
   converted INTEGER NOT NULL DEFAULT 0,
-  ranker_version TEXT NOT NULL DEFAULT ''  -- the parameter version that ranked it; '': not the ranker's
+  ranker_version TEXT NOT NULL DEFAULT '',  -- the parameter version that ranked it; '': not the ranker's
+  encoder_version TEXT NOT NULL DEFAULT ''  -- the encoder (interest model) version of its interest; '': none
 );
 CREATE INDEX IF NOT EXISTS answers_by_user ON answers (user_key, shown_ms);
 CREATE INDEX IF NOT EXISTS answers_by_experiment ON answers (experiment, variant);
@@ -97,8 +98,9 @@ class OutcomeLog:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         columns = {name for _, name, *_ in self._db.execute("PRAGMA table_info(answers)")}
-        if "ranker_version" not in columns:  # a file from before answers named their ranker version
-            self._db.execute("ALTER TABLE answers ADD COLUMN ranker_version TEXT NOT NULL DEFAULT ''")
+        for column in ("ranker_version", "encoder_version"):  # a file from before answers named them
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE answers ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
         row = self._db.execute("SELECT value FROM meta WHERE key = 'user_key'").fetchone()
         if row is None:
             key = secrets.token_bytes(32)
@@ -111,13 +113,14 @@ class OutcomeLog:
         return hashlib.blake2b(user_id.encode(), key=self._key, digest_size=16).digest()
 
     def record_answer(self, *, experiment: str, variant: str, user_id: str, request_id: str, shown_ms: int,
-                      item_ids: list[str], latency_ms: float, degraded: bool, ranker_version: str = "") -> None:
+                      item_ids: list[str], latency_ms: float, degraded: bool, ranker_version: str = "",
+                      encoder_version: str = "") -> None:
         """Idempotent by request_id (a resent batch is not counted twice)."""
         self._db.execute(
             "INSERT OR IGNORE INTO answers (request_id, experiment, variant, user_key, shown_ms, items, latency_ms,"
-            " degraded, ranker_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " degraded, ranker_version, encoder_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (request_id, experiment, variant, self._user(user_id), shown_ms, json.dumps(item_ids), latency_ms,
-             int(degraded), ranker_version))
+             int(degraded), ranker_version, encoder_version))
 
     def record_answers(self, rows: Iterable[dict]) -> None:
         """record_answer for each row (its keyword arguments), one transaction: one fsync."""
@@ -181,10 +184,18 @@ class OutcomeLog:
 
     def ranker_versions(self, experiment: str) -> dict[str, dict[str, int]]:
         """variant -> ranker version -> answers it ranked ('': answers the ranker did not rank)."""
+        return self._versions(experiment, "ranker_version")
+
+    def encoder_versions(self, experiment: str) -> dict[str, dict[str, int]]:
+        """variant -> encoder version (naming the interest model) -> answers whose interest it
+        encoded ('': answers without an interest: popular items, the session's direction)."""
+        return self._versions(experiment, "encoder_version")
+
+    def _versions(self, experiment: str, column: str) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for variant, version, answers in self._db.execute(
-                "SELECT variant, ranker_version, COUNT(*) FROM answers WHERE experiment = ?"
-                " GROUP BY variant, ranker_version ORDER BY variant, ranker_version", (experiment,)):
+                f"SELECT variant, {column}, COUNT(*) FROM answers WHERE experiment = ?"  # column: ours, not input
+                f" GROUP BY variant, {column} ORDER BY variant, {column}", (experiment,)):
             out.setdefault(variant, {})[version] = answers
         return out
 

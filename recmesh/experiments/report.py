@@ -85,6 +85,12 @@ def text(summary: dict) -> str:
         if v.get("ranker_versions"):
             ranked = ", ".join(f"{version or 'unranked'} {n}" for version, n in v["ranker_versions"].items())
             lines.append(f"{name} ranked by: {ranked}")
+    for name, v in summary["variants"].items():  # the updater's report: the interest model each variant names
+        if "interest_model_version" in v:
+            encoded = ", ".join(f"{version or 'no interest'} {n}"
+                                for version, n in v.get("encoder_versions", {}).items())
+            lines.append(f"{name} interest model: {v['interest_model_version'] or 'default'}"
+                         + (f"; encoded by: {encoded}" if encoded else ""))
     return "\n".join(lines)
 
 

@@ -18,8 +18,9 @@ PRIMARY_METRICS = tuple(m for m in METRICS if m != "degraded_share")
 
 
 def check_overrides(overrides: common_pb2.VariantOverrides, field: str) -> None:
-    """diversity and exploration in [0, 1] when set; ranking a known mode; ranker_version empty
-    or a version's name (whether it exists is the updater's to say: PutExperiment)."""
+    """diversity and exploration in [0, 1] when set; ranking a known mode; ranker_version and
+    interest_model_version empty or a version's name (whether they exist is the updater's and
+    the encoder's to say: PutExperiment)."""
     if overrides.HasField("diversity") and not 0.0 <= overrides.diversity <= 1.0:  # NaN fails too
         raise InvalidArgument(f"{field}.diversity", f"must be in [0, 1], got {overrides.diversity}")
     if overrides.HasField("exploration") and not 0.0 <= overrides.exploration <= 1.0:
@@ -28,6 +29,8 @@ def check_overrides(overrides: common_pb2.VariantOverrides, field: str) -> None:
         raise InvalidArgument(f"{field}.ranking", f"unknown ranking mode {overrides.ranking}")
     if overrides.ranker_version:
         check_version_name(overrides.ranker_version, f"{field}.ranker_version")
+    if overrides.interest_model_version:
+        check_version_name(overrides.interest_model_version, f"{field}.interest_model_version")
 
 
 def check_experiment_proto(experiment: common_pb2.Experiment) -> Experiment:

@@ -341,8 +341,9 @@ def cmd_rules(args) -> None:
 
 def _variant_flag(text: str) -> dict:
     """--variant NAME=SHARE[:key=value,...] (keys diversity, exploration, ranking,
-    ranker_version) as client.variant_proto's mapping, e.g.
-    B=0.5:ranking=retrieval_order,diversity=0.3 or B=0.5:ranker_version=ranker-linear-v2."""
+    ranker_version, interest_model) as client.variant_proto's mapping, e.g.
+    B=0.5:ranking=retrieval_order,diversity=0.3, B=0.5:ranker_version=ranker-linear-v2 or
+    B=0.5:interest_model=20261123T065311Z-b."""
     head, _, rest = text.partition(":")
     name, eq, share = head.partition("=")
     if not eq:
@@ -351,10 +352,10 @@ def _variant_flag(text: str) -> dict:
         variant: dict = {"name": name, "share": float(share)}
         for pair in filter(None, rest.split(",")):
             key, _, value = pair.partition("=")
-            if key not in ("diversity", "exploration", "ranking", "ranker_version"):
+            if key not in ("diversity", "exploration", "ranking", "ranker_version", "interest_model"):
                 raise argparse.ArgumentTypeError(
-                    f"unknown override {key!r} (diversity, exploration, ranking, ranker_version)")
-            variant[key] = value if key in ("ranking", "ranker_version") else float(value)
+                    f"unknown override {key!r} (diversity, exploration, ranking, ranker_version, interest_model)")
+            variant[key] = value if key in ("ranking", "ranker_version", "interest_model") else float(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     if variant.get("ranking", "model") not in ("model", "retrieval_order"):
@@ -400,6 +401,25 @@ def cmd_experiments(args) -> None:
                   text(summary) if summary["variants"] else f"no report yet: {summary.get('note', '')}")
             if args.png is not None and summary["variants"]:
                 print(f"wrote {plot(summary, args.png)}", file=sys.stderr)
+
+
+def cmd_interest_models(args) -> None:
+    from recmesh.tools import interest_models
+
+    try:
+        if args.action == "add":
+            print(f"installed {interest_models.add(args.artifact, args.name)}; restart the encoder (and Triton) "
+                  "to serve it")
+        elif args.action == "remove":
+            interest_models.remove(args.name)
+            print(f"removed {args.name}; restart the encoder (and Triton)")
+        else:
+            for row in interest_models.listing():
+                print(f"{row['version']}{' (default)' if row['default'] else ''} item space {row['item_space']}"
+                      f"{'' if row['catalog_compatible'] else ' (NOT the catalog space: refused for variants)'}"
+                      f" {row['path']}")
+    except ValueError as exc:
+        sys.exit(f"recmesh interest-models: {exc}")
 
 
 def cmd_track(args) -> None:
@@ -586,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a variant, in assignment order (repeat; shares sum to 1); overrides: diversity=0..1, "
                         "exploration=0..1, ranking=model|retrieval_order, ranker_version=VERSION (a parameter "
                         "version the updater has: frozen, while the others follow the learner), "
+                        "interest_model=VERSION (an interest model the encoder serves: recmesh interest-models "
+                        "list), "
                         "e.g. B=0.5:ranking=retrieval_order")
     r.add_argument("--control", help="the variant the others are compared with (default: the first)")
     r.add_argument("--primary", help="the guardrail's metric: ctr_at_k (default), conversion or mrr")
@@ -603,6 +625,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="the report as JSON")
     r.add_argument("--png", type=Path, metavar="PATH", help="also plot the metrics with their intervals here")
     r.set_defaults(func=cmd_experiments)
+
+    p = sub.add_parser("interest-models", help="the var's interest models for experiments' variants: list, add "
+                                                "(a further artifact of the catalog's item space), remove "
+                                                "(docs/experiments.md)")
+    models = p.add_subparsers(dest="action", required=True)
+    models.add_parser("list", help="the default and the further ones, with their item spaces")
+    r = models.add_parser("add", help="install an interest model file beside the default (encoder restart)")
+    r.add_argument("artifact", type=Path, help="an interest_model.pt trained for the catalog's item space")
+    r.add_argument("--name", help="the version name variants use (default: the artifact's own version)")
+    r = models.add_parser("remove", help="remove a further interest model by name (encoder restart)")
+    r.add_argument("name")
+    p.set_defaults(func=cmd_interest_models)
 
     p = sub.add_parser("track", help="report one event")
     p.add_argument("--user", required=True)

@@ -341,12 +341,17 @@ class Stack:
 
 
 @contextmanager
-def private_stack(*folders: Path, **settings) -> Iterator["Stack"]:
+def private_stack(*folders: Path, interest_variants: dict[str, Path] | None = None,
+                  **settings) -> Iterator["Stack"]:
     """A running local mesh over a temporary copy of `folders` (each becomes var/<its name>;
     default: the bootstrapped catalog and event log of $RECMESH_VAR), serving the interest model
     and the ranker start versions of the var they come from (the first folder's parent): what
-    the run writes is thrown away.
+    the run writes is thrown away. interest_variants: further interest models {name: artifact}
+    installed in the copy for experiments' variants (recmesh/tools/interest_models.py: ValueError
+    for one of another item space).
     settings: Stack's fields (env, encoder_backend, ...)."""
+    from recmesh.tools import interest_models
+
     folders = folders or bootstrapped()
     settings.setdefault("interest_model", served_artifact(Path(folders[0]).parent))
     settings.setdefault("start_params", start_params_dir(Path(folders[0]).parent))
@@ -354,6 +359,8 @@ def private_stack(*folders: Path, **settings) -> Iterator["Stack"]:
     try:
         for folder in folders:
             shutil.copytree(folder, var / folder.name)
+        for name, artifact in (interest_variants or {}).items():
+            interest_models.add(artifact, name, var, default=settings["interest_model"])
         with Stack(var=var, **settings) as stack:
             yield stack
     finally:

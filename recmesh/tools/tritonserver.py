@@ -32,6 +32,7 @@ from recmesh.common.paths import (
     SHIPPED_ARTIFACT,
     SHIPPED_MODEL_REPOSITORY,
     bundled_text_model,
+    interest_variant_artifacts,
     served_text_model,
     var_paths,
 )
@@ -95,21 +96,53 @@ def stamp_text_model(config: Path, model_dir: Path, name: str) -> None:
     config.write_text(text)
 
 
+def stamp_interest_versions(config: Path, versions: dict[int, tuple[str, str]]) -> None:
+    """interest_encoder's config (a config.pbtxt) naming what each Triton version folder serves:
+    {number: (artifact version, item space)} as "1=NAME:SPACE;2=..." (the model refuses a
+    mismatch; the encoder reads it). ValueError naming the file without the parameter."""
+    from recmesh.models.interest.versions import format_versions
+
+    value = format_versions(versions)
+    pattern = r'(key: "versions", value: \{ string_value: )"[^"]*"'
+    text, n = re.subn(pattern, lambda m: f'{m.group(1)}"{value}"', config.read_text())
+    if n != 1:
+        raise ValueError(f"{config}: no versions parameter to stamp")
+    config.write_text(text)
+
+
 def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSITORY,
-                        text_model: Path | None = None, text_model_name: str | None = None) -> Path:
+                        text_model: Path | None = None, text_model_name: str | None = None,
+                        interest_variants: list[Path] | tuple[Path, ...] = ()) -> Path:
     """A copy of `source` at `dest` serving `artifact`: the artifact in interest_encoder's version
-    folder, its version stamped in interest_encoder's config (the model refuses a mismatch);
-    with text_model (a Hugging Face folder: a var's fine-tuned language model), text_encoder's
-    config names it (model_dir, and model_name: text_model_name, default from the folder).
-    Built beside `dest` and swapped in, so a failed build leaves no half repository."""
-    from recmesh.models.interest.served import artifact_version, stamp_version
+    folder 1 (the default, whose item tower item_encoder serves too), its version stamped in
+    interest_encoder's config (the model refuses a mismatch); each of interest_variants (further
+    interest models for experiments) in version folders 2, 3, ... in order, every folder's
+    artifact version and item space stamped in the config's "versions" (Triton loads all of
+    them: version_policy all; the encoder names one per request). With text_model (a Hugging Face
+    folder: a var's fine-tuned language model), text_encoder's config names it (model_dir, and
+    model_name: text_model_name, default from the folder). Built beside `dest` and swapped in,
+    so a failed build leaves no half repository. ValueError for two artifacts of one version."""
+    from recmesh.models.interest.served import artifact_identity, artifact_version, stamp_version
 
     staging = dest.with_name(f"{dest.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", SHIPPED_ARTIFACT.name))
     weights = interest_artifact_in(staging)  # <model>/<version>/<file>
     shutil.copy2(artifact, weights)
-    stamp_version(weights.parent.parent / "config.pbtxt", artifact_version(artifact))
+    config = weights.parent.parent / "config.pbtxt"
+    stamp_version(config, artifact_version(artifact))
+    versions = {}
+    for number, path in enumerate([Path(artifact), *interest_variants], start=1):
+        name, space = artifact_identity(path)
+        if name in {v[0] for v in versions.values()}:
+            raise ValueError(f"{path}: interest model version {name!r} is served already")
+        versions[number] = (name, space)
+        if number > 1:
+            folder = weights.parent.parent / str(number)
+            folder.mkdir()
+            shutil.copy2(weights.parent / "model.py", folder / "model.py")
+            shutil.copy2(path, folder / weights.name)
+    stamp_interest_versions(config, versions)
     if text_model is not None:
         stamp_text_model(staging / "text_encoder" / "config.pbtxt", Path(text_model).absolute(),
                          text_model_name or paths_text_model_name(Path(text_model)))
@@ -143,6 +176,9 @@ class TritonServer:
     # The interest model to serve (None: the one model_repository ships), from a copy of
     # model_repository assembled in workdir/models.
     interest_model: Path | None = None
+    # Further interest models for experiments' variants (Triton versions 2, 3, ...). None: when
+    # workdir is a var's Triton folder (VarPaths.triton), the var's (interest_variant_artifacts).
+    interest_variants: list[Path] | None = None
     # The text model text_encoder serves (a Hugging Face folder). None: when workdir is a var's
     # Triton folder (VarPaths.triton), the var's served text model (its fine-tuned one, else the
     # bundled one); otherwise the one model_repository's config names.
@@ -172,7 +208,8 @@ class TritonServer:
         repo = self.model_repository
         artifact = self.interest_model if self.interest_model is not None else interest_artifact_in(repo)
         text_model = self.served_text_model()
-        repo = assemble_repository(self.workdir / "models", Path(artifact), repo, text_model)
+        repo = assemble_repository(self.workdir / "models", Path(artifact), repo, text_model,
+                                   interest_variants=self.served_interest_variants())
         if self.profile != "gpu":
             return repo
         repo = gpu_repository(self.workdir, repo)
@@ -180,6 +217,15 @@ class TritonServer:
             stamp_text_model(repo / "text_encoder" / "config.pbtxt", text_model.absolute(),
                              paths_text_model_name(text_model))
         return repo
+
+    def served_interest_variants(self) -> list[Path]:
+        """The further interest models to serve (see `interest_variants`)."""
+        if self.interest_variants is not None:
+            return list(self.interest_variants)
+        var = self.workdir.parent
+        if var_paths(var).triton.absolute() != self.workdir.absolute():
+            return []
+        return interest_variant_artifacts(var_paths(var).interest_variants)
 
     def served_text_model(self) -> Path | None:
         """The text model folder to name in text_encoder's config (see `text_model`); None:

@@ -254,16 +254,18 @@ class DeleteRuleResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class VariantOverrides(_message.Message):
-    __slots__ = ("diversity", "exploration", "ranking", "ranker_version")
+    __slots__ = ("diversity", "exploration", "ranking", "ranker_version", "interest_model_version")
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
     RANKING_FIELD_NUMBER: _ClassVar[int]
     RANKER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INTEREST_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     diversity: float
     exploration: float
     ranking: RankingMode
     ranker_version: str
-    def __init__(self, diversity: _Optional[float] = ..., exploration: _Optional[float] = ..., ranking: _Optional[_Union[RankingMode, str]] = ..., ranker_version: _Optional[str] = ...) -> None: ...
+    interest_model_version: str
+    def __init__(self, diversity: _Optional[float] = ..., exploration: _Optional[float] = ..., ranking: _Optional[_Union[RankingMode, str]] = ..., ranker_version: _Optional[str] = ..., interest_model_version: _Optional[str] = ...) -> None: ...
 
 class ExperimentVariant(_message.Message):
     __slots__ = ("name", "share", "overrides")

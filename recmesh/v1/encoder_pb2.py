@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/encoder.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"5\n\x12\x45ncodeItemsRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.recmesh.v1.Item\"{\n\x13\x45ncodeItemsResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12(\n\x0ctext_vectors\x18\x03 \x01(\x0b\x32\x12.recmesh.v1.Matrix\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"Q\n\x13\x45ncodeTextsResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"i\n\x0cHistoryEntry\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.recmesh.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"\x8b\x01\n\x15\x45ncodeInterestRequest\x12)\n\x07history\x18\x01 \x03(\x0b\x32\x18.recmesh.v1.HistoryEntry\x12(\n\x0citem_vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\r\n\x05query\x18\x03 \x01(\t\x12\x0e\n\x06now_ms\x18\x04 \x01(\x03\"\x7f\n\x16\x45ncodeInterestResponse\x12$\n\x08interest\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12(\n\x0cquery_vector\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\x82\x02\n\x07\x45ncoder\x12N\n\x0b\x45ncodeTexts\x12\x1e.recmesh.v1.EncodeTextsRequest\x1a\x1f.recmesh.v1.EncodeTextsResponse\x12N\n\x0b\x45ncodeItems\x12\x1e.recmesh.v1.EncodeItemsRequest\x1a\x1f.recmesh.v1.EncodeItemsResponse\x12W\n\x0e\x45ncodeInterest\x12!.recmesh.v1.EncodeInterestRequest\x1a\".recmesh.v1.EncodeInterestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/encoder.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"5\n\x12\x45ncodeItemsRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.recmesh.v1.Item\"{\n\x13\x45ncodeItemsResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12(\n\x0ctext_vectors\x18\x03 \x01(\x0b\x32\x12.recmesh.v1.Matrix\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"Q\n\x13\x45ncodeTextsResponse\x12#\n\x07vectors\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"i\n\x0cHistoryEntry\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.recmesh.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"\xab\x01\n\x15\x45ncodeInterestRequest\x12)\n\x07history\x18\x01 \x03(\x0b\x32\x18.recmesh.v1.HistoryEntry\x12(\n\x0citem_vectors\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\r\n\x05query\x18\x03 \x01(\t\x12\x0e\n\x06now_ms\x18\x04 \x01(\x03\x12\x1e\n\x16interest_model_version\x18\x05 \x01(\t\"\x7f\n\x16\x45ncodeInterestResponse\x12$\n\x08interest\x18\x01 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12(\n\x0cquery_vector\x18\x02 \x01(\x0b\x32\x12.recmesh.v1.Matrix\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x1b\n\x19ListInterestModelsRequest\"x\n\rInterestModel\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x02 \x01(\x08\x12\x12\n\nitem_space\x18\x03 \x01(\t\x12\x1a\n\x12\x63\x61talog_compatible\x18\x04 \x01(\x08\x12\x15\n\rfuses_queries\x18\x05 \x01(\x08\"G\n\x1aListInterestModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.recmesh.v1.InterestModel2\xe7\x02\n\x07\x45ncoder\x12N\n\x0b\x45ncodeTexts\x12\x1e.recmesh.v1.EncodeTextsRequest\x1a\x1f.recmesh.v1.EncodeTextsResponse\x12N\n\x0b\x45ncodeItems\x12\x1e.recmesh.v1.EncodeItemsRequest\x1a\x1f.recmesh.v1.EncodeItemsResponse\x12W\n\x0e\x45ncodeInterest\x12!.recmesh.v1.EncodeInterestRequest\x1a\".recmesh.v1.EncodeInterestResponse\x12\x63\n\x12ListInterestModels\x12%.recmesh.v1.ListInterestModelsRequest\x1a&.recmesh.v1.ListInterestModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,9 +43,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HISTORYENTRY']._serialized_start=365
   _globals['_HISTORYENTRY']._serialized_end=470
   _globals['_ENCODEINTERESTREQUEST']._serialized_start=473
-  _globals['_ENCODEINTERESTREQUEST']._serialized_end=612
-  _globals['_ENCODEINTERESTRESPONSE']._serialized_start=614
-  _globals['_ENCODEINTERESTRESPONSE']._serialized_end=741
-  _globals['_ENCODER']._serialized_start=744
-  _globals['_ENCODER']._serialized_end=1002
+  _globals['_ENCODEINTERESTREQUEST']._serialized_end=644
+  _globals['_ENCODEINTERESTRESPONSE']._serialized_start=646
+  _globals['_ENCODEINTERESTRESPONSE']._serialized_end=773
+  _globals['_LISTINTERESTMODELSREQUEST']._serialized_start=775
+  _globals['_LISTINTERESTMODELSREQUEST']._serialized_end=802
+  _globals['_INTERESTMODEL']._serialized_start=804
+  _globals['_INTERESTMODEL']._serialized_end=924
+  _globals['_LISTINTERESTMODELSRESPONSE']._serialized_start=926
+  _globals['_LISTINTERESTMODELSRESPONSE']._serialized_end=997
+  _globals['_ENCODER']._serialized_start=1000
+  _globals['_ENCODER']._serialized_end=1359
 # @@protoc_insertion_point(module_scope)

@@ -50,16 +50,18 @@ class HistoryEntry(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.EventType, str]] = ..., value: _Optional[float] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class EncodeInterestRequest(_message.Message):
-    __slots__ = ("history", "item_vectors", "query", "now_ms")
+    __slots__ = ("history", "item_vectors", "query", "now_ms", "interest_model_version")
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     ITEM_VECTORS_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    INTEREST_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     history: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
     item_vectors: _common_pb2.Matrix
     query: str
     now_ms: int
-    def __init__(self, history: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., item_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query: _Optional[str] = ..., now_ms: _Optional[int] = ...) -> None: ...
+    interest_model_version: str
+    def __init__(self, history: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., item_vectors: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query: _Optional[str] = ..., now_ms: _Optional[int] = ..., interest_model_version: _Optional[str] = ...) -> None: ...
 
 class EncodeInterestResponse(_message.Message):
     __slots__ = ("interest", "query_vector", "model_version")
@@ -70,3 +72,27 @@ class EncodeInterestResponse(_message.Message):
     query_vector: _common_pb2.Matrix
     model_version: str
     def __init__(self, interest: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., query_vector: _Optional[_Union[_common_pb2.Matrix, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ListInterestModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InterestModel(_message.Message):
+    __slots__ = ("version", "default", "item_space", "catalog_compatible", "fuses_queries")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    ITEM_SPACE_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_COMPATIBLE_FIELD_NUMBER: _ClassVar[int]
+    FUSES_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    default: bool
+    item_space: str
+    catalog_compatible: bool
+    fuses_queries: bool
+    def __init__(self, version: _Optional[str] = ..., default: _Optional[bool] = ..., item_space: _Optional[str] = ..., catalog_compatible: _Optional[bool] = ..., fuses_queries: _Optional[bool] = ...) -> None: ...
+
+class ListInterestModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[InterestModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[InterestModel, _Mapping]]] = ...) -> None: ...

@@ -50,6 +50,11 @@ class EncoderStub:
                 request_serializer=recmesh_dot_v1_dot_encoder__pb2.EncodeInterestRequest.SerializeToString,
                 response_deserializer=recmesh_dot_v1_dot_encoder__pb2.EncodeInterestResponse.FromString,
                 _registered_method=True)
+        self.ListInterestModels = channel.unary_unary(
+                '/recmesh.v1.Encoder/ListInterestModels',
+                request_serializer=recmesh_dot_v1_dot_encoder__pb2.ListInterestModelsRequest.SerializeToString,
+                response_deserializer=recmesh_dot_v1_dot_encoder__pb2.ListInterestModelsResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServicer:
@@ -79,6 +84,13 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInterestModels(self, request, context):
+        """The interest models this encoder serves (the default first), for experiments' variants.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +108,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.EncodeInterest,
                     request_deserializer=recmesh_dot_v1_dot_encoder__pb2.EncodeInterestRequest.FromString,
                     response_serializer=recmesh_dot_v1_dot_encoder__pb2.EncodeInterestResponse.SerializeToString,
+            ),
+            'ListInterestModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInterestModels,
+                    request_deserializer=recmesh_dot_v1_dot_encoder__pb2.ListInterestModelsRequest.FromString,
+                    response_serializer=recmesh_dot_v1_dot_encoder__pb2.ListInterestModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +197,33 @@ class Encoder:
             '/recmesh.v1.Encoder/EncodeInterest',
             recmesh_dot_v1_dot_encoder__pb2.EncodeInterestRequest.SerializeToString,
             recmesh_dot_v1_dot_encoder__pb2.EncodeInterestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInterestModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recmesh.v1.Encoder/ListInterestModels',
+            recmesh_dot_v1_dot_encoder__pb2.ListInterestModelsRequest.SerializeToString,
+            recmesh_dot_v1_dot_encoder__pb2.ListInterestModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recmesh.v1 import common_pb2 as recmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/updater.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"X\n\rImpressedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x12\n\npropensity\x18\x04 \x01(\x02\"\xeb\x01\n\nImpression\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x16\n\x0eranker_version\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12(\n\x05items\x18\x06 \x03(\x0b\x32\x19.recmesh.v1.ImpressedItem\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\n \x01(\x08\"D\n\x15LogImpressionsRequest\x12+\n\x0bimpressions\x18\x01 \x03(\x0b\x32\x16.recmesh.v1.Impression\"\x18\n\x16LogImpressionsResponse\"/\n\x16WatchParametersRequest\x12\x15\n\rknown_version\x18\x01 \x01(\t\"\'\n\x14GetParametersRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"R\n\x10RankerParameters\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12\x1a\n\x12trained_through_ms\x18\x03 \x01(\x03\"2\n\rIngestRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.recmesh.v1.Event\"6\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\":\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmax_recent\x18\x02 \x01(\x05\"\x9c\x02\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06recent\x18\x02 \x03(\x0b\x32\x11.recmesh.v1.Event\x12\x15\n\rseen_item_ids\x18\x03 \x03(\t\x12\x16\n\x0erecent_queries\x18\x04 \x03(\t\x12\x13\n\x0b\x65vent_count\x18\x05 \x01(\x03\x12\x33\n\x07skipped\x18\x06 \x03(\x0b\x32\".recmesh.v1.UserState.SkippedEntry\x12\x17\n\x0fhidden_item_ids\x18\x07 \x03(\t\x12\x19\n\x11\x64isliked_item_ids\x18\x08 \x03(\t\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\")\n\x16\x44\x65leteUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"1\n\x17\x44\x65leteUserStateResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x32\xe9\x08\n\x07Updater\x12?\n\x06Ingest\x12\x19.recmesh.v1.IngestRequest\x1a\x1a.recmesh.v1.IngestResponse\x12\x46\n\x0cGetUserState\x12\x1f.recmesh.v1.GetUserStateRequest\x1a\x15.recmesh.v1.UserState\x12U\n\nDeleteUser\x12\".recmesh.v1.DeleteUserStateRequest\x1a#.recmesh.v1.DeleteUserStateResponse\x12W\n\x0eLogImpressions\x12!.recmesh.v1.LogImpressionsRequest\x1a\".recmesh.v1.LogImpressionsResponse\x12U\n\x0fWatchParameters\x12\".recmesh.v1.WatchParametersRequest\x1a\x1c.recmesh.v1.RankerParameters0\x01\x12O\n\rGetParameters\x12 .recmesh.v1.GetParametersRequest\x1a\x1c.recmesh.v1.RankerParameters\x12K\n\nMergeUsers\x12\x1d.recmesh.v1.MergeUsersRequest\x1a\x1e.recmesh.v1.MergeUsersResponse\x12=\n\x07PutRule\x12\x1a.recmesh.v1.PutRuleRequest\x1a\x16.recmesh.v1.StoredRule\x12H\n\tListRules\x12\x1c.recmesh.v1.ListRulesRequest\x1a\x1d.recmesh.v1.ListRulesResponse\x12K\n\nDeleteRule\x12\x1d.recmesh.v1.DeleteRuleRequest\x1a\x1e.recmesh.v1.DeleteRuleResponse\x12I\n\rPutExperiment\x12 .recmesh.v1.PutExperimentRequest\x1a\x16.recmesh.v1.Experiment\x12Z\n\x0fListExperiments\x12\".recmesh.v1.ListExperimentsRequest\x1a#.recmesh.v1.ListExperimentsResponse\x12K\n\x0eStopExperiment\x12!.recmesh.v1.StopExperimentRequest\x1a\x16.recmesh.v1.Experiment\x12\x66\n\x13GetExperimentReport\x12&.recmesh.v1.GetExperimentReportRequest\x1a\'.recmesh.v1.GetExperimentReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recmesh/v1/updater.proto\x12\nrecmesh.v1\x1a\x17recmesh/v1/common.proto\"X\n\rImpressedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\x02\x12\x12\n\npropensity\x18\x04 \x01(\x02\"\x84\x02\n\nImpression\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x16\n\x0eranker_version\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12(\n\x05items\x18\x06 \x03(\x0b\x32\x19.recmesh.v1.ImpressedItem\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\n \x01(\x08\x12\x17\n\x0f\x65ncoder_version\x18\x0b \x01(\t\"D\n\x15LogImpressionsRequest\x12+\n\x0bimpressions\x18\x01 \x03(\x0b\x32\x16.recmesh.v1.Impression\"\x18\n\x16LogImpressionsResponse\"/\n\x16WatchParametersRequest\x12\x15\n\rknown_version\x18\x01 \x01(\t\"\'\n\x14GetParametersRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"R\n\x10RankerParameters\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tspec_json\x18\x02 \x01(\t\x12\x1a\n\x12trained_through_ms\x18\x03 \x01(\x03\"2\n\rIngestRequest\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.recmesh.v1.Event\"6\n\x0eIngestResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\":\n\x13GetUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nmax_recent\x18\x02 \x01(\x05\"\x9c\x02\n\tUserState\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06recent\x18\x02 \x03(\x0b\x32\x11.recmesh.v1.Event\x12\x15\n\rseen_item_ids\x18\x03 \x03(\t\x12\x16\n\x0erecent_queries\x18\x04 \x03(\t\x12\x13\n\x0b\x65vent_count\x18\x05 \x01(\x03\x12\x33\n\x07skipped\x18\x06 \x03(\x0b\x32\".recmesh.v1.UserState.SkippedEntry\x12\x17\n\x0fhidden_item_ids\x18\x07 \x03(\t\x12\x19\n\x11\x64isliked_item_ids\x18\x08 \x03(\t\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\")\n\x16\x44\x65leteUserStateRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"1\n\x17\x44\x65leteUserStateResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x32\xe9\x08\n\x07Updater\x12?\n\x06Ingest\x12\x19.recmesh.v1.IngestRequest\x1a\x1a.recmesh.v1.IngestResponse\x12\x46\n\x0cGetUserState\x12\x1f.recmesh.v1.GetUserStateRequest\x1a\x15.recmesh.v1.UserState\x12U\n\nDeleteUser\x12\".recmesh.v1.DeleteUserStateRequest\x1a#.recmesh.v1.DeleteUserStateResponse\x12W\n\x0eLogImpressions\x12!.recmesh.v1.LogImpressionsRequest\x1a\".recmesh.v1.LogImpressionsResponse\x12U\n\x0fWatchParameters\x12\".recmesh.v1.WatchParametersRequest\x1a\x1c.recmesh.v1.RankerParameters0\x01\x12O\n\rGetParameters\x12 .recmesh.v1.GetParametersRequest\x1a\x1c.recmesh.v1.RankerParameters\x12K\n\nMergeUsers\x12\x1d.recmesh.v1.MergeUsersRequest\x1a\x1e.recmesh.v1.MergeUsersResponse\x12=\n\x07PutRule\x12\x1a.recmesh.v1.PutRuleRequest\x1a\x16.recmesh.v1.StoredRule\x12H\n\tListRules\x12\x1c.recmesh.v1.ListRulesRequest\x1a\x1d.recmesh.v1.ListRulesResponse\x12K\n\nDeleteRule\x12\x1d.recmesh.v1.DeleteRuleRequest\x1a\x1e.recmesh.v1.DeleteRuleResponse\x12I\n\rPutExperiment\x12 .recmesh.v1.PutExperimentRequest\x1a\x16.recmesh.v1.Experiment\x12Z\n\x0fListExperiments\x12\".recmesh.v1.ListExperimentsRequest\x1a#.recmesh.v1.ListExperimentsResponse\x12K\n\x0eStopExperiment\x12!.recmesh.v1.StopExperimentRequest\x1a\x16.recmesh.v1.Experiment\x12\x66\n\x13GetExperimentReport\x12&.recmesh.v1.GetExperimentReportRequest\x1a\'.recmesh.v1.GetExperimentReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,31 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMPRESSEDITEM']._serialized_start=65
   _globals['_IMPRESSEDITEM']._serialized_end=153
   _globals['_IMPRESSION']._serialized_start=156
-  _globals['_IMPRESSION']._serialized_end=391
-  _globals['_LOGIMPRESSIONSREQUEST']._serialized_start=393
-  _globals['_LOGIMPRESSIONSREQUEST']._serialized_end=461
-  _globals['_LOGIMPRESSIONSRESPONSE']._serialized_start=463
-  _globals['_LOGIMPRESSIONSRESPONSE']._serialized_end=487
-  _globals['_WATCHPARAMETERSREQUEST']._serialized_start=489
-  _globals['_WATCHPARAMETERSREQUEST']._serialized_end=536
-  _globals['_GETPARAMETERSREQUEST']._serialized_start=538
-  _globals['_GETPARAMETERSREQUEST']._serialized_end=577
-  _globals['_RANKERPARAMETERS']._serialized_start=579
-  _globals['_RANKERPARAMETERS']._serialized_end=661
-  _globals['_INGESTREQUEST']._serialized_start=663
-  _globals['_INGESTREQUEST']._serialized_end=713
-  _globals['_INGESTRESPONSE']._serialized_start=715
-  _globals['_INGESTRESPONSE']._serialized_end=769
-  _globals['_GETUSERSTATEREQUEST']._serialized_start=771
-  _globals['_GETUSERSTATEREQUEST']._serialized_end=829
-  _globals['_USERSTATE']._serialized_start=832
-  _globals['_USERSTATE']._serialized_end=1116
-  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_start=1070
-  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_end=1116
-  _globals['_DELETEUSERSTATEREQUEST']._serialized_start=1118
-  _globals['_DELETEUSERSTATEREQUEST']._serialized_end=1159
-  _globals['_DELETEUSERSTATERESPONSE']._serialized_start=1161
-  _globals['_DELETEUSERSTATERESPONSE']._serialized_end=1210
-  _globals['_UPDATER']._serialized_start=1213
-  _globals['_UPDATER']._serialized_end=2342
+  _globals['_IMPRESSION']._serialized_end=416
+  _globals['_LOGIMPRESSIONSREQUEST']._serialized_start=418
+  _globals['_LOGIMPRESSIONSREQUEST']._serialized_end=486
+  _globals['_LOGIMPRESSIONSRESPONSE']._serialized_start=488
+  _globals['_LOGIMPRESSIONSRESPONSE']._serialized_end=512
+  _globals['_WATCHPARAMETERSREQUEST']._serialized_start=514
+  _globals['_WATCHPARAMETERSREQUEST']._serialized_end=561
+  _globals['_GETPARAMETERSREQUEST']._serialized_start=563
+  _globals['_GETPARAMETERSREQUEST']._serialized_end=602
+  _globals['_RANKERPARAMETERS']._serialized_start=604
+  _globals['_RANKERPARAMETERS']._serialized_end=686
+  _globals['_INGESTREQUEST']._serialized_start=688
+  _globals['_INGESTREQUEST']._serialized_end=738
+  _globals['_INGESTRESPONSE']._serialized_start=740
+  _globals['_INGESTRESPONSE']._serialized_end=794
+  _globals['_GETUSERSTATEREQUEST']._serialized_start=796
+  _globals['_GETUSERSTATEREQUEST']._serialized_end=854
+  _globals['_USERSTATE']._serialized_start=857
+  _globals['_USERSTATE']._serialized_end=1141
+  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_start=1095
+  _globals['_USERSTATE_SKIPPEDENTRY']._serialized_end=1141
+  _globals['_DELETEUSERSTATEREQUEST']._serialized_start=1143
+  _globals['_DELETEUSERSTATEREQUEST']._serialized_end=1184
+  _globals['_DELETEUSERSTATERESPONSE']._serialized_start=1186
+  _globals['_DELETEUSERSTATERESPONSE']._serialized_end=1235
+  _globals['_UPDATER']._serialized_start=1238
+  _globals['_UPDATER']._serialized_end=2367
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,7 @@ class ImpressedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ..., propensity: _Optional[float] = ...) -> None: ...
 
 class Impression(_message.Message):
-    __slots__ = ("request_id", "user_id", "timestamp_ms", "ranker_version", "feature_names", "items", "experiment", "variant", "latency_ms", "degraded")
+    __slots__ = ("request_id", "user_id", "timestamp_ms", "ranker_version", "feature_names", "items", "experiment", "variant", "latency_ms", "degraded", "encoder_version")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Impression(_message.Message):
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     timestamp_ms: int
@@ -41,7 +42,8 @@ class Impression(_message.Message):
     variant: str
     latency_ms: float
     degraded: bool
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., ranker_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ImpressedItem, _Mapping]]] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ..., latency_ms: _Optional[float] = ..., degraded: _Optional[bool] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., ranker_version: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ImpressedItem, _Mapping]]] = ..., experiment: _Optional[str] = ..., variant: _Optional[str] = ..., latency_ms: _Optional[float] = ..., degraded: _Optional[bool] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class LogImpressionsRequest(_message.Message):
     __slots__ = ("impressions",)

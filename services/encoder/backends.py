@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -13,18 +14,35 @@ import numpy as np
 
 from recmesh.common.channels import FAST_RECONNECT
 from recmesh.common.errors import DependencyFailed, Unavailable
-from recmesh.common.paths import served_text_model, text_model_name
+from recmesh.common.paths import interest_variant_artifacts, served_text_model, text_model_name
+from recmesh.models.interest.versions import parse_versions
 from recmesh.models.text import TextModel, load_text_model
 from services.encoder.config import EncoderSettings
 
 
+@dataclass(frozen=True)
+class InterestModelInfo:
+    """One interest model a backend serves (known after start)."""
+
+    name: str  # the artifact's version: what an experiment's variant names
+    version: str  # the encoder's model version with this interest model (EncodeInterestResponse.model_version)
+    item_space: str | None  # served.item_space; None: not known (a Triton repository not assembled)
+    # Fuses a typed query into the interest (its language-model vector, given to interest()) and
+    # answers for an empty history; False: it reads neither.
+    fuses_queries: bool
+    default: bool = False
+
+    def catalog_compatible(self, catalog_space: str | None) -> bool:
+        """Its interests are scored in the catalog's space (the default model's item space)."""
+        return self.default or (self.item_space is not None and self.item_space == catalog_space)
+
+
 class EncoderBackend(Protocol):
-    version: str
+    version: str  # with the default interest model
     text_dim: int  # the language model's vectors
     dim: int  # the catalog's space: item and interest vectors
-    # The interest model fuses a typed query into the interest (its language-model vector, given
-    # to interest()) and answers for an empty history; False: it reads neither. Known after start.
-    fuses_queries: bool
+    # The interest models served, by name, the default first; known after start.
+    interest_models: dict[str, InterestModelInfo]
 
     async def start(self) -> None: ...
 
@@ -35,7 +53,8 @@ class EncoderBackend(Protocol):
 
     async def interest(self, item_vectors: np.ndarray, event_types: list[int], values: list[float],
                        timestamps_ms: list[int], timeout_s: float | None,
-                       query: np.ndarray | None = None) -> np.ndarray | None: ...
+                       query: np.ndarray | None = None, model: str = "") -> np.ndarray | None:
+        """The interest under interest model `model` (a name in interest_models; "": the default)."""
 
     async def close(self) -> None: ...
 
@@ -46,11 +65,12 @@ class InProcessBackend:
     def __init__(self, settings: EncoderSettings):
         self._s = settings
         self._model: TextModel | None = None
-        self._interest = None
+        self._interest = None  # the default interest model (its item tower encodes items)
+        self._interests: dict = {}  # every interest model by name, the default's included
         # One worker: each model uses one thread; more workers would only contend.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         self.version, self.text_dim, self.dim = "", 0, 0
-        self.fuses_queries = False
+        self.interest_models: dict[str, InterestModelInfo] = {}
 
     async def start(self) -> None:
         from recmesh.models.interest.served import ServedInterestModel
@@ -64,11 +84,22 @@ class InProcessBackend:
 
         def load():
             text = load_text_model(s.variant, model_dir, model_name, s.threads, s.max_batch, s.max_seq_len)
-            return text, ServedInterestModel(s.interest_model, s.threads)
+            interests = [ServedInterestModel(path, s.threads)
+                         for path in (s.interest_model, *interest_variant_artifacts(s.interest_variants))]
+            return text, interests
 
-        self._model, self._interest = await asyncio.get_running_loop().run_in_executor(self._pool, load)
+        self._model, interests = await asyncio.get_running_loop().run_in_executor(self._pool, load)
+        self._interests = {}
+        for i, model in enumerate(interests):
+            if model.name in self._interests:
+                raise ValueError(f"interest model version {model.name!r} is served twice "
+                                 f"(RECMESH_ENCODER_INTEREST_MODEL and RECMESH_ENCODER_INTEREST_VARIANTS)")
+            self._interests[model.name] = model
+            self.interest_models[model.name] = InterestModelInfo(
+                model.name, f"{self._model.version}+{model.version}@inprocess", model.item_space,
+                model.fuses_queries, default=i == 0)
+        self._interest = interests[0]
         self.text_dim, self.dim = self._model.dim, self._interest.dim
-        self.fuses_queries = self._interest.fuses_queries
         self.version = f"{self._model.version}+{self._interest.version}@inprocess"
 
     async def _run(self, fn, *args):
@@ -82,8 +113,9 @@ class InProcessBackend:
     async def encode_items(self, text_vectors, item_ids, timeout_s):
         return await self._run(self._interest.item_vectors, text_vectors, item_ids)
 
-    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None):
-        return await self._run(self._interest.interest, item_vectors, event_types, values, timestamps_ms, query)
+    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None, model=""):
+        served = self._interests[model] if model else self._interest
+        return await self._run(served.interest, item_vectors, event_types, values, timestamps_ms, query)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -107,7 +139,8 @@ class TritonBackend:
         self._client = None
         self._max_batch = 64
         self.version, self.text_dim, self.dim = "", 0, 0
-        self.fuses_queries = False
+        self.interest_models: dict[str, InterestModelInfo] = {}
+        self._folders: dict[str, str] = {}  # interest model name -> interest_encoder's version folder
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as triton
@@ -132,33 +165,47 @@ class TritonBackend:
         variant = params.get("variant", {}).get("string_value", "?")
         name = params.get("model_name", {}).get("string_value", "?")
         interest = (await client.get_model_config(self._s.triton_interest_model, as_json=True))["config"]
-        interest_version = interest.get("parameters", {}).get("version", {}).get("string_value", "?")
+        interest_params = interest.get("parameters", {})
+        interest_version = interest_params.get("version", {}).get("string_value", "?")
+        folders = parse_versions(interest_params.get("versions", {}).get("string_value", ""), interest_version)
+        for number in folders:  # every version folder loaded (version_policy all): bounded wait, as above
+            while not await client.is_model_ready(self._s.triton_interest_model, str(number)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Triton {self._s.triton_interest_model} version {number} not ready")
+                await asyncio.sleep(0.2)
         # The catalog's dim: what item_encoder gives a probe item.
         probe = await self._infer_with(client, self._s.triton_item_model, _inputs(
             ("TEXT_VECTOR", np.zeros((1, self.text_dim), np.float32), "FP32"),
             ("ITEM_ID", np.array([[b"probe"]], dtype=object), "BYTES")), "ITEM_VECTOR", None)
         self.dim = int(probe.shape[-1])
-        # Whether the served interest model fuses queries: only such a model answers an empty history.
-        cold = await self._infer_with(client, self._s.triton_interest_model,
-                                      _interest_inputs(np.zeros((0, self.dim), np.float32), [], [], [], None),
-                                      "INTEREST", None)
-        self.fuses_queries = bool(cold.size)
+        # Whether each interest model fuses queries: only such a model answers an empty history.
+        self.interest_models, self._folders = {}, {}
+        for number, (model_name, space) in sorted(folders.items()):
+            cold = await self._infer_with(client, self._s.triton_interest_model,
+                                          _interest_inputs(np.zeros((0, self.dim), np.float32), [], [], [], None),
+                                          "INTEREST", None, str(number))
+            self.interest_models[model_name] = InterestModelInfo(
+                model_name, f"{name}/{variant}+llm-seq/{model_name}@triton", space, bool(cold.size),
+                default=number == 1)
+            self._folders[model_name] = str(number)
         self.version = f"{name}/{variant}+llm-seq/{interest_version}@triton"
         self._client = client  # last: calls are served only once version, dims and batch size are known
 
-    async def _infer(self, model: str, inputs, output: str, timeout_s: float | None) -> np.ndarray:
+    async def _infer(self, model: str, inputs, output: str, timeout_s: float | None,
+                     model_version: str = "") -> np.ndarray:
         if self._client is None:
             raise Unavailable("encoder is warming up")
-        return await self._infer_with(self._client, model, inputs, output, timeout_s)
+        return await self._infer_with(self._client, model, inputs, output, timeout_s, model_version)
 
-    async def _infer_with(self, client, model: str, inputs, output: str, timeout_s: float | None) -> np.ndarray:
+    async def _infer_with(self, client, model: str, inputs, output: str, timeout_s: float | None,
+                          model_version: str = "") -> np.ndarray:
         from tritonclient.utils import InferenceServerException
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for attempt in (1, 2):
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                result = await client.infer(model, inputs, client_timeout=remaining)
+                result = await client.infer(model, inputs, model_version=model_version, client_timeout=remaining)
                 return result.as_numpy(output)
             except InferenceServerException as exc:
                 code = _status(exc)
@@ -189,9 +236,11 @@ class TritonBackend:
             lambda part: _inputs(("TEXT_VECTOR", vectors[part], "FP32"), ("ITEM_ID", ids[part], "BYTES")),
             "ITEM_VECTOR", timeout_s)
 
-    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None):
+    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None, model=""):
         inputs = _interest_inputs(item_vectors, event_types, values, timestamps_ms, query)
-        interest = await self._infer(self._s.triton_interest_model, inputs, "INTEREST", timeout_s)
+        # Always a named version folder: Triton's own default would be the highest number.
+        folder = self._folders[model] if model else "1"
+        interest = await self._infer(self._s.triton_interest_model, inputs, "INTEREST", timeout_s, folder)
         return interest if interest.size else None
 
     async def close(self) -> None:

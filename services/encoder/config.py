@@ -7,6 +7,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from recmesh.common.config import ServiceSettings
+from recmesh.common.paths import var_paths
 from recmesh.models.interest import served_artifact
 
 
@@ -49,6 +50,10 @@ class EncoderSettings(ServiceSettings):
     # The learned interest model, in process (Triton's comes from its interest_encoder model):
     # by default the var's own ($RECMESH_VAR/models/served/interest_model.pt), else the shipped one.
     interest_model: Path = Field(default_factory=served_artifact)
+    # Further interest models for experiments' variants, in process (Triton's are its
+    # interest_encoder's version folders 2, 3, ...): <folder>/<version>/interest_model.pt, by
+    # default the var's ($RECMESH_VAR/models/served/interest_variants); a missing folder is none.
+    interest_variants: Path = Field(default_factory=lambda: var_paths().interest_variants)
     max_history: int = Field(default=50, ge=1)
 
     @field_validator("model_dir")

@@ -9,14 +9,15 @@ import numpy as np
 
 from recmesh.common import limits
 from recmesh.common.catalog import item_text
-from recmesh.common.errors import InvalidArgument, rpc_method
+from recmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable, rpc_method
 from recmesh.common.lru import LruCache
 from recmesh.common.metrics import set_version
 from recmesh.common.server import Service
 from recmesh.common.validation import check_item, check_query, visible_text
 from recmesh.common.vectors import from_matrix, to_matrix
+from recmesh.models.ranking.scorer import check_version_name
 from recmesh.v1 import encoder_pb2, encoder_pb2_grpc
-from services.encoder.backends import EncoderBackend, make_backend
+from services.encoder.backends import EncoderBackend, InterestModelInfo, make_backend
 from services.encoder.config import EncoderSettings
 
 # Kept back from the caller's deadline for our own reply.
@@ -41,10 +42,34 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         for size in (1, 8, 1):
             vectors = await self._backend.encode_texts(["warm-up text for the encoder"] * size, None)
         items = await self._backend.encode_items(vectors, ["warm-up"], None)
-        await self._backend.interest(np.repeat(items, 10, axis=0), [0] * 10, [0.0] * 10, list(range(10)), None)
-        if self._backend.fuses_queries:
-            await self._backend.interest(items[:0], [], [], [], None, vectors[0])
+        for name, model in self._backend.interest_models.items():
+            await self._backend.interest(np.repeat(items, 10, axis=0), [0] * 10, [0.0] * 10, list(range(10)), None,
+                                         model=name)
+            if model.fuses_queries:
+                await self._backend.interest(items[:0], [], [], [], None, vectors[0], model=name)
         set_version("encoder", "models", self._backend.version)
+
+    def _catalog_space(self) -> str | None:
+        """The catalog's item space: the default interest model's (its item tower encodes items)."""
+        return next((m.item_space for m in self._backend.interest_models.values() if m.default), None)
+
+    def _interest_model(self, name: str) -> InterestModelInfo:
+        """The interest model a request names ("": the default). InvalidArgument for a malformed
+        name; FailedPrecondition for one not served or trained for another catalog space."""
+        models = self._backend.interest_models
+        if not models:
+            raise Unavailable("encoder is warming up")
+        if not name:
+            return next(m for m in models.values() if m.default)
+        check_version_name(name, "interest_model_version")
+        model = models.get(name)
+        if model is None:
+            raise FailedPrecondition(f"interest_model_version: no interest model {name!r} served "
+                                     f"(served: {', '.join(models)})")
+        if not model.catalog_compatible(self._catalog_space()):
+            raise FailedPrecondition(f"interest_model_version: {name!r} was trained for item space "
+                                     f"{model.item_space}, the catalog's is {self._catalog_space()}")
+        return model
 
     def _check_texts(self, texts, field: str) -> list[str]:
         """The texts' visible text, as the language model is given it; a text with nothing
@@ -75,13 +100,15 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             self._queries.put(query, vector)
         return vector
 
-    async def _interest(self, history, items: np.ndarray, timeout_s: float | None,
+    async def _interest(self, model: InterestModelInfo, history, items: np.ndarray, timeout_s: float | None,
                         query_vec: np.ndarray | None = None) -> np.ndarray | None:
-        """The interest (None: none); a model that fuses queries answers an empty history too."""
-        if not history and not self._backend.fuses_queries:
+        """The interest under `model` (None: none); a model that fuses queries answers an empty
+        history too."""
+        if not history and not model.fuses_queries:
             return None
         return await self._backend.interest(items, [h.type for h in history], [h.value for h in history],
-                                            [h.timestamp_ms for h in history], timeout_s, query_vec)
+                                            [h.timestamp_ms for h in history], timeout_s, query_vec,
+                                            model="" if model.default else model.name)
 
     @rpc_method
     async def EncodeItems(self, request, context):
@@ -101,6 +128,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
     @rpc_method
     async def EncodeInterest(self, request, context):
+        model = self._interest_model(request.interest_model_version)
         dim = self._backend.dim
         items = from_matrix(request.item_vectors, "item_vectors")
         if items.shape[0] != len(request.history):
@@ -113,15 +141,23 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         # Visible text only: a query of invisible characters is no query, not a steer. The cut
         # keeps within what the model is given (it reads max_seq_len tokens).
         query = check_query(request.query, "query")[: self._settings.max_text_chars]
-        if self._backend.fuses_queries:  # the interest takes the query's vector: encode it first
+        if model.fuses_queries:  # the interest takes the query's vector: encode it first
             query_vec = await self._query_vector(query, _timeout(context))
-            interest = await self._interest(history, items, _timeout(context), query_vec)
+            interest = await self._interest(model, history, items, _timeout(context), query_vec)
         else:  # independent: the query's vector and the interest are computed at the same time
             query_vec, interest = await asyncio.gather(self._query_vector(query, _timeout(context)),
-                                                       self._interest(history, items, _timeout(context)))
+                                                       self._interest(model, history, items, _timeout(context)))
         return encoder_pb2.EncodeInterestResponse(
-            interest=to_matrix(interest), query_vector=to_matrix(query_vec), model_version=self._backend.version
+            interest=to_matrix(interest), query_vector=to_matrix(query_vec), model_version=model.version
         )
+
+    @rpc_method
+    async def ListInterestModels(self, request, context):
+        space = self._catalog_space()
+        return encoder_pb2.ListInterestModelsResponse(models=[
+            encoder_pb2.InterestModel(version=m.name, default=m.default, item_space=m.item_space or "",
+                                      catalog_compatible=m.catalog_compatible(space), fuses_queries=m.fuses_queries)
+            for m in self._backend.interest_models.values()])
 
 
 def build_service(settings: EncoderSettings) -> Service:

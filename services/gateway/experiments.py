@@ -36,8 +36,8 @@ class Arm:
 
     def serve(self, request: recommendations_pb2.RecommendRequest, plan: Plan) -> Plan:
         """The variant's overrides applied: its diversity on the request, its exploration share,
-        ranker version and ranking mode on the plan (retrieval order skips the ranker with no degraded reason: the
-        variant's design, not a failure)."""
+        ranker version, interest model and ranking mode on the plan (retrieval order skips the
+        ranker with no degraded reason: the variant's design, not a failure)."""
         o = self.overrides
         if o.HasField("diversity"):
             request.diversity = o.diversity
@@ -46,6 +46,8 @@ class Arm:
             changes["exploration"] = o.exploration
         if o.ranker_version:
             changes["parameters_version"] = o.ranker_version
+        if o.interest_model_version:
+            changes["interest_model_version"] = o.interest_model_version
         if o.ranking == common_pb2.RANKING_MODE_RETRIEVAL_ORDER:
             changes["skip_ranker"] = True
         return dataclasses.replace(plan, **changes) if changes else plan
@@ -55,7 +57,8 @@ class Arm:
         order, latency (ms) and whether it was degraded; stamped now (ms since the Unix epoch)."""
         return updater_pb2.Impression(
             request_id=reply.request_id, user_id=user_id, timestamp_ms=now_ms(),
-            ranker_version=reply.versions.get("ranker", ""), experiment=self.experiment, variant=self.variant,
+            ranker_version=reply.versions.get("ranker", ""), encoder_version=reply.versions.get("encoder", ""),
+            experiment=self.experiment, variant=self.variant,
             latency_ms=reply.total_ms, degraded=bool(reply.degraded),
             items=[updater_pb2.ImpressedItem(item_id=item.item_id, position=i, propensity=1.0)
                    for i, item in enumerate(reply.items)])

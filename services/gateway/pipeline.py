@@ -62,7 +62,8 @@ class Pipeline:
         history = await self.history.load(budget, user_id, request.session_events)
         # Computed here from the history's catalog vectors: it steers even when the encoder cannot.
         session = session_vector(history.vectors, event_weights=history.weights) if history.entries else None
-        encoded = await self.interest.encode(budget, user_id, history, query, plan.skip_encoder)
+        encoded = await self.interest.encode(budget, user_id, history, query, plan.skip_encoder,
+                                             plan.interest_model_version)
         signals = Signals(encoded.interest, session, encoded.query)
 
         filters = rules.narrow(request.filters)  # the request's, and the exclude rules retrieval can apply

@@ -10,7 +10,7 @@ from collections import Counter
 import grpc
 
 from recmesh.common.auth import CLIENT_HEADER, AuthInterceptor, Client, client_name, load_keys, parse_keys
-from recmesh.common.errors import rpc_method
+from recmesh.common.errors import FailedPrecondition, rpc_method
 from recmesh.common.rules import check_rule_name, check_stored_rule
 from recmesh.common.server import Service
 from recmesh.common.transport import PREVIEW_HEADER
@@ -268,10 +268,33 @@ class GatewayServicer(recommendations_pb2_grpc.RecommendationsServicer):
     @rpc_method
     async def PutExperiment(self, request, context):
         check_experiment_proto(request.experiment)
+        await self._check_interest_models(request.experiment, context)
         stored = await passthrough(context, self._up.updater.PutExperiment(
             request, timeout=self._write_timeout(context), metadata=self._on_behalf(context)))
         self._recommender.experiments.put(stored)  # this gateway's next Recommend assigns it
         return stored
+
+    async def _check_interest_models(self, experiment: common_pb2.Experiment, context) -> None:
+        """Every interest model a variant names is one the encoder serves, trained for the
+        catalog's item space: FailedPrecondition naming the variant's field otherwise (refused
+        now, not served the encoder's refusal for the experiment's whole run). The encoder's own
+        failure (e.g. UNAVAILABLE) is this call's."""
+        named = [(i, v.overrides.interest_model_version) for i, v in enumerate(experiment.variants)
+                 if v.overrides.interest_model_version]
+        if not named:
+            return
+        reply = await passthrough(context, self._up.encoder.ListInterestModels(
+            encoder_pb2.ListInterestModelsRequest(), timeout=self._write_timeout(context)))
+        served = {m.version: m for m in reply.models}
+        for i, version in named:
+            field = f"experiment.variants[{i}].overrides.interest_model_version"
+            model = served.get(version)
+            if model is None:
+                raise FailedPrecondition(f"{field}: the encoder serves no interest model {version!r} "
+                                         f"(it serves {', '.join(served) or 'none'})")
+            if not model.catalog_compatible:
+                raise FailedPrecondition(f"{field}: interest model {version!r} was trained for another catalog "
+                                         f"space (item space {model.item_space}) than the one served")
 
     @rpc_method
     async def ListExperiments(self, request, context):

@@ -45,6 +45,8 @@ class Plan:
     exploration: float | None = None
     # The ranker parameter version for this call (an experiment's variant); "": the ranker's current.
     parameters_version: str = ""
+    # The interest model for this call (an experiment's variant); "": the encoder's default.
+    interest_model_version: str = ""
 
     @classmethod
     def shed_at_door(cls, reason: str) -> "Plan":

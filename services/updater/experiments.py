@@ -199,6 +199,7 @@ class ExperimentsRole:
         control has an answer, the variants' counts only."""
         samples = await self._run(self._outcomes.sample, experiment.name)
         versions = await self._run(self._outcomes.ranker_versions, experiment.name)
+        encoders = await self._run(self._outcomes.encoder_versions, experiment.name)
         s = self._s
         try:
             summary = summarize(experiment.name, samples, control_of(experiment), primary_of(experiment),
@@ -209,8 +210,12 @@ class ExperimentsRole:
                        "primary": primary_of(experiment), "level": s.report_level,
                        "guardrail_level": s.guardrail_level, "variants": {}, "against_control": {},
                        "note": exc.args[0]}
-        for variant, shown in summary["variants"].items():  # which parameter versions ranked its answers
+        overrides = {v.name: v.overrides for v in experiment.variants}
+        for variant, shown in summary["variants"].items():  # which versions ranked and encoded its answers
             shown["ranker_versions"] = versions.get(variant, {})
+            shown["encoder_versions"] = encoders.get(variant, {})
+            # The interest model the variant names ("": the encoder's default).
+            shown["interest_model_version"] = overrides[variant].interest_model_version if variant in overrides else ""
         summary["state"] = common_pb2.ExperimentState.Name(experiment.state).removeprefix("EXPERIMENT_STATE_")
         summary["stopped_reason"] = experiment.stopped_reason
         return summary
@@ -229,6 +234,8 @@ class ExperimentsRole:
                 check_id(item.item_id, f"{at}items[{i}].item_id")
             if len(impression.ranker_version) > VERSION_CHARS:
                 raise InvalidArgument(f"{at}ranker_version", f"longer than {VERSION_CHARS} characters")
+            if len(impression.encoder_version) > VERSION_CHARS:
+                raise InvalidArgument(f"{at}encoder_version", f"longer than {VERSION_CHARS} characters")
 
     def record(self, impressions: Sequence[updater_pb2.Impression]) -> None:
         """Answers shown under an experiment (checked: check_impressions), in the outcome log."""
@@ -236,7 +243,8 @@ class ExperimentsRole:
             rows = [dict(experiment=i.experiment, variant=i.variant, user_id=i.user_id, request_id=i.request_id,
                          shown_ms=i.timestamp_ms or clock.now_ms(),
                          item_ids=[item.item_id for item in sorted(i.items, key=lambda it: it.position)],
-                         latency_ms=i.latency_ms, degraded=i.degraded, ranker_version=i.ranker_version)
+                         latency_ms=i.latency_ms, degraded=i.degraded, ranker_version=i.ranker_version,
+                         encoder_version=i.encoder_version)
                     for i in impressions]
             self._submit(self._record_all, rows)
 

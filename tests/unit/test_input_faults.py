@@ -31,6 +31,7 @@ from recmesh.common.validation import (
 )
 from recmesh.common.wire import ParseRequests, find_fault
 from recmesh.v1 import common_pb2, encoder_pb2, recommendations_pb2, updater_pb2
+from services.encoder.backends import InterestModelInfo
 from services.encoder.config import EncoderSettings
 from services.encoder.server import EncoderServicer
 from services.gateway.config import GatewaySettings
@@ -238,7 +239,8 @@ class RecordingBackend:
     """Stands in for the models: records what the language model would be given."""
 
     version, dim, text_dim = "test", 4, 4
-    fuses_queries = False  # an interest model without query fusion
+    # One interest model, without query fusion.
+    interest_models = {"m": InterestModelInfo("m", "test", None, fuses_queries=False, default=True)}
 
     def __init__(self):
         self.texts: list[str] = []

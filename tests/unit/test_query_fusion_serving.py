@@ -17,6 +17,7 @@ from recmesh.common.vectors import first_row, to_matrix
 from recmesh.models.interest.sequence_model import ModelConfig, SequenceInterestModel
 from recmesh.models.interest.served import ServedInterestModel, export_served
 from recmesh.v1 import common_pb2, encoder_pb2
+from services.encoder.backends import InterestModelInfo
 from services.encoder.config import EncoderSettings
 from services.encoder.server import EncoderServicer
 from services.gateway.shedding import RUNGS
@@ -111,13 +112,15 @@ class RecordingBackend:
 
     def __init__(self, served: ServedInterestModel):
         self.served, self.version = served, "test"
-        self.text_dim, self.dim, self.fuses_queries = served.text_dim, served.dim, served.fuses_queries
+        self.text_dim, self.dim = served.text_dim, served.dim
+        self.interest_models = {served.name: InterestModelInfo(served.name, "test", served.item_space,
+                                                               served.fuses_queries, default=True)}
         self.asked: list = []
 
     async def encode_texts(self, texts, timeout_s):
         return np.stack([np.random.default_rng(len(t)).normal(size=self.text_dim).astype(np.float32) for t in texts])
 
-    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None):
+    async def interest(self, item_vectors, event_types, values, timestamps_ms, timeout_s, query=None, model=""):
         self.asked.append(query)
         return self.served.interest(item_vectors, event_types, values, timestamps_ms, query)
 

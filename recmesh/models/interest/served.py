@@ -81,6 +81,37 @@ def artifact_version(path: Path) -> str:
     return str(torch.load(path, map_location="cpu", weights_only=True)["version"])
 
 
+def item_space(config: ModelConfig, state: dict, item_ids: list[str]) -> str:
+    """The catalog space an artifact's interests are scored in: a digest (16 hex) of its item
+    tower - the text projection, the ID table when it has one, the ids its rows mean, and the
+    dims. Two artifacts with the same item_space place every item at the same catalog vector, so
+    one's interest may be scored against a catalog the other encoded; any other pair may not."""
+    digest = hashlib.sha256(f"{config.d}/{config.text_dim}/{config.use_ids}".encode())
+    tower = ("text_proj.", "ids.") if config.use_ids else ("text_proj.",)
+    for key in sorted(k for k in state if k.startswith(tower)):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().to(torch.float32).numpy().tobytes())
+    digest.update("\n".join(item_ids).encode())
+    return digest.hexdigest()[:16]
+
+
+def artifact_identity(path: Path) -> tuple[str, str]:
+    """(version, item_space) of the artifact at `path`."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return str(blob["version"]), item_space(ModelConfig(**blob["config"]), blob["state"], list(blob["item_ids"]))
+
+
+def copy_as_version(source: Path, dest: Path, version: str) -> None:
+    """`source`'s artifact saved at `dest` under another version name (the same weights): how an
+    operator names a second interest model for experiments (`recmesh experiments add-interest`)."""
+    blob = torch.load(source, map_location="cpu", weights_only=True)
+    blob["version"] = version
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(blob, tmp)
+    tmp.rename(dest)
+
+
 def stamp_version(config: Path, version: str) -> None:
     pattern = r'(key: "version", value: \{ string_value: )"[^"]*"'
     stamped, n = re.subn(pattern, rf'\1"{version}"', config.read_text())
@@ -136,6 +167,8 @@ class ServedInterestModel:
         self.model.load_state_dict(blob["state"])
         self.model.eval()
         self.version = f"llm-seq/{blob['version']}"
+        self.name = str(blob["version"])  # what an experiment's variant names it by
+        self.item_space = item_space(self.config, blob["state"], list(blob["item_ids"]))
         self.dim = self.config.d
         self.text_dim = self.config.text_dim
         self.query_dim = self.config.query_dim  # 0: no query fusion, no cold-start interest

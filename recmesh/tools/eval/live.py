@@ -16,16 +16,20 @@ TRACK_BATCH = 500
 
 
 @contextmanager
-def fresh_stack(catalog: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """catalog: a var's catalog folder (default: $RECMESH_VAR's); the stack serves that var's interest model."""
-    with private_stack(catalog or var_paths().catalog, env=env or {}) as stack:  # no event log: an empty one
+def fresh_stack(catalog: Path | None = None, env: dict[str, str] | None = None,
+                interest_variants: dict[str, Path] | None = None) -> Iterator[Stack]:
+    """catalog: a var's catalog folder (default: $RECMESH_VAR's); the stack serves that var's
+    interest model, and interest_variants ({name: artifact}) beside it for experiments."""
+    with private_stack(catalog or var_paths().catalog, env=env or {},  # no event log: an empty one
+                       interest_variants=interest_variants) as stack:
         yield stack
 
 
 @contextmanager
-def fresh_mesh(catalog: Path | None = None, timeout_s: float = 1.0,
-               env: dict[str, str] | None = None) -> Iterator[RecmeshClient]:
-    with fresh_stack(catalog, env) as stack, RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
+def fresh_mesh(catalog: Path | None = None, timeout_s: float = 1.0, env: dict[str, str] | None = None,
+               interest_variants: dict[str, Path] | None = None) -> Iterator[RecmeshClient]:
+    with fresh_stack(catalog, env, interest_variants) as stack, \
+            RecmeshClient(stack.address("gateway"), timeout_s=timeout_s) as client:
         yield client
 
 

@@ -30,13 +30,21 @@ def _vector(value: np.ndarray | None) -> np.ndarray:
 class TritonPythonModel:
     def initialize(self, args):
         from recmesh.models.interest.served import ServedInterestModel
+        from recmesh.models.interest.versions import parse_versions
 
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
         self.model = ServedInterestModel(folder / _param(config, "artifact"))
-        if self.model.version != f"llm-seq/{_param(config, 'version')}":
-            raise ValueError(f"interest_encoder: artifact is {self.model.version}, config.pbtxt names "
-                             f"{_param(config, 'version')}: reinstall with `recmesh train`")
+        # This folder's entry in "versions" (folder 1 only, named by "version", when it is empty).
+        versions = parse_versions(config["parameters"].get("versions", {}).get("string_value", ""),
+                                  _param(config, "version"))
+        name, space = versions.get(int(args["model_version"]), (None, None))
+        if self.model.name != name:
+            raise ValueError(f"interest_encoder version {args['model_version']}: artifact is {self.model.version}, "
+                             f"config.pbtxt names {name}: reinstall with `recmesh train`")
+        if space is not None and self.model.item_space != space:
+            raise ValueError(f"interest_encoder version {args['model_version']}: artifact's item space is "
+                             f"{self.model.item_space}, config.pbtxt names {space}")
 
     def execute(self, requests):
         return [self._one(request) for request in requests]
