@@ -24,11 +24,12 @@ from collections.abc import Iterable
 from recmesh.experiments.outcomes import VariantSample, variant_samples
 
 # KEYS: answer, user's answers, experiment's answers, experiments. ARGV: experiment, variant, user
-# digest, shown_ms, items (JSON), latency_ms, degraded (0/1), ranker version, request id.
+# digest, shown_ms, items (JSON), latency_ms, degraded (0/1), ranker version, request id, encoder version.
 _RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'experiment', ARGV[1], 'variant', ARGV[2], 'user', ARGV[3], 'shown_ms', ARGV[4],
-           'items', ARGV[5], 'latency_ms', ARGV[6], 'degraded', ARGV[7], 'ranker_version', ARGV[8], 'converted', '0')
+           'items', ARGV[5], 'latency_ms', ARGV[6], 'degraded', ARGV[7], 'ranker_version', ARGV[8],
+           'encoder_version', ARGV[10], 'converted', '0')
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[9])
 redis.call('SADD', KEYS[3], ARGV[9])
 redis.call('SADD', KEYS[4], ARGV[1])
@@ -60,7 +61,7 @@ redis.call('DEL', KEYS[1])
 return n
 """
 
-_READ = ("variant", "user", "clicked", "converted", "degraded", "latency_ms", "ranker_version")
+_READ = ("variant", "user", "clicked", "converted", "degraded", "latency_ms", "ranker_version", "encoder_version")
 _BATCH = 1000  # answers read per pipeline round trip in a report
 
 
@@ -84,11 +85,12 @@ class RedisOutcomeLog:
         return hashlib.blake2b(user_id.encode(), key=self._key, digest_size=16).hexdigest()
 
     def record_answer(self, *, experiment: str, variant: str, user_id: str, request_id: str, shown_ms: int,
-                      item_ids: list[str], latency_ms: float, degraded: bool, ranker_version: str = "") -> None:
+                      item_ids: list[str], latency_ms: float, degraded: bool, ranker_version: str = "",
+                      encoder_version: str = "") -> None:
         """Idempotent by request_id (a resent batch is not counted twice)."""
         self.record_answers([dict(experiment=experiment, variant=variant, user_id=user_id, request_id=request_id,
                                   shown_ms=shown_ms, item_ids=item_ids, latency_ms=latency_ms, degraded=degraded,
-                                  ranker_version=ranker_version)])
+                                  ranker_version=ranker_version, encoder_version=encoder_version)])
 
     def record_answers(self, rows: Iterable[dict]) -> None:
         """record_answer for each row, one round trip."""
@@ -99,7 +101,7 @@ class RedisOutcomeLog:
                                self._p + "e:" + row["experiment"], self._p + "experiments"],
                          args=[row["experiment"], row["variant"], user, row["shown_ms"], json.dumps(row["item_ids"]),
                                row["latency_ms"], int(row["degraded"]), row.get("ranker_version", ""),
-                               row["request_id"]],
+                               row["request_id"], row.get("encoder_version", "")],
                          client=pipe)
         pipe.execute()
 
@@ -145,10 +147,19 @@ class RedisOutcomeLog:
 
     def ranker_versions(self, experiment: str) -> dict[str, dict[str, int]]:
         """variant -> ranker version -> answers it ranked ('': answers the ranker did not rank)."""
+        return self._versions(experiment, "ranker_version")
+
+    def encoder_versions(self, experiment: str) -> dict[str, dict[str, int]]:
+        """variant -> encoder version (naming the interest model) -> answers whose interest it
+        encoded ('': answers without an interest)."""
+        return self._versions(experiment, "encoder_version")
+
+    def _versions(self, experiment: str, field: str) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for r in self._answers(experiment):
             versions = out.setdefault(r["variant"], {})
-            versions[r["ranker_version"]] = versions.get(r["ranker_version"], 0) + 1
+            version = r[field] or ""  # an answer recorded before the field existed: none
+            versions[version] = versions.get(version, 0) + 1
         return {variant: dict(sorted(v.items())) for variant, v in sorted(out.items())}
 
     def close(self) -> None:

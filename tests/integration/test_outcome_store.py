@@ -58,6 +58,7 @@ def test_a_resent_batch_counts_once_the_first_click_position_holds_and_deletion_
                  latency_ms=lat, degraded=d, ranker_version=rv)
             for r, u, v, lat, d, rv in [("r1", "u1", "A", 10.0, False, "v1"), ("r2", "u2", "B", 30.0, True, ""),
                                         ("r3", "someone-distinctive-42", "B", 20.0, False, "v2")]]
+    rows[2]["encoder_version"] = "llm-seq/noisy"
     log.record_answers(rows)
     log.record_answers(rows)  # the same batch sent again
     assert log.record_feedback(user_id="u1", item_id="c", at_ms=1_500, purchase=False)
@@ -69,6 +70,7 @@ def test_a_resent_batch_counts_once_the_first_click_position_holds_and_deletion_
     assert sorted(samples["B"].answers.tolist()) == [1, 1] and samples["B"].degraded.sum() == 1
     assert sorted(samples["B"].latency_ms.tolist()) == [20.0, 30.0]
     assert log.ranker_versions("e") == {"A": {"v1": 1}, "B": {"": 1, "v2": 1}}
+    assert log.encoder_versions("e") == {"A": {"": 1}, "B": {"": 1, "llm-seq/noisy": 1}}
     assert log.experiments() == ["e"]
     assert log.delete_user("someone-distinctive-42") == 1 and log.delete_user("someone-distinctive-42") == 0
     assert log.sample("e")["B"].answers.tolist() == [1]
