@@ -157,3 +157,13 @@ def test_the_cold_blend_is_the_best_among_those_as_popular_as_the_relevant_items
     # Scaled to the blend's score spread over the same lists.
     spread = lambda w: np.einsum("qnf,f->qn", sc.features, w).std(axis=1).mean()  # noqa: E731
     assert spread(cold) == pytest.approx(spread(blend), rel=1e-3)
+
+
+def test_the_interest_weight_is_served_in_units_of_the_served_heads_spread():
+    sc = scenario()
+    blend = weights(interest_sim=4.0, query_sim=1.0, popularity=1.0)
+    grid = dict(interest_grid=(1.0,), popularity_grid=(0.0,))
+    own, _ = choose_cold_blend(sc, blend, **grid)
+    sc.served_interest_spread = 2 * sc.spread("interest_sim")
+    served, _ = choose_cold_blend(sc, blend, **grid)
+    assert served[Q] == pytest.approx(own[Q]) and served[INTEREST] == pytest.approx(own[INTEREST] / 2)

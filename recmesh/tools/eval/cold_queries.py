@@ -22,11 +22,13 @@ language model (query_sim) is the served one: its fine-tuning saw the labels too
 of an epoch. The newcomer's features over the whole catalog are the ranker's
 (recmesh.models.ranking.features): interest_sim, query_sim and popularity; the rest are 0.
 
-The choice: the query weight is one unit (scale / the feature's spread), the interest and
-popularity weights searched on a grid of units; eligible are the weights whose answers' median
-popularity rank (training events, 1 = most) is within POPULARITY_FACTOR of the relevant items'
-median rank - what people consume for such a label, not only its best sellers; among those, the
-best mean NDCG@10 wins (none eligible: the best calibrated). The weights are scaled so that their
+The choice: the query weight is one unit (1 / the feature's spread over the scenario), the
+interest and popularity weights searched on a grid of units (the interest weight is served in
+units of the served head's interest_sim spread over the same queries: the refit head's scale
+differs); eligible are the weights whose answers' median popularity rank (training events, 1 =
+most) is within POPULARITY_FACTOR of the relevant items' median rank - what people consume for
+such a label, not only its best sellers; among those, the best mean NDCG@10 wins (none
+eligible: the best calibrated). The weights are scaled so that their
 scores spread as the blend's own do over the same lists (diversity weighs scores the same)."""
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ class ColdScenario:
     queries: list[LabelQuery]
     features: np.ndarray
     ranks: np.ndarray
+    # The spread of interest_sim as the served model gives it for the same queries (its head saw
+    # the labels): the unit the chosen interest weight is served in. None: the scenario's own.
+    served_interest_spread: float | None = None
 
     def top(self, weights: np.ndarray, k: int = K) -> np.ndarray:
         scores = np.einsum("qnf,f->qn", self.features, np.asarray(weights, np.float32))
@@ -170,7 +175,10 @@ def choose_cold_blend(scenario: ColdScenario, blend: np.ndarray, factor: float =
                           "calibrated": 1 / factor <= ratio <= factor, "_w": w, "_off": abs(np.log(ratio))})
     calibrated = [t for t in tried if t["calibrated"]]
     best = max(calibrated, key=lambda t: t["NDCG@10"]) if calibrated else min(tried, key=lambda t: t["_off"])
-    weights = best["_w"] * _spread_scale(scenario, blend, best["_w"])
+    scale = _spread_scale(scenario, blend, best["_w"])
+    weights = best["_w"] * scale
+    if scenario.served_interest_spread:  # the same units of spread, of the feature it will weigh
+        weights[i] = best["interest_units"] / scenario.served_interest_spread * scale
     blend_m = scenario.measure(np.where(np.isin(np.arange(len(FEATURES)), [i, q, p]), blend, 0.0))
     report = {
         "chosen": {k: best[k] for k in ("interest_units", "popularity_units", "P@10", "NDCG@10",
@@ -270,7 +278,11 @@ def build_scenario(dataset: datasets.Dataset, s: datasets.Split, mesh, encode, n
                 candidate_categories=mesh.categories, popularity=mesh.popularity,
                 interest=None if interest_of is None else interest_of(v), session=None, query=v,
                 recent_vectors=mesh.vectors[:0], category_affinity={})).values
-    return ColdScenario(queries, features, popularity_ranks(counts))
+    served_spread = None
+    if mesh.model.fuses_queries:
+        served = np.stack([mesh.features([], [], [], v)[:, FEATURES.index("interest_sim")] for v in query_vectors])
+        served_spread = float(served.std()) or None
+    return ColdScenario(queries, features, popularity_ranks(counts), served_spread)
 
 
 def cold_scorer(scorer: Scorer, cold: np.ndarray) -> Scorer:
