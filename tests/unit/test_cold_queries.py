@@ -36,13 +36,14 @@ def scorer(cold=COLD) -> Scorer:
     return Scorer("ranker-test", MAIN, 0.0, None, 0, cold)
 
 
-def test_cold_weights_only_for_a_request_without_history():
+def test_cold_weights_only_for_typed_words_without_history():
     s = scorer()
-    assert s.for_request(has_history=True) is s
-    assert s.for_request(has_history=False).weights.tolist() == COLD.tolist()
-    assert s.for_request(has_history=False).version == s.version
+    assert s.for_request(has_history=True, typed=True) is s
+    assert s.for_request(has_history=False, typed=False) is s  # no query: the blend's cold-start ranking
+    assert s.for_request(has_history=False, typed=True).weights.tolist() == COLD.tolist()
+    assert s.for_request(has_history=False, typed=True).version == s.version
     plain = scorer(cold=None)
-    assert plain.for_request(has_history=False) is plain
+    assert plain.for_request(has_history=False, typed=True) is plain
 
 
 def test_cold_weights_are_stored_and_loaded_with_the_version(tmp_path):
@@ -92,6 +93,9 @@ def test_rank_scores_a_newcomer_with_the_cold_weights_and_a_user_with_history_wi
                   recent_vectors=to_matrix(np.array([[0.0, 1.0]], np.float32)))
     assert top(request(**recent), scorer()) == "popular"
     assert top(request(category_affinity={"Drama": 0.5}), scorer()) == "popular"
+    untyped = request()
+    untyped.ClearField("query_similarity")
+    assert top(untyped, scorer()) == "popular"  # no typed words: the blend
 
 
 def test_label_queries_keep_labels_on_enough_interacted_items_merged_case_insensitively():
@@ -167,3 +171,19 @@ def test_the_interest_weight_is_served_in_units_of_the_served_heads_spread():
     sc.served_interest_spread = 2 * sc.spread("interest_sim")
     served, _ = choose_cold_blend(sc, blend, **grid)
     assert served[Q] == pytest.approx(own[Q]) and served[INTEREST] == pytest.approx(own[INTEREST] / 2)
+
+
+def test_a_catalog_without_fitting_labels_keeps_the_blend_for_newcomers(monkeypatch):
+    from recmesh.tools.eval import cold_queries, mesh
+
+    def no_labels(*args, **kwargs):
+        raise cold_queries.NoScenario("shop: no label is on 5..100 items with events")
+
+    monkeypatch.setattr(mesh, "MeshScorer", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cold_queries, "build_scenario", no_labels)
+    from types import SimpleNamespace
+
+    s = scorer(cold=None)
+    shop = SimpleNamespace(name="shop", item_ids=[], categories=lambda: [])
+    out, report = cold_queries.with_cold_blend(s, shop, None, None, None, None, None)
+    assert out is s and "no label" in report["skipped"]

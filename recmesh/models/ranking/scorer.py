@@ -55,16 +55,16 @@ class Scorer:
     deep: DeepPart | None = None
     # Newest feedback (updater arrival time, ms) the version learned from; 0 for shipped ones.
     trained_through_ms: int = 0
-    # len(FEATURES): the wide weights for a request without history (no session, no recent items,
-    # no category affinity: a newcomer's typed words), chosen on the var's own cold typed-query
-    # scenario (recmesh.tools.eval.cold_queries); None: such a request is scored like any other.
+    # len(FEATURES): the wide weights for a typed query without history (no session, no recent
+    # items, no category affinity: a newcomer's typed words), chosen on the var's own cold
+    # typed-query scenario (recmesh.tools.eval.cold_queries); None: scored like any other.
     cold: np.ndarray | None = None
 
-    def for_request(self, has_history: bool) -> "Scorer":
-        """The scorer a request is scored with: without history and with cold weights, those
-        alone (linear, bias kept; the deep part learned on users with history is left out);
-        else this one."""
-        if has_history or self.cold is None:
+    def for_request(self, has_history: bool, typed: bool) -> "Scorer":
+        """The scorer a request is scored with: typed words without history, and cold weights
+        here: those alone (linear, bias kept; the deep part learned on users with history is
+        left out); else this one."""
+        if has_history or not typed or self.cold is None:
             return self
         return Scorer(self.version, self.cold, self.bias, None, self.trained_through_ms)
 

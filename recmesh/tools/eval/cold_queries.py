@@ -65,6 +65,10 @@ POPULARITY_FACTOR = 2.0
 COLD_COLUMNS = ("interest_sim", "query_sim", "popularity")  # the only features a newcomer's request has
 
 
+class NoScenario(ValueError):
+    """No label fits the scenario (a catalog without labels on MIN_ITEMS..MAX_ITEMS items with events)."""
+
+
 @dataclass(frozen=True)
 class LabelQuery:
     label: str
@@ -239,7 +243,7 @@ def build_scenario(dataset: datasets.Dataset, s: datasets.Split, mesh, encode, n
     """The held-out label scenario of a data set (module docstring) for the interest model and
     text vectors `mesh` (recmesh.tools.eval.mesh.MeshScorer) serves; encode: texts -> unit
     language-model vectors (the var's served text model); var: the var the data set was read
-    from (its brand-like attributes are labels too). ValueError when no label fits."""
+    from (its brand-like attributes are labels too). NoScenario when no label fits."""
     from recmesh.models.interest.query_fusion import QueryBank
     from recmesh.models.ranking.features import RankInputs, compute
     from recmesh.tools.eval.train import var_attributes
@@ -250,7 +254,7 @@ def build_scenario(dataset: datasets.Dataset, s: datasets.Split, mesh, encode, n
     counts = np.bincount(train_items, minlength=s.n_items).astype(np.float64)
     queries = label_queries(labels, counts > 0, n, seed)
     if not queries:
-        raise ValueError(f"{dataset.name}: no label is on {MIN_ITEMS}..{MAX_ITEMS} items with events: "
+        raise NoScenario(f"{dataset.name}: no label is on {MIN_ITEMS}..{MAX_ITEMS} items with events: "
                          "no cold typed-query scenario")
     query_vectors = encode([q.label for q in queries])
     fold_of = label_folds(labels, folds, seed)
@@ -298,14 +302,18 @@ def with_cold_blend(scorer: Scorer, dataset: datasets.Dataset, s: datasets.Split
     own held-out label scenario (s: its split, the users `recmesh train` fit on; text_vectors:
     the served language model's item vectors; popularity: the catalog formula from training
     interactions, mesh.train_popularity; cache: where label vectors are cached; var: the var
-    the data set was read from, for its brand-like attributes), and the report of the choice."""
+    the data set was read from, for its brand-like attributes), and the report of the choice -
+    scorer unchanged and {"skipped": why} when no label fits the scenario."""
     from recmesh.tools.eval.mesh import MeshScorer
     from recmesh.tools.eval.tune import encode_texts
 
     started = time.perf_counter()
     mesh = MeshScorer(s, dataset.item_ids, text_vectors, artifact, popularity, dataset.categories(), scorer)
-    scenario = build_scenario(dataset, s, mesh, lambda texts: encode_texts(texts, cache, f"{dataset.name}-labels"),
-                              n, seed, var)
+    try:
+        scenario = build_scenario(dataset, s, mesh,
+                                  lambda texts: encode_texts(texts, cache, f"{dataset.name}-labels"), n, seed, var)
+    except NoScenario as e:  # a catalog without such labels: newcomers are ranked by the blend
+        return scorer, {"skipped": str(e)}
     cold, report = choose_cold_blend(scenario, scorer.weights)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["scenario"] = (f"held-out label queries ({FOLDS} folds of the label vocabulary, the fusion head refit "
@@ -314,7 +322,10 @@ def with_cold_blend(scorer: Scorer, dataset: datasets.Dataset, s: datasets.Split
 
 
 def print_cold_choice(report: dict, file=None) -> None:
-    """One line: the cold blend chosen, against the blend's own, on the scenario."""
+    """One line: the cold blend chosen, against the blend's own, on the scenario (or why none)."""
+    if "skipped" in report:
+        print(f"cold typed-query blend: none ({report['skipped']}); newcomers are ranked by the blend", file=file)
+        return
     c, b = report["chosen"], report["blend_on_scenario"]
     print(f"cold typed-query blend ({report['queries']} held-out label queries): interest "
           f"{c['interest_units']} / popularity {c['popularity_units']} units per query unit, NDCG@10 "
@@ -352,8 +363,10 @@ def main(argv: list[str] | None = None) -> dict:
                                      args.queries, args.seed)
     extra = {k: v for k, v in spec.items() if k not in ("version", "kind", "bias", "weights", "deep",
                                                         "trained_through_ms", "cold_weights")}
-    save_params(scorer, params, **extra, cold_tuning=report)
     print_cold_choice(report)
+    if "skipped" in report:
+        return report
+    save_params(scorer, params, **extra, cold_tuning=report)
     print(json.dumps({"params": str(path), "cold_weights": scorer.to_spec()["cold_weights"],
                       **{k: report[k] for k in ("chosen", "blend_on_scenario", "relevant_median_popularity_rank",
                                                 "queries", "seconds")}}, indent=2))
