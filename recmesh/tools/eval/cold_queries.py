@@ -190,6 +190,8 @@ def choose_cold_blend(scenario: ColdScenario, blend: np.ndarray, factor: float =
         "blend_on_scenario": {k: round(v, 4) for k, v in blend_m.items()},
         "relevant_median_popularity_rank": round(target, 1),
         "popularity_factor": factor,
+        "spreads": {c: round(scenario.spread(c), 5) for c in COLD_COLUMNS}
+        | {"interest_sim_served": scenario.served_interest_spread},
         "queries": len(scenario.queries),
         "grid": [{k: v for k, v in t.items() if not k.startswith("_")} for t in tried],
     }
