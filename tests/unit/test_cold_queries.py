@@ -174,7 +174,8 @@ def test_the_interest_weight_is_served_in_units_of_the_served_heads_spread():
 
 
 def test_a_catalog_without_fitting_labels_keeps_the_blend_for_newcomers(monkeypatch):
-    from recmesh.tools.eval import cold_queries, mesh
+    # tune imported first: it binds mesh.MeshScorer at import, which is replaced here for a moment.
+    from recmesh.tools.eval import cold_queries, mesh, tune  # noqa: F401
 
     def no_labels(*args, **kwargs):
         raise cold_queries.NoScenario("shop: no label is on 5..100 items with events")
