@@ -108,3 +108,39 @@ def test_the_fused_answer_obeys_filters_and_exclusions(gateways, client, user):
     client.track_events(Event(user, item, "click") for item in seen)
     after = recommend(fused_gateway, user, "space opera")
     assert not set(seen) & set(ids(after)) and len(after.items) == 10
+
+
+@pytest.fixture(scope="module")
+def cold_gateway(stack, gateways, tmp_path_factory):
+    """A gateway over the fused encoder replica ranking with the interest-heavy blend plus cold
+    weights that read the typed words alone (recmesh.tools.eval.cold_queries' kind of version)."""
+    blend = dict.fromkeys(FEATURES, 0.0) | {"interest_sim": 10.0, "query_sim": 1.0, "popularity": 0.01}
+    cold = dict.fromkeys(FEATURES, 0.0) | {"query_sim": 1.0}
+    params = tmp_path_factory.mktemp("cold-params")
+    save_params(Scorer("ranker-interest-heavy-cold", np.array([blend[f] for f in FEATURES], np.float32),
+                       cold=np.array([cold[f] for f in FEATURES], np.float32)), params)
+    stack.start_replica("ranker", "cold", env={"RECMESH_RANKER_PARAMS_DIR": str(params),
+                                               "RECMESH_RANKER_UPDATER_ADDR": "127.0.0.1:9"})
+    address = stack.start_replica("gateway", "cold", upstreams={"encoder": "encoder-fused", "ranker": "ranker-cold"})
+    with grpc.insecure_channel(address) as channel:
+        stub = recommendations_pb2_grpc.RecommendationsStub(channel)
+        warm = recommendations_pb2.RecommendRequest(user_id="warm-up", k=10, query="warm up")
+        undegraded(lambda: stub.Recommend(warm, timeout=10), tries=60, pause_s=0.25)
+        yield stub
+
+
+def test_cold_weights_rank_a_newcomer_by_the_typed_words_and_leave_users_with_history_alone(
+        gateways, cold_gateway, client, user):
+    fused_gateway, _ = gateways
+    # A newcomer: the cold weights read the query alone, so the interest source's Toy Story,
+    # which the typed words do not match, is ranked out of the page the blend put it on.
+    blended = recommend(fused_gateway, user, "space opera")
+    cold = recommend(cold_gateway, user, "space opera")
+    assert TOY_STORY in ids(blended) and TOY_STORY not in ids(cold) and len(cold.items) == 10
+    assert cold.versions["ranker"] == "ranker-interest-heavy-cold"
+    scores = [item.score for item in cold.items]
+    assert scores == sorted(scores, reverse=True)
+    # With a history the same version scores with its blend: the same answer as the blend alone.
+    client.track_events(Event(f"{user}-h", item, "rate", value=5.0) for item in ("260", "1196", "1210"))
+    assert ids(recommend(cold_gateway, f"{user}-h", "space opera")) == \
+        ids(recommend(fused_gateway, f"{user}-h", "space opera"))

@@ -300,6 +300,10 @@ def test_enough_events_train_and_store_the_chosen_blend(var, monkeypatch, capsys
     assert spec["data"] == "shop" and spec["artifact"] == summary["version"]
     assert tuning["valid_ndcg"] >= max(tuning["parts"].values())
     assert tuning["users"] == users - summary["holdout_users"]  # the held-out users are not tuned on
+    # A newcomer's weights, chosen on the four category labels held out in turn, stored with it.
+    assert "cold typed-query blend (4 held-out label queries)" in out
+    assert scorer.cold is not None and scorer.cold[FEATURES.index("query_sim")] > 0
+    assert spec["cold_tuning"]["queries"] == 4 and spec["cold_tuning"]["chosen"]["calibrated"] in (True, False)
 
 
 def test_a_blend_with_nothing_to_choose_on_keeps_the_zero_shot_model(var, monkeypatch, capsys):

@@ -79,6 +79,10 @@ def rank(request: ranker_pb2.RankRequest, scorer: Scorer, rng: np.random.Generat
             skipped=np.array([skipped.get(i, 0) for i in ids], np.float32) if skipped else None,
         )
     )
+    # A newcomer's typed words (no session, recent items or category affinity) are scored with
+    # the scorer's cold weights when it has them (Scorer.for_request).
+    has_history = bool(len(request.session.data) or recent.shape[0] or affinity)
+    scorer = scorer.for_request(has_history, typed=has_query or query_sim is not None)
     scores = scorer.score(features.values)
     contributions = scorer.contributions(features.values)
     k = min(request.k or n, n)

@@ -55,6 +55,18 @@ class Scorer:
     deep: DeepPart | None = None
     # Newest feedback (updater arrival time, ms) the version learned from; 0 for shipped ones.
     trained_through_ms: int = 0
+    # len(FEATURES): the wide weights for a typed query without history (no session, no recent
+    # items, no category affinity: a newcomer's typed words), chosen on the var's own cold
+    # typed-query scenario (recmesh.tools.eval.cold_queries); None: scored like any other.
+    cold: np.ndarray | None = None
+
+    def for_request(self, has_history: bool, typed: bool) -> "Scorer":
+        """The scorer a request is scored with: typed words without history, and cold weights
+        here: those alone (linear, bias kept; the deep part learned on users with history is
+        left out); else this one."""
+        if has_history or not typed or self.cold is None:
+            return self
+        return Scorer(self.version, self.cold, self.bias, None, self.trained_through_ms)
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """n x len(FEATURES): what each feature adds to each candidate's score (wide part)."""
@@ -72,6 +84,8 @@ class Scorer:
                 "trained_through_ms": self.trained_through_ms}
         if self.deep is not None:
             spec["deep"] = {"w1": self.deep.w1.tolist(), "b1": self.deep.b1.tolist(), "v": self.deep.v.tolist()}
+        if self.cold is not None:
+            spec["cold_weights"] = dict(zip(FEATURES, self.cold.tolist(), strict=True))
         return spec | extra
 
 
@@ -90,7 +104,16 @@ def scorer_from_spec(spec: dict, origin: str = "spec") -> Scorer:
         deep = DeepPart(*(np.asarray(d[key], np.float32) for key in ("w1", "b1", "v")))
         if deep.w1.shape != (len(FEATURES), len(deep.b1)) or deep.v.shape != deep.b1.shape:
             raise ValueError(f"{origin}: deep part shapes {deep.w1.shape}, {deep.b1.shape}, {deep.v.shape} disagree")
-    return Scorer(spec["version"], vector, float(spec.get("bias", 0.0)), deep, int(spec.get("trained_through_ms", 0)))
+    cold = None
+    if "cold_weights" in spec:
+        unknown = set(spec["cold_weights"]) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"{origin}: unknown features in cold_weights {sorted(unknown)}")
+        cold = np.array([float(spec["cold_weights"].get(name, 0.0)) for name in FEATURES], dtype=np.float32)
+        if not np.isfinite(cold).all():
+            raise ValueError(f"{origin}: cold_weights must be finite numbers")
+    return Scorer(spec["version"], vector, float(spec.get("bias", 0.0)), deep, int(spec.get("trained_through_ms", 0)),
+                  cold)
 
 
 def load_params(path: Path) -> Scorer:

@@ -85,6 +85,9 @@ class WideDeepTrainer:
             w1[FEATURES.index("query_sim")] = 0.0
             self.params |= {"w1": w1, "b1": np.zeros(hidden), "v": np.zeros(hidden)}
         self.bias = start.bias
+        # Not learned online (the lists it learns from are mostly users with history): carried
+        # into every version it publishes, as chosen on the var's cold typed-query scenario.
+        self.cold = start.cold
         self.lr = lr
         self._m = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._s = {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -129,7 +132,7 @@ class WideDeepTrainer:
         p = self.params
         deep = None if p["v"].size == 0 else \
             DeepPart(p["w1"].astype(np.float32), p["b1"].astype(np.float32), p["v"].astype(np.float32))
-        return Scorer(version, p["w"].astype(np.float32), self.bias, deep, trained_through_ms)
+        return Scorer(version, p["w"].astype(np.float32), self.bias, deep, trained_through_ms, self.cold)
 
 
 def list_metrics(scorer: Scorer, lists: list[LabelledList]) -> dict[str, float]:
@@ -270,7 +273,7 @@ class OnlineLearner:
         if ours["ndcg"] >= theirs["ndcg"] - self.config.tolerance:
             return None  # passed: it stays
         self.rollbacks += 1
-        back = Scorer(version, parent.weights, parent.bias, parent.deep, self.serving.trained_through_ms)
+        back = Scorer(version, parent.weights, parent.bias, parent.deep, self.serving.trained_through_ms, parent.cold)
         self.serving = back
         self._trainer = WideDeepTrainer(back, lr=self.config.lr)
         return Publication(back, "rollback", {"published": ours, "parent": theirs})

@@ -83,8 +83,8 @@ class MeshScorer:
     def user_scores(self, user: str, stage: str, query: np.ndarray | None = None) -> np.ndarray:
         s = self.s
         full = s.history(user, stage)
-        return self.scorer.score(self.features(full, s.ratings[user][: len(full)], s.timestamps[user][: len(full)],
-                                               query))
+        return self.scorer.for_request(bool(full), typed=query is not None).score(
+            self.features(full, s.ratings[user][: len(full)], s.timestamps[user][: len(full)], query))
 
     def __call__(self, users: list[str], stage: str) -> np.ndarray:
         return np.stack([self.user_scores(u, stage) for u in users])

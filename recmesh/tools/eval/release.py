@@ -365,6 +365,7 @@ def load_data(args: argparse.Namespace) -> datasets.Dataset:
 
 def main(argv: list[str] | None = None) -> dict:
     from recmesh.tools.eval import tune
+    from recmesh.tools.eval.cold_queries import print_cold_choice, with_cold_blend
     from recmesh.tools.eval.mesh import train_popularity
     from recmesh.tools.eval.run import item_vectors
 
@@ -430,12 +431,17 @@ def main(argv: list[str] | None = None) -> dict:
         return zero_shot(f"nothing to choose a blend on: every candidate scored 0 validation NDCG@10 "
                          f"({how['users']} users)")
     scorer = tune.tuned_scorer(choice, f"ranker-tuned-{folder.name}")
+    # A newcomer's typed words get their own weights, chosen on held-out label queries.
+    scorer, cold_report = with_cold_blend(scorer, dataset, fit, vectors, args.install, train_popularity(fit),
+                                          var_paths().eval_cache, var_paths().root if args.data is None else None,
+                                          seed=args.seed)
+    print_cold_choice(cold_report)
     params = install_params(scorer, folder, args.params_dir, data=dataset.name, artifact=folder.name,
                             chosen_by="validation NDCG@10 (recmesh.tools.eval.tune)",
                             note=f"Chosen on the validation split of {dataset.name} for interest model {folder.name}: "
                                  f"the best of each part alone, the shipped {shipped.version} and a coordinate "
                                  f"ascent; query weight on the typed-query scenario.",
-                            tuning=choice.report() | how, start_candidate=shipped.version)
+                            tuning=choice.report() | how, start_candidate=shipped.version, cold_tuning=cold_report)
     summary = {"artifact": str(folder), "installed": str(args.install), "version": folder.name,
                "valid_ndcg": report["valid_ndcg"], "holdout_users": len(held), "params": str(params),
                "blend_valid_ndcg": round(choice.valid_ndcg, 5), "blend": choice.chosen, "text_model": text_model}
