@@ -12,7 +12,7 @@ import pytest
 
 from recmesh.index.base import SearchFilter
 from recmesh.index.edge import EdgeItemStore, interest_query, interest_stored
-from recmesh.index.hnsw import HnswParams, hnsw_params
+from recmesh.index.hnsw import DEFAULT_SEARCH_EF, HnswParams, hnsw_params, search_ef
 from recmesh.index.layout import INTEREST
 from recmesh.tools.bench import scale
 from recmesh.tools.devstack import process_tree_rss_mib
@@ -257,3 +257,44 @@ def test_the_report_tabulates_the_synthetic_models(tmp_path):
     text = scale.report(tmp_path)
     assert "Synthetic models at 100,000 items: recall@100 at ef 128 / 256" in text
     assert "| 1,000 (99) | copies, 0.5 | 16 / 100 (86.5) | interest 0.48, text 0.47 | 0.500/0.750 |" in text
+
+
+def test_the_search_ef_grows_with_the_catalog():
+    assert search_ef(0) == search_ef(9_742) == search_ef(200_000) == 256
+    assert search_ef(200_001) == search_ef(1_000_000) == search_ef(10**8) == 1024
+    with pytest.raises(ValueError, match="items must be >= 0, got -1"):
+        search_ef(-1)
+
+
+def test_a_shard_records_the_search_ef_its_build_chose_and_is_searched_with_it_unless_told(tmp_path, monkeypatch):
+    from recmesh.tools.catalog.importer import write_shard
+
+    items, vectors, text = real(50)
+    built = write_shard(tmp_path / "shard", "test", items, [0.0] * 50, vectors, text, HnswParams(8, 32))
+    assert built["search_ef"] == 256  # 50 items
+    meta_path = tmp_path / "shard.meta.json"
+    assert json.loads(meta_path.read_text())["search_ef"] == 256
+    # A large catalog's build records a larger ef (the rule, not 50 items, decides here).
+    monkeypatch.setattr("recmesh.tools.catalog.importer.search_ef", lambda n: 1024)
+    write_shard(tmp_path / "shard", "test2", items, [0.0] * 50, vectors, text, HnswParams(8, 32))
+    store = EdgeItemStore.open(tmp_path / "shard")
+    assert (store.version, store.search_ef) == ("test2", 1024)
+    store.close()
+    store = EdgeItemStore.open(tmp_path / "shard", hnsw_ef=64)  # RECMESH_RETRIEVAL_HNSW_EF set
+    assert store.search_ef == 64
+    store.close()
+    meta = json.loads(meta_path.read_text())
+    del meta["search_ef"]  # a shard built before the ef was recorded
+    meta_path.write_text(json.dumps(meta))
+    store = EdgeItemStore.open(tmp_path / "shard")
+    assert store.search_ef == DEFAULT_SEARCH_EF == 256
+    store.close()
+
+
+def test_the_retrieval_searches_with_the_shards_ef_unless_the_setting_names_one(monkeypatch):
+    from services.retrieval.config import RetrievalSettings
+
+    monkeypatch.delenv("RECMESH_RETRIEVAL_HNSW_EF", raising=False)
+    assert RetrievalSettings().hnsw_ef is None
+    monkeypatch.setenv("RECMESH_RETRIEVAL_HNSW_EF", "512")
+    assert RetrievalSettings().hnsw_ef == 512

@@ -498,9 +498,10 @@ def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int
     total = round(time.perf_counter() - started, 1)
     manifest = {"key": key, "items": n_items, "dim": int(derived.vectors.shape[1]),
                 "text_model": base_manifest.get("text_model"), "interest_model": base_manifest.get("interest_model"),
-                "hnsw": built["hnsw"], "synthetic": recipe, "total_seconds": total}
+                "hnsw": built["hnsw"], "search_ef": built["search_ef"], "synthetic": recipe, "total_seconds": total}
     (out.catalog / "BUILD.json").write_text(json.dumps(manifest, indent=2))
-    result = {"items": n_items, "recipe": recipe, "hnsw": built["hnsw"], "bootstrap_seconds": total,
+    result = {"items": n_items, "recipe": recipe, "hnsw": built["hnsw"], "search_ef": built["search_ef"],
+              "bootstrap_seconds": total,
               "generate_seconds": round(generated - started, 1), "fill_seconds": built["fill_seconds"],
               "index_seconds": built["index_seconds"], "shard_disk_mib": dir_mib(out.shard_dir),
               "shard_segments_mib": dir_mib(out.shard_dir / "segments"),
