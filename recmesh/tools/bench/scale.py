@@ -1,7 +1,7 @@
 """`recmesh scale` / `make scale`: the catalog at 100 k and 1 M items, measured.
 
 A measurement, not a test: JSON under results/scale/ and a PNG (docs/scaling.md, "Catalog
-scale"). Three commands:
+scale"). Four commands:
 
 - `derive --base-var V --items N --out-var W`: a var of N items derived from V's catalog. V's
   items stay as they are (ids, vectors, popularity; its event log is copied, so users, the
@@ -35,6 +35,11 @@ scale"). Three commands:
   and qdrant-client's local mode (brute force, in Python: `--local-max-items`) beside it.
   `--grid` builds a vector-only shard per (m, ef_construct) (every segment searched through
   its graph: full_scan_threshold 1 KiB) to choose the parameters.
+- `models --var V --items N --base-items 1000,9742 --model mix,copies`: which synthetic model
+  to trust, on vector-only shards (as --grid): for each base size (a random subset of V's real
+  items) and model, N items derived from it, recall@100 of the real queries per source and ef.
+  A base of 1,000 at 100 k items has the ratio of synthetic to real items of 1 M derived from
+  MovieLens's 9,742, at a tenth of the build.
 - `plot`: results/scale/*.json into one PNG (recall@100 against latency per ef and size) and
   markdown tables (scale.md: build, memory, recall, and `recmesh load --out <folder>/load-<N>`).
 
@@ -631,7 +636,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylabel("recall@100 vs exact")
         ax.set_title(f"source {name} ({SOURCES[name]})")
         ax.legend(fontsize=7)
-    fig.suptitle("Qdrant Edge HNSW at catalog scale (vector-jittered MovieLens; 2-core shared host)")
+    fig.suptitle("Qdrant Edge HNSW at catalog scale (synthetic items derived from MovieLens; 2-core shared host)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
