@@ -5,11 +5,12 @@ size (`search_ef`) and recorded with the shard; the retrieval service searches w
 RECMESH_RETRIEVAL_HNSW_EF overrides it. Qdrant searches a segment whose vectors take fewer than
 `full_scan_threshold_kb` KiB exactly (no graph).
 
-The defaults were chosen on the real embeddings (MovieLens, 9,742 items) and checked at 100 k
-and 1 M items by `recmesh scale` (docs/scaling.md, "Catalog scale"): m 16 / ef_construct 100
-with search ef 256 holds recall@100 against exact search >= 0.95 for every source the retrieval
-queries up to 100 k items; at ~100 synthetic items per real one (1 M from MovieLens) the text
-source needs ef 1024. The build reads m and ef_construct from the environment
+The defaults were chosen on the real embeddings (MovieLens, 9,742 items) and checked by
+`recmesh scale` (docs/scaling.md, "Catalog scale") at 100 k items and at 1 M's ratio of
+synthetic to real items (100 k mixed from 1,000 real ones; a 1 M mix catalog is not yet
+measured): m 16 / ef_construct 100 with search ef 256 holds recall@100 against exact search
+>= 0.95 for every source the retrieval queries up to 100 k items; at ~100 synthetic items per
+real one the text source needs ef 1024. The build reads m and ef_construct from the environment
 (RECMESH_INDEX_HNSW_M, _EF_CONSTRUCT, _FULL_SCAN_THRESHOLD_KB); the catalog's manifest
 (catalog/BUILD.json) and the shard's metadata record the values it was built with and its
 search ef."""
