@@ -92,19 +92,23 @@ eval: bootstrap $(BENCH_INSTALLED)
 load: bootstrap $(BENCH_INSTALLED)
 	$(PY) -m recmesh load
 
-# Catalog scale (docs/scaling.md): for each of SCALE_ITEMS, a var vector-jittered from the
-# var's catalog (kept under SCALE_DIR: built once - 100 k items take 2 min here, 1 M over an hour), recall@100
-# of its HNSW shard against exact search, then `recmesh load` over it; results/scale/.
+# Catalog scale (docs/scaling.md): for each of SCALE_ITEMS, a var derived from the var's catalog
+# (SCALE_MODEL: mix, each synthetic item a mix of 2-3 real items; copies, jittered copies), kept
+# under SCALE_DIR: built once - 100 k items take 2-4 min here, 1 M over an hour; recall@100 of
+# its HNSW shard against exact search at each SCALE_EF, then `recmesh load` over it; results/scale/.
 SCALE_ITEMS ?= 100000 1000000
+SCALE_MODEL ?= mix
 SCALE_DIR ?= /tmp/recmesh-scale
 SCALE_RATES ?= 40,80,100,120
+SCALE_EF ?= 128,256,512,1024
 scale: bootstrap $(BENCH_INSTALLED)
 	for n in $(SCALE_ITEMS); do \
-	  [ -f $(SCALE_DIR)/v$$n/catalog/BUILD.json ] || $(PY) -m recmesh scale derive --base-var $${RECMESH_VAR:-var} \
-	    --items $$n --out-var $(SCALE_DIR)/v$$n --out results/scale || exit 1; \
-	  $(PY) -m recmesh scale recall --var $(SCALE_DIR)/v$$n --out results/scale || exit 1; \
-	  RECMESH_VAR=$(SCALE_DIR)/v$$n $(PY) -m recmesh load --rates $(SCALE_RATES) --seconds 15 --no-floor \
-	    --out results/scale/load-$$n || exit 1; \
+	  v=$(SCALE_DIR)/$(SCALE_MODEL)-$$n; \
+	  [ -f $$v/catalog/BUILD.json ] || $(PY) -m recmesh scale derive --base-var $${RECMESH_VAR:-var} \
+	    --items $$n --model $(SCALE_MODEL) --out-var $$v --out results/scale || exit 1; \
+	  $(PY) -m recmesh scale recall --var $$v --ef $(SCALE_EF) --exact-queries 30 --out results/scale || exit 1; \
+	  RECMESH_VAR=$$v $(PY) -m recmesh load --rates $(SCALE_RATES) --seconds 15 --no-floor \
+	    --start-timeout-s 900 --out results/scale/load-$$n || exit 1; \
 	done
 	$(PY) -m recmesh scale plot --results results/scale --png results/scale/scale.png
 

@@ -295,16 +295,17 @@ class ItemIndex(ABC):
 
     @classmethod
     @abstractmethod
-    def create(cls, *where: Any, dim: int, text_dim: int, version: str, hnsw_ef: int = 128) -> Self:
+    def create(cls, *where: Any, dim: int, text_dim: int, version: str, hnsw_ef: int | None = None) -> Self:
         """A new, empty index at `where` (the backend's own: a shard directory; a client and a
         collection name), with the layout's vectors of sizes dim and text_dim, payload indexes
         on categories and popularity (and on attributes as `upsert` first meets them: what lets a
         narrow filter still fill a page), and `version` recorded. hnsw_ef: search breadth (higher is
-        more exact and slower). Backends may take more options by keyword (shards, replication)."""
+        more exact and slower; None: the one the index records, `recmesh.index.hnsw.search_ef`).
+        Backends may take more options by keyword (shards, replication)."""
 
     @classmethod
     @abstractmethod
-    def open(cls, *where: Any, hnsw_ef: int = 128) -> Self:
+    def open(cls, *where: Any, hnsw_ef: int | None = None) -> Self:
         """The index at `where`. Raises FileNotFoundError when there is none (the message names
         the command that builds it), OlderLayout (a ValueError) when it was built with another
         layout.LAYOUT, ValueError when it is not one recmesh wrote."""

@@ -29,7 +29,7 @@ from recmesh.index.base import (
     stored_item,
     with_popularity,
 )
-from recmesh.index.hnsw import HnswParams
+from recmesh.index.hnsw import DEFAULT_SEARCH_EF, HnswParams
 from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
 
 # qdrant-edge-py (0.9) reads MatchValue(True) as the integer 1, which no boolean payload value
@@ -190,7 +190,7 @@ class EdgeItemStore(ItemIndex):
     # many: cheaper than Qdrant's id filter (building it alone cost ~0.2 ms for 150 ids).
     MAX_OVERFETCH = 400
 
-    def __init__(self, shard: qe.EdgeShard, meta: dict, hnsw_ef: int = 128):
+    def __init__(self, shard: qe.EdgeShard, meta: dict, hnsw_ef: int | None = None):
         self._shard = shard
         self.dim, self.text_dim = int(meta["dim"]), int(meta["text_dim"])
         # Names the catalog build this shard came from; reported as the index version.
@@ -199,7 +199,9 @@ class EdgeItemStore(ItemIndex):
         self.hnsw = HnswParams(**meta.get("hnsw", {}))
         bound = meta.get("interest_norm_bound")
         self.interest_norm_bound = None if bound is None else float(bound)
-        self._params = qe.SearchParams(hnsw_ef=hnsw_ef)
+        # Search ef: the caller's, else the one the build chose for the catalog's size.
+        self.search_ef = int(meta.get("search_ef", DEFAULT_SEARCH_EF)) if hnsw_ef is None else hnsw_ef
+        self._params = qe.SearchParams(hnsw_ef=self.search_ef)
         # Writes are few; serialising them keeps upsert+flush atomic with respect to each other.
         self._write_lock = threading.Lock()
         self._closed = False
@@ -230,12 +232,15 @@ class EdgeItemStore(ItemIndex):
                                            full_scan_threshold=hnsw.full_scan_threshold_kb))
 
     @classmethod
-    def create(cls, path: Path, dim: int, text_dim: int, version: str, hnsw_ef: int = 128,
+    def create(cls, path: Path, dim: int, text_dim: int, version: str, hnsw_ef: int | None = None,
                hnsw: HnswParams | None = None,
-               interest_norm_bound: float = DEFAULT_INTEREST_NORM_BOUND) -> "EdgeItemStore":
+               interest_norm_bound: float = DEFAULT_INTEREST_NORM_BOUND,
+               search_ef: int = DEFAULT_SEARCH_EF) -> "EdgeItemStore":
         """A new shard in the directory `path`; its metadata (dims, version, layout, the HNSW
         build parameters: `hnsw`, default HnswParams(); interest_norm_bound: the largest catalog
-        vector norm expected, see interest_stored - a longer one is still scored exactly) beside it."""
+        vector norm expected, see interest_stored - a longer one is still scored exactly;
+        search_ef: the ef it is to be searched with, `recmesh.index.hnsw.search_ef`) beside it.
+        hnsw_ef: this handle's search ef (None: search_ef)."""
         hnsw = HnswParams() if hnsw is None else hnsw
         if not interest_norm_bound > 0:
             raise ValueError(f"interest_norm_bound must be > 0, got {interest_norm_bound}")
@@ -245,14 +250,15 @@ class EdgeItemStore(ItemIndex):
         shard.update(qe.UpdateOperation.create_field_index("popularity", qe.PayloadSchemaType.Float))
         shard.update(qe.UpdateOperation.create_field_index(FLAG_TERMS, qe.PayloadSchemaType.Keyword))
         meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT, "hnsw": hnsw.as_dict(),
-                "interest_norm_bound": float(interest_norm_bound)}
+                "interest_norm_bound": float(interest_norm_bound), "search_ef": int(search_ef)}
         cls._meta_path(path).write_text(json.dumps(meta))
         return cls(shard, meta, hnsw_ef)
 
     @classmethod
-    def open(cls, path: Path, hnsw_ef: int = 128) -> "EdgeItemStore":
+    def open(cls, path: Path, hnsw_ef: int | None = None) -> "EdgeItemStore":
         """The shard in `path`, its items loaded into the mirror (FileNotFoundError: none there,
-        run `recmesh bootstrap`; OlderLayout: rebuild it with `--force`)."""
+        run `recmesh bootstrap`; OlderLayout: rebuild it with `--force`). hnsw_ef: the search ef
+        (None: the one its metadata records, DEFAULT_SEARCH_EF if none)."""
         meta_path = cls._meta_path(path)
         if not path.is_dir() or not meta_path.is_file():
             raise FileNotFoundError(f"no item shard at {path}: run `recmesh import` or `recmesh bootstrap` first")

@@ -32,7 +32,7 @@ from recmesh.index.base import (
     stored_item,
     with_popularity,
 )
-from recmesh.index.hnsw import HnswParams
+from recmesh.index.hnsw import DEFAULT_SEARCH_EF, HnswParams
 from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
 
 
@@ -75,23 +75,27 @@ class QdrantServerStore(ItemIndex):
     """One Qdrant collection of items (on a server or a cluster, sharded and replicated as it
     was created). Every read is a call to the server: `reads_in_process` is False."""
 
-    def __init__(self, client: QdrantClient, collection: str, meta: dict, hnsw_ef: int = 128):
+    def __init__(self, client: QdrantClient, collection: str, meta: dict, hnsw_ef: int | None = None):
         self._client, self._collection = client, collection
         self.dim, self.text_dim = int(meta["dim"]), int(meta["text_dim"])
         self.version = str(meta.get("version", "unversioned"))
-        self._params = qm.SearchParams(hnsw_ef=hnsw_ef)
+        # Search ef: the caller's, else the one the catalog build chose (published with it).
+        self.search_ef = int(meta.get("search_ef", DEFAULT_SEARCH_EF)) if hnsw_ef is None else hnsw_ef
+        self._params = qm.SearchParams(hnsw_ef=self.search_ef)
         # Attribute keys this store has met in an upsert: indexed, or passed over (see _index_attributes).
         self._attribute_keys: set[str] = set()
 
     @classmethod
     def create(cls, client: QdrantClient, collection: str, dim: int, text_dim: int, version: str,
-               shards: int = 1, replication: int = 1, hnsw_ef: int = 128,
-               hnsw: HnswParams | None = None) -> "QdrantServerStore":
+               shards: int = 1, replication: int = 1, hnsw_ef: int | None = None,
+               hnsw: HnswParams | None = None, search_ef: int = DEFAULT_SEARCH_EF) -> "QdrantServerStore":
         """A new collection `collection` through `client`, spread over `shards` shards of
         `replication` copies each, its HNSW graphs built with `hnsw` (default HnswParams());
-        its metadata (dims, version, layout, HNSW parameters) in the collection's."""
+        its metadata (dims, version, layout, HNSW parameters, the search ef it is to be
+        searched with: search_ef) in the collection's. hnsw_ef: this handle's (None: search_ef)."""
         hnsw = HnswParams() if hnsw is None else hnsw
-        meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT, "hnsw": hnsw.as_dict()}
+        meta = {"dim": dim, "text_dim": text_dim, "version": version, "layout": LAYOUT, "hnsw": hnsw.as_dict(),
+                "search_ef": int(search_ef)}
         client.create_collection(
             collection,
             vectors_config={INTEREST: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
@@ -106,7 +110,7 @@ class QdrantServerStore(ItemIndex):
         return cls(client, collection, meta, hnsw_ef)
 
     @classmethod
-    def open(cls, client: QdrantClient, collection: str, hnsw_ef: int = 128) -> "QdrantServerStore":
+    def open(cls, client: QdrantClient, collection: str, hnsw_ef: int | None = None) -> "QdrantServerStore":
         """The collection `collection` through `client` (FileNotFoundError: none, run `recmesh
         publish-catalog`; ValueError: not recmesh's; OlderLayout: publish it again)."""
         if not client.collection_exists(collection):

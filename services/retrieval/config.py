@@ -25,7 +25,7 @@ class RetrievalSettings(ServiceSettings):
     collection: str = "recmesh-items"
     max_limit: int = Field(default=1000, ge=1)
     # HNSW search breadth (ef; Qdrant searches with max(ef, the hits asked for)): higher is more
-    # exact and slower. 256: recall@100 against exact search >= 0.95 for every source at 100 k
-    # items (m 16, ef_construct 100; docs/scaling.md "Catalog scale"), where 128 gave 0.88 for
-    # the interest source.
-    hnsw_ef: int = Field(default=256, ge=1)
+    # exact and slower. Unset: the ef the catalog build chose for its size and recorded with the
+    # shard (recmesh.index.hnsw.search_ef: 256 up to 200 k items, 1024 above, so recall@100
+    # against exact search >= 0.95 for every source; docs/scaling.md "Catalog scale").
+    hnsw_ef: int | None = Field(default=None, ge=1)

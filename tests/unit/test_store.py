@@ -100,7 +100,8 @@ def test_open_without_bootstrap_says_what_to_do(tmp_path, backend):
 def test_publish_copies_a_built_shard_into_a_server_collection_once(tmp_path):
     from recmesh.tools.catalog.publish import publish
 
-    s, vectors, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
+    s, vectors, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test",
+                                                search_ef=1024))
     s.flush()
     s.close()
     url = f"path:{tmp_path / 'server'}"
@@ -108,7 +109,7 @@ def test_publish_copies_a_built_shard_into_a_server_collection_once(tmp_path):
     again = publish(tmp_path / "shard", url, "items", shards=3, replication=2)
     assert (first["items"], first["published"], again["published"]) == (20, True, False)
     server = BACKENDS["server"][1](tmp_path / "server")
-    assert server.version == "test"
+    assert (server.version, server.search_ef) == ("test", 1024)  # the search ef the build chose travels
     nearest = server.search([(SESSION, vectors[4])], 1, SearchFilter(), with_vectors=True)
     assert nearest.ids() == ["i4"] and np.allclose(nearest.vectors, vectors[4:5])
     server.close()

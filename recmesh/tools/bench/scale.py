@@ -1,22 +1,29 @@
 """`recmesh scale` / `make scale`: the catalog at 100 k and 1 M items, measured.
 
 A measurement, not a test: JSON under results/scale/ and a PNG (docs/scaling.md, "Catalog
-scale"). Three commands:
+scale"). Four commands:
 
-- `derive --base-var V --items N --out-var W`: a var of N items derived from V's catalog by
-  VECTOR JITTER. V's items stay as they are (ids, vectors, popularity; its event log is
-  copied, so users, the interest model and the ranker work as over V). Synthetic item
-  number j (j = 0 .. N - n_real - 1) copies real item j mod n_real: its title (suffixed
-  " ~<copy>"), description, categories, tags and attributes, and its vector in every space the
-  catalog holds - the catalog vector (the interest model's space, `interest`/`similar`) and
-  the language-model text vector (`text`) - plus Gaussian noise, per dimension
-      sigma_space = jitter x (median distance from a real item to its nearest real neighbour
-                              in that space) / sqrt(dim),
-  so a copy lies about `jitter` nearest-neighbour distances from its original (jitter 0.5:
-  closer to it than its nearest real neighbour, mostly). Each copy is then rescaled to its
-  original's norm (unit text vectors stay unit; catalog vectors, scored by dot product, keep
-  their length). Synthetic items have no events: popularity 0. The shard is built with the
-  HNSW parameters of `recmesh.index.hnsw` (RECMESH_INDEX_HNSW_*, or --m/--ef-construct).
+- `derive --base-var V --items N --out-var W`: a var of N items derived from V's catalog. V's
+  items stay as they are (ids, vectors, popularity; its event log is copied, so users, the
+  interest model and the ranker work as over V). Synthetic item number j (j = 0 .. N - n_real
+  - 1) is anchored on real item j mod n_real (round robin): its title (suffixed " ~<copy>"),
+  description, categories, tags and attributes are the anchor's; its vector, in every space
+  the catalog holds - the catalog vector (the interest model's space, `interest`/`similar`)
+  and the language-model text vector (`text`) - is, by `--model`:
+  - `mix` (default): a MIX of the anchor and 1-2 other real items drawn at random (2 or 3
+    parts, weights Dirichlet(1, ..)), the same parts and weights in both spaces, plus
+    Gaussian noise; rescaled to the weighted mean of the parts' norms (unit text vectors stay
+    unit). Every synthetic item is a distinct point between real ones, as a grown catalog's
+    new items are, with no two sharing a centre.
+  - `copies`: a JITTERED COPY of the anchor (plus noise, rescaled to the anchor's norm). At
+    ~100 copies per real item (1 M from MovieLens) the copies form tight clusters that a HNSW
+    graph of m 16 does not connect (recall@100 0.4-0.8 whatever the jitter, docs/scaling.md):
+    an artefact of the copies, kept to reproduce that measurement.
+  The noise, per dimension: sigma_space = jitter x (median distance from a real item to its
+  nearest real neighbour in that space) / sqrt(dim), so it moves a point about `jitter`
+  nearest-neighbour distances (default 0.25 for mix, 0.5 for copies). Synthetic items have no
+  events: popularity 0. The shard is built with the HNSW parameters of `recmesh.index.hnsw`
+  (RECMESH_INDEX_HNSW_*, or --m/--ef-construct).
   Reports: the whole build's seconds (bootstrap time), filling and index-build seconds, the
   shard's size on disk, and what opening it costs a retrieval process (seconds, RSS).
 - `recall --var W`: recall@100 of the var's own shard against exact search (numpy, over the
@@ -28,6 +35,11 @@ scale"). Three commands:
   and qdrant-client's local mode (brute force, in Python: `--local-max-items`) beside it.
   `--grid` builds a vector-only shard per (m, ef_construct) (every segment searched through
   its graph: full_scan_threshold 1 KiB) to choose the parameters.
+- `models --var V --items N --base-items 1000,9742 --model mix,copies`: which synthetic model
+  to trust, on vector-only shards (as --grid): for each base size (a random subset of V's real
+  items) and model, N items derived from it, recall@100 of the real queries per source and ef.
+  A base of 1,000 at 100 k items has the ratio of synthetic to real items of 1 M derived from
+  MovieLens's 9,742, at a tenth of the build.
 - `plot`: results/scale/*.json into one PNG (recall@100 against latency per ef and size) and
   markdown tables (scale.md: build, memory, recall, and `recmesh load --out <folder>/load-<N>`).
 
@@ -62,6 +74,9 @@ SPACES = (INTEREST, QUERY)
 # Each source the retrieval queries: the named vector searched and its metric.
 SOURCES = {INTEREST: "dot", SESSION: "cosine", QUERY: "cosine"}
 SUFFIX = " ~"
+# How a synthetic item's vectors are made (`derive --model`) and each model's default jitter.
+MODELS = {"mix": 0.25, "copies": 0.5}
+MIX_PARTS = (2, 3)  # real items per mix: the anchor and 1-2 others
 
 
 # --- Jitter --------------------------------------------------------------------------------
@@ -85,6 +100,48 @@ def jittered(vectors: np.ndarray, sources: np.ndarray, sigma: float, rng: np.ran
     scale = np.linalg.norm(original, axis=1, keepdims=True) / np.maximum(np.linalg.norm(noisy, axis=1, keepdims=True),
                                                                          1e-12)
     return (noisy * scale).astype(np.float32)
+
+
+def mixed(vectors: np.ndarray, parts: np.ndarray, weights: np.ndarray, sigma: float,
+          rng: np.random.Generator) -> np.ndarray:
+    """Mixes (m, d) of rows of vectors (n, d): sum_p weights[i, p] x vectors[parts[i, p]]
+    (parts, weights: (m, P); a weight 0 leaves its part out) plus N(0, sigma^2) noise per
+    dimension, each rescaled to the weighted mean of its parts' norms (unit vectors give unit
+    mixes; a dot-product catalog keeps its norms' spread). float32."""
+    vectors = np.asarray(vectors, np.float32)
+    weights = np.asarray(weights, np.float32)
+    mix = np.zeros((len(parts), vectors.shape[1]), np.float32)
+    for p in range(parts.shape[1]):  # part by part: vectors[parts] at once would be P x the output
+        mix += weights[:, p, None] * vectors[parts[:, p]]
+    mix += sigma * rng.standard_normal(mix.shape, dtype=np.float32)
+    target = (weights * np.linalg.norm(vectors, axis=1)[parts]).sum(axis=1, keepdims=True)
+    mix *= target / np.maximum(np.linalg.norm(mix, axis=1, keepdims=True), 1e-12)
+    return mix
+
+
+def mix_parts(anchors: np.ndarray, n_real: int, rng: np.random.Generator, most: int = MIX_PARTS[1],
+              least: int = MIX_PARTS[0]) -> tuple[np.ndarray, np.ndarray]:
+    """For each anchor (m,): its parts (m, most) - the anchor first, then distinct other real
+    rows drawn at random - and their weights (m, most): Dirichlet(1, ..) over least..most parts
+    (how many: uniform), 0 for the parts left out; each row sums to 1."""
+    if not 1 <= least <= most or most > n_real:
+        raise ValueError(f"a mix needs 1 <= least <= most <= {n_real} real items, got {least}..{most}")
+    m = len(anchors)
+    parts = np.empty((m, most), np.int64)
+    parts[:, 0] = anchors
+    # Distinct partners, none the anchor: offsets 1..n_real-1 from it, each drawn uniformly among
+    # those not yet drawn (a draw among the fewer left, shifted past the drawn ones in order).
+    offsets = np.empty((m, most - 1), np.int64)
+    for p in range(most - 1):
+        o = rng.integers(1, n_real - p, m)
+        for drawn in np.sort(offsets[:, :p], axis=1).T:
+            o += o >= drawn
+        offsets[:, p] = o
+    parts[:, 1:] = (anchors[:, None] + offsets) % n_real
+    used = rng.integers(least, most + 1, m)
+    weights = rng.dirichlet(np.ones(most), m)
+    weights[np.arange(most)[None, :] >= used[:, None]] = 0.0
+    return parts, weights / weights.sum(axis=1, keepdims=True)
 
 
 def copy_sources(n_real: int, n_items: int) -> np.ndarray:
@@ -115,16 +172,35 @@ class Derived:
     nn_distance: dict[str, float]  # per space: the real items' median nearest-neighbour distance
 
 
-def derive_catalog(items: Sequence[common_pb2.Item], popularity: Sequence[float], vectors: np.ndarray,
-                   text_vectors: np.ndarray, n_items: int, jitter: float, seed: int) -> Derived:
-    """The real catalog (items, popularity, catalog vectors (n, dim), text vectors (n, text_dim),
-    aligned) and n_items - n synthetic copies after it (module docstring)."""
-    rng = np.random.default_rng(seed)
-    sources = copy_sources(len(items), n_items)
-    spaces = {INTEREST: np.asarray(vectors, np.float32), QUERY: np.asarray(text_vectors, np.float32)}
+def synthetic_vectors(spaces: dict[str, np.ndarray], n_items: int, jitter: float, model: str,
+                      rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, float]]:
+    """Per space (name -> real vectors (n, d), rows aligned across spaces): the real rows and
+    n_items - n synthetic ones after them (n_items, d), by `model` ("mix" or "copies"; module
+    docstring); with each space's noise sigma per dimension and real nearest-neighbour
+    distance. ValueError for an unknown model or n_items < n."""
+    if model not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+    spaces = {name: np.asarray(v, np.float32) for name, v in spaces.items()}
+    n_real = len(next(iter(spaces.values())))
+    sources = copy_sources(n_real, n_items)
     nn = {name: nn_distance(v, rng) for name, v in spaces.items()}
     sigma = {name: jitter * nn[name] / math.sqrt(v.shape[1]) for name, v in spaces.items()}
-    out = {name: np.concatenate([v, jittered(v, sources, sigma[name], rng)]) for name, v in spaces.items()}
+    if model == "copies":
+        out = {name: np.concatenate([v, jittered(v, sources, sigma[name], rng)]) for name, v in spaces.items()}
+    else:
+        parts, weights = mix_parts(sources, n_real, rng)  # the same mix in every space
+        out = {name: np.concatenate([v, mixed(v, parts, weights, sigma[name], rng)]) for name, v in spaces.items()}
+    return out, sigma, nn
+
+
+def derive_catalog(items: Sequence[common_pb2.Item], popularity: Sequence[float], vectors: np.ndarray,
+                   text_vectors: np.ndarray, n_items: int, jitter: float, seed: int, model: str = "mix") -> Derived:
+    """The real catalog (items, popularity, catalog vectors (n, dim), text vectors (n, text_dim),
+    aligned) and n_items - n synthetic items after it, by `model` ("mix" or "copies"; module
+    docstring). ValueError for an unknown model or n_items < n."""
+    rng = np.random.default_rng(seed)
+    out, sigma, nn = synthetic_vectors({INTEREST: vectors, QUERY: text_vectors}, n_items, jitter, model, rng)
+    sources = copy_sources(len(items), n_items)
     copies = np.arange(len(sources)) // len(items) + 1
     synthetic = [synthetic_item(items[s], int(c)) for s, c in zip(sources.tolist(), copies.tolist(), strict=True)]
     return Derived([*items, *synthetic], [*popularity, *[0.0] * len(synthetic)], out[INTEREST], out[QUERY],
@@ -195,7 +271,7 @@ def measure_shard(shard, point_ids: np.ndarray, matrices: dict[str, np.ndarray],
                   efs: Sequence[int], bound: float | None, k: int = K, exact_queries: int | None = None) -> dict:
     """Per source: recall@k and latency at each ef, and Qdrant's exact search's latency (and
     its recall: 1 unless Qdrant and numpy disagree) over the first exact_queries queries (None:
-    all). matrices: INTEREST (n, dim) and QUERY (n, text_dim) rows aligned with point_ids;
+    all; 0: none). matrices: INTEREST (n, dim) and QUERY (n, text_dim) rows aligned with point_ids;
     queries: (q, d) per source."""
     out = {}
     for name, metric in SOURCES.items():
@@ -206,13 +282,14 @@ def measure_shard(shard, point_ids: np.ndarray, matrices: dict[str, np.ndarray],
             found, seconds = edge_search(shard, name, queries[name], k, ef, bound)
             row["by_ef"][str(ef)] = {"recall_at_100": round(recall_at_k(found, truth, k), 4), **latency(seconds)}
         some = len(queries[name]) if exact_queries is None else exact_queries
-        found, seconds = edge_search(shard, name, queries[name][:some], k, None, bound)
-        row["exact"] = {"recall_at_100": round(recall_at_k(found, truth[:some], k), 4), **latency(seconds),
-                        "queries": len(found)}
+        if some:
+            found, seconds = edge_search(shard, name, queries[name][:some], k, None, bound)
+            row["exact"] = {"recall_at_100": round(recall_at_k(found, truth[:some], k), 4), **latency(seconds),
+                            "queries": len(found)}
         out[name] = row
         print(f"  {name}: " + ", ".join(f"ef {ef} recall@100 {v['recall_at_100']} p50 {v['p50_ms']} ms"
                                         for ef, v in row["by_ef"].items())
-              + f"; exact p50 {row['exact']['p50_ms']} ms", flush=True)
+              + (f"; exact p50 {row['exact']['p50_ms']} ms" if some else ""), flush=True)
     return out
 
 
@@ -250,6 +327,38 @@ def local_mode(point_ids: np.ndarray, matrices: dict[str, np.ndarray], queries: 
               flush=True)
     client.close()
     return out
+
+
+def vector_shard(folder: Path, ids: np.ndarray, matrices: dict[str, np.ndarray], params: HnswParams,
+                 completed: bool = True):
+    """A vector-only Edge shard in folder of the points ids (n,) with INTEREST (n, dim) (also
+    SESSION) and QUERY (n, text_dim) vectors, its graphs built with params' m and ef_construct
+    and every segment searched through its graph (full_scan_threshold 1 KiB); INTEREST
+    norm-completed as the catalog build stores it (completed) or plain. Returns the open shard
+    (the caller closes it), the INTEREST norm bound (None: plain) and the fill and index-build
+    seconds."""
+    import qdrant_edge as qe
+
+    from recmesh.index.edge import EdgeItemStore, interest_stored
+
+    dim, text_dim = matrices[INTEREST].shape[1], matrices[QUERY].shape[1]
+    forced = HnswParams(params.m, params.ef_construct, full_scan_threshold_kb=1)
+    config = EdgeItemStore.shard_config(dim, text_dim, forced, completed)
+    config = qe.EdgeConfig(vectors=config.vectors, hnsw_config=config.hnsw_config,
+                           optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1))
+    shard = qe.EdgeShard.create(str(folder), config)
+    bound = float(np.linalg.norm(matrices[INTEREST], axis=1).max()) if completed else None
+    stored = interest_stored(matrices[INTEREST], bound)
+    started = time.perf_counter()
+    for s in range(0, len(ids), 1024):
+        shard.update(qe.UpdateOperation.upsert_points([
+            qe.Point(id=int(i), vector={INTEREST: a.tolist(), SESSION: v.tolist(), QUERY: b.tolist()})
+            for i, a, v, b in zip(ids[s : s + 1024], stored[s : s + 1024], matrices[INTEREST][s : s + 1024],
+                                  matrices[QUERY][s : s + 1024], strict=True)]))
+    filled = time.perf_counter()
+    shard.optimize()
+    return shard, bound, {"fill_seconds": round(filled - started, 1),
+                          "index_seconds": round(time.perf_counter() - filled, 1)}
 
 
 # --- The var: its vectors, real queries --------------------------------------------------------
@@ -346,7 +455,8 @@ def open_cost(var: Path) -> dict:
 # --- Commands ------------------------------------------------------------------------------
 
 
-def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int, hnsw: HnswParams) -> dict:
+def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int, hnsw: HnswParams,
+           model: str = "mix") -> dict:
     """The var of n_items at out_var (module docstring); returns what was measured."""
     from recmesh.common.paths import var_paths
     from recmesh.index.edge import EdgeItemStore
@@ -369,13 +479,15 @@ def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int
         store.close()
     real = [items[p["item_id"]] for p in payloads]
     derived = derive_catalog(real, [float(p.get("popularity", 0.0)) for p in payloads], np.concatenate(vectors),
-                             np.concatenate(texts), n_items, jitter, seed)
+                             np.concatenate(texts), n_items, jitter, seed, model)
     generated = time.perf_counter()
     print(f"derived {n_items} items ({n_items - len(real)} synthetic) from {len(real)} in "
           f"{generated - started:.1f} s; sigma per dimension {derived.sigma}", flush=True)
     base_manifest = json.loads((base.catalog / "BUILD.json").read_text())
     recipe = {"base_var": str(base_var), "base_key": base_manifest.get("key"), "base_items": len(real),
-              "items": n_items, "method": "vector jitter", "jitter_nn_distances": jitter, "seed": seed,
+              "items": n_items, "method": {"mix": "vector mix", "copies": "vector jitter"}[model],
+              "model": model, "mix_parts": list(MIX_PARTS) if model == "mix" else None,
+              "jitter_nn_distances": jitter, "seed": seed,
               "sigma_per_dim": {k: round(v, 6) for k, v in derived.sigma.items()},
               "real_nn_distance": {k: round(v, 4) for k, v in derived.nn_distance.items()}}
     key = hashlib.sha256(json.dumps([recipe, hnsw.as_dict()], sort_keys=True).encode()).hexdigest()[:16]
@@ -391,9 +503,10 @@ def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int
     total = round(time.perf_counter() - started, 1)
     manifest = {"key": key, "items": n_items, "dim": int(derived.vectors.shape[1]),
                 "text_model": base_manifest.get("text_model"), "interest_model": base_manifest.get("interest_model"),
-                "hnsw": built["hnsw"], "synthetic": recipe, "total_seconds": total}
+                "hnsw": built["hnsw"], "search_ef": built["search_ef"], "synthetic": recipe, "total_seconds": total}
     (out.catalog / "BUILD.json").write_text(json.dumps(manifest, indent=2))
-    result = {"items": n_items, "recipe": recipe, "hnsw": built["hnsw"], "bootstrap_seconds": total,
+    result = {"items": n_items, "recipe": recipe, "hnsw": built["hnsw"], "search_ef": built["search_ef"],
+              "bootstrap_seconds": total,
               "generate_seconds": round(generated - started, 1), "fill_seconds": built["fill_seconds"],
               "index_seconds": built["index_seconds"], "shard_disk_mib": dir_mib(out.shard_dir),
               "shard_segments_mib": dir_mib(out.shard_dir / "segments"),
@@ -412,7 +525,6 @@ def recall(var: Path, efs: Sequence[int], n_queries: int, seed: int, local_max_i
     import qdrant_edge as qe
 
     from recmesh.common.paths import var_paths
-    from recmesh.index.edge import EdgeItemStore, interest_stored
 
     paths = var_paths(var)
     meta = json.loads((paths.shard_dir.parent / f"{paths.shard_dir.name}.meta.json").read_text())
@@ -432,32 +544,14 @@ def recall(var: Path, efs: Sequence[int], n_queries: int, seed: int, local_max_i
         shard.close()
     if grid:
         result["grid"] = []
-        dim, text_dim = matrices[INTEREST].shape[1], matrices[QUERY].shape[1]
         for params, completed in grid:
             with tempfile.TemporaryDirectory(prefix="recmesh-hnsw-", dir=paths.root) as tmp:
-                forced = HnswParams(params.m, params.ef_construct, full_scan_threshold_kb=1)
-                # Every segment indexed and searched through its graph, whatever its size.
-                config = EdgeItemStore.shard_config(dim, text_dim, forced, completed)
-                config = qe.EdgeConfig(vectors=config.vectors, hnsw_config=config.hnsw_config,
-                                       optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1))
-                g = qe.EdgeShard.create(tmp, config)
-                g_bound = float(np.linalg.norm(matrices[INTEREST], axis=1).max()) if completed else None
-                stored = interest_stored(matrices[INTEREST], g_bound)
-                t = time.perf_counter()
-                for s in range(0, len(ids), 1024):
-                    g.update(qe.UpdateOperation.upsert_points([
-                        qe.Point(id=int(i), vector={INTEREST: a.tolist(), SESSION: v.tolist(), QUERY: b.tolist()})
-                        for i, a, v, b in zip(ids[s : s + 1024], stored[s : s + 1024], matrices[INTEREST][s : s + 1024],
-                                              matrices[QUERY][s : s + 1024], strict=True)]))
-                filled = time.perf_counter()
-                g.optimize()
-                built = time.perf_counter()
+                g, g_bound, timing = vector_shard(Path(tmp), ids, matrices, params, completed)
                 print(f"grid m={params.m} ef_construct={params.ef_construct} "
-                      f"interest {'norm-completed' if completed else 'plain'}: built in {built - filled:.1f} s",
+                      f"interest {'norm-completed' if completed else 'plain'}: built in {timing['index_seconds']} s",
                       flush=True)
                 entry = {"m": params.m, "ef_construct": params.ef_construct,
-                         "interest": "norm-completed" if completed else "plain", "fill_seconds": round(filled - t, 1),
-                         "index_seconds": round(built - filled, 1),
+                         "interest": "norm-completed" if completed else "plain", **timing,
                          "sources": measure_shard(g, ids, matrices, queries, efs, g_bound)}
                 g.close()
             result["grid"].append(entry)
@@ -466,6 +560,55 @@ def recall(var: Path, efs: Sequence[int], n_queries: int, seed: int, local_max_i
     else:
         result["qdrant_client_local"] = {"skipped": f"{len(ids)} items > --local-max-items {local_max_items}: "
                                                     "local mode searches by brute force in Python"}
+    return result
+
+
+def compare_models(var: Path, n_items: int, base_sizes: Sequence[int], models: Sequence[str],
+                   jitter: float | None, grid: Sequence[HnswParams], efs: Sequence[int], n_queries: int,
+                   seed: int) -> dict:
+    """recall@100 per source and ef of vector-only shards of synthetic catalogs of n_items, one
+    per (base size, model, HNSW parameters): the base, a random subset of the var's real items
+    (all of them when the size is at least theirs), and its synthetic items by the model (jitter:
+    the model's default when None); queries: the var's real ones (`real_queries`, over the whole
+    real catalog), truth by numpy. So a small base at n_items has as many synthetic items per
+    real one as the full catalog at a larger size (1,000 -> 100 k: 100 each, as 9,742 -> 1 M),
+    at a tenth of the build. Also each set's median nearest-neighbour distance over its base's."""
+    import qdrant_edge as qe
+
+    from recmesh.common.paths import var_paths
+
+    paths = var_paths(var)
+    meta = json.loads((paths.shard_dir.parent / f"{paths.shard_dir.name}.meta.json").read_text())
+    shard = qe.EdgeShard.load(str(paths.shard_dir))
+    try:
+        real_ids, real = shard_vectors(shard, int(meta["dim"]))
+    finally:
+        shard.close()
+    queries = real_queries(var, real_ids, real[INTEREST], n_queries, seed)
+    result = {"var": str(var), "real_items": len(real_ids), "items": n_items, "k": K,
+              "queries": {name: len(q) for name, q in queries.items()}, "sets": []}
+    ids = np.arange(1, n_items + 1, dtype=np.int64)
+    for base_size in base_sizes:
+        for model in models:
+            rng = np.random.default_rng(seed)
+            rows = (np.arange(len(real_ids)) if base_size >= len(real_ids)
+                    else np.sort(rng.choice(len(real_ids), base_size, replace=False)))
+            used = MODELS[model] if jitter is None else jitter
+            base = {name: real[name][rows] for name in SPACES}
+            matrices, sigma, nn = synthetic_vectors(base, n_items, used, model, rng)
+            spread = {name: round(nn_distance(matrices[name], rng) / nn[name], 3) for name in SPACES}
+            for params in grid:
+                print(f"base {len(rows)}, model {model}, jitter {used}, m={params.m} "
+                      f"ef_construct={params.ef_construct}: {n_items} items", flush=True)
+                with tempfile.TemporaryDirectory(prefix="recmesh-models-", dir=paths.root) as tmp:
+                    g, bound, timing = vector_shard(Path(tmp), ids, matrices, params)
+                    entry = {"base_items": len(rows), "synthetic_per_real": round((n_items - len(rows)) / len(rows), 1),
+                             "model": model, "jitter_nn_distances": used, "m": params.m,
+                             "ef_construct": params.ef_construct, **timing,
+                             "nn_distance_over_base": spread, "sigma_per_dim": sigma,
+                             "sources": measure_shard(g, ids, matrices, queries, efs, bound, exact_queries=0)}
+                    g.close()
+                result["sets"].append(entry)
     return result
 
 
@@ -493,7 +636,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylabel("recall@100 vs exact")
         ax.set_title(f"source {name} ({SOURCES[name]})")
         ax.legend(fontsize=7)
-    fig.suptitle("Qdrant Edge HNSW at catalog scale (vector-jittered MovieLens; 2-core shared host)")
+    fig.suptitle("Qdrant Edge HNSW at catalog scale (synthetic items derived from MovieLens; 2-core shared host)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -539,6 +682,21 @@ def report(folder: Path) -> str:
             lines.append(f"| grid m={g['m']} ef_construct={g['ef_construct']} {g.get('interest', '')} "
                          f"(built {g['index_seconds']} s) | " + "; ".join(cells) + " |" + " |" * (len(efs) + 1))
         lines.append("")
+    for f in sorted(folder.glob("models-*.json")):
+        r = json.loads(f.read_text())
+        efs = list(next(iter(r["sets"][0]["sources"].values()))["by_ef"]) if r["sets"] else []
+        lines += [f"Synthetic models at {r['items']:,} items: recall@100 at ef " + " / ".join(efs), "",
+                  "| base items (synthetic per real) | model, jitter | HNSW m / ef_construct (build s) "
+                  "| nearest-neighbour distance / base's | " + " | ".join(SOURCES) + " |",
+                  "|---|---|---|---|" + "---|" * len(SOURCES)]
+        for e in r["sets"]:
+            cells = ["/".join(f"{v['recall_at_100']:.3f}" for v in e["sources"][name]["by_ef"].values())
+                     for name in SOURCES]
+            lines.append(f"| {e['base_items']:,} ({e['synthetic_per_real']:g}) | {e['model']}, "
+                         f"{e['jitter_nn_distances']} | {e['m']} / {e['ef_construct']} ({e['index_seconds']}) | "
+                         + ", ".join(f"{k} {v}" for k, v in e["nn_distance_over_base"].items()) + " | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
     for f in sorted(folder.glob("load-*/load.json"), key=lambda f: int(f.parent.name.split("-")[1])):
         r = json.loads(f.read_text())
         lines += [f"`recmesh load` over {int(f.parent.name.split('-')[1]):,} items: highest full-service rate "
@@ -579,12 +737,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recmesh scale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("derive", help="a var of N items, vector-jittered from a real var's catalog")
+    d = sub.add_parser("derive", help="a var of N items, synthetic ones mixed (or copied) from a real var's catalog")
     d.add_argument("--base-var", type=Path, required=True, help="the real var (read only)")
     d.add_argument("--items", type=int, required=True, help="items in the derived catalog (>= the base's)")
     d.add_argument("--out-var", type=Path, required=True, help="the new var (must not hold a catalog)")
-    d.add_argument("--jitter", type=float, default=0.5,
-                   help="noise norm in real nearest-neighbour distances (per space; default 0.5)")
+    d.add_argument("--model", choices=list(MODELS), default="mix",
+                   help="mix: each synthetic item a mix of 2-3 real items (default); copies: a jittered copy of one")
+    d.add_argument("--jitter", type=float, default=None,
+                   help="noise norm in real nearest-neighbour distances (per space; default: mix 0.25, copies 0.5)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--m", type=int, default=None, help="HNSW m (default: RECMESH_INDEX_HNSW_M, else the chosen)")
     d.add_argument("--ef-construct", type=int, default=None, help="HNSW ef_construct (default: as --m)")
@@ -600,7 +760,19 @@ def main(argv: list[str] | None = None) -> None:
                         "stores INTEREST without the norm-completing component (as shards before it)")
     r.add_argument("--local-max-items", type=int, default=100_000,
                    help="qdrant-client local mode beside Edge up to this many items")
-    for p in (d, r):
+    c = sub.add_parser("models", help="recall@100 of vector-only shards of each synthetic model, from a real var")
+    c.add_argument("--var", type=Path, required=True, help="the real var (read only)")
+    c.add_argument("--items", type=int, default=100_000, help="items in each synthetic set")
+    c.add_argument("--base-items", default="1000,9742",
+                   help="real items each set is derived from (a random subset; comma-separated)")
+    c.add_argument("--model", default="mix,copies", help="synthetic models (comma-separated: mix, copies)")
+    c.add_argument("--jitter", type=float, default=None, help="noise in nearest-neighbour distances (default: "
+                   "each model's)")
+    c.add_argument("--grid", default="16:100", help="HNSW m:ef_construct per set (comma-separated)")
+    c.add_argument("--ef", default="128,256,512", help="search ef values (comma-separated)")
+    c.add_argument("--queries", type=int, default=300, help="queries per source")
+    c.add_argument("--seed", type=int, default=0)
+    for p in (d, r, c):
         p.add_argument("--out", type=Path, default=REPO / "results" / "scale", help="JSON goes here")
     p = sub.add_parser("plot", help="results/scale/recall-*.json into one PNG")
     p.add_argument("--results", type=Path, default=REPO / "results" / "scale")
@@ -617,15 +789,33 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "derive":
-        if args.jitter < 0:
-            parser.error(f"--jitter must be >= 0, got {args.jitter}")
+        jitter = MODELS[args.model] if args.jitter is None else args.jitter
+        if jitter < 0:
+            parser.error(f"--jitter must be >= 0, got {jitter}")
         try:
             env = hnsw_params()
         except ValueError as exc:
             parser.error(str(exc))
         hnsw = HnswParams(args.m or env.m, args.ef_construct or env.ef_construct, env.full_scan_threshold_kb)
-        result = derive(args.base_var, args.out_var, args.items, args.jitter, args.seed, hnsw)
+        result = derive(args.base_var, args.out_var, args.items, jitter, args.seed, hnsw, args.model)
         path = args.out / f"derive-{args.items}.json"
+    elif args.command == "models":
+        try:
+            efs = _ints("--ef", args.ef)
+            bases = _ints("--base-items", args.base_items)
+            grid = [grid_entry(pair)[0] for pair in args.grid.split(",") if pair]
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+        models = [m for m in args.model.split(",") if m]
+        unknown = sorted(set(models) - set(MODELS))
+        if unknown or not models:
+            parser.error(f"--model: comma-separated {', '.join(MODELS)}, got {args.model!r}")
+        if not grid:
+            parser.error("--grid: at least one m:ef_construct")
+        if args.jitter is not None and args.jitter < 0:
+            parser.error(f"--jitter must be >= 0, got {args.jitter}")
+        result = compare_models(args.var, args.items, bases, models, args.jitter, grid, efs, args.queries, args.seed)
+        path = args.out / f"models-{args.items}.json"
     else:
         try:
             efs = _ints("--ef", args.ef)
@@ -635,7 +825,7 @@ def main(argv: list[str] | None = None) -> None:
         result = recall(args.var, efs, args.queries, args.seed, args.local_max_items, grid, args.exact_queries)
         path = args.out / f"recall-{result['items']}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("grid", "shard")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("grid", "shard", "sets")}, indent=1))
     print(f"wrote {path}")
 
 

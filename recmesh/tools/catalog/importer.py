@@ -56,7 +56,7 @@ import numpy as np
 
 from recmesh.common.catalog import ITEM_TEXT_RECIPE, item_text
 from recmesh.common.paths import VAR_ENV, served_artifact, served_text_model, text_model_name, var_dir, var_paths
-from recmesh.index.hnsw import HnswParams, hnsw_params
+from recmesh.index.hnsw import HnswParams, hnsw_params, search_ef
 from recmesh.tools.catalog.snapshot import item_record, read_items, write_items
 from recmesh.tools.catalog.sources import (
     AttributeSpec,
@@ -450,7 +450,8 @@ def write_shard(shard_dir: Path, version: str, items: Sequence[common_pb2.Item],
     (default: `hnsw_params()`, the environment's), then swapped in. Returns the seconds spent
     filling it (`fill_seconds`) and building its indexes (`index_seconds`), and the HNSW
     parameters (`hnsw`), and the INTEREST norm bound (`interest_norm_bound`: the longest catalog
-    vector's norm; `recmesh.index.edge.interest_stored`)."""
+    vector's norm; `recmesh.index.edge.interest_stored`), and the search ef recorded with it
+    (`search_ef`: `recmesh.index.hnsw.search_ef` of the item count)."""
     from tqdm import tqdm
 
     from recmesh.index.edge import EdgeItemStore
@@ -462,8 +463,9 @@ def write_shard(shard_dir: Path, version: str, items: Sequence[common_pb2.Item],
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     started = time.perf_counter()
     bound = max(float(np.linalg.norm(vectors, axis=1).max(initial=0.0)), 1e-6)
+    ef = search_ef(len(items))
     store = EdgeItemStore.create(staging, vectors.shape[1], text_vectors.shape[1], version=version, hnsw=hnsw,
-                                 interest_norm_bound=bound)
+                                 interest_norm_bound=bound, search_ef=ef)
     with tqdm(total=len(items), desc="filling qdrant", unit="item", leave=False) as bar:
         for i in range(0, len(items), SHARD_CHUNK):
             payloads = [item_payload(it, pop[i + j]) for j, it in enumerate(items[i : i + SHARD_CHUNK])]
@@ -482,7 +484,7 @@ def write_shard(shard_dir: Path, version: str, items: Sequence[common_pb2.Item],
         (staging.parent / f"{staging.name}{suffix}").rename(live)
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     return {"fill_seconds": round(filled - started, 1), "index_seconds": round(indexed - filled, 1),
-            "hnsw": hnsw.as_dict(), "interest_norm_bound": round(bound, 6)}
+            "hnsw": hnsw.as_dict(), "interest_norm_bound": round(bound, 6), "search_ef": ef}
 
 
 def diff(old: dict[str, dict], new: list[common_pb2.Item]) -> dict[str, list[str]]:
@@ -568,7 +570,8 @@ def apply(var: Path, items: list[common_pb2.Item] | None, staging: EventStaging 
         built = build_shard(paths.shard_dir, f"catalog-{key}", items, pop, texts, placer, hnsw)
         manifest = {"key": key, "items": len(items), "dim": placer.dim, "text_model": spec.label,
                     "interest_model": placer.version, "events_seeded": report.get("events", {}).get("new", 0),
-                    "encode_seconds": encoded["encode_seconds"], "hnsw": built["hnsw"]}
+                    "encode_seconds": encoded["encode_seconds"], "hnsw": built["hnsw"],
+                    "search_ef": built["search_ef"]}
     report["shard"] = {"rebuilt": rebuild, "version": f"catalog-{key}",
                        "seconds": round(time.perf_counter() - shard_started, 1)}
 

@@ -34,7 +34,7 @@ def publish(shard_dir: Path, url: str, collection: str, shards: int, replication
                 return {"collection": collection, "version": edge.version, "items": total, "published": False}
             client.delete_collection(collection)
         server = QdrantServerStore.create(client, collection, edge.dim, edge.text_dim, edge.version, shards,
-                                          replication, hnsw=edge.hnsw)
+                                          replication, hnsw=edge.hnsw, search_ef=edge.search_ef)
         with tqdm(total=total, desc=f"publishing to {collection}", unit="item") as bar:
             for payloads, vectors, texts in edge.export(batch):
                 bar.update(server.upsert(payloads, vectors, texts))
