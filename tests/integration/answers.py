@@ -48,3 +48,15 @@ def answered(call: Callable[[], T], tries: int = 5) -> T:
             if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
     raise AssertionError(f"no answer within {LATE_S * 1000:.0f} ms in {tries} tries")
+
+
+def report_when(client, name: str, done: Callable[[dict], bool], timeout_s: float = 20.0) -> dict:
+    """An experiment's report (RecmeshClient.experiment_report) once done(report) holds: answers
+    and feedback are recorded off the request path (impressions in batches, feedback after its
+    commit); the last one after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = client.experiment_report(name)
+        if done(report) or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)

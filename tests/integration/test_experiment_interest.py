@@ -11,7 +11,6 @@ refused at PutExperiment with FAILED_PRECONDITION naming the variant's field."""
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 from collections import Counter, defaultdict
 
@@ -27,7 +26,7 @@ from recmesh.tools import interest_models
 from recmesh.tools.devstack import Stack
 from recmesh.tools.eval.experiment_replay import perturbed_interest_model
 from recmesh.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
-from tests.integration.answers import undegraded
+from tests.integration.answers import report_when, undegraded
 
 pytestmark = pytest.mark.integration
 
@@ -58,15 +57,6 @@ def mesh(catalog, tmp_path_factory):
     with Stack(var=var, interest_model=served, env=env) as stack, \
             RecmeshClient(stack.address("gateway"), timeout_s=5.0) as client:
         yield stack, client, artifact_identity(served)[0]
-
-
-def _report_when(client: RecmeshClient, name: str, done, timeout_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = client.experiment_report(name)
-        if done(report) or time.monotonic() > deadline:
-            return report
-        time.sleep(0.2)
 
 
 def test_the_encoder_serves_both_models_from_triton_and_they_differ_for_one_history(mesh):
@@ -117,7 +107,7 @@ def test_two_interest_models_each_user_always_gets_theirs_named_in_every_reply(m
             assert len(versions) == 1 and next(iter(versions)).endswith(expected[variant]), (variant, versions)
         # One history, one model: one answer per variant; the two models answer differently.
         assert len(lists["A"]) == 1 and len(lists["B"]) == 1 and lists["A"] != lists["B"], lists
-        report = _report_when(client, name, lambda r: {v: r["variants"].get(v, {}).get("answers") for v in "AB"}
+        report = report_when(client, name, lambda r: {v: r["variants"].get(v, {}).get("answers") for v in "AB"}
                               == {v: answers[v] for v in "AB"})
         for variant in "AB":
             shown = report["variants"][variant]

@@ -26,6 +26,7 @@ from recmesh.common.paths import var_paths
 from recmesh.models.ranking.scorer import SHIPPED_PARAMS, newest_params
 from recmesh.tools.devstack import Stack
 from recmesh.v1 import common_pb2
+from tests.integration.answers import report_when
 
 pytestmark = pytest.mark.integration
 
@@ -62,17 +63,6 @@ def mesh(catalog, tmp_path_factory):
 def _chosen(user: str, salt: str) -> float:
     """A per-user number in [0, 1) independent of the assignment's hash: who clicks, where."""
     return int.from_bytes(hashlib.sha256(f"{salt}:{user}".encode()).digest()[:8], "big") / 2.0**64
-
-
-def _report_when(client: RecmeshClient, name: str, done, timeout_s: float = 20.0) -> dict:
-    """The report once done(report) holds (answers and feedback are recorded off the request
-    path: impressions in batches, feedback after its commit); the last one after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = client.experiment_report(name)
-        if done(report) or time.monotonic() > deadline:
-            return report
-        time.sleep(0.2)
 
 
 def test_two_variants_sticky_shares_hold_and_report_counts_what_was_sent(mesh):
@@ -114,7 +104,7 @@ def test_two_variants_sticky_shares_hold_and_report_counts_what_was_sent(mesh):
     assert chisquare([per_variant["A"], per_variant["B"]]).pvalue > 0.001, per_variant
 
     # Every answer recorded (impressions leave in batches, off the request path).
-    report = _report_when(client, name, lambda r: {v: r["variants"].get(v, {}).get("answers") for v in "AB"}
+    report = report_when(client, name, lambda r: {v: r["variants"].get(v, {}).get("answers") for v in "AB"}
                           == {v: answers[v] for v in "AB"})
     assert {v: report["variants"][v]["answers"] for v in "AB"} == {v: answers[v] for v in "AB"}
     assert {v: report["variants"][v]["users"] for v in "AB"} == {v: per_variant[v] for v in "AB"}
@@ -141,7 +131,7 @@ def test_two_variants_sticky_shares_hold_and_report_counts_what_was_sent(mesh):
         return all(r["variants"][v]["clicks"] == clicks[v] and r["variants"][v]["conversions"] == conversions[v]
                    for v in "AB")
 
-    report = _report_when(client, name, counted)
+    report = report_when(client, name, counted)
     for v in "AB":
         got = report["variants"][v]
         assert (got["answers"], got["clicks"], got["conversions"]) == (answers[v], clicks[v], conversions[v]), v
@@ -241,7 +231,7 @@ def test_variants_pinning_ranker_versions_are_served_those_while_the_control_fol
         for variant, versions in served.items():
             assert set(versions) - {""} == {expected[variant]}, (variant, versions)
         # Every answer recorded for the report, as any variant's, with the version that ranked it.
-        report = _report_when(client, name, lambda r: all(
+        report = report_when(client, name, lambda r: all(
             r["variants"].get(v, {}).get("answers") == sum(served[v].values()) for v in "ABC"))
         assert {v: report["variants"][v]["answers"] for v in "ABC"} == {v: sum(served[v].values()) for v in "ABC"}
         assert {v: report["variants"][v]["ranker_versions"] for v in "ABC"} == {v: dict(served[v]) for v in "ABC"}
