@@ -79,10 +79,12 @@ def test_a_hung_replica_is_hedged_then_avoided():
         assert {name for name, _ in answers} == {"b"}
         # Each call answered after at most one hedge delay plus the other replica's answer.
         assert max(seconds for _, seconds in answers) < 0.15
-        calls_to_a = a.calls
+        calls_to_a, extra = a.calls, replicas.extra_attempts
         later = [await recommend(replicas) for _ in range(6)]
         assert {name for name, _ in later} == {"b"} and a.calls == calls_to_a  # avoided for avoid_s
-        assert max(seconds for _, seconds in later) < 0.02
+        # Sent straight to b: no hedge, no second attempt (counted, not timed: a loaded host's
+        # stall of 25 ms failed a 20 ms bound here once).
+        assert replicas.extra_attempts == extra
 
     run(test)
 
