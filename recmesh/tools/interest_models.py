@@ -5,7 +5,8 @@ $RECMESH_VAR/models/served/interest_variants/<version>/interest_model.pt. A furt
 the default's item space (served.item_space: the same text projection, ID table and item ids),
 else its interests would be scored against a catalog another model placed; `add` refuses it.
 Triton serves them as interest_encoder's version folders 2, 3, ... (recmesh/tools/tritonserver.py),
-the in-process encoder loads them too; both read the folder at start."""
+the in-process encoder loads them too; both read the folder at start, each leaving out (and
+logging) one that no longer loads whole or answers finitely (served.servable_variants)."""
 
 from __future__ import annotations
 
@@ -37,13 +38,13 @@ def add(artifact: Path, name: str | None = None, var: Path | None = None, defaul
     name is malformed or served already, when MAX_INTEREST_VARIANTS are there, or when the
     artifact was trained for another item space than the default's. Returns the installed file."""
     from recmesh.common.errors import InvalidArgument
-    from recmesh.models.interest.served import artifact_identity, copy_as_version
+    from recmesh.models.interest.served import check_servable, copy_as_version
     from recmesh.models.ranking.scorer import check_version_name
 
     artifact = Path(artifact)
     if not artifact.is_file():
         raise ValueError(f"{artifact}: no interest model there")
-    version, space = artifact_identity(artifact)
+    version, space = check_servable(artifact)  # loads whole and answers finitely, or ValueError
     name = name or version
     try:
         check_version_name(name, "name")

@@ -122,7 +122,7 @@ def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSIT
     folder: a var's fine-tuned language model), text_encoder's config names it (model_dir, and
     model_name: text_model_name, default from the folder). Built beside `dest` and swapped in,
     so a failed build leaves no half repository. ValueError for two artifacts of one version."""
-    from recmesh.models.interest.served import artifact_identity, artifact_version, stamp_version
+    from recmesh.models.interest.served import artifact_identity, artifact_version, servable_variants, stamp_version
 
     staging = dest.with_name(f"{dest.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
@@ -132,7 +132,8 @@ def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSIT
     config = weights.parent.parent / "config.pbtxt"
     stamp_version(config, artifact_version(artifact))
     versions = {}
-    for number, path in enumerate([Path(artifact), *interest_variants], start=1):
+    # A variant that no longer loads would stop Triton (and with it the default model): left out.
+    for number, path in enumerate([Path(artifact), *servable_variants(list(interest_variants))], start=1):
         name, space = artifact_identity(path)
         if name in {v[0] for v in versions.values()}:
             raise ValueError(f"{path}: interest model version {name!r} is served already")

@@ -73,7 +73,7 @@ class InProcessBackend:
         self.interest_models: dict[str, InterestModelInfo] = {}
 
     async def start(self) -> None:
-        from recmesh.models.interest.served import ServedInterestModel
+        from recmesh.models.interest.served import ServedInterestModel, servable_variants
 
         s = self._s
 
@@ -85,7 +85,8 @@ class InProcessBackend:
         def load():
             text = load_text_model(s.variant, model_dir, model_name, s.threads, s.max_batch, s.max_seq_len)
             interests = [ServedInterestModel(path, s.threads)
-                         for path in (s.interest_model, *interest_variant_artifacts(s.interest_variants))]
+                         for path in (s.interest_model,
+                                      *servable_variants(interest_variant_artifacts(s.interest_variants)))]
             return text, interests
 
         self._model, interests = await asyncio.get_running_loop().run_in_executor(self._pool, load)

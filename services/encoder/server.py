@@ -147,6 +147,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         else:  # independent: the query's vector and the interest are computed at the same time
             query_vec, interest = await asyncio.gather(self._query_vector(query, _timeout(context)),
                                                        self._interest(model, history, items, _timeout(context)))
+        # A model's fault is not the caller's: a NaN or Inf out (broken weights) is refused here,
+        # so the gateway answers from its fallbacks instead of reading it as bad input.
+        for name, out in (("interest", interest), ("query_vector", query_vec)):
+            if out is not None and not np.all(np.isfinite(out)):
+                raise FailedPrecondition(f"interest_model_version: the interest model {model.version!r} answered a "
+                                         f"{name} that is not finite (NaN or Inf); its weights are broken")
         return encoder_pb2.EncodeInterestResponse(
             interest=to_matrix(interest), query_vector=to_matrix(query_vec), model_version=model.version
         )

@@ -16,11 +16,13 @@ query fusion has none: such users get the popular items, as before."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from recmesh.common.errors import InvalidArgument
 from recmesh.common.lru import LruCache
 from recmesh.common.vectors import first_row, to_matrix
 from recmesh.models.session import History
@@ -29,6 +31,8 @@ from services.gateway.budget import MS, Budget
 from services.gateway.config import GatewaySettings
 from services.gateway.results import NOTHING_ENCODED, Encoded
 from services.gateway.upstreams import Upstreams
+
+log = logging.getLogger("recmesh.gateway")
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class InterestStage:
         and no query gets the model's cold-start interest (module docstring), or nothing when
         the model has none. `model`: the interest model to ask (an experiment's variant's; "": the
         encoder's default); only the user's last interest under that model is reused or stands in.
-        Raises InvalidArgument for a malformed matrix in the encoder's reply."""
+        A malformed reply counts as a failed encoder call."""
         if not history.entries and not query:
             return await self._cold_start(budget, skip_encoder, model)
         request = encoder_pb2.EncodeInterestRequest(history=history.entries, item_vectors=to_matrix(history.vectors),
@@ -170,6 +174,18 @@ class InterestStage:
             del self._cold[model]
 
     async def _call(self, budget: Budget, request: encoder_pb2.EncodeInterestRequest):
-        return await budget.call(
+        """The encoder's reply, or None: failed, late, or malformed (a matrix that does not decode:
+        the encoder's fault, so a failed stage - `encoder:bad_reply` - never the client's
+        INVALID_ARGUMENT)."""
+        reply = await budget.call(
             "encoder", self._s.encoder_cap_ms * MS, lambda t: self._up.encoder.EncodeInterest(request, timeout=t)
         )
+        if reply is not None:
+            try:
+                first_row(reply.interest, "interest")
+                first_row(reply.query_vector, "query_vector")
+            except InvalidArgument as exc:
+                log.error("encoder reply malformed", extra={"reason": str(exc)})
+                budget.trace.degrade("encoder:bad_reply")
+                return None
+        return reply

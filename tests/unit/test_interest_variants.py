@@ -432,3 +432,72 @@ def test_the_updaters_report_names_each_variants_model_and_counts_answers_by_enc
     assert report["variants"]["B"]["interest_model_version"] == "m-b"
     assert report["variants"]["A"]["encoder_versions"] == {"lm+llm-seq/m-a": 1}
     assert report["variants"]["B"]["encoder_versions"] == {"lm+llm-seq/m-b": 2}
+
+
+# -- a broken further model (hostile-input findings) -------------------------------------------
+
+def _broken(folder: Path, how: str) -> Path:
+    """The shipped model made unservable: "missing" (a weight gone), "nan" (NaN weights),
+    "text" (not a model file at all)."""
+    import torch
+
+    path = folder / f"{how}.pt"
+    if how == "text":
+        path.write_text("not a model")
+        return path
+    blob = torch.load(SHIPPED_ARTIFACT, map_location="cpu", weights_only=True)
+    blob["version"] = f"broken-{how}"
+    if how == "missing":
+        del blob["state"]["position.weight"]
+    else:
+        blob["state"]["norm.bias"] = torch.full_like(blob["state"]["norm.bias"], float("nan"))
+    torch.save(blob, path)
+    return path
+
+
+@pytest.mark.parametrize(("how", "says"), [("missing", "position.weight"), ("nan", "not finite"),
+                                           ("text", "not a servable interest model")])
+def test_add_refuses_a_model_that_does_not_load_whole_or_answers_nan(tmp_path, how, says):
+    with pytest.raises(ValueError, match=says):
+        interest_models.add(_broken(tmp_path, how), None, tmp_path / "var")
+    assert interest_models.listing(tmp_path / "var")[1:] == []  # nothing installed
+
+
+def test_a_broken_variant_on_disk_is_left_out_at_start_and_the_rest_still_serve(tmp_path, artifacts):
+    """One bad file (copied in by hand, or broken after `add`) must not stop Triton or the
+    encoder: the repository and the in-process encoder leave it out, the others serve."""
+    variants = tmp_path / "variants"
+    for name, source in (("good", artifacts["b"]), ("bad", _broken(tmp_path, "missing"))):
+        (variants / name).mkdir(parents=True)
+        shutil.copy2(source, variants / name / "interest_model.pt")
+    found = sorted((variants / n / "interest_model.pt") for n in ("bad", "good"))
+    repo = assemble_repository(tmp_path / "models", SHIPPED_ARTIFACT, interest_variants=found)
+    config = (repo / "interest_encoder" / "config.pbtxt").read_text()
+    assert "interest-b" in config and "broken-missing" not in config and not (repo / "interest_encoder" / "3").exists()
+    settings = EncoderSettings(backend="inprocess", interest_model=SHIPPED_ARTIFACT, interest_variants=variants)
+    backend = InProcessBackend(settings)
+    servicer = EncoderServicer(settings, backend)
+    asyncio.run(servicer.warmup())
+    try:
+        listed = asyncio.run(servicer.ListInterestModels(encoder_pb2.ListInterestModelsRequest(), AbortingContext()))
+        assert [m.version for m in listed.models] == [artifact_identity(SHIPPED_ARTIFACT)[0], "interest-b"]
+    finally:
+        asyncio.run(backend.close())
+
+
+def test_a_nan_interest_from_the_encoder_is_a_failed_stage_not_the_clients_bad_input(monkeypatch):
+    class NanMesh(ModelsMesh):
+        async def EncodeInterest(self, request, timeout):
+            reply = await super().EncodeInterest(request, timeout)
+            reply.interest.CopyFrom(to_matrix(np.full((1, DIM), np.nan, np.float32)))
+            return reply
+
+    async def scenario():
+        mesh = NanMesh()
+        g = await gateway(monkeypatch, mesh)
+        await track(g, "u", ["p7", "p8"])
+        return await recommend(g, "u", 3)
+
+    reply = asyncio.run(scenario())
+    assert "encoder:bad_reply" in reply.degraded and len(reply.items) == 3
+    assert "fallback:session" in reply.degraded

@@ -151,6 +151,46 @@ def interest_onnx_file(model: SequenceInterestModel, artifact: Path, cache_dir: 
     return path
 
 
+def check_servable(path: Path) -> tuple[str, str]:
+    """(version, item_space) of the interest model at `path` once it has loaded whole (every
+    weight of its configuration, strict) and answered a short history, an empty one and a typed
+    query (when it fuses queries) with finite interests. ValueError naming the file otherwise:
+    not a model file, truncated, missing or misshapen weights, NaN or Inf out. What an operator's
+    `recmesh interest-models add` and every start check before serving a further model - one
+    broken file must not take the default model down with it."""
+    try:
+        model = ServedInterestModel(path, runtime="torch")
+        history = model.item_vectors(np.zeros((3, model.text_dim), np.float32), ["", "", ""])
+        history = history + np.linspace(0.1, 0.3, history.size, dtype=np.float32).reshape(history.shape)
+        kinds, at = [common_pb2.EVENT_TYPE_VIEW] * 3, [60_000, 120_000, 180_000]
+        outs = [model.interest(history, kinds, [0.0] * 3, at)]
+        if model.fuses_queries:
+            query = np.full(model.query_dim, 1.0 / np.sqrt(model.query_dim), np.float32)
+            outs += [model.interest(history[:0], [], [], []), model.interest(history, kinds, [0.0] * 3, at, query)]
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"{path}: not a servable interest model: {exc}") from None
+    except Exception as exc:  # torch.load and load_state_dict raise many kinds for a bad file
+        said = " ".join(str(exc).split())  # torch's messages run over several lines
+        raise ValueError(f"{path}: not a servable interest model: {type(exc).__name__}: {said[:300]}") from None
+    if not all(out is not None and np.all(np.isfinite(out)) for out in outs):
+        raise ValueError(f"{path}: not a servable interest model: its interests are not finite (NaN or Inf weights?)")
+    return model.name, model.item_space
+
+
+def servable_variants(paths: list[Path]) -> list[Path]:
+    """The further interest models among `paths` that pass check_servable; the others are left
+    out with an error in the log (the default model and the working variants still serve)."""
+    kept = []
+    for path in paths:
+        try:
+            check_servable(path)
+        except ValueError as exc:
+            log.error("interest model variant left out", extra={"reason": str(exc)})
+            continue
+        kept.append(path)
+    return kept
+
+
 class ServedInterestModel:
     def __init__(self, path: Path | None = None, threads: int = 1, runtime: str = "onnx",
                  cache_dir: Path = DEFAULT_CACHE):
