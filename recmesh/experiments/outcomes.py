@@ -182,6 +182,10 @@ class OutcomeLog:
                                          np.array(latencies[variant], np.float64))
         return out
 
+    def tallies(self, experiment: str) -> tuple[dict[str, VariantSample], dict, dict]:
+        """(sample, ranker_versions, encoder_versions) of the experiment: what a report reads."""
+        return self.sample(experiment), self.ranker_versions(experiment), self.encoder_versions(experiment)
+
     def ranker_versions(self, experiment: str) -> dict[str, dict[str, int]]:
         """variant -> ranker version -> answers it ranked ('': answers the ranker did not rank)."""
         return self._versions(experiment, "ranker_version")

@@ -45,10 +45,13 @@ if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'converted', '1') end
 return 1
 """
 
-# KEYS: the user's answers. ARGV: answer key prefix, experiment key prefix.
+# KEYS: the user's answers. ARGV: answer key prefix, experiment key prefix, batch size. Deletes
+# the user's first `batch` answers; returns {deleted, left}. Called until none are left, so one
+# user with many answers never holds the shared Redis (events, user state) for long.
 _DELETE_USER = """
 local n = 0
-for _, request_id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+for _, request_id in ipairs(ids) do
   local answer = ARGV[1] .. request_id
   local experiment = redis.call('HGET', answer, 'experiment')
   if experiment then
@@ -57,8 +60,8 @@ for _, request_id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     n = n + 1
   end
 end
-redis.call('DEL', KEYS[1])
-return n
+if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+return {n, redis.call('ZCARD', KEYS[1])}
 """
 
 _READ = ("variant", "user", "clicked", "converted", "degraded", "latency_ms", "ranker_version", "encoder_version")
@@ -123,8 +126,13 @@ class RedisOutcomeLog:
         return False
 
     def delete_user(self, user_id: str) -> int:
-        return int(self._delete_user(keys=[self._p + "u:" + self._user(user_id)],
-                                     args=[self._p + "a:", self._p + "e:"]))
+        """Every answer of the user deleted, _BATCH at a time; how many there were."""
+        total, left = 0, 1
+        while left:
+            deleted, left = self._delete_user(keys=[self._p + "u:" + self._user(user_id)],
+                                              args=[self._p + "a:", self._p + "e:", _BATCH])
+            total += int(deleted)
+        return total
 
     def experiments(self) -> list[str]:
         return sorted(self._redis.smembers(self._p + "experiments"))
@@ -139,24 +147,36 @@ class RedisOutcomeLog:
             rows.extend(dict(zip(_READ, values, strict=True)) for values in pipe.execute() if values[0] is not None)
         return rows
 
+    def tallies(self, experiment: str) -> tuple[dict[str, VariantSample], dict, dict]:
+        """(sample, ranker_versions, encoder_versions) of the experiment from one read of its
+        answers: what a report reads."""
+        answers = self._answers(experiment)
+        return (self._sample(answers), self._versions(answers, "ranker_version"),
+                self._versions(answers, "encoder_version"))
+
     def sample(self, experiment: str) -> dict[str, VariantSample]:
         """Each variant's per-user sums for the experiment (variants with no answer are absent)."""
-        return variant_samples(
-            (r["variant"], r["user"], None if r["clicked"] is None else int(r["clicked"]), int(r["converted"]),
-             int(r["degraded"]), float(r["latency_ms"])) for r in self._answers(experiment))
+        return self._sample(self._answers(experiment))
 
     def ranker_versions(self, experiment: str) -> dict[str, dict[str, int]]:
         """variant -> ranker version -> answers it ranked ('': answers the ranker did not rank)."""
-        return self._versions(experiment, "ranker_version")
+        return self._versions(self._answers(experiment), "ranker_version")
 
     def encoder_versions(self, experiment: str) -> dict[str, dict[str, int]]:
         """variant -> encoder version (naming the interest model) -> answers whose interest it
         encoded ('': answers without an interest)."""
-        return self._versions(experiment, "encoder_version")
+        return self._versions(self._answers(experiment), "encoder_version")
 
-    def _versions(self, experiment: str, field: str) -> dict[str, dict[str, int]]:
+    @staticmethod
+    def _sample(answers: list[dict]) -> dict[str, VariantSample]:
+        return variant_samples(
+            (r["variant"], r["user"], None if r["clicked"] is None else int(r["clicked"]), int(r["converted"]),
+             int(r["degraded"]), float(r["latency_ms"])) for r in answers)
+
+    @staticmethod
+    def _versions(answers: list[dict], field: str) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for r in self._answers(experiment):
+        for r in answers:
             versions = out.setdefault(r["variant"], {})
             version = r[field] or ""  # an answer recorded before the field existed: none
             versions[version] = versions.get(version, 0) + 1

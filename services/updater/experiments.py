@@ -197,9 +197,7 @@ class ExperimentsRole:
     async def _summary(self, experiment: common_pb2.Experiment) -> dict:
         """report.summarize of the experiment's outcomes so far, with its state; before the
         control has an answer, the variants' counts only."""
-        samples = await self._run(self._outcomes.sample, experiment.name)
-        versions = await self._run(self._outcomes.ranker_versions, experiment.name)
-        encoders = await self._run(self._outcomes.encoder_versions, experiment.name)
+        samples, versions, encoders = await self._run(self._outcomes.tallies, experiment.name)
         s = self._s
         try:
             summary = summarize(experiment.name, samples, control_of(experiment), primary_of(experiment),
@@ -284,9 +282,11 @@ class ExperimentsRole:
             user_id=event.user_id, item_id=event.item_id, at_ms=event.timestamp_ms,
             purchase=event.type == common_pb2.EVENT_TYPE_PURCHASE, request_id=event.request_id))
 
-    def forget_user(self, user_id: str) -> None:
+    async def forget_user(self, user_id: str) -> None:
+        """The user's answers deleted from the outcome log before DeleteUser is acknowledged (in
+        order after every write queued before: answers on their way are deleted too)."""
         if self._outcomes is not None:
-            self._submit(self._outcomes.delete_user, user_id)
+            await self._run(self._outcomes.delete_user, user_id)
 
     def _join_all_held(self) -> None:
         if self._held:

@@ -84,7 +84,7 @@ class UpdaterServicer(updater_pb2_grpc.UpdaterServicer):
     async def DeleteUser(self, request, context):
         deleted = await self.events.delete_user(request.user_id)
         self.learning.forget_user(request.user_id)
-        self.experiments.forget_user(request.user_id)
+        await self.experiments.forget_user(request.user_id)
         return updater_pb2.DeleteUserStateResponse(events_deleted=deleted)
 
     @rpc_method

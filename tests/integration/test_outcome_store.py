@@ -158,3 +158,47 @@ def test_two_updater_replicas_on_redis_join_and_report_each_others_answers(redis
             await two.close()
 
     asyncio.run(scenario())
+
+
+def test_a_user_with_many_answers_is_deleted_whole_in_batches_and_a_report_reads_once(make_log):
+    """More answers than one deletion batch (outcomes_redis._BATCH): all go, the others stay;
+    tallies (what a report reads) equal the separate reads."""
+    from recmesh.experiments import outcomes_redis
+
+    log = make_log()
+    many = 2 * outcomes_redis._BATCH + 7
+    log.record_answers([dict(experiment="e", variant="AB"[n % 2], user_id="heavy", request_id=f"h{n}",
+                             shown_ms=1_000 + n, item_ids=["a"], latency_ms=5.0, degraded=False,
+                             encoder_version=f"m{n % 3}") for n in range(many)])
+    answer(log, "other", "u-other")
+    samples, rankers, encoders = log.tallies("e")
+    assert {v: s.answers.sum() for v, s in samples.items()} == {"A": many // 2 + 1 + 1, "B": many // 2}
+    assert rankers == log.ranker_versions("e") and encoders == log.encoder_versions("e")
+    assert sum(encoders["A"].values()) + sum(encoders["B"].values()) == many + 1
+    assert log.delete_user("heavy") == many
+    assert {v: s.answers.tolist() for v, s in log.sample("e").items()} == {"A": [1]}
+
+
+def test_the_updater_deletes_a_users_outcomes_before_it_acknowledges(tmp_path):
+    """DeleteUser's ack follows the deletion (in order after the answers queued before it), so
+    a crash right after the ack cannot bring them back."""
+    import asyncio
+
+    from recmesh.v1 import updater_pb2
+    from services.updater.config import UpdaterSettings
+    from services.updater.experiments import ExperimentsRole
+
+    async def scenario():
+        role = ExperimentsRole(UpdaterSettings(log_path=tmp_path / "events.sqlite", guardrail_s=3600,
+                                               event_weights_file=None))
+        await role.open()
+        try:
+            role.record([updater_pb2.Impression(
+                request_id=f"r{n}", user_id="gone", timestamp_ms=1_000, experiment="e1", variant="A", latency_ms=5.0,
+                items=[updater_pb2.ImpressedItem(item_id="a", position=0)]) for n in range(50)])
+            await role.forget_user("gone")  # not waited for the queued answers: the order does it
+            return role._outcomes.sample("e1")
+        finally:
+            await role.close()
+
+    assert asyncio.run(scenario()) == {}
