@@ -55,12 +55,26 @@ def test_cold_weights_are_stored_and_loaded_with_the_version(tmp_path):
     assert load_params(save_params(scorer(cold=None), tmp_path / "plain")).cold is None
 
 
-@pytest.mark.parametrize("cold, message", [({"nonsense": 1.0}, "unknown features in cold_weights"),
-                                           ({"query_sim": float("nan")}, "finite")])
+@pytest.mark.parametrize("cold, message", [
+    ({"nonsense": 1.0}, "unknown features in cold_weights"), ({"query_sim": float("nan")}, "finite"),
+    # each kind of wrong JSON names the field, with the file (hostile-input findings)
+    (None, "cold_weights must be an object"), ("abc", "cold_weights must be an object"),
+    ([1.0], "cold_weights must be an object"), ({"query_sim": None}, r"cold_weights\.query_sim must be a finite"),
+    ({"query_sim": "1"}, "must be a finite number"), ({"query_sim": True}, "must be a finite number"),
+    ({"query_sim": [1.0]}, "must be a finite number"), ({}, "weights no feature")])
 def test_bad_cold_weights_are_refused(tmp_path, cold, message):
     path = tmp_path / "ranker-x.json"
     path.write_text(json.dumps({"version": "x", "kind": "linear", "weights": {"query_sim": 1.0}, "cold_weights": cold}))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
+        load_params(path)
+    assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("weights", [None, {"query_sim": "2"}, {"query_sim": None}, {"query_sim": float("inf")}])
+def test_bad_blend_weights_are_refused_naming_the_field(tmp_path, weights):
+    path = tmp_path / "ranker-y.json"
+    path.write_text(json.dumps({"version": "y", "kind": "linear", "weights": weights}))
+    with pytest.raises(ValueError, match="weights"):
         load_params(path)
 
 

@@ -89,15 +89,26 @@ class Scorer:
         return spec | extra
 
 
+def _feature_weights(value: object, origin: str, field: str) -> np.ndarray:
+    """A spec's {feature: weight} object as a len(FEATURES) vector (a feature left out: 0).
+    ValueError naming the origin and field: not an object, an unknown feature, a weight that is
+    not a finite JSON number (a string, a boolean, null, NaN or Inf)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{origin}: {field} must be an object of feature: weight, got {type(value).__name__}")
+    unknown = set(value) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"{origin}: unknown features in {field} {sorted(map(str, unknown))}")
+    for name, weight in value.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight):
+            raise ValueError(f"{origin}: {field}.{name} must be a finite number, got {weight!r}")
+    return np.array([float(value.get(name, 0.0)) for name in FEATURES], dtype=np.float32)
+
+
 def scorer_from_spec(spec: dict, origin: str = "spec") -> Scorer:
     kind = spec.get("kind")
     if kind not in ("linear", "wide_deep"):
         raise ValueError(f"{origin}: unsupported ranker kind {kind!r}")
-    weights = spec["weights"]
-    unknown = set(weights) - set(FEATURES)
-    if unknown:
-        raise ValueError(f"{origin}: unknown features {sorted(unknown)}")
-    vector = np.array([float(weights.get(name, 0.0)) for name in FEATURES], dtype=np.float32)
+    vector = _feature_weights(spec.get("weights"), origin, "weights")
     deep = None
     if kind == "wide_deep":
         d = spec["deep"]
@@ -106,12 +117,9 @@ def scorer_from_spec(spec: dict, origin: str = "spec") -> Scorer:
             raise ValueError(f"{origin}: deep part shapes {deep.w1.shape}, {deep.b1.shape}, {deep.v.shape} disagree")
     cold = None
     if "cold_weights" in spec:
-        unknown = set(spec["cold_weights"]) - set(FEATURES)
-        if unknown:
-            raise ValueError(f"{origin}: unknown features in cold_weights {sorted(unknown)}")
-        cold = np.array([float(spec["cold_weights"].get(name, 0.0)) for name in FEATURES], dtype=np.float32)
-        if not np.isfinite(cold).all():
-            raise ValueError(f"{origin}: cold_weights must be finite numbers")
+        cold = _feature_weights(spec["cold_weights"], origin, "cold_weights")
+        if not cold.any():  # all zero would score every cold candidate alike: a spec's mistake, not a choice
+            raise ValueError(f"{origin}: cold_weights weights no feature")
     return Scorer(spec["version"], vector, float(spec.get("bias", 0.0)), deep, int(spec.get("trained_through_ms", 0)),
                   cold)
 
