@@ -90,8 +90,8 @@ class VarPaths:
     @property
     def interest_variants(self) -> Path:
         """Further interest models served beside the var's own for experiments' variants
-        (interest_variants/<version>/interest_model.pt, added by `recmesh experiments
-        add-interest`); each must share the served model's item space (the catalog's)."""
+        (interest_variants/<version>/interest_model.pt, added by `recmesh interest-models
+        add`); each must share the served model's item space (the catalog's)."""
         return self.models / "served" / "interest_variants"
 
     @property

@@ -103,7 +103,7 @@ def artifact_identity(path: Path) -> tuple[str, str]:
 
 def copy_as_version(source: Path, dest: Path, version: str) -> None:
     """`source`'s artifact saved at `dest` under another version name (the same weights): how an
-    operator names a second interest model for experiments (`recmesh experiments add-interest`)."""
+    operator names a second interest model for experiments (`recmesh interest-models add`)."""
     blob = torch.load(source, map_location="cpu", weights_only=True)
     blob["version"] = version
     dest.parent.mkdir(parents=True, exist_ok=True)
