@@ -30,7 +30,7 @@ from recmesh.index.base import (
     with_popularity,
 )
 from recmesh.index.hnsw import DEFAULT_SEARCH_EF, HnswParams
-from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, point_id
+from recmesh.index.layout import INTEREST, LAYOUT, PAYLOAD_FIELDS, QUERY, SESSION, OlderLayout, ShardInUse, point_id
 
 # qdrant-edge-py (0.9) reads MatchValue(True) as the integer 1, which no boolean payload value
 # matches: a flag cannot be tested directly. So the shard also holds, per item, each boolean
@@ -266,7 +266,14 @@ class EdgeItemStore(ItemIndex):
         if meta.get("layout") != LAYOUT:
             raise OlderLayout(f"{path} is a catalog of an older layout: rebuild it (`recmesh import` "
                               "with your files, or `recmesh bootstrap --force`)")
-        return cls(qe.EdgeShard.load(str(path)), meta, hnsw_ef)
+        try:
+            shard = qe.EdgeShard.load(str(path))
+        except Exception as exc:  # qdrant-edge raises a bare Exception naming its WAL lock
+            if "WouldBlock" in str(exc):
+                raise ShardInUse(f"{path} is open in another process (a running `recmesh run`, or the "
+                                 "retrieval service over this var): stop it first") from None
+            raise
+        return cls(shard, meta, hnsw_ef)
 
     def count(self) -> int:
         return self._shard.count(qe.CountRequest(exact=True))

@@ -17,6 +17,10 @@ INTEREST, SESSION, QUERY = "interest", "similar", "text"
 LAYOUT = "interest.similar.text/v3"  # v3: attributes in the payload; v2: 63-bit int point ids (v1: UUIDv5)
 
 
+class ShardInUse(RuntimeError):
+    """The shard's write-ahead log is locked by another process: one process opens a shard."""
+
+
 class OlderLayout(ValueError):
     """A catalog recmesh built with another LAYOUT: rebuild (or republish) it."""
 

@@ -139,6 +139,8 @@ async def run_batch(target: str, users: Iterable[str], out: Path, failed_path: P
 
     from tqdm import tqdm
 
+    for folder in {out.parent, failed_path.parent}:  # e.g. results/ on a fresh clone
+        folder.mkdir(parents=True, exist_ok=True)
     # Unbuffered, appending: each line leaves in one write, whole, whatever stops the run after.
     with open(out, "ab", buffering=0) as sink, open(failed_path, "wb", buffering=0) as failures, \
             tqdm(total=len(users), initial=report.skipped, unit="user", desc="batch", file=sys.stderr,

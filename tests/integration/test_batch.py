@@ -78,7 +78,8 @@ def test_a_killed_batch_resumes_with_only_the_missing_users_and_reports_failures
 
 
 def test_a_request_the_gateway_refuses_stops_the_batch_at_once(stack, tmp_path):
-    users_file, out = tmp_path / "users.txt", tmp_path / "out.jsonl"
+    # --out in a folder that does not exist yet (the README's results/recs.jsonl on a fresh clone)
+    users_file, out = tmp_path / "users.txt", tmp_path / "results" / "out.jsonl"
     users_file.write_text("1\n2\n3\n")
     done = subprocess.run(batch(stack, users_file, out, "--no-progress", "--include", ""), cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)

@@ -154,6 +154,21 @@ def test_a_shard_of_an_older_layout_is_refused_with_the_fix(tmp_path):
         EdgeItemStore.open(tmp_path / "shard")
 
 
+def test_a_shard_open_in_another_process_is_refused_saying_what_to_stop(tmp_path):
+    """qdrant-edge's bare 'failed to open WAL ... WouldBlock' becomes one sentence (recmesh scale
+    and the retrieval service print it instead of a traceback)."""
+    from recmesh.index.layout import ShardInUse
+
+    s, _, _ = filled(EdgeItemStore.create(tmp_path / "shard", dim=8, text_dim=6, version="test"))
+    s.close()
+    first = EdgeItemStore.open(tmp_path / "shard")
+    try:
+        with pytest.raises(ShardInUse, match="open in another process .* stop it first"):
+            EdgeItemStore.open(tmp_path / "shard")
+    finally:
+        first.close()
+
+
 def test_an_item_whose_point_id_another_holds_is_refused_before_the_shard_is_written(tmp_path, monkeypatch):
     import recmesh.index.edge as store_module
 

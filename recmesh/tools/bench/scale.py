@@ -65,7 +65,7 @@ import numpy as np
 
 from recmesh.common.local import REPO
 from recmesh.index.hnsw import HnswParams, hnsw_params
-from recmesh.index.layout import INTEREST, QUERY, SESSION
+from recmesh.index.layout import INTEREST, QUERY, SESSION, ShardInUse
 from recmesh.v1 import common_pb2
 
 K = 100
@@ -477,6 +477,13 @@ def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int
             texts.append(t)
     finally:
         store.close()
+    # Items upserted live are in the shard only (no catalog/items.jsonl line to copy): left out.
+    known = np.array([p["item_id"] in items for p in payloads], bool)
+    if not known.all():
+        print(f"left out of the base: {int((~known).sum())} items upserted live (not in {base.catalog_items.name})",
+              flush=True)
+    payloads = [p for p, k in zip(payloads, known, strict=True) if k]
+    vectors, texts = [np.concatenate(vectors)[known]], [np.concatenate(texts)[known]]
     real = [items[p["item_id"]] for p in payloads]
     derived = derive_catalog(real, [float(p.get("popularity", 0.0)) for p in payloads], np.concatenate(vectors),
                              np.concatenate(texts), n_items, jitter, seed, model)
@@ -788,6 +795,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.png} and {args.results / 'scale.md'}")
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        _run(parser, args)
+    except ShardInUse as exc:
+        raise SystemExit(f"recmesh scale {args.command}: {exc}") from None
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command == "derive":
         jitter = MODELS[args.model] if args.jitter is None else args.jitter
         if jitter < 0:
