@@ -65,6 +65,16 @@ class ColdInterest:
     model_version: str
 
 
+
+@dataclass(frozen=True)
+class EncoderReply:
+    """An EncodeInterest reply, its matrices decoded and checked: interest (d,) and query vector
+    (t,), each None when the encoder sent none."""
+
+    interest: np.ndarray | None
+    query_vector: np.ndarray | None
+    model_version: str
+
 class InterestStage:
     """Encodes a user's interest and query; holds each user's last interest (KnownInterest) and
     the model's cold-start interest (ColdInterest)."""
@@ -118,12 +128,12 @@ class InterestStage:
             # The session direction (computed by the pipeline) still steers when there is history.
             budget.trace.degrade("fallback:session" if history.entries else "fallback:popular")
             return NOTHING_ENCODED
-        interest = first_row(reply.interest, "interest")
+        interest = reply.interest
         if interest is not None and history.entries and user_id:
             kept = self._known.get(user_id) or {}
             self._known.put(user_id, {**kept, model: KnownInterest(model, fingerprint, interest, reply.model_version,
                                                                    time.monotonic(), history.event_count)})
-        return Encoded(interest, first_row(reply.query_vector, "query_vector"), reply.model_version)
+        return Encoded(interest, reply.query_vector, reply.model_version)
 
     async def _query_only(self, budget: Budget, user_id: str, known: KnownInterest | None, query: str,
                           model: str) -> Encoded:
@@ -139,7 +149,7 @@ class InterestStage:
             return Encoded(interest, None, version)
         if known is not None and reply.model_version != known.model_version:
             self._drop(user_id, model)  # a new artifact by that name: the next call recomputes the interest
-        return Encoded(interest, first_row(reply.query_vector, "query_vector"), version)
+        return Encoded(interest, reply.query_vector, version)
 
     def _drop(self, user_id: str, model: str) -> None:
         """The user's last interest under `model` is gone (their others stay)."""
@@ -161,31 +171,31 @@ class InterestStage:
             if reply is None:
                 budget.trace.degrade("fallback:popular")
                 return NOTHING_ENCODED
-            cold = self._cold[model] = ColdInterest(first_row(reply.interest, "interest"), reply.model_version)
+            cold = self._cold[model] = ColdInterest(reply.interest, reply.model_version)
         if cold is None or cold.vector is None:
             return NOTHING_ENCODED  # popularity is the right answer here, not a degradation
         return Encoded(cold.vector, None, cold.model_version)
 
-    def _note_version(self, reply: encoder_pb2.EncodeInterestResponse | None, model: str) -> None:
+    def _note_version(self, reply: EncoderReply | None, model: str) -> None:
         """A reply for interest model `model` under another model version than its cold-start
         interest's (the encoder now serves another artifact by that name): forget it."""
         cold = self._cold.get(model)
         if reply is not None and cold is not None and reply.model_version != cold.model_version:
             del self._cold[model]
 
-    async def _call(self, budget: Budget, request: encoder_pb2.EncodeInterestRequest):
-        """The encoder's reply, or None: failed, late, or malformed (a matrix that does not decode:
-        the encoder's fault, so a failed stage - `encoder:bad_reply` - never the client's
-        INVALID_ARGUMENT)."""
+    async def _call(self, budget: Budget, request: encoder_pb2.EncodeInterestRequest) -> EncoderReply | None:
+        """The encoder's reply, decoded once, or None: failed, late, or malformed (a matrix that
+        does not decode: the encoder's fault, so a failed stage - `encoder:bad_reply` - never
+        the client's INVALID_ARGUMENT)."""
         reply = await budget.call(
             "encoder", self._s.encoder_cap_ms * MS, lambda t: self._up.encoder.EncodeInterest(request, timeout=t)
         )
-        if reply is not None:
-            try:
-                first_row(reply.interest, "interest")
-                first_row(reply.query_vector, "query_vector")
-            except InvalidArgument as exc:
-                log.error("encoder reply malformed", extra={"reason": str(exc)})
-                budget.trace.degrade("encoder:bad_reply")
-                return None
-        return reply
+        if reply is None:
+            return None
+        try:
+            return EncoderReply(first_row(reply.interest, "interest"), first_row(reply.query_vector, "query_vector"),
+                                reply.model_version)
+        except InvalidArgument as exc:
+            log.error("encoder reply malformed", extra={"reason": str(exc)})
+            budget.trace.degrade("encoder:bad_reply")
+            return None

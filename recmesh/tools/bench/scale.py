@@ -483,10 +483,9 @@ def derive(base_var: Path, out_var: Path, n_items: int, jitter: float, seed: int
         print(f"left out of the base: {int((~known).sum())} items upserted live (not in {base.catalog_items.name})",
               flush=True)
     payloads = [p for p, k in zip(payloads, known, strict=True) if k]
-    vectors, texts = [np.concatenate(vectors)[known]], [np.concatenate(texts)[known]]
     real = [items[p["item_id"]] for p in payloads]
-    derived = derive_catalog(real, [float(p.get("popularity", 0.0)) for p in payloads], np.concatenate(vectors),
-                             np.concatenate(texts), n_items, jitter, seed, model)
+    derived = derive_catalog(real, [float(p.get("popularity", 0.0)) for p in payloads],
+                             np.concatenate(vectors)[known], np.concatenate(texts)[known], n_items, jitter, seed, model)
     generated = time.perf_counter()
     print(f"derived {n_items} items ({n_items - len(real)} synthetic) from {len(real)} in "
           f"{generated - started:.1f} s; sigma per dimension {derived.sigma}", flush=True)
