@@ -133,8 +133,8 @@ def assemble_repository(dest: Path, artifact: Path, source: Path = MODEL_REPOSIT
     stamp_version(config, artifact_version(artifact))
     versions = {}
     # A variant that no longer loads would stop Triton (and with it the default model): left out.
-    for number, path in enumerate([Path(artifact), *servable_variants(list(interest_variants))], start=1):
-        name, space = artifact_identity(path)
+    served = [(Path(artifact), artifact_identity(artifact)), *servable_variants(list(interest_variants)).items()]
+    for number, (path, (name, space)) in enumerate(served, start=1):
         if name in {v[0] for v in versions.values()}:
             raise ValueError(f"{path}: interest model version {name!r} is served already")
         versions[number] = (name, space)

@@ -177,17 +177,16 @@ def check_servable(path: Path) -> tuple[str, str]:
     return model.name, model.item_space
 
 
-def servable_variants(paths: list[Path]) -> list[Path]:
-    """The further interest models among `paths` that pass check_servable; the others are left
-    out with an error in the log (the default model and the working variants still serve)."""
-    kept = []
+def servable_variants(paths: list[Path]) -> dict[Path, tuple[str, str]]:
+    """The further interest models among `paths` that pass check_servable, in order, each with
+    its (version, item_space) from that check; the others are left out with an error in the log
+    (the default model and the working variants still serve)."""
+    kept = {}
     for path in paths:
         try:
-            check_servable(path)
+            kept[path] = check_servable(path)
         except ValueError as exc:
             log.error("interest model variant left out", extra={"reason": str(exc)})
-            continue
-        kept.append(path)
     return kept
 
 
