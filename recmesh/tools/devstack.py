@@ -312,6 +312,25 @@ class Stack:
         if self.redis is not None:
             self.redis.stop()
 
+    def exited(self) -> dict[str, tuple[int, str]]:
+        """{name: (exit code, last lines of its log)} of every process this stack started that
+        is no longer running (services, replicas, Triton, Redis): what a failing test should
+        name when a stage it needed died under it."""
+        logs = {name: self.log_path(name) for name in self.procs}
+        procs = dict(self.procs)
+        if self.triton is not None and self.triton.proc is not None:
+            procs["triton"], logs["triton"] = self.triton.proc, self.triton.log_path
+        if self.redis is not None and self.redis.proc is not None:
+            procs["redis"] = self.redis.proc
+        dead = {}
+        for name, proc in procs.items():
+            if proc.poll() is None:
+                continue
+            log = logs.get(name)
+            tail = log.read_text(errors="replace")[-2500:] if log is not None and log.exists() else ""
+            dead[name] = (proc.returncode, tail)
+        return dead
+
     def _live_pids(self) -> dict[str, int]:
         procs = {**self.procs, **{name: server.proc for name, server in (("triton", self.triton), ("redis", self.redis))
                                   if server is not None and server.proc is not None}}

@@ -130,7 +130,9 @@ def _status(exc) -> grpc.StatusCode:
 
 
 class TritonBackend:
-    """Models on Triton via tritonclient.grpc.aio; the caller's remaining time is Triton's timeout."""
+    """Models on Triton via tritonclient.grpc.aio. The caller's remaining time bounds the wait
+    here; the call itself is never cancelled (see EncoderSettings.triton_call_cap_s): a call
+    that comes back late finishes in the background, and their number is bounded."""
 
     # Below this there is no point in a retry: it could not come back in time.
     MIN_RETRY_S = 0.005
@@ -142,6 +144,7 @@ class TritonBackend:
         self.version, self.text_dim, self.dim = "", 0, 0
         self.interest_models: dict[str, InterestModelInfo] = {}
         self._folders: dict[str, str] = {}  # interest model name -> interest_encoder's version folder
+        self._abandoned: set[asyncio.Future] = set()  # calls whose caller stopped waiting, still running
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as triton
@@ -204,10 +207,22 @@ class TritonBackend:
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for attempt in (1, 2):
-            remaining = None if deadline is None else deadline - time.monotonic()
+            if len(self._abandoned) >= self._s.triton_max_abandoned:
+                raise DependencyFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"triton {model}: {len(self._abandoned)} late calls still running")
+            call = asyncio.ensure_future(client.infer(model, inputs, model_version=model_version,
+                                                      client_timeout=self._s.triton_call_cap_s))
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                result = await client.infer(model, inputs, model_version=model_version, client_timeout=remaining)
+                # shield: neither our timeout nor our caller's cancellation cancels the call.
+                result = await asyncio.wait_for(asyncio.shield(call), remaining)
                 return result.as_numpy(output)
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                self._abandon(call)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise DependencyFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       f"triton {model}: no answer in {timeout_s * 1000:.1f} ms") from None
             except InferenceServerException as exc:
                 code = _status(exc)
                 budget_left = deadline is None or deadline - time.monotonic() > self.MIN_RETRY_S
@@ -215,6 +230,21 @@ class TritonBackend:
                     continue  # one retry: a Triton restart or a dropped connection
                 raise DependencyFailed(code, f"triton {model}: {exc.message()}") from None
         raise AssertionError("unreachable")
+
+    def _abandon(self, call: asyncio.Future) -> None:
+        """Leaves a call nobody waits for to finish; its outcome is read (no 'never retrieved')."""
+        if call.done():
+            if not call.cancelled():
+                call.exception()
+            return
+        self._abandoned.add(call)
+
+        def finished(done: asyncio.Future) -> None:
+            self._abandoned.discard(done)
+            if not done.cancelled():
+                done.exception()
+
+        call.add_done_callback(finished)
 
     async def _chunked(self, model: str, n: int, inputs_for, output: str, timeout_s: float | None) -> np.ndarray:
         """Requests above the model's max_batch_size are refused: send chunks, all at once
@@ -244,7 +274,10 @@ class TritonBackend:
         interest = await self._infer(self._s.triton_interest_model, inputs, "INTEREST", timeout_s, folder)
         return interest if interest.size else None
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Waits up to grace_s for late calls (closing the channel would cancel them), then closes."""
+        if self._abandoned:
+            await asyncio.wait(list(self._abandoned), timeout=grace_s)
         if self._client is not None:
             await self._client.close()
 

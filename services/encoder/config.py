@@ -30,6 +30,14 @@ class EncoderSettings(ServiceSettings):
     triton_item_model: str = "item_encoder"
     # How long warm-up waits for Triton's models before the encoder gives up.
     triton_wait_s: float = Field(default=120.0, gt=0)
+    # A Triton call is never cancelled (Triton 2.51's gRPC frontend can crash on a cancellation
+    # racing a response - triton-inference-server/server#7368, fixed in 2.53, which no pytriton
+    # bundles): the caller's deadline is kept here and a late call is left to finish. Its gRPC
+    # deadline is this cap (a hung Triton), and at most triton_max_abandoned such late calls run
+    # at once: beyond, a call is refused at once (RESOURCE_EXHAUSTED) instead of queueing behind
+    # work nobody waits for.
+    triton_call_cap_s: float = Field(default=30.0, gt=0)
+    triton_max_abandoned: int = Field(default=64, ge=1)
     # In-process runtime (Triton's comes from its model config).
     variant: Literal["torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "torch-fp16"] = "onnx-fp32"
     # Any Hugging Face model folder with a sentence-embedding model.

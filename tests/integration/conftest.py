@@ -14,7 +14,13 @@ import pytest
 from recmesh.client import RecmeshClient
 from recmesh.common.paths import served_artifact, var_dir
 from recmesh.tools.catalog import bootstrap
-from recmesh.tools.devstack import Stack
+from recmesh.tools.devstack import SERVICES, Stack
+
+# The session's stack while it runs, and {process: (first test after which it was found dead,
+# exit code, log tail)}: a stage dying under the suite is named once, with its log, instead of
+# showing only as every later test's "encoder:unavailable".
+_SESSION: dict[str, Stack] = {}
+_DIED: dict[str, tuple[str, int, str]] = {}
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +45,31 @@ def stack(catalog: Path, tmp_path_factory) -> Stack:
     # Serving the interest model the catalog was placed with (the var's own, else the shipped one).
     with Stack(var=var, interest_model=served_artifact(catalog),
                env={"RECMESH_RANKER_EXPLORATION": "0", "RECMESH_UPDATER_LEARN": "false"}) as running:
-        yield running
+        _SESSION["stack"] = running
+        try:
+            yield running
+        finally:
+            _SESSION.pop("stack", None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    stack = _SESSION.get("stack")
+    if stack is None or report.when != "call":
+        return
+    for name, (code, tail) in stack.exited().items():
+        if name in (*SERVICES, "triton", "redis") and name not in _DIED:
+            _DIED[name] = (item.nodeid, code, tail)
+        if report.failed and name in _DIED:
+            report.sections.append((f"session stack: {name} exited with {code}", tail))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for name, (nodeid, code, tail) in _DIED.items():
+        terminalreporter.write_sep("=", f"the session stack's {name} exited ({code}); first seen after {nodeid}")
+        terminalreporter.write_line(tail)
 
 
 @pytest.fixture(scope="session")

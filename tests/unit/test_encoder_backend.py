@@ -1,6 +1,7 @@
 """The in-process encoder backend (the explicit alternative to Triton)."""
 
 import asyncio
+import time
 
 import numpy as np
 
@@ -37,3 +38,85 @@ def test_in_process_backend_encodes_items_and_interest():
     assert items.shape == (2, backend.dim) and new.shape == (1, backend.dim)
     assert not np.allclose(new[0], items[0])  # a known item carries its learned ID embedding
     assert interest.shape == (backend.dim,) and np.isfinite(interest).all() and none is None
+
+
+class _SlowTriton:
+    """A Triton client whose calls take `delay_s`: records each call's gRPC deadline and whether
+    it was cancelled (Triton 2.51 can crash on a cancelled gRPC call; see TritonBackend)."""
+
+    def __init__(self, delay_s: float):
+        self.delay_s, self.deadlines, self.cancelled, self.finished = delay_s, [], 0, 0
+
+    async def infer(self, model, inputs, model_version="", client_timeout=None):
+        self.deadlines.append(client_timeout)
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.finished += 1
+        return self
+
+    def as_numpy(self, output):
+        return np.zeros((1, 4), np.float32)
+
+    async def close(self):
+        pass
+
+
+def _triton_backend(client, **settings):
+    from services.encoder.backends import TritonBackend
+
+    backend = TritonBackend(EncoderSettings(**settings))
+    backend._client = client
+    return backend
+
+
+def test_a_late_triton_call_is_deadline_exceeded_at_once_and_never_cancelled():
+    import grpc
+
+    from recmesh.common.errors import DependencyFailed
+
+    async def run():
+        client = _SlowTriton(0.2)
+        backend = _triton_backend(client, triton_call_cap_s=7.0)
+        started = time.perf_counter()
+        try:
+            await backend.encode_texts(["late"], timeout_s=0.01)
+        except DependencyFailed as exc:
+            code, waited = exc.code, time.perf_counter() - started
+        # The caller gives up too (the gateway cancelling the encoder's RPC): still not cancelled.
+        waiting = asyncio.ensure_future(backend.encode_texts(["abandoned"], timeout_s=5.0))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert len(backend._abandoned) == 2
+        await backend.close()  # waits for the late calls instead of cancelling them
+        return client, code, waited, backend
+
+    client, code, waited, backend = asyncio.run(run())
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and waited < 0.15
+    assert client.deadlines == [7.0, 7.0]  # the cap, never the caller's few milliseconds
+    assert client.cancelled == 0 and client.finished == 2 and not backend._abandoned
+
+
+def test_late_calls_beyond_the_bound_are_refused_at_once():
+    import grpc
+
+    from recmesh.common.errors import DependencyFailed
+
+    async def run():
+        client = _SlowTriton(0.3)
+        backend = _triton_backend(client, triton_max_abandoned=2)
+        codes = []
+        for _ in range(3):
+            try:
+                await backend.encode_texts(["late"], timeout_s=0.005)
+            except DependencyFailed as exc:
+                codes.append(exc.code)
+        await backend.close()
+        return client, codes
+
+    client, codes = asyncio.run(run())
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert len(client.deadlines) == 2  # the third never reached Triton
