@@ -24,8 +24,8 @@ report's percentiles), `rv` / `ev` (hashes ranker / encoder version -> answers);
 (set: its variants with answers) and `tallied` (set: the tallied experiments). Counts that reach
 zero are removed, so after DeleteUser the tallies equal those of a log where the user never
 existed. A report reads them in one script call (one round trip, one consistent snapshot):
-O(users x first-click positions + answers' latencies), never a hash of an answer. An answer tallied carries its tally prefix (`tally` field), which
-feedback and DeleteUser follow.
+O(users x first-click positions + answers' latencies), never a hash of an answer. An answer
+tallied carries its tally prefix (`tally` field), which feedback and DeleteUser follow.
 
 Answers recorded before the tallies existed: an experiment is tallied only when its tallies
 start with its first answer (the record script marks it `tallied` when its `e:` set is empty);

@@ -202,3 +202,129 @@ def test_the_updater_deletes_a_users_outcomes_before_it_acknowledges(tmp_path):
             await role.close()
 
     assert asyncio.run(scenario()) == {}
+
+
+def _normal(tallies) -> tuple:
+    """tallies() comparable across backends (their user digests differ, so per-user rows are
+    compared as a sorted multiset; the reciprocal rank to 1e-12: the sums' order differs)."""
+    samples, rankers, encoders = tallies
+    rows = {}
+    for variant, s in samples.items():
+        users = sorted(zip(s.answers.tolist(), s.clicked.tolist(), s.converted.tolist(),
+                           [round(r, 12) for r in s.reciprocal_rank.tolist()], s.degraded.tolist(), strict=True))
+        rows[variant] = (users, sorted(s.latency_ms.tolist()))
+    return rows, rankers, encoders
+
+
+_SEQUENCE_ROWS = [  # request id, user, variant, latency, degraded, ranker version, encoder version
+    ("r1", "u1", "A", 11.5, False, "v1", ""), ("r2", "u1", "A", 12.25, True, "v1", "m1"),
+    ("r3", "u2", "B", 30.0, False, "", "m1"), ("r4", "u3", "B", 7.0, False, "v2", ""),
+    ("r5", "gone", "A", 99.0, True, "v2", "m2"), ("r6", "gone", "B", 98.0, False, "v1", "m2"),
+    ("r7", "u3", "A", 5.0, False, "v1", ""),
+]
+
+
+def _play(log, users=None) -> None:
+    """One sequence of answers and feedback (users: only these users' part of it)."""
+    def keep(user: str) -> bool:
+        return users is None or user in users
+
+    rows = [dict(experiment="s", variant=v, user_id=u, request_id=r, shown_ms=1_000 + n,
+                 item_ids=["a", "b", "c", "d"], latency_ms=lat, degraded=d, ranker_version=rv, encoder_version=ev)
+            for n, (r, u, v, lat, d, rv, ev) in enumerate(_SEQUENCE_ROWS) if keep(u)]
+    log.record_answers(rows)
+    log.record_answers(rows[:3])  # resent
+    for user, item, at, purchase, request_id in [
+            ("u1", "c", 2_000, False, "r1"), ("u1", "d", 2_001, False, "r1"),  # a later, higher click: no change
+            ("u1", "a", 2_002, False, "r1"),  # a later, lower one replaces it
+            ("u1", "b", 2_003, True, "r2"), ("u1", "b", 2_004, True, "r2"),  # a purchase, resent: one conversion
+            ("u2", "d", 2_005, False, ""), ("u2", "c", 2_006, False, "r3"),  # by the newest answer, then lower
+            ("u3", "a", 2_007, False, "no-such-request"),  # an unknown request id: joins nothing
+            ("u3", "b", 2_008, True, "r1"),  # another user's request id: joins nothing
+            ("gone", "c", 2_009, True, "r5"), ("gone", "a", 2_010, False, "")]:
+        if keep(user):
+            log.record_feedback(user_id=user, item_id=item, at_ms=at, purchase=purchase, request_id=request_id)
+
+
+def test_both_backends_tally_one_sequence_alike_and_a_deleted_user_was_never_there(tmp_path, redis_server):
+    import redis
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    sqlite_log = OutcomeLog(tmp_path / "outcomes.sqlite", window_ms=60_000)
+    redis_log = RedisOutcomeLog(redis_server.url, prefix, window_ms=60_000)
+    never = RedisOutcomeLog(redis_server.url, prefix + "n", window_ms=60_000)  # where "gone" never answered
+    try:
+        for log in (sqlite_log, redis_log):
+            _play(log)
+        _play(never, users={"u1", "u2", "u3"})
+        assert redis_log.tallied("s")
+        want = _normal(sqlite_log.tallies("s"))
+        assert _normal(redis_log.tallies("s")) == want == _normal(redis_log.scan_tallies("s"))
+        rows, rankers, encoders = want
+        # u1: r1 clicked at 2, then 3 (2 kept), then 0; r2 bought at 1; "gone": r5 bought at 2; u2: r3 at 3, then 2
+        assert rows["A"][0] == sorted([(2, 2, 1, 1.5, 1), (1, 1, 1, round(1 / 3, 12), 1), (1, 0, 0, 0.0, 0)])
+        assert rows["B"][0] == sorted([(1, 1, 0, round(1 / 3, 12), 0), (1, 0, 0, 0.0, 0), (1, 1, 0, 1.0, 0)])
+        assert rankers == {"A": {"v1": 3, "v2": 1}, "B": {"": 1, "v1": 1, "v2": 1}}
+        assert redis_log.ranker_versions("s") == rankers and redis_log.encoder_versions("s") == encoders
+
+        assert sqlite_log.delete_user("gone") == redis_log.delete_user("gone") == 2
+        after = _normal(sqlite_log.tallies("s"))
+        assert _normal(redis_log.tallies("s")) == after == _normal(never.tallies("s")) == \
+            _normal(redis_log.scan_tallies("s"))
+        assert 99.0 not in after[0]["A"][1] and after[1] == {"A": {"v1": 3}, "B": {"": 1, "v2": 1}}
+
+        for user in ("u1", "u2", "u3"):
+            redis_log.delete_user(user)
+        assert redis_log.tallies("s") == ({}, {}, {})
+        r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        left = sorted(r.scan_iter(f"{prefix}:outcomes:t*"))
+        r.close()
+        assert left == [f"{prefix}:outcomes:tallied"]  # no zero counts left behind
+    finally:
+        for log in (sqlite_log, redis_log, never):
+            log.close()
+
+
+def _legacy_answer(r, log: RedisOutcomeLog, experiment: str, request_id: str, user: str, variant: str) -> None:
+    """An answer as the record script before the tallies wrote it (no tally, no `tally` field)."""
+    p, digest = log._p, log._user(user)
+    r.hset(p + "a:" + request_id, mapping=dict(
+        experiment=experiment, variant=variant, user=digest, shown_ms=1_000, items='["a", "b", "c"]',
+        latency_ms=10.0, degraded=0, ranker_version="v1", encoder_version="", converted=0))
+    r.zadd(p + "u:" + digest, {request_id: 1_000})
+    r.sadd(p + "e:" + experiment, request_id)
+    r.sadd(p + "experiments", experiment)
+
+
+def test_an_experiment_answered_before_the_tallies_is_scanned_and_reports_right(redis_server):
+    import redis
+
+    log = RedisOutcomeLog(redis_server.url, f"l{uuid.uuid4().hex[:8]}", window_ms=60_000)
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        _legacy_answer(r, log, "old", "o1", "u1", "A")
+        _legacy_answer(r, log, "old", "o2", "u2", "B")
+        answer(log, "o3", "u1")  # experiment "e": tallied from its first answer
+        log.record_answer(experiment="old", variant="A", user_id="u3", request_id="o4", shown_ms=1_000,
+                          item_ids=["a", "b"], latency_ms=40.0, degraded=True)  # a new answer: still untallied
+        assert log.record_feedback(user_id="u1", item_id="b", at_ms=2_000, purchase=True, request_id="o1")
+        assert log.record_feedback(user_id="u3", item_id="a", at_ms=2_000, purchase=False)
+        assert not log.tallied("old") and log.tallied("e")
+        samples, rankers, _ = log.tallies("old")
+        assert {v: (s.answers.sum(), s.clicked.sum(), s.converted.sum(), s.reciprocal_rank.sum(), s.degraded.sum())
+                for v, s in samples.items()} == {"A": (2, 2, 1, 1.5, 1), "B": (1, 0, 0, 0.0, 0)}
+        assert sorted(samples["A"].latency_ms.tolist()) == [10.0, 40.0]
+        assert rankers == {"A": {"": 1, "v1": 1}, "B": {"v1": 1}}
+        assert log.delete_user("u1") == 2
+        assert {v: s.answers.sum() for v, s in log.sample("old").items()} == {"A": 1, "B": 1}
+        assert log.sample("e") == {}
+
+        # an answer written without tallies into a tallied experiment (a replica of the earlier
+        # release during a rollout): the tallies miss it, so the report scans
+        answer(log, "o5", "u5")
+        _legacy_answer(r, log, "e", "o6", "u6", "B")
+        assert not log.tallied("e")
+        assert {v: s.answers.sum() for v, s in log.sample("e").items()} == {"A": 1, "B": 1}
+    finally:
+        r.close()
+        log.close()
