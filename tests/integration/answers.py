@@ -21,9 +21,11 @@ T = TypeVar("T")
 LATE_S = 0.014
 
 
-def undegraded(call: Callable[[], R.RecommendResponse], tries: int = 10,
-               pause_s: float = 0.05) -> R.RecommendResponse:
-    """The first undegraded reply of ``call`` in ``tries`` calls, ``pause_s`` apart.
+def undegraded(call: Callable[[], R.RecommendResponse], tries: int = 20,
+               pause_s: float = 0.1) -> R.RecommendResponse:
+    """The first undegraded reply of ``call`` in ``tries`` calls, ``pause_s`` apart (by default
+    over about 2 s: a stage restarted by the test before is reached again only after the
+    gateway's channel backoff, up to 1 s - recmesh.common.channels.FAST_RECONNECT).
 
     Raises AssertionError naming the last reply's degradations when every try was degraded:
     a path that never answers in full is a fault, not noise.
