@@ -132,7 +132,9 @@ def _status(exc) -> grpc.StatusCode:
 class TritonBackend:
     """Models on Triton via tritonclient.grpc.aio. The caller's remaining time bounds the wait
     here; the call itself is never cancelled (see EncoderSettings.triton_call_cap_s): a call
-    that comes back late finishes in the background, and their number is bounded."""
+    that comes back late finishes in the background. The work in flight is bounded in rows
+    (triton_max_in_flight_rows), and a large request sends its chunks a few at a time, none
+    after its caller has gone (triton_chunks_in_flight)."""
 
     # Below this there is no point in a retry: it could not come back in time.
     MIN_RETRY_S = 0.005
@@ -145,6 +147,7 @@ class TritonBackend:
         self.interest_models: dict[str, InterestModelInfo] = {}
         self._folders: dict[str, str] = {}  # interest model name -> interest_encoder's version folder
         self._abandoned: set[asyncio.Future] = set()  # calls whose caller stopped waiting, still running
+        self._in_flight_rows = 0  # rows of the calls sent and not finished, late ones included
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as triton
@@ -196,22 +199,24 @@ class TritonBackend:
         self._client = client  # last: calls are served only once version, dims and batch size are known
 
     async def _infer(self, model: str, inputs, output: str, timeout_s: float | None,
-                     model_version: str = "") -> np.ndarray:
+                     model_version: str = "", rows: int = 1) -> np.ndarray:
         if self._client is None:
             raise Unavailable("encoder is warming up")
-        return await self._infer_with(self._client, model, inputs, output, timeout_s, model_version)
+        return await self._infer_with(self._client, model, inputs, output, timeout_s, model_version, rows)
 
     async def _infer_with(self, client, model: str, inputs, output: str, timeout_s: float | None,
-                          model_version: str = "") -> np.ndarray:
+                          model_version: str = "", rows: int = 1) -> np.ndarray:
         from tritonclient.utils import InferenceServerException
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for attempt in (1, 2):
-            if len(self._abandoned) >= self._s.triton_max_abandoned:
+            if self._in_flight_rows and self._in_flight_rows + rows > self._s.triton_max_in_flight_rows:
                 raise DependencyFailed(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"triton {model}: {len(self._abandoned)} late calls still running")
-            call = asyncio.ensure_future(client.infer(model, inputs, model_version=model_version,
-                                                      client_timeout=self._s.triton_call_cap_s))
+                                       f"triton {model}: {self._in_flight_rows} rows in flight "
+                                       f"({len(self._abandoned)} calls given up on), at most "
+                                       f"{self._s.triton_max_in_flight_rows}")
+            call = self._send(client.infer(model, inputs, model_version=model_version,
+                                           client_timeout=self._s.triton_call_cap_s), rows)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 # shield: neither our timeout nor our caller's cancellation cancels the call.
@@ -231,6 +236,17 @@ class TritonBackend:
                 raise DependencyFailed(code, f"triton {model}: {exc.message()}") from None
         raise AssertionError("unreachable")
 
+    def _send(self, infer, rows: int) -> asyncio.Future:
+        """The call as a task, its rows counted in flight until it finishes, however it ends."""
+        call = asyncio.ensure_future(infer)
+        self._in_flight_rows += rows
+
+        def finished(_: asyncio.Future) -> None:
+            self._in_flight_rows -= rows
+
+        call.add_done_callback(finished)
+        return call
+
     def _abandon(self, call: asyncio.Future) -> None:
         """Leaves a call nobody waits for to finish; its outcome is read (no 'never retrieved')."""
         if call.done():
@@ -247,12 +263,29 @@ class TritonBackend:
         call.add_done_callback(finished)
 
     async def _chunked(self, model: str, n: int, inputs_for, output: str, timeout_s: float | None) -> np.ndarray:
-        """Requests above the model's max_batch_size are refused: send chunks, all at once
-        (Triton's dynamic batcher and instances take it from there)."""
+        """Requests above the model's max_batch_size are refused: send chunks, at most
+        triton_chunks_in_flight at once (Triton's dynamic batcher and instances take it from
+        there), each with the request's remaining time; after a chunk fails, the chunks not yet
+        sent never are."""
         step = self._max_batch
-        parts = await asyncio.gather(*(self._infer(model, inputs_for(slice(i, i + step)), output, timeout_s)
-                                       for i in range(0, n, step)))
-        return np.concatenate(parts)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        slots = asyncio.Semaphore(self._s.triton_chunks_in_flight)
+
+        async def chunk(start: int) -> np.ndarray:
+            async with slots:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DependencyFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"triton {model}: no time left")
+                part = slice(start, min(start + step, n))
+                return await self._infer(model, inputs_for(part), output, remaining, rows=part.stop - part.start)
+
+        tasks = [asyncio.ensure_future(chunk(start)) for start in range(0, n, step)]
+        try:
+            return np.concatenate(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # a chunk waiting for its slot is dropped; one sent is left to finish
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def encode_texts(self, texts: list[str], timeout_s: float | None) -> np.ndarray:
         raw = np.array([[t.encode()] for t in texts], dtype=object)

@@ -33,11 +33,16 @@ class EncoderSettings(ServiceSettings):
     # A Triton call is never cancelled (Triton 2.51's gRPC frontend can crash on a cancellation
     # racing a response - triton-inference-server/server#7368, fixed in 2.53, which no pytriton
     # bundles): the caller's deadline is kept here and a late call is left to finish. Its gRPC
-    # deadline is this cap (a hung Triton), and at most triton_max_abandoned such late calls run
-    # at once: beyond, a call is refused at once (RESOURCE_EXHAUSTED) instead of queueing behind
-    # work nobody waits for.
-    triton_call_cap_s: float = Field(default=30.0, gt=0)
-    triton_max_abandoned: int = Field(default=64, ge=1)
+    # deadline is this cap (a hung Triton; at least 1 s, so that it is never the cancellation
+    # the rule avoids).
+    triton_call_cap_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    # Work sent to Triton and not yet finished, late calls included, in rows (texts, items or
+    # histories): beyond it a call is refused at once (RESOURCE_EXHAUSTED, the gateway degrades)
+    # instead of queueing behind work nobody may wait for. At least one full batch (64).
+    triton_max_in_flight_rows: int = Field(default=512, ge=64)
+    # Chunks of one request (max_batch_size rows each) sent at once; the next only while its
+    # caller still waits, so a request given up on leaves at most this many chunks running.
+    triton_chunks_in_flight: int = Field(default=2, ge=1)
     # In-process runtime (Triton's comes from its model config).
     variant: Literal["torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "torch-fp16"] = "onnx-fp32"
     # Any Hugging Face model folder with a sentence-embedding model.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -234,6 +235,9 @@ class ExperimentsRole:
                 raise InvalidArgument(f"{at}ranker_version", f"longer than {VERSION_CHARS} characters")
             if len(impression.encoder_version) > VERSION_CHARS:
                 raise InvalidArgument(f"{at}encoder_version", f"longer than {VERSION_CHARS} characters")
+            # A NaN or infinite latency would poison every later report's percentiles and JSON.
+            if not (math.isfinite(impression.latency_ms) and impression.latency_ms >= 0):
+                raise InvalidArgument(f"{at}latency_ms", f"must be a finite number >= 0, got {impression.latency_ms}")
 
     def record(self, impressions: Sequence[updater_pb2.Impression]) -> None:
         """Answers shown under an experiment (checked: check_impressions), in the outcome log."""

@@ -41,27 +41,40 @@ def test_in_process_backend_encodes_items_and_interest():
 
 
 class _SlowTriton:
-    """A Triton client whose calls take `delay_s`: records each call's gRPC deadline and whether
-    it was cancelled (Triton 2.51 can crash on a cancelled gRPC call; see TritonBackend)."""
+    """A Triton client whose calls take `delay_s`: records each call's gRPC deadline and rows,
+    whether it was cancelled (Triton 2.51 can crash on a cancelled gRPC call; see TritonBackend)
+    and the most rows it held at once."""
 
     def __init__(self, delay_s: float):
-        self.delay_s, self.deadlines, self.cancelled, self.finished = delay_s, [], 0, 0
+        self.delay_s, self.deadlines, self.rows, self.cancelled, self.finished = delay_s, [], [], 0, 0
+        self.active = self.most_active = 0
 
     async def infer(self, model, inputs, model_version="", client_timeout=None):
+        rows = inputs[0].shape()[0]
         self.deadlines.append(client_timeout)
+        self.rows.append(rows)
+        self.active += rows
+        self.most_active = max(self.most_active, self.active)
         try:
             await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        finally:
+            self.active -= rows
         self.finished += 1
-        return self
-
-    def as_numpy(self, output):
-        return np.zeros((1, 4), np.float32)
+        return _Rows(rows)
 
     async def close(self):
         pass
+
+
+class _Rows:
+    def __init__(self, rows: int):
+        self.n = rows
+
+    def as_numpy(self, output):
+        return np.zeros((self.n, 4), np.float32)
 
 
 def _triton_backend(client, **settings):
@@ -98,25 +111,65 @@ def test_a_late_triton_call_is_deadline_exceeded_at_once_and_never_cancelled():
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and waited < 0.15
     assert client.deadlines == [7.0, 7.0]  # the cap, never the caller's few milliseconds
     assert client.cancelled == 0 and client.finished == 2 and not backend._abandoned
+    assert backend._in_flight_rows == 0
 
 
-def test_late_calls_beyond_the_bound_are_refused_at_once():
+def test_rows_in_flight_late_ones_included_are_bounded_however_many_callers():
     import grpc
 
     from recmesh.common.errors import DependencyFailed
 
     async def run():
         client = _SlowTriton(0.3)
-        backend = _triton_backend(client, triton_max_abandoned=2)
-        codes = []
-        for _ in range(3):
-            try:
-                await backend.encode_texts(["late"], timeout_s=0.005)
-            except DependencyFailed as exc:
-                codes.append(exc.code)
-        await backend.close()
-        return client, codes
+        backend = _triton_backend(client, triton_max_in_flight_rows=64)
 
-    client, codes = asyncio.run(run())
-    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
-    assert len(client.deadlines) == 2  # the third never reached Triton
+        async def call(n: int):
+            try:
+                await backend.encode_texts(["late"] * n, timeout_s=0.005)
+            except DependencyFailed as exc:
+                return exc.code
+
+        first = await call(40)  # late: its 40 rows still run
+        refused = await call(30)  # 70 > 64: refused without reaching Triton
+        burst = await asyncio.gather(*(call(10) for _ in range(50)))  # 50 callers at once
+        await backend.close()
+        return client, first, refused, burst
+
+    client, first, refused, burst = asyncio.run(run())
+    assert first == grpc.StatusCode.DEADLINE_EXCEEDED and refused == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.rows == [40, 10, 10]  # 40 + 2 x 10 rows fit; the rest were refused (or out of time) unsent
+    assert set(burst) == {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert client.most_active <= 64 and client.cancelled == 0
+
+
+def test_a_large_request_given_up_on_leaves_at_most_its_chunks_in_flight_running():
+    async def run():
+        client = _SlowTriton(0.2)
+        backend = _triton_backend(client, triton_chunks_in_flight=2, triton_max_in_flight_rows=4096)
+        backend._max_batch = 64
+        answered = await backend.encode_texts(["quick"] * 100, timeout_s=5.0)  # 2 chunks, both answered
+        client.rows.clear()
+        try:
+            await backend.encode_texts(["late"] * 1024, timeout_s=0.01)  # 16 chunks
+        except Exception as exc:  # noqa: BLE001 - the code is asserted below
+            late = exc
+        await asyncio.sleep(0.3)
+        await backend.close()
+        return client, answered, late
+
+    client, answered, late = asyncio.run(run())
+    assert answered.shape == (100, 4)
+    assert late.code.name == "DEADLINE_EXCEEDED"
+    assert client.rows == [64, 64]  # the other 14 chunks were never sent
+
+
+def test_triton_settings_out_of_range_fail_fast_naming_the_setting(monkeypatch):
+    import pytest
+    from pydantic import ValidationError
+
+    for name, value in (("TRITON_CALL_CAP_S", "inf"), ("TRITON_CALL_CAP_S", "1e10"), ("TRITON_CALL_CAP_S", "0.02"),
+                        ("TRITON_MAX_IN_FLIGHT_ROWS", "10"), ("TRITON_CHUNKS_IN_FLIGHT", "0")):
+        monkeypatch.setenv(f"RECMESH_ENCODER_{name}", value)
+        with pytest.raises(ValidationError, match=name.lower()):
+            EncoderSettings()
+        monkeypatch.delenv(f"RECMESH_ENCODER_{name}")

@@ -421,6 +421,10 @@ def test_the_updaters_report_names_each_variants_model_and_counts_answers_by_enc
         with pytest.raises(InvalidArgument, match=r"^impressions\[0\]\.encoder_version:"):
             role.check_impressions([updater_pb2.Impression(request_id="r", user_id="u", experiment="e", variant="A",
                                                            encoder_version="v" * 129)], ["impressions[0]."])
+        for latency in (float("nan"), float("inf"), -1.0):  # would break every later report
+            with pytest.raises(InvalidArgument, match=r"^impressions\[0\]\.latency_ms:"):
+                role.check_impressions([updater_pb2.Impression(request_id="r", user_id="u", experiment="e",
+                                                               variant="A", latency_ms=latency)], ["impressions[0]."])
         role.record(impressions)
         await role._run(lambda: None)  # the writes submitted before have run
         report = json.loads((await role.report(common_pb2.GetExperimentReportRequest(name="e"))).report_json)
