@@ -43,7 +43,7 @@ protos: $(INSTALLED)
 bootstrap: $(INSTALLED)
 	$(PY) -m recmesh bootstrap
 
-# Train the served interest model on the var's catalog and events (~5 min), choose the ranking
+# Train the served interest model on the var's catalog and events (36-48 min on 2 loaded cores), choose the ranking
 # blend on their validation split, install both in the var (var/models/served/, or
 # $RECMESH_VAR's) and place the catalog again with the new model (text vectors are cached).
 train: $(INSTALLED)
