@@ -31,7 +31,9 @@ NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "tune-text": ("serve",
 def _print_message(message) -> None:
     from google.protobuf.json_format import MessageToDict
 
-    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2, ensure_ascii=False))
+    # Zeros shown ("events_moved": 0 says a repeat moved nothing; proto3 JSON would leave it out).
+    shown = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
 
 
 def _client(args):
