@@ -31,9 +31,33 @@ NEEDS = {"eval": ("serve", "bench"), "train": ("serve",), "tune-text": ("serve",
 def _print_message(message) -> None:
     from google.protobuf.json_format import MessageToDict
 
-    # Zeros shown ("events_moved": 0 says a repeat moved nothing; proto3 JSON would leave it out).
-    shown = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    shown = MessageToDict(message, preserving_proto_field_name=True)
+    print(json.dumps(_numbers_shown(message, shown), indent=2, ensure_ascii=False))
+
+
+def _numbers_shown(message, shown: dict) -> dict:
+    """proto3 JSON leaves a zero out and writes 64-bit integers as strings: a merge that moved
+    nothing printed {} and a deletion "events_deleted": "441". Here numbers are numbers and a
+    zero is said ("events_moved": 0); empty strings and lists stay out. Nested messages likewise."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    wide = {F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64}
+    numeric = wide | {F.TYPE_INT32, F.TYPE_UINT32, F.TYPE_SINT32, F.TYPE_FIXED32, F.TYPE_SFIXED32,
+                      F.TYPE_DOUBLE, F.TYPE_FLOAT}
+    for field in message.DESCRIPTOR.fields:
+        value, repeated = getattr(message, field.name), field.is_repeated
+        if field.type in numeric and not repeated and field.name not in shown and not field.has_presence:
+            shown[field.name] = value
+        elif field.name not in shown:
+            continue
+        elif field.type in wide:
+            shown[field.name] = [int(v) for v in value] if repeated else int(value)
+        elif field.type == F.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            if repeated:
+                shown[field.name] = [_numbers_shown(m, d) for m, d in zip(value, shown[field.name], strict=True)]
+            elif isinstance(shown[field.name], dict):
+                shown[field.name] = _numbers_shown(value, shown[field.name])
+    return shown
 
 
 def _client(args):
