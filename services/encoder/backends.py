@@ -237,30 +237,24 @@ class TritonBackend:
         raise AssertionError("unreachable")
 
     def _send(self, infer, rows: int) -> asyncio.Future:
-        """The call as a task, its rows counted in flight until it finishes, however it ends."""
+        """The call as a task, its rows counted in flight until it finishes, however it ends;
+        then it leaves the calls given up on, and its outcome is read (no 'never retrieved')."""
         call = asyncio.ensure_future(infer)
         self._in_flight_rows += rows
 
-        def finished(_: asyncio.Future) -> None:
-            self._in_flight_rows -= rows
-
-        call.add_done_callback(finished)
-        return call
-
-    def _abandon(self, call: asyncio.Future) -> None:
-        """Leaves a call nobody waits for to finish; its outcome is read (no 'never retrieved')."""
-        if call.done():
-            if not call.cancelled():
-                call.exception()
-            return
-        self._abandoned.add(call)
-
         def finished(done: asyncio.Future) -> None:
+            self._in_flight_rows -= rows
             self._abandoned.discard(done)
             if not done.cancelled():
                 done.exception()
 
         call.add_done_callback(finished)
+        return call
+
+    def _abandon(self, call: asyncio.Future) -> None:
+        """Leaves a call nobody waits for to finish (counted until then: close() waits for it)."""
+        if not call.done():
+            self._abandoned.add(call)
 
     async def _chunked(self, model: str, n: int, inputs_for, output: str, timeout_s: float | None) -> np.ndarray:
         """Requests above the model's max_batch_size are refused: send chunks, at most
@@ -269,15 +263,20 @@ class TritonBackend:
         sent never are."""
         step = self._max_batch
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        async def send(part: slice) -> np.ndarray:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DependencyFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"triton {model}: no time left")
+            return await self._infer(model, inputs_for(part), output, remaining, rows=part.stop - part.start)
+
+        if n <= step:  # one chunk (a typed query, most calls): no slots, no tasks
+            return await send(slice(0, n))
         slots = asyncio.Semaphore(self._s.triton_chunks_in_flight)
 
         async def chunk(start: int) -> np.ndarray:
             async with slots:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise DependencyFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"triton {model}: no time left")
-                part = slice(start, min(start + step, n))
-                return await self._infer(model, inputs_for(part), output, remaining, rows=part.stop - part.start)
+                return await send(slice(start, min(start + step, n)))
 
         tasks = [asyncio.ensure_future(chunk(start)) for start in range(0, n, step)]
         try:

@@ -65,7 +65,6 @@ class ColdInterest:
     model_version: str
 
 
-
 @dataclass(frozen=True)
 class EncoderReply:
     """An EncodeInterest reply, its matrices decoded and checked: interest (d,) and query vector
@@ -74,6 +73,7 @@ class EncoderReply:
     interest: np.ndarray | None
     query_vector: np.ndarray | None
     model_version: str
+
 
 class InterestStage:
     """Encodes a user's interest and query; holds each user's last interest (KnownInterest) and
